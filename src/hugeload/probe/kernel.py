@@ -1,0 +1,62 @@
+"""Kernel version and the huge page parameters on the boot command line."""
+
+import re
+from typing import NamedTuple
+
+from hugeload.probe.files import read_text
+from hugeload.units import KiB, parse_size
+
+
+class BootParams(NamedTuple):
+    # page size (kB) -> hugepages= count that follows its hugepagesz=
+    hugepages: dict[int, int]
+    default_hugepagesz_kb: int | None
+    transparent_hugepage: str | None
+    raw: str
+
+
+def read_kernel_release(root="/") -> str:
+    return (read_text(root, "proc/sys/kernel/osrelease", "") or "").strip()
+
+
+def version_tuple(release: str) -> tuple[int, ...]:
+    m = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", release)
+    return tuple(int(x) for x in m.groups() if x is not None) if m else ()
+
+
+def parse_cmdline(cmdline: str) -> BootParams:
+    """Pairs each `hugepages=N` with the `hugepagesz=` before it, as the kernel does.
+
+    A `hugepages=` with no preceding `hugepagesz=` applies to the default size
+    (`default_hugepagesz=`, else 2M on x86).
+    """
+    hugepages: dict[int, int] = {}
+    default_kb = None
+    thp = None
+    current = None
+    pending_default_count = None
+    # Arguments after a lone "--" go to init, not the kernel.
+    kernel_args = f" {cmdline} ".split(" -- ", 1)[0]
+    for arg in kernel_args.split():
+        key, _, value = arg.partition("=")
+        try:
+            if key == "hugepagesz":
+                current = parse_size(value) // KiB
+            elif key == "hugepages":
+                if current is None:
+                    pending_default_count = int(value)
+                else:
+                    hugepages[current] = int(value)
+            elif key == "default_hugepagesz":
+                default_kb = parse_size(value) // KiB
+            elif key == "transparent_hugepage":
+                thp = value
+        except ValueError:
+            continue
+    if pending_default_count is not None:
+        hugepages.setdefault(default_kb or 2048, pending_default_count)
+    return BootParams(hugepages, default_kb, thp, cmdline.strip())
+
+
+def read_boot_params(root="/") -> BootParams:
+    return parse_cmdline(read_text(root, "proc/cmdline", "") or "")

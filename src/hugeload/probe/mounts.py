@@ -1,0 +1,64 @@
+"""hugetlbfs mounts from /proc/mounts."""
+
+from typing import NamedTuple
+
+from hugeload.probe.files import read_text
+from hugeload.probe.memory import read_meminfo
+from hugeload.units import KiB, parse_size
+
+
+class HugetlbfsMount(NamedTuple):
+    path: str
+    page_size_kb: int
+    size_bytes: int | None  # the mount's size= limit; None when unlimited
+    uid: int
+    gid: int
+    mode: int
+    options: str
+
+
+def _unescape(field: str) -> str:
+    # /proc/mounts escapes space, tab, newline and backslash as octal.
+    return field.encode().decode("unicode_escape") if "\\" in field else field
+
+
+def default_page_size_kb(root="/") -> int | None:
+    """The kernel's default huge page size (Hugepagesize in /proc/meminfo)."""
+    return read_meminfo(root).get("Hugepagesize")
+
+
+def parse_mount_options(options: str, default_kb: int | None) -> dict:
+    opts = {}
+    for item in options.split(","):
+        key, _, value = item.partition("=")
+        opts[key] = value
+    page_kb = parse_size(opts["pagesize"]) // KiB if "pagesize" in opts else default_kb
+    size = parse_size(opts["size"]) if opts.get("size", "").isdigit() else None
+    return {
+        "page_size_kb": page_kb or 0,
+        "size_bytes": size,
+        "uid": int(opts.get("uid", 0)),
+        "gid": int(opts.get("gid", 0)),
+        "mode": int(opts.get("mode", "1777"), 8),
+    }
+
+
+def read_mounts(root="/") -> list[HugetlbfsMount]:
+    text = read_text(root, "proc/mounts", "")
+    default_kb = None
+    out = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 4 or fields[2] != "hugetlbfs":
+            continue
+        if default_kb is None:
+            default_kb = default_page_size_kb(root)
+        info = parse_mount_options(fields[3], default_kb)
+        out.append(HugetlbfsMount(path=_unescape(fields[1]), options=fields[3], **info))
+    return out
+
+
+def hugetlbfs_supported(root="/") -> bool:
+    """True when the kernel knows the hugetlbfs file system."""
+    text = read_text(root, "proc/filesystems", "")
+    return any(line.split()[-1:] == ["hugetlbfs"] for line in text.splitlines())
