@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Creates .venv and installs hugeload into it (building the native library).
+# Idempotent: a second run only reinstalls the package.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv" >&2
+  "$PY" -m venv .venv
+fi
+echo "setup: installing hugeload and its test dependencies (builds libhugeload.so)" >&2
+if ! .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' >.venv/pip.log 2>&1; then
+  cat .venv/pip.log >&2
+  echo "setup: pip install failed (log above)" >&2
+  exit 1
+fi
+.venv/bin/python -c "import hugeload.native as n; n.load()" || { echo "setup: the native library did not build" >&2; exit 1; }

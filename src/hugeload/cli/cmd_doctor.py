@@ -1,0 +1,31 @@
+"""`hugeload doctor`: can this machine give a model 1 GB pages, and if not, what fixes it."""
+
+from hugeload.act import pools as act_pools
+from hugeload.cli import render
+from hugeload.cli.common import add_json, require_hugetlb
+from hugeload.plan import doctor
+from hugeload.probe.machine import read_machine
+
+
+def register(sub) -> None:
+    p = sub.add_parser("doctor", help="check kernel, CPU, pools, mounts, cgroup and THP for 1 GB pages")
+    p.add_argument("--try", dest="try_", action="store_true", help="reserve one 1 GB page and give it back, to test runtime reservation")
+    add_json(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    require_hugetlb(args.root)
+    machine = read_machine(args.root)
+    tried = None
+    if args.try_ and doctor.GIGANTIC_KB in machine.page_sizes_kb and machine.is_root:
+        tried = doctor.TryResult(*act_pools.try_one_page(args.root, doctor.GIGANTIC_KB))
+    checks = doctor.run_checks(machine, tried)
+    usable = doctor.usable_1g(checks)
+    if args.json:
+        render.print_json({"checks": checks, "usable_1g": usable, "tried": tried})
+    else:
+        rows = [[c.name, render.status_text(c.status), c.detail, c.fix] for c in checks]
+        render.console.print(render.table("hugeload doctor", ["check", "status", "detail", "fix"], rows))
+        render.console.print("1G pages: [green]usable[/]" if usable else "1G pages: [red]not usable[/] (see the failed checks)")
+    return 0 if usable else 1

@@ -1,0 +1,59 @@
+"""`hugeload status`: pools, mounts, THP and processes using huge pages."""
+
+from hugeload.cli import render
+from hugeload.cli.common import add_json, require_hugetlb
+from hugeload.errors import UsageError
+from hugeload.probe import mounts, pools, procs, thp
+from hugeload.units import format_bytes, page_size_name
+
+
+def register(sub) -> None:
+    p = sub.add_parser("status", help="huge page pools, mounts, THP and processes using huge pages")
+    p.add_argument("--pid", type=int, help="show this process's large mappings and their page sizes")
+    add_json(p)
+    p.set_defaults(func=run)
+
+
+def collect(root, pid=None) -> dict:
+    require_hugetlb(root)
+    if pid is not None:
+        proc = procs.read_process(root, pid)
+        if proc is None:
+            raise UsageError(f"no process with PID {pid}")
+        processes = [proc]
+    else:
+        processes = procs.huge_page_users(root)
+    return {
+        "pools": pools.read_pools(root),
+        "mounts": mounts.read_mounts(root),
+        "thp": thp.read_thp(root),
+        "processes": processes,
+    }
+
+
+def run(args) -> int:
+    data = collect(args.root, args.pid)
+    if args.json:
+        render.print_json(data)
+        return 0
+    rows = [[page_size_name(p.page_size_kb), "all" if p.node is None else p.node, p.total, p.free, p.reserved, p.surplus]
+            for p in data["pools"]]
+    render.console.print(render.table("Pools", ["page", "node", "total", "free", "reserved", "surplus"], rows))
+    if data["mounts"]:
+        rows = [[m.path, page_size_name(m.page_size_kb), format_bytes(m.size_bytes) if m.size_bytes else "unlimited",
+                 f"{m.uid}:{m.gid}", f"{m.mode:o}"] for m in data["mounts"]]
+        render.console.print(render.table("hugetlbfs mounts", ["path", "page", "size", "owner", "mode"], rows))
+    else:
+        render.console.print("hugetlbfs mounts: none (hugeload mount creates them)")
+    t = data["thp"]
+    render.console.print(f"THP: enabled={t.enabled} defrag={t.defrag}")
+    if data["processes"]:
+        rows = []
+        for p in data["processes"]:
+            rows.append([p.pid, p.comm, format_bytes(p.hugetlb_kb * 1024), format_bytes(p.vmpte_kb * 1024), "", "", ""])
+            for m in p.mappings:
+                rows.append(["", "", "", "", m.path, format_bytes(m.size), page_size_name(m.kernel_page_kb)])
+        render.console.print(render.table("Processes", ["pid", "name", "hugetlb", "page tables", "mapping", "size", "page"], rows))
+    else:
+        render.console.print("processes using huge pages: none")
+    return 0
