@@ -42,6 +42,13 @@ def _apply_file(root, rel: str, transform) -> Applied:
     return Applied(str(path), True, str(backup) if backup.exists() else None)
 
 
+SYSTEMD_DIR = "etc/systemd/system"
+
+
+def install_unit(root, unit_text: str) -> Applied:
+    return _apply_file(root, f"{SYSTEMD_DIR}/{plan_boot.SYSTEMD_UNIT_NAME}", lambda old: unit_text)
+
+
 def apply(root, params: list[str], fstab: list[str]) -> list[Applied]:
     out = []
     if params:

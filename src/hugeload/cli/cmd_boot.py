@@ -17,11 +17,31 @@ def register(sub) -> None:
     p.add_argument("--apply", action="store_true", help="edit /etc/default/grub and /etc/fstab (a .hugeload.bak copy is kept)")
     p.add_argument("--etc-root", "--target-root", dest="target_root", default=None,
                    help="apply to files under this root instead of / (for images and tests)")
+    p.add_argument("--systemd", action="store_true", help="the systemd unit that runs `hugeload restore` at boot (--apply installs it)")
     add_json(p)
     p.set_defaults(func=run)
 
 
+def run_systemd(args) -> int:
+    import shutil
+    import sys
+
+    exe = shutil.which("hugeload") or f"{sys.executable} -m hugeload.cli"
+    unit = plan_boot.systemd_unit(exe)
+    applied = [act_boot.install_unit(args.target_root or args.root, unit)] if args.apply else []
+    if args.json:
+        render.print_json({"unit_name": plan_boot.SYSTEMD_UNIT_NAME, "unit": unit, "applied": applied,
+                           "next_steps": ["systemctl daemon-reload", f"systemctl enable {plan_boot.SYSTEMD_UNIT_NAME}"] if args.apply else []})
+        return 0
+    print(unit, end="")
+    for a in applied:
+        render.err_console.print(f"{'installed' if a.changed else 'unchanged'}: {a.path}; now run systemctl daemon-reload && systemctl enable {plan_boot.SYSTEMD_UNIT_NAME}")
+    return 0
+
+
 def run(args) -> int:
+    if args.systemd:
+        return run_systemd(args)
     for name in ("pages_1g", "pages_2m"):
         v = getattr(args, name)
         if v is not None and v < 0:

@@ -81,3 +81,26 @@ def merge_fstab(text: str, new_lines: list[str]) -> str:
         out.append(line)
     out += [ln for mp, ln in targets.items() if mp not in seen]
     return "\n".join(out) + "\n"
+
+
+SYSTEMD_UNIT_NAME = "hugeload-restore.service"
+
+
+def systemd_unit(hugeload_exe: str) -> str:
+    """Replaces the seed's hugepages-model-manager.service: reserve, mount and re-stage the
+    models loaded with --persist, once local file systems (the model files) are up."""
+    return f"""[Unit]
+Description=Stage hugeload's persisted models into huge pages
+After=local-fs.target
+Wants=local-fs.target
+Before=multi-user.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart={hugeload_exe} restore
+ExecStop={hugeload_exe} clear --force
+
+[Install]
+WantedBy=multi-user.target
+"""
