@@ -6,6 +6,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -37,9 +38,10 @@ def table(title: str | None, columns: list[str], rows: list[list[Any]]) -> Table
         numeric = bool(rows) and all(isinstance(r[i], (int, float)) or r[i] is None for r in rows)
         t.add_column(c, justify="right" if numeric else "left")
     for r in rows:
-        t.add_row(*("" if v is None else str(v) for v in r))
+        # Cells are data (paths, [anon], [heap]), not markup; status_text() cells are Text already.
+        t.add_row(*(v if isinstance(v, Text) else Text("" if v is None else str(v)) for v in r))
     return t
 
 
-def status_text(status: str) -> str:
-    return f"[{STATUS_STYLE.get(status, 'white')}]{status}[/]"
+def status_text(status: str) -> Text:
+    return Text(status, style=STATUS_STYLE.get(status, "white"))

@@ -2,7 +2,7 @@
 
 from typing import NamedTuple
 
-from hugeload.units import GiB, KiB, ceil_div, page_size_name
+from hugeload.units import GiB, KiB, ceil_div, format_bytes, page_size_name
 
 BASE_PAGE_KB = 4
 GIGANTIC_KB = 1048576
@@ -34,6 +34,14 @@ class PageOption(NamedTuple):
 class Recommendation(NamedTuple):
     page_size_kb: int
     reason: str
+
+
+def size_words(n: int) -> str:
+    """1 GiB, 256 MiB: thresholds read as the user typed them."""
+    for unit, factor in (("GiB", GiB), ("MiB", 1 << 20)):
+        if n >= factor and n % factor == 0:
+            return f"{n // factor} {unit}"
+    return format_bytes(n)
 
 
 def pages_for(sizes: list[int], page_size_kb: int) -> int:
@@ -75,9 +83,9 @@ def recommend(total_bytes: int, page_sizes_kb: list[int], supports_1g: bool, obt
         return Recommendation(requested_kb, f"{page_size_name(requested_kb)} requested")
     gb = GIGANTIC_KB
     if total_bytes >= threshold_1g and gb in page_sizes_kb and supports_1g and obtainable.get(gb):
-        return Recommendation(gb, f"model is at least {threshold_1g // GiB} GiB and 1G pages are supported and obtainable")
+        return Recommendation(gb, f"model is at least {size_words(threshold_1g)} and 1G pages are supported and obtainable")
     why_not_1g = (
-        f"model is under {threshold_1g // GiB} GiB" if total_bytes < threshold_1g
+        f"model is under {size_words(threshold_1g)}" if total_bytes < threshold_1g
         else "the CPU or kernel has no 1G pages" if not (gb in page_sizes_kb and supports_1g)
         else "1G pages cannot be obtained now"
     )

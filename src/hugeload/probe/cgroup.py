@@ -6,8 +6,10 @@ from hugeload.probe.files import listdir, read_text
 from hugeload.units import GiB, KiB, MiB
 
 CGROUP_ROOT = "sys/fs/cgroup"
-# cgroup v1 reports "no limit" as the largest page-aligned value; v2 as "max".
-_V1_UNLIMITED = 0x7FFFFFFFFFFFF000
+# cgroup v2 says "max"; v1 says "no limit" with PAGE_COUNTER_MAX in bytes, rounded down
+# to whole huge pages since Linux 4.7 (9223372035781033984 for 1 GB pages), so any value
+# this close to 2**63 is no limit.
+_V1_UNLIMITED = 1 << 62
 
 
 class HugetlbLimit(NamedTuple):

@@ -3,6 +3,7 @@
 import re
 from typing import NamedTuple
 
+from hugeload.errors import HugeloadError
 from hugeload.probe.files import read_text
 from hugeload.units import KiB, parse_size
 
@@ -24,6 +25,16 @@ def version_tuple(release: str) -> tuple[int, ...]:
     return tuple(int(x) for x in m.groups() if x is not None) if m else ()
 
 
+_INVALID = object()
+
+
+def _page_count(value: str) -> int:
+    """`16`, or the per-node form `0:16,1:16` (Linux 5.19+), summed."""
+    if ":" in value:
+        return sum(int(part.partition(":")[2]) for part in value.split(","))
+    return int(value)
+
+
 def parse_cmdline(cmdline: str) -> BootParams:
     """Pairs each `hugepages=N` with the `hugepagesz=` before it, as the kernel does.
 
@@ -41,18 +52,24 @@ def parse_cmdline(cmdline: str) -> BootParams:
         key, _, value = arg.partition("=")
         try:
             if key == "hugepagesz":
+                current = _INVALID  # until it parses: the kernel ignores hugepages= after a bad size
                 current = parse_size(value) // KiB
             elif key == "hugepages":
+                count = _page_count(value)
+                if current is _INVALID:
+                    continue
                 if current is None:
-                    pending_default_count = int(value)
+                    pending_default_count = count
                 else:
-                    hugepages[current] = int(value)
+                    hugepages[current] = count
             elif key == "default_hugepagesz":
                 default_kb = parse_size(value) // KiB
+                # A hugepages= that follows applies to the default size (hugetlbpage.rst).
+                current = default_kb
             elif key == "transparent_hugepage":
                 thp = value
-        except ValueError:
-            continue
+        except (ValueError, HugeloadError):
+            continue  # a malformed boot parameter is ignored, as the kernel does
     if pending_default_count is not None:
         hugepages.setdefault(default_kb or 2048, pending_default_count)
     return BootParams(hugepages, default_kb, thp, cmdline.strip())

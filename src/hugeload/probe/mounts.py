@@ -1,5 +1,6 @@
 """hugetlbfs mounts from /proc/mounts."""
 
+import re
 from typing import NamedTuple
 
 from hugeload.probe.files import read_text
@@ -17,9 +18,12 @@ class HugetlbfsMount(NamedTuple):
     options: str
 
 
+_OCTAL = re.compile(r"\\([0-7]{3})")
+
+
 def _unescape(field: str) -> str:
-    # /proc/mounts escapes space, tab, newline and backslash as octal.
-    return field.encode().decode("unicode_escape") if "\\" in field else field
+    # /proc/mounts escapes space, tab, newline and backslash as octal; other bytes pass as UTF-8.
+    return _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), field)
 
 
 def default_page_size_kb(root="/") -> int | None:
@@ -39,7 +43,8 @@ def parse_mount_options(options: str, default_kb: int | None) -> dict:
         "size_bytes": size,
         "uid": int(opts.get("uid", 0)),
         "gid": int(opts.get("gid", 0)),
-        "mode": int(opts.get("mode", "1777"), 8),
+        # The kernel leaves mode= out exactly when it is 0755 (hugetlbfs_show_options).
+        "mode": int(opts.get("mode", "755"), 8),
     }
 
 

@@ -109,11 +109,24 @@ def huge_page_users(root="/", min_size: int = LARGE_MAPPING) -> list[ProcessHuge
     out = []
     for pid in pids(root):
         status = read_status(root, pid)
-        if _kb(status.get("HugetlbPages")) > 0:
+        if _kb(status.get("HugetlbPages")) > 0 or _thp_kb(root, pid) * 1024 >= max(min_size, 1):
             proc = read_process(root, pid, min_size)
             if proc:
                 out.append(proc)
     return out
+
+
+def _thp_kb(root, pid: int) -> int:
+    """AnonHugePages + FilePmdMapped from smaps_rollup (one line per field, cheap), else smaps."""
+    text = read_text(root, f"proc/{pid}/smaps_rollup")
+    if text is None:
+        return sum(m.anon_huge_kb + m.file_pmd_mapped_kb for m in read_smaps(root, pid, 0))
+    total = 0
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key in ("AnonHugePages", "FilePmdMapped"):
+            total += _kb(value)
+    return total
 
 
 def mapping_page_sizes(root, pid: int, path: str) -> set[int]:

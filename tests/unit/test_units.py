@@ -1,0 +1,62 @@
+"""units.py: sizes and page sizes."""
+
+import pytest
+
+from hugeload.errors import UsageError
+from hugeload.units import GiB, KiB, MiB, TiB, ceil_div, format_bytes, page_size_name, parse_page_size, parse_size
+
+
+@pytest.mark.parametrize("text,value", [
+    ("30G", 30 * GiB), ("30GiB", 30 * GiB), ("30GB", 30 * GiB), ("30g", 30 * GiB), ("30 G", 30 * GiB),
+    ("512M", 512 * MiB), ("512MiB", 512 * MiB), ("4096", 4096), ("4096B", 4096), ("1K", KiB), ("2T", 2 * TiB),
+    ("1.5G", 3 * GiB // 2), (" 7 ", 7), ("0", 0), (4096, 4096), (0, 0),
+])
+def test_parse_size(text, value):
+    assert parse_size(text) == value
+
+
+@pytest.mark.parametrize("text", ["", "G", "30X", "thirty", "-1", "1e3", "1.5", "0.3K", "30 GiBs", "1,5G", -1])
+def test_parse_size_rejects(text):
+    with pytest.raises(UsageError) as e:
+        parse_size(text)
+    assert e.value.exit_code == 2
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("text,kb", [
+    ("1g", 1048576), ("1G", 1048576), ("1GB", 1048576), ("1GiB", 1048576), ("1048576kB", 1048576),
+    ("2m", 2048), ("2M", 2048), ("2MB", 2048), ("2048k", 2048), ("4k", 4), ("4K", 4), ("4096", 4), (" 2m ", 2048),
+])
+def test_parse_page_size(text, kb):
+    assert parse_page_size(text) == kb
+    assert parse_page_size(text, allow_auto=True) == kb
+
+
+def test_parse_page_size_auto():
+    assert parse_page_size("auto", allow_auto=True) is None
+    assert parse_page_size("AUTO", allow_auto=True) is None
+    with pytest.raises(UsageError, match="choose one of 1g, 2m, 4k"):
+        parse_page_size("auto")
+
+
+@pytest.mark.parametrize("text", ["16m", "512M", "16G", "8k", "2048", "0", "huge", "", "1.5g"])
+def test_parse_page_size_unknown(text):
+    with pytest.raises(UsageError, match="unknown page size") as e:
+        parse_page_size(text, allow_auto=True)
+    assert "auto, 1g, 2m, 4k" in str(e.value)
+
+
+@pytest.mark.parametrize("kb,name", [(4, "4K"), (2048, "2M"), (1048576, "1G"), (16, "16K"), (16384, "16M"),
+                                     (2097152, "2G"), (3, "3K")])
+def test_page_size_name(kb, name):
+    assert page_size_name(kb) == name
+
+
+@pytest.mark.parametrize("n,text", [(0, "0 B"), (1023, "1023 B"), (1536, "1.5 KiB"), (30 * GiB, "30.0 GiB"),
+                                    (5 * TiB, "5.0 TiB"), (2048 * TiB, "2048.0 TiB")])
+def test_format_bytes(n, text):
+    assert format_bytes(n) == text
+
+
+def test_ceil_div():
+    assert (ceil_div(0, 4), ceil_div(1, 4), ceil_div(4, 4), ceil_div(5, 4)) == (0, 1, 1, 2)
