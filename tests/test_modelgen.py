@@ -78,6 +78,13 @@ def test_plan_hits_size(qtype, size):
         assert abs(est - target) / target < 0.02
 
 
+def test_alignment(tmp_path):
+    out = tmp_path / "a.gguf"
+    assert modelgen.main([str(out), "--size", "2M", "--align", "64K"]) == 0
+    r = gguf.GGUFReader(out)
+    assert r.alignment == 65536 and all(t.data_offset % 65536 == 0 for t in r.tensors)
+
+
 def test_explicit_shape(tmp_path):
     info = modelgen.make_model(tmp_path / "s.gguf", None, "Q8_0", n_layer=2, n_embd=256, n_ff=512, n_vocab=300)
     assert (info.n_layer, info.n_embd, info.n_ff, info.n_vocab) == (2, 256, 512, 300)
@@ -108,6 +115,7 @@ def test_main_writes_model(tmp_path, capsys):
     ["x.gguf", "--size", "1M", "--type", "Q5_K"],
     ["x.gguf", "--size", "10"],
     ["x.gguf"],
+    ["x.gguf", "--size", "1M", "--align", "3000"],
 ])
 def test_main_bad_input(tmp_path, capsys, argv):
     argv = [str(tmp_path / argv[0])] + argv[1:]

@@ -238,7 +238,9 @@ def make_model(path: os.PathLike | str, size_bytes: int | None, qtype: str = "Q8
 
     qtype: "Q4_0", "Q8_0" or "F16" for every 2D weight. n_layer/n_embd/n_ff
     override the automatic shape (size_bytes may then be None if all three are
-    given). alignment: GGUF data alignment (power of two, default 32).
+    given). alignment: GGUF data alignment of every tensor (power of two,
+    default 32); the size planning ignores the padding, so large alignments
+    (e.g. 2 MiB) make the file larger than size_bytes.
     The file is written to ``path + '.tmp'`` and renamed when complete.
     """
     t0 = time.perf_counter()
@@ -376,12 +378,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--embd", type=int, help="override n_embd")
     p.add_argument("--ff", type=int, help="override n_ff")
     p.add_argument("--ctx", type=int, default=2048, help="context_length in metadata (default 2048)")
+    p.add_argument("--align", help="GGUF tensor data alignment, e.g. 4K or 2M (default 32 bytes)")
     p.add_argument("--json", action="store_true", help="print the model info as JSON")
     a = p.parse_args(argv)
     try:
         size = parse_size(a.size) if a.size is not None else None
         info = make_model(a.out, size, a.qtype, seed=a.seed, n_vocab=a.vocab, n_layer=a.layers,
-                          n_embd=a.embd, n_ff=a.ff, n_ctx_train=a.ctx)
+                          n_embd=a.embd, n_ff=a.ff, n_ctx_train=a.ctx,
+                          alignment=parse_size(a.align) if a.align is not None else None)
     except ValueError as e:
         print(f"{p.prog}: error: {e}", file=sys.stderr)
         return 2
