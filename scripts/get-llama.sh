@@ -48,18 +48,18 @@
 #   link (clip.cpp, httplib); common/ ~30%; ggml only ~8%. Setting
 #   HUGELOAD_LLAMA_TARGETS="llama-bench llama-completion" skips the server,
 #   cli and mtmd (~5 min, estimated from the ninja log). Re-run with the
-#   binaries in place: ~0.02 s.
+#   binaries in place: ~0.02 s. Tried CMAKE_UNITY_BUILD=ON: 101 steps instead
+#   of 224 but no less CPU time, and mtmd fails to compile (its helpers
+#   #error on internal headers), so it is not used.
 #
-# llama-cpp-python (PyPI sdist, latest 0.3.36 at time of writing): it vendors its
-# own llama.cpp and builds libllama.so through scikit-build-core
-# (CMAKE_ARGS="-DGGML_NATIVE=ON -DGGML_CUDA=OFF" pip install llama-cpp-python).
-# Checked, not built: 0.3.36 is sdist-only on PyPI (76 MB, vendors a llama.cpp
-# of the same generation), needs scikit-build-core + cmake >= 3.21 (3.25 here)
-# and builds libllama/libggml as shared libs plus mtmd (LLAVA_BUILD=ON, turn
-# off with -DLLAVA_BUILD=OFF) but none of common/server, so expect about the
-# same ~5-8 min on 2 cores. It could be added later as an optional extra
-# (`pip install --no-binary llama-cpp-python llama-cpp-python==0.3.36`, with
-# CMAKE_ARGS="-DGGML_NATIVE=ON -DGGML_CUDA=OFF -DLLAVA_BUILD=OFF").
+# llama-cpp-python (latest 0.3.36 at time of writing): checked, not built.
+# PyPI has no linux x86_64 wheel for it, only a 76 MB sdist that vendors a
+# llama.cpp of the same generation and builds libllama/libggml as shared libs
+# (plus mtmd unless -DLLAVA_BUILD=OFF) via scikit-build-core and cmake >= 3.21
+# (3.25 here), without common/ or the server: expect roughly the same
+# 5-8 min on 2 cores (estimate). It could become an optional extra later:
+#   CMAKE_ARGS="-DGGML_NATIVE=ON -DGGML_CUDA=OFF -DLLAVA_BUILD=OFF" \
+#     pip install --no-binary llama-cpp-python llama-cpp-python==0.3.36
 set -euo pipefail
 
 PINNED_VERSION=11434.0.0
@@ -173,7 +173,7 @@ fi
 
 # 3. Configure and build only what we need.
 build=$dir/build
-if [[ -f $build/CMakeCache.txt ]] && ! grep -q "^CMAKE_HOME_DIRECTORY:INTERNAL=$src/llama.cpp\$" "$build/CMakeCache.txt"; then
+if [[ -f $build/CMakeCache.txt ]] && ! grep -qxF "CMAKE_HOME_DIRECTORY:INTERNAL=$src/llama.cpp" "$build/CMakeCache.txt"; then
     rm -rf "$build"   # stale tree from another version
 fi
 generator=()
