@@ -1,7 +1,29 @@
-"""hugeload: model weights in 1 GB huge pages (then 2 MB, then 4 KB) for CPU inference."""
+"""hugeload: model weights in 1 GB huge pages (then 2 MB, then 4 KB) for CPU inference.
+
+The Python API (map_file, alloc, HugeMapping, page_size_of and the safetensors
+and gguf loaders) is imported on first use, so `import hugeload` stays light:
+it imports neither NumPy nor torch.
+"""
+
+import importlib
 
 from hugeload.errors import FormatError, HugeloadError, PoolError, UsageError
 
 __version__ = "0.1.0"
 
-__all__ = ["HugeloadError", "UsageError", "PoolError", "FormatError", "__version__"]
+_API = {"map_file", "alloc", "HugeMapping", "FileChanged", "page_size_of"}
+_SUBMODULES = {"api", "safetensors", "gguf"}
+
+__all__ = ["HugeloadError", "UsageError", "PoolError", "FormatError", "__version__", *sorted(_API)]
+
+
+def __getattr__(name: str):
+    if name in _API:
+        return getattr(importlib.import_module("hugeload.api"), name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f"hugeload.{name}")
+    raise AttributeError(f"module 'hugeload' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | _API | _SUBMODULES)
