@@ -10,10 +10,10 @@ import os
 import sys
 
 from hugeload import __version__
-from hugeload.cli import cmd_doctor, cmd_plan, cmd_status
+from hugeload.cli import cmd_bench, cmd_doctor, cmd_plan, cmd_status
 from hugeload.errors import HugeloadError
 
-COMMANDS = [cmd_status, cmd_doctor, cmd_plan]
+COMMANDS = [cmd_status, cmd_doctor, cmd_plan, cmd_bench]
 
 
 class Parser(argparse.ArgumentParser):
