@@ -14,6 +14,7 @@ import ctypes
 import errno
 import mmap
 import os
+import stat
 import sys
 import threading
 import weakref
@@ -455,10 +456,10 @@ def map_file(path, page_size: str = "auto", staged: bool = True, fallback: bool 
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         raise UsageError(f"no such file: {path}") from None
-    except IsADirectoryError:
-        raise UsageError(f"{path} is a directory, not a file") from None
     try:
         before = os.fstat(fd)
+        if not stat.S_ISREG(before.st_mode):
+            raise UsageError(f"{path} is not a regular file")
         size = before.st_size
         order = _cascade(kind, size, fallback)
         anon, fallbacks = _map_cascade(order, size, f"{path} ({format_bytes(size)})")
