@@ -396,16 +396,35 @@ def _identity(st: os.stat_result) -> tuple:
 
 # --------------------------------------------------------------------------- staged files
 
-def _find_staged(path: str):
-    """The store's manifest for `path`, or None (also while the store is not installed)."""
+class Staged(NamedTuple):
+    path: str  # the staged hugetlbfs file
+    size: int  # the source's true size (the staged file is padded to whole pages)
+    page_size_kb: int
+
+
+def _find_staged(path: str) -> Staged | None:
+    """The store's ready staged copy of `path`, or None (also without a store).
+
+    act.store.find_staged matches the source by device, inode, size and mtime,
+    so an edited source is never served from a stale copy."""
     try:
         from hugeload.act.store import find_staged
-    except ImportError:  # the store lands separately; until then nothing is staged
+    except ImportError:  # a build without the store: nothing is staged
         return None
-    return find_staged(path)
+    found = find_staged(path)
+    if found is None:
+        return None
+    staged = getattr(found, "staged", None) or found.path  # StagedFile, or a Manifest-like object
+    kb = getattr(found, "page_size_kb", None)
+    if not kb:
+        try:
+            kb = os.statvfs(staged).f_bsize // 1024  # hugetlbfs reports its page size here
+        except OSError:
+            return None
+    return Staged(staged, int(found.size), int(kb))
 
 
-def _map_staged(manifest, path: str) -> HugeMapping | None:
+def _map_staged(manifest: Staged, path: str) -> HugeMapping | None:
     size = int(manifest.size)
     if size <= 0:
         return None

@@ -1,9 +1,7 @@
 """map_file / alloc / HugeMapping: page sizes, fallback, lifetime, changing files."""
 
 import os
-import subprocess
 import time
-from collections import namedtuple
 
 import numpy as np
 import pytest
@@ -212,53 +210,33 @@ def test_file_changing_frees_huge_pages(reserve, data_file, monkeypatch):
         assert available(KB_2M) == free_before
 
 
-# --------------------------------------------------------------------------- staged files (hugetlbfs)
-
-Manifest = namedtuple("Manifest", "path size page_size_kb")
-
+# --------------------------------------------------------------------------- staged files (the store)
 
 @pytest.fixture
-def stage(reserve, tmp_path, monkeypatch):
-    """stage(payload) -> source path: writes the payload to a file and a copy to a
-    2M hugetlbfs mount, and points find_staged at the copy (the store's contract)."""
-    import mmap
+def stage(needs_root, state_dir, tmp_path):
+    """stage(payload) -> source path, staged in 2M pages by hugeload's store
+    (reserving them); unstaged and the pages given back after the test."""
+    staged = []
 
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    staged = mnt / "weights"
-    with reserve(KB_2M, 1):
-        subprocess.run(["mount", "-t", "hugetlbfs", "-o", "pagesize=2M", "none", str(mnt)], check=True)
-        try:
-            def make(payload: bytes):
-                assert len(payload) <= 2 * MiB
-                src = tmp_path / "weights.src"
-                src.write_bytes(payload)
-                fd = os.open(staged, os.O_CREAT | os.O_RDWR, 0o600)
-                try:
-                    os.ftruncate(fd, 2 * MiB)  # hugetlbfs: whole pages, written through a shared map
-                    with mmap.mmap(fd, 2 * MiB, mmap.MAP_SHARED) as mm:
-                        mm[:len(payload)] = payload
-                finally:
-                    os.close(fd)
-                manifest = Manifest(str(staged), len(payload), KB_2M)
-                monkeypatch.setattr(api, "_find_staged", lambda p: manifest if os.fspath(p) == str(src) else None)
-                return src
+    def make(payload: bytes, name="weights.bin"):
+        src = tmp_path / name
+        src.write_bytes(payload)
+        staged.append(hugeload.stage(src, page_size="2m", reserve=True))
+        return src
 
-            yield make
-        finally:
-            monkeypatch.setattr(api, "_find_staged", lambda p: None)
-            if staged.exists():
-                staged.unlink()
-            subprocess.run(["umount", str(mnt)], check=False)
+    yield make
+    for model in staged:
+        hugeload.unstage(model)
 
 
 def test_staged_file_is_mapped_shared_read_only(stage):
     payload = np.random.default_rng(2).integers(0, 256, MiB + 7, dtype=np.uint8).tobytes()
     src = stage(payload)
-    assert available(KB_2M) == 0  # the one page holds the staged file: MAP_PRIVATE would need another
+    free = available(KB_2M)
     with hugeload.map_file(src) as m:
         assert m.staged and m.backing == "2m" and m.page_size == KB_2M
         assert len(m) == len(payload) and bytes(m.buffer) == payload
+        assert available(KB_2M) == free  # MAP_SHARED: no second set of pages
         assert m.buffer.readonly
         a = np.frombuffer(m.buffer, np.uint8)
         assert not a.flags.writeable and api.page_size_of(a) == KB_2M
@@ -270,6 +248,14 @@ def test_staged_file_is_mapped_shared_read_only(stage):
         assert not m.staged
 
 
+def test_edited_source_is_not_served_from_a_stale_copy(stage):
+    src = stage(b"a" * 5000)
+    time.sleep(0.01)
+    src.write_bytes(b"b" * 5000)
+    with hugeload.map_file(src, page_size="4k") as m:
+        assert not m.staged and bytes(m.buffer) == b"b" * 5000
+
+
 def test_staged_safetensors_numpy_and_torch(stage, tmp_path):
     import warnings
 
@@ -278,7 +264,7 @@ def test_staged_safetensors_numpy_and_torch(stage, tmp_path):
 
     ref = {"w": np.arange(600, dtype=np.float32).reshape(20, 30), "b": np.ones(5, np.int16)}
     save_file(ref, str(tmp_path / "m.safetensors"))
-    src = stage((tmp_path / "m.safetensors").read_bytes())
+    src = stage((tmp_path / "m.safetensors").read_bytes(), "staged.safetensors")
     out = hs.load(src)
     assert out.mapping.staged and all(np.array_equal(out[k], v) for k, v in ref.items())
     assert api.page_size_of(out["w"]) == KB_2M
