@@ -14,6 +14,7 @@ import ctypes
 import errno
 import mmap
 import os
+import re
 import stat
 import sys
 import threading
@@ -65,16 +66,25 @@ def _buffer_address(obj) -> int:
         _pyapi.PyBuffer_Release(ctypes.addressof(view))
 
 
+_VMA_HEAD = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) ", re.M)
+
+
 def _vma(address: int):
-    """The /proc/self/smaps entry (probe.procs.Mapping) that holds `address`, or None."""
+    """The /proc/self/smaps entry (probe.procs.Mapping) that holds `address`, or None.
+
+    Only that entry is parsed: smaps of a process with torch loaded runs to
+    thousands of entries."""
     try:
         with open("/proc/self/smaps") as f:
             text = f.read()
     except OSError:
         return None
-    for m in parse_smaps(text):
-        if m.start <= address < m.end:
-            return m
+    heads = list(_VMA_HEAD.finditer(text))
+    for i, h in enumerate(heads):
+        if int(h.group(1), 16) <= address < int(h.group(2), 16):
+            end = heads[i + 1].start() if i + 1 < len(heads) else len(text)
+            found = parse_smaps(text[h.start():end])
+            return found[0] if found else None
     return None
 
 

@@ -80,6 +80,22 @@ def test_cascade_rules():
     assert api._cascade("thp", 0, None) == ["4k"]
 
 
+def test_short_reads_and_eintr_are_retried(data_file, monkeypatch):
+    real = os.preadv
+    calls = []
+
+    def preadv(fd, buffers, offset):
+        calls.append(offset)
+        if len(calls) == 2:
+            raise InterruptedError(4, "Interrupted system call")
+        return real(fd, [memoryview(buffers[0])[:1000]], offset)  # at most 1000 bytes a call
+
+    monkeypatch.setattr(os, "preadv", preadv)
+    with hugeload.map_file(data_file, page_size="4k", threads=2) as m:
+        assert bytes(m.buffer) == data_file.read_bytes()
+    assert len(calls) > data_file.stat().st_size // 1000
+
+
 # --------------------------------------------------------------------------- lifetime
 
 def test_close_with_live_numpy_views_defers_and_never_crashes(data_file):
