@@ -11,6 +11,8 @@ import subprocess
 
 import pytest
 
+from hugeload.units import parse_size
+
 gguf = pytest.importorskip("gguf")
 
 from hugeload import engines, modelgen
@@ -68,7 +70,7 @@ def test_same_seed_same_bytes(tmp_path):
 @pytest.mark.parametrize("size", ["300MiB", "1G", "3G", "8G"])
 @pytest.mark.parametrize("qtype", TYPES)
 def test_plan_hits_size(qtype, size):
-    target = modelgen.parse_size(size)
+    target = parse_size(size)
     n_layer, n_embd, n_ff, n_head, _ = modelgen.plan(target, qtype)
     assert n_embd % n_head == 0 and n_ff % 32 == 0 and n_layer >= 4
     bpv = {"Q4_0": 18 / 32, "Q8_0": 34 / 32, "F16": 2}[qtype]
@@ -88,20 +90,6 @@ def test_alignment(tmp_path):
 def test_explicit_shape(tmp_path):
     info = modelgen.make_model(tmp_path / "s.gguf", None, "Q8_0", n_layer=2, n_embd=256, n_ff=512, n_vocab=300)
     assert (info.n_layer, info.n_embd, info.n_ff, info.n_vocab) == (2, 256, 512, 300)
-
-
-@pytest.mark.parametrize("text,value", [
-    ("2G", 2 << 30), ("512M", 512 << 20), ("300MiB", 300 << 20), ("1.5GiB", 3 << 29),
-    ("4096", 4096), ("1GB", 10**9), ("10k", 10240),
-])
-def test_parse_size(text, value):
-    assert modelgen.parse_size(text) == value
-
-
-@pytest.mark.parametrize("text", ["", "G", "-1G", "2X", "1.2.3M", "0"])
-def test_parse_size_rejects(text):
-    with pytest.raises(ValueError):
-        modelgen.parse_size(text)
 
 
 def test_main_writes_model(tmp_path, capsys):

@@ -341,36 +341,14 @@ def make_model(path: os.PathLike | str, size_bytes: int | None, qtype: str = "Q8
                      n_tensors=len(order), seconds=time.perf_counter() - t0)
 
 
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
-
-
-def parse_size(text: str) -> int:
-    """'2G', '512M', '300MiB', '1.5GiB', '4096' -> bytes. K/M/G/T and KiB/MiB/...
-    are powers of 1024 (huge-page convention: 1G = 1 GiB); kB/MB/GB/TB are
-    powers of 1000. Temporary local helper."""
-    m = _SIZE_RE.match(text)
-    if not m:
-        raise ValueError(f"invalid size {text!r} (e.g. 2G, 512M, 300MiB, 1000000)")
-    num, unit, suffix = m.group(1), m.group(2).upper(), m.group(3).lower()
-    if not unit and suffix not in ("", "b"):
-        raise ValueError(f"invalid size {text!r}")
-    base = 1000 if suffix == "b" and unit else 1024
-    value = float(num) * base ** " KMGT".index(unit or " ")
-    if not math.isfinite(value) or value < 1:
-        raise ValueError(f"invalid size {text!r}")
-    return int(value)
-
-
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = _Parser(prog="python -m hugeload.modelgen",
-                description="Write a random-weight llama GGUF model of a given size.")
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", help="output .gguf path")
-    p.add_argument("--size", "-s", help="target file size, e.g. 2G, 512M, 300MiB (G = GiB)")
+    p.add_argument("--size", "-s", help="target file size, e.g. 2G, 512M, 300MiB (binary units)")
     p.add_argument("--type", "-t", dest="qtype", default="Q8_0", type=str.upper, choices=QTYPES)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--vocab", type=int, default=1024, help="vocab size (default 1024)")
@@ -380,17 +358,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ctx", type=int, default=2048, help="context_length in metadata (default 2048)")
     p.add_argument("--align", help="GGUF tensor data alignment, e.g. 4K or 2M (default 32 bytes)")
     p.add_argument("--json", action="store_true", help="print the model info as JSON")
-    a = p.parse_args(argv)
+
+
+def run_args(a: argparse.Namespace) -> int:
+    from hugeload.errors import HugeloadError
+    from hugeload.units import parse_size
+
+    prog = "hugeload make-model"
     try:
         size = parse_size(a.size) if a.size is not None else None
+        if size is not None and size < 1:
+            raise ValueError("size must be positive")
         info = make_model(a.out, size, a.qtype, seed=a.seed, n_vocab=a.vocab, n_layer=a.layers,
                           n_embd=a.embd, n_ff=a.ff, n_ctx_train=a.ctx,
                           alignment=parse_size(a.align) if a.align is not None else None)
-    except ValueError as e:
-        print(f"{p.prog}: error: {e}", file=sys.stderr)
+    except (ValueError, HugeloadError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     except (OSError, RuntimeError) as e:
-        print(f"{p.prog}: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 1
     if a.json:
         import json
@@ -401,6 +387,13 @@ def main(argv: list[str] | None = None) -> int:
               f"n_embd={info.n_embd} n_ff={info.n_ff} n_head={info.n_head} n_vocab={info.n_vocab} "
               f"params={info.n_params / 1e6:.1f}M in {info.seconds:.1f} s")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = _Parser(prog="python -m hugeload.modelgen",
+                description="Write a random-weight llama GGUF model of a given size.")
+    add_arguments(p)
+    return run_args(p.parse_args(argv))
 
 
 if __name__ == "__main__":
