@@ -96,10 +96,11 @@ def write_index(state_dir: Path, pairs) -> None:
     os.rename(tmp, store / "redirects")
 
 
-def run_harness(build, *args, env=None, lib=None, on_ready=None, tmp=None, timeout=90):
+def run_harness(build, *args, env=None, lib=None, on_ready=None, tmp=None, timeout=90, preload=True):
     """Runs the harness preloaded; on_ready(pid, addr, size) is called at each pause."""
     full = {k: v for k, v in os.environ.items() if not k.startswith("HUGELOAD_") and k != "LD_PRELOAD"}
-    full["LD_PRELOAD"] = str(lib or build.lib)
+    if preload:
+        full["LD_PRELOAD"] = str(lib or build.lib)
     full["HUGELOAD_STATE_DIR"] = str(tmp / "state")
     full["HUGELOAD_REPORT"] = str(tmp / "report.txt")
     full.update(env or {})
@@ -401,6 +402,11 @@ def test_engine_mapping_hugetlbfs_private_gets_shared(build, model, pools, huget
     assert_clean(r)
     assert r.ready == [(1048576, 0)], r.log
     assert [(x["page"], x["fill"]) for x in r.regions] == [("1G", "direct")] * 2, r.log
+    # Control: without the library the engine's pattern fails exactly as on a real system.
+    r = run_harness(build, "map", staged, tmp=tmp_path, preload=False)
+    assert r.rc != 0 and "munmap failed: Invalid argument" in r.stdout, r.log
+    r = run_harness(build, "map", staged, "--private", tmp=tmp_path, preload=False)
+    assert "mmap: Cannot allocate memory" in r.stdout, r.log  # the private second set does not fit
 
 
 @pytest.mark.kernel
@@ -420,6 +426,31 @@ def test_copy_uses_2m_when_1g_pool_is_empty(build, model, pools, tmp_path):
     assert "for model.bin" in r.stderr
     assert [(x["page"], x["fill"]) for x in r.regions] == [("2M", "copy")] * 2, r.log
     assert pool(P2M) == 160  # every page came back
+
+
+def whole_pages_unmapped(size: int, page: int) -> int:
+    """Huge pages wholly inside the two fragments the harness unmaps (its unmap_fragment calls)."""
+    def frag(first, last):
+        first, last = -(-first // 4096) * 4096, last // 4096 * 4096
+        return max(0, last // page - -(-first // page))
+    return frag(size // 3 + 123, 2 * (size // 3) + 77) + frag(0, size // 5 + 1)
+
+
+@pytest.mark.kernel
+def test_pages_are_given_back_as_fragments_are_unmapped(build, model, pools, tmp_path):
+    pools(P2M, 160)
+
+    def on_ready(pid, addr, size):
+        return pool(P2M)
+
+    env = {"HUGELOAD_COPY": "1", "HUGELOAD_MIN_FILE_SIZE": "1M", "HUGELOAD_PAGE_SIZE": "2m"}
+    r = run_harness(build, "map", model, "--pause", "--pause-mid", tmp=tmp_path, env=env, on_ready=on_ready)
+    assert_clean(r)
+    need = -(-MODEL_SIZE // (2 * MIB))
+    released = whole_pages_unmapped(MODEL_SIZE, 2 * MIB)
+    assert released > 50
+    assert r.ready == [160 - need, 160 - need + released], r.log
+    assert pool(P2M) == 160
 
 
 @pytest.mark.kernel

@@ -3,7 +3,7 @@
  * model file and with large buffers, and checks every call.  Run with
  * LD_PRELOAD=libhugeload.so by tests/test_preload.py.
  *
- *   harness map FILE [--cycles N] [--pause] [--pause-all] [--private]
+ *   harness map FILE [--cycles N] [--pause] [--pause-all] [--pause-mid] [--private]
  *       fopen/ftell size, posix_fadvise, mmap(PROT_READ, MAP_SHARED|MAP_POPULATE),
  *       posix_madvise/madvise WILLNEED on 4 KB-rounded pieces, content check
  *       against pread, mlock of growing 4 KB-rounded prefixes, then llama's
@@ -151,6 +151,8 @@ static void verify(const uint8_t *addr, int fd, size_t size)
     free(buf);
 }
 
+static int pause_mid; /* --pause-mid: pause again after the fragments are unmapped */
+
 static int map_cycle(const char *path, int private_map, int pause)
 {
     FILE *fp = fopen(path, "rb");
@@ -206,6 +208,8 @@ static int map_cycle(const char *path, int private_map, int pause)
     unmap_fragment(&m, size / 3 + 123, 2 * (size / 3) + 77);
     unmap_fragment(&m, 0, size / 5 + 1);
     unmap_fragment(&m, size / 3 + 5000, size / 3 + 9000); /* already gone: a no-op */
+    if (pause && pause_mid)
+        pause_here(m.addr, size);
     /* The destructor: whatever is left, the last piece ending at the unaligned size. */
     for (int i = 0; i < m.nfrags; i++)
         if (munmap(m.addr + m.frags[i].first, m.frags[i].last - m.frags[i].first))
@@ -370,6 +374,8 @@ int main(int argc, char **argv)
                 pause_all = 1;
             else if (!strcmp(argv[i], "--private"))
                 priv = 1;
+            else if (!strcmp(argv[i], "--pause-mid"))
+                pause_mid = 1;
         }
         for (int c = 0; c < cycles; c++)
             map_cycle(argv[2], priv, pause_all || (pause && c == 0));
