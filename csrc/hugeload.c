@@ -56,7 +56,7 @@
  *                            mapped whole, plus any staged file.
  *   HUGELOAD_MIN_FILE_SIZE   bytes (K/M/G suffixes allowed), default 1G
  *   HUGELOAD_COPY            1 to make private huge copies of unstaged files
- *   HUGELOAD_ALLOC_THRESHOLD bytes, default 64M; 0 disables
+ *   HUGELOAD_ALLOC_THRESHOLD bytes, default 64M; 0 disables; at least 2M
  *   HUGELOAD_FILL_THREADS    preads in parallel for copies, default min(4, cpus)
  *   HUGELOAD_LOG             0 quiet, 1 fallbacks once + report (default),
  *                            2 every region and fallback
@@ -84,7 +84,9 @@
  *         real mmap was used (page=4K).  An allocation that fell back to the
  *         real allocator is reported page=4K fill=alloc.
  *   ms: time spent creating the region (mapping plus copy).
- *   live: 1 if the region was still mapped when the report was written.
+ *   live: 1 if the region was still mapped when the report was written
+ *         (always 0 for page=4K lines: those are not tracked).
+ *   A forked child starts with no records: it reports what it creates.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -661,8 +663,7 @@ static inline hl_iv core(const hl_region *r, hl_iv iv)
 static void hl_give_back(hl_region *r, size_t a, size_t b)
 {
     if (r_munmap((void *)(r->base + a), b - a) != 0)
-        hl_warn_once(R_RELEASE, "giving back pages of %s failed (%s)", g_rec[r->rec >= 0 ? r->rec : 0].what,
-                     strerror(errno));
+        hl_warn_once(R_RELEASE, "giving back pages at %p failed (%s)", (void *)(r->base + a), strerror(errno));
 }
 
 static void hl_bounds_recompute(void)
@@ -1787,10 +1788,17 @@ static void hl_atfork_parent(void)
     pthread_mutex_unlock(&g_lock);
     pthread_mutex_unlock(&g_idx_lock);
 }
+/* The child reports only what it creates itself; inherited regions stay managed. */
 static void hl_atfork_child(void)
 {
     pthread_mutex_init(&g_lock, NULL);
     pthread_mutex_init(&g_idx_lock, NULL);
+    for (int i = 0; i < g_reg_hwm; i++)
+        g_reg[i].rec = -1;
+    for (int i = 0; i < HL_MAX_RECORDS; i++)
+        atomic_store(&g_rec[i].ready, 0);
+    atomic_store(&g_nrec, 0);
+    atomic_store(&g_rec_dropped, 0);
 }
 
 __attribute__((constructor)) static void hl_ctor(void)
@@ -1866,6 +1874,10 @@ __attribute__((constructor)) static void hl_ctor(void)
         sigaction(SIGUSR1, &sa, NULL);
     }
     g_active = 1;
+    if (th && th < MB2) {
+        hl_warn_once(R_ENV, "HUGELOAD_ALLOC_THRESHOLD=%zu is below one 2 MB page: using 2 MiB", th);
+        th = MB2;
+    }
     g_alloc_thresh = th ? th : SIZE_MAX;
     hl_log(2, "active: page size %s, copy %s, allocation threshold %zu, index %s",
            g_policy == POL_1G ? "1g" : g_policy == POL_2M ? "2m" : "auto", g_copy ? "on" : "off", th, g_index_path);

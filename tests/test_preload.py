@@ -322,6 +322,15 @@ def test_allocation_cascade_faults(build, tmp_path):
     assert r.regions == [], r.log
 
 
+def test_forked_child_reports_only_its_own_regions(build, tmp_path):
+    r = run_harness(build, "fork", THRESHOLD, tmp=tmp_path, lib=build.fault, env={"HUGELOAD_FAULT": "2m"})
+    assert_clean(r)
+    by_pid = {}
+    for x in r.regions:
+        by_pid.setdefault(x["pid"], []).append((x["what"], x["bytes"], x["page"]))
+    assert sorted(by_pid.values()) == [[("malloc", str(2 * THRESHOLD), "THP")], [("malloc", str(THRESHOLD), "THP")]], r.log
+
+
 def test_report_on_sigusr1(build, model, tmp_path):
     report = tmp_path / "report.txt"
 

@@ -13,6 +13,8 @@
  *       malloc/calloc/realloc/posix_memalign/aligned_alloc/memalign/valloc/
  *       reallocarray around THRESHOLD; checks contents, zeroing, alignment and
  *       malloc_usable_size; frees everything.
+ *   harness fork THRESHOLD
+ *       a forked child uses and frees the parent's big buffer, then makes its own.
  *   harness threads THRESHOLD N ITERS [FILE]
  *       N threads allocating/freeing around THRESHOLD (and mapping FILE).
  *
@@ -31,6 +33,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static int errors;
@@ -355,6 +358,31 @@ static void *thread_main(void *arg)
     return NULL;
 }
 
+/* ---- fork: a child inherits a big buffer, uses and frees it, makes its own --- */
+
+static void run_fork(size_t th)
+{
+    uint8_t *p = malloc(th);
+    fill_check(p, th, "malloc");
+    pid_t pid = fork();
+    if (pid == 0) {
+        if (p[th - 1] != 0x5a)
+            FAIL("child does not see the parent's buffer");
+        free(p);
+        uint8_t *q = malloc(2 * th);
+        fill_check(q, 2 * th, "child-malloc");
+        free(q);
+        exit(errors ? 1 : 0);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    if (!WIFEXITED(status) || WEXITSTATUS(status))
+        FAIL("child failed: status %d", status);
+    if (p[th - 1] != 0x5a)
+        FAIL("parent lost its buffer after fork");
+    free(p);
+}
+
 int main(int argc, char **argv)
 {
     page_size = (size_t)sysconf(_SC_PAGESIZE);
@@ -389,6 +417,8 @@ int main(int argc, char **argv)
                 big = strtoull(argv[++i], NULL, 0);
         }
         run_alloc(strtoull(argv[2], NULL, 0), pause, big);
+    } else if (!strcmp(argv[1], "fork")) {
+        run_fork(strtoull(argv[2], NULL, 0));
     } else if (!strcmp(argv[1], "threads") && argc >= 5) {
         t_th = strtoull(argv[2], NULL, 0);
         int n = atoi(argv[3]);
