@@ -10,10 +10,10 @@ import os
 import sys
 
 from hugeload import __version__
-from hugeload.cli import cmd_doctor, cmd_plan, cmd_status
+from hugeload.cli import cmd_boot, cmd_doctor, cmd_mount, cmd_plan, cmd_pools, cmd_run, cmd_status, cmd_store
 from hugeload.errors import HugeloadError
 
-COMMANDS = [cmd_status, cmd_doctor, cmd_plan]
+COMMANDS = [cmd_status, cmd_doctor, cmd_plan, cmd_pools, cmd_mount, cmd_boot, cmd_store, cmd_run]
 
 
 class Parser(argparse.ArgumentParser):

@@ -12,3 +12,27 @@ def require_hugetlb(root) -> None:
     """Fail with one line when the kernel has no huge page support to read."""
     if not pools.page_sizes(root):
         raise NotSupported(f"no huge page support found under {root.rstrip('/')}/sys/kernel/mm/hugepages (not Linux, or a kernel without hugetlb)")
+
+
+def add_state_dir(parser) -> None:
+    parser.add_argument("--state-dir", default=None,
+                        help="where hugeload keeps its ledger and store (default $HUGELOAD_STATE_DIR or /run/hugeload)")
+
+
+def page_size_arg(text: str, allowed=("1g", "2m")) -> int:
+    from hugeload.errors import UsageError
+    from hugeload.units import PAGE_SIZE_NAMES, page_size_name, parse_page_size
+
+    kb = parse_page_size(text)
+    if page_size_name(kb).lower() not in allowed and kb not in [PAGE_SIZE_NAMES[a] for a in allowed if a in PAGE_SIZE_NAMES]:
+        raise UsageError(f"page size {text!r} is not allowed here: choose one of {', '.join(allowed)}")
+    return kb
+
+
+def octal(text: str) -> int:
+    from hugeload.errors import UsageError
+
+    try:
+        return int(text, 8)
+    except ValueError:
+        raise UsageError(f"mode {text!r} is not an octal number like 1770") from None

@@ -3,7 +3,6 @@
 from typing import NamedTuple
 
 from hugeload.probe.kernel import version_tuple
-from hugeload.probe.memory import largest_free_block_bytes
 from hugeload.units import GiB, KiB
 
 GIGANTIC_KB = 1048576
@@ -115,9 +114,8 @@ def check_thp(m) -> Check:
 
 def check_memory(m) -> Check:
     avail = m.meminfo.get("MemAvailable", 0) * KiB
-    largest = largest_free_block_bytes(m.buddyinfo)
     pressure = m.pressure.some_avg10 if m.pressure else 0.0
-    detail = f"{avail / GiB:.1f} GiB available, largest free block {largest // 1024 // 1024} MiB"
+    detail = f"{avail / GiB:.1f} GiB available"
     if pressure > 1.0:
         detail += f", memory pressure {pressure:.1f}% (some avg10)"
     return _check("memory", avail >= GiB and pressure <= 1.0, detail, "free memory before reserving: sync; echo 3 > /proc/sys/vm/drop_caches", warn=True)

@@ -1,0 +1,555 @@
+"""The model store: files staged into hugetlbfs so engines map them from huge pages.
+
+Layout under the state directory (default /run/hugeload):
+  store/mnt-1g, store/mnt-2m     hugetlbfs mounts the store makes when it needs them
+  store/mnt-*/<name>/<file>...   a staged model: the source files, each zero-padded to a page multiple
+  store/mnt-*/.staging-<name>-*  a model being copied; renamed to <name> only when complete
+  store/models/<name>.json       the manifest, written last: a model without one is not ready
+  store/redirects                one line per ready file for the preload library:
+                                 "<st_dev> <st_ino> <size> <mtime_ns> <staged path>"
+  store/locks/<name>.lock        one loader per model name at a time
+
+Facts designed around (measured here): hugetlbfs has no write(), so staging is
+ftruncate to the rounded size, mmap MAP_SHARED, copy in; a file left on
+hugetlbfs pins its pages until deleted, even after every process died; a
+MAP_PRIVATE map of a hugetlbfs file reserves a second full set of pages.
+"""
+
+import contextlib
+import hashlib
+import mmap
+import os
+import re
+import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from hugeload.act import ledger, state
+from hugeload.act import mounts as act_mounts
+from hugeload.act import pools as act_pools
+from hugeload.errors import HugeloadError, PoolError, UsageError
+from hugeload.probe import pools as probe_pools
+from hugeload.probe.mounts import read_mounts
+from hugeload.units import GiB, KiB, MiB, ceil_div, page_size_name
+
+GIGANTIC_KB = 1048576
+HUGE_KB = 2048
+CHUNK = 64 * MiB
+LOCK_TIMEOUT = 600.0
+SPLIT_RE = re.compile(r"^(?P<prefix>.*)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+
+
+@dataclass
+class StagedFile:
+    source: str
+    staged: str
+    size: int  # true size; the staged file is padded to a page multiple
+    dev: int
+    ino: int
+    mtime_ns: int
+    sha256: str | None = None
+
+
+@dataclass
+class Manifest:
+    name: str
+    page_size_kb: int
+    pages: int
+    files: list[StagedFile]
+    created: float
+    persist: bool = False
+    state: str = "ready"  # set when read: ready / stale / missing / staging / orphaned
+    processes: list[str] = field(default_factory=list)
+
+    @property
+    def path(self) -> str:
+        """The path to give the engine (the first split part for multi-file models)."""
+        return self.files[0].staged if self.files else ""
+
+    @property
+    def source(self) -> str:
+        return self.files[0].source if self.files else ""
+
+    @property
+    def size(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d.update(path=self.path, source=self.source, size=self.size)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Manifest":
+        files = [StagedFile(**f) for f in d["files"]]
+        return cls(d["name"], d["page_size_kb"], d["pages"], files, d["created"], d.get("persist", False))
+
+
+# ---------------------------------------------------------------- paths
+
+def store_dir(state_dir=None) -> Path:
+    return state.state_dir(state_dir) / "store"
+
+
+def mount_dir(kb: int, state_dir=None) -> Path:
+    return store_dir(state_dir) / f"mnt-{page_size_name(kb).lower()}"
+
+
+def manifest_path(name: str, state_dir=None) -> Path:
+    return store_dir(state_dir) / "models" / f"{name}.json"
+
+
+def owner(name: str) -> str:
+    return f"model:{name}"
+
+
+def check_name(name: str) -> str:
+    if not NAME_RE.match(name) or name.startswith(".staging"):
+        raise UsageError(f"model name {name!r} is not allowed: use letters, digits, '.', '_', '+', '-' (no '/')")
+    return name
+
+
+def default_name(path: str) -> str:
+    base = os.path.basename(path)
+    m = SPLIT_RE.match(base)
+    if m:
+        base = m.group("prefix")
+    else:
+        base = os.path.splitext(base)[0] or base
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", base)[:128] or "model"
+
+
+def source_files(path: str) -> list[str]:
+    """The files that make up a model: all parts of a split GGUF, else the file itself."""
+    if not os.path.exists(path):
+        raise UsageError(f"no such file: {path}")
+    if os.path.isdir(path):
+        raise UsageError(f"{path} is a directory, not a model file")
+    if not os.path.isfile(path):
+        raise UsageError(f"{path} is not a regular file")
+    m = SPLIT_RE.match(os.path.basename(path))
+    if not m:
+        return [os.path.abspath(path)]
+    count = int(m.group("count"))
+    d = os.path.dirname(os.path.abspath(path))
+    parts = [os.path.join(d, f"{m.group('prefix')}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)]
+    missing = [p for p in parts if not os.path.isfile(p)]
+    if missing:
+        raise UsageError(f"split model is missing {len(missing)} of {count} parts, first: {missing[0]}")
+    return parts
+
+
+# ---------------------------------------------------------------- reading
+
+def read_manifest(name: str, state_dir=None) -> Manifest | None:
+    data = state.read_json(manifest_path(name, state_dir), None)
+    return Manifest.from_json(data) if data else None
+
+
+def manifests(state_dir=None) -> list[Manifest]:
+    d = store_dir(state_dir) / "models"
+    out = []
+    for p in sorted(d.glob("*.json")) if d.exists() else []:
+        m = read_manifest(p.stem, state_dir)
+        if m:
+            out.append(m)
+    return out
+
+
+def file_state(f: StagedFile) -> str:
+    try:
+        st = os.stat(f.staged)
+    except FileNotFoundError:
+        return "missing"
+    if st.st_size < f.size:
+        return "missing"
+    try:
+        src = os.stat(f.source)
+    except FileNotFoundError:
+        return "ready"  # the staged copy outlives its source; still valid
+    if (src.st_size, src.st_mtime_ns, src.st_ino) != (f.size, f.mtime_ns, f.ino):
+        return "stale"
+    return "ready"
+
+
+def mapped_by(paths: list[str], root="/") -> list[str]:
+    """'PID (comm)' of processes that map or hold open any of `paths`."""
+    targets = set(paths)
+    out = []
+    proc = Path(root) / "proc"
+    for pid in (d for d in os.listdir(proc) if d.isdigit() and int(d) != os.getpid()):
+        try:
+            with open(proc / pid / "maps") as f:
+                hit = any(line.split(None, 5)[-1].strip() in targets for line in f if line.count(" ") >= 5)
+            if not hit:
+                hit = any(os.readlink(proc / pid / "fd" / fd) in targets for fd in os.listdir(proc / pid / "fd"))
+        except OSError:
+            continue
+        if hit:
+            comm = (proc / pid / "comm").read_text().strip()
+            out.append(f"{pid} ({comm})")
+    return out
+
+
+def staging_dirs(state_dir=None) -> list[Path]:
+    out = []
+    for kb in (GIGANTIC_KB, HUGE_KB):
+        d = mount_dir(kb, state_dir)
+        if d.is_dir():
+            out += sorted(p for p in d.iterdir() if p.name.startswith(".staging-"))
+    return out
+
+
+def staging_name(d: Path) -> str:
+    """The model name in '.staging-<name>-<pid>'."""
+    return d.name[len(".staging-"):].rsplit("-", 1)[0]
+
+
+def loaded(state_dir=None, root="/") -> list[Manifest]:
+    """Every manifest with its current state, plus models being staged right now."""
+    out = []
+    for m in manifests(state_dir):
+        states = {file_state(f) for f in m.files}
+        m.state = "missing" if "missing" in states else "stale" if "stale" in states else "ready"
+        m.processes = mapped_by([f.staged for f in m.files], root)
+        out.append(m)
+    for d in staging_dirs(state_dir):
+        name = staging_name(d)
+        busy = _lock_held(name, state_dir)
+        out.append(Manifest(name, _mount_kb(d), 0, [], d.stat().st_mtime, state="staging" if busy else "orphaned"))
+    return out
+
+
+def find_staged(path: str, state_dir=None) -> StagedFile | None:
+    """The ready staged copy of `path` (matched by device, inode, size and mtime), if any."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    for m in manifests(state_dir):
+        for f in m.files:
+            if (f.dev, f.ino, f.size, f.mtime_ns) == (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns):
+                if file_state(f) == "ready":
+                    return f
+    return None
+
+
+def _mount_kb(path: Path) -> int:
+    return GIGANTIC_KB if "mnt-1g" in str(path) else HUGE_KB
+
+
+# ---------------------------------------------------------------- locking
+
+def _lock_path(name: str, state_dir=None) -> Path:
+    return store_dir(state_dir) / "locks" / f"{name}.lock"
+
+
+def _lock_held(name: str, state_dir=None) -> bool:
+    import fcntl
+
+    p = _lock_path(name, state_dir)
+    if not p.exists():
+        return False
+    fd = os.open(p, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def model_lock(name: str, state_dir=None, timeout: float = LOCK_TIMEOUT):
+    try:
+        with state.locked(_lock_path(name, state_dir), timeout=timeout) as fd:
+            yield fd
+    except TimeoutError:
+        raise HugeloadError(f"model {name!r} is being loaded or unloaded by another hugeload; waited {timeout:.0f} s") from None
+
+
+# ---------------------------------------------------------------- redirects index
+
+def write_redirects(state_dir=None) -> None:
+    """The preload library's view of the store: ready files only, one line each."""
+    lines = []
+    for m in manifests(state_dir):
+        for f in m.files:
+            if file_state(f) == "ready":
+                lines.append(f"{f.dev} {f.ino} {f.size} {f.mtime_ns} {f.staged}\n")
+    d = store_dir(state_dir)
+    state.ensure_dir(d)
+    state.write_text_atomic(d / "redirects", "".join(lines), mode=0o644)
+
+
+# ---------------------------------------------------------------- staging
+
+def choose_page_size(total: int, requested_kb: int | None, reserve: bool, root="/") -> tuple[int, str]:
+    """auto: 1 GB for models of at least 1 GiB when the 1 GB pool can hold them (or can be
+    grown, with --reserve), else 2 MB.  A forced size is kept."""
+    sizes = probe_pools.page_sizes(root)
+    if requested_kb is not None:
+        if requested_kb not in sizes:
+            raise UsageError(f"this kernel offers no {page_size_name(requested_kb)} huge pages")
+        return requested_kb, f"{page_size_name(requested_kb)} requested"
+    if total >= GiB and GIGANTIC_KB in sizes:
+        need = ceil_div(total, GIGANTIC_KB * KiB)
+        if probe_pools.system_pool(root, GIGANTIC_KB).available >= need or reserve:
+            return GIGANTIC_KB, "model is at least 1 GiB and the 1G pool can hold it"
+        return HUGE_KB, f"the 1G pool cannot hold {need} page(s); using 2M (hugeload reserve --count {need} --page-size 1g, or --reserve)"
+    if HUGE_KB not in sizes:
+        raise HugeloadError("this kernel offers no 2M huge pages")
+    return HUGE_KB, "model is under 1 GiB" if total < GiB else "no 1G pages on this kernel"
+
+
+def ensure_pages(kb: int, pages: int, name: str, reserve: bool, root="/", state_dir=None) -> int:
+    """Make sure the pool has `pages` unpromised free pages; returns pages reserved for this model."""
+    pool = probe_pools.system_pool(root, kb)
+    missing = pages - max(0, pool.available)
+    if missing <= 0:
+        return 0
+    if not reserve:
+        raise PoolError(f"the {page_size_name(kb)} pool has {max(0, pool.available)} free page(s), the model needs {pages}: "
+                        f"run `hugeload reserve --count {missing} --page-size {page_size_name(kb).lower()}` or load with --reserve")
+    act_pools.reserve(root, kb, missing, owner=owner(name), state_dir=state_dir)
+    return missing
+
+
+def ensure_mount(kb: int, state_dir=None, root="/") -> Path:
+    d = mount_dir(kb, state_dir)
+    for m in read_mounts(root):
+        if m.path == str(d):
+            if m.page_size_kb != kb:
+                raise HugeloadError(f"{d} is a hugetlbfs mount of {page_size_name(m.page_size_kb)} pages, expected {page_size_name(kb)}")
+            return d
+    state.ensure_dir(d.parent)
+    act_mounts.mount(root, kb, str(d), owner="store", state_dir=state_dir)
+    os.chmod(d, 0o755)
+    return d
+
+
+class SourceChanged(HugeloadError):
+    pass
+
+
+def _copy_into(src: str, dst: Path, size: int, kb: int, threads: int, progress) -> None:
+    page = kb * KiB
+    padded = ceil_div(size, page) * page if size else page
+    sfd = os.open(src, os.O_RDONLY)
+    try:
+        st0 = os.fstat(sfd)
+        if st0.st_size != size:
+            raise SourceChanged(f"{src} changed size before copying ({size} -> {st0.st_size} bytes)")
+        dfd = os.open(dst, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            os.ftruncate(dfd, padded)
+            try:
+                mm = mmap.mmap(dfd, padded, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+            except OSError as e:
+                raise PoolError(f"cannot map {padded // page} x {page_size_name(kb)} pages for {os.path.basename(src)}: {e.strerror}") from None
+            try:
+                with contextlib.suppress(AttributeError, OSError):
+                    os.posix_fadvise(sfd, 0, size, os.POSIX_FADV_SEQUENTIAL)
+                view = memoryview(mm)
+
+                def copy(off: int) -> None:
+                    end = min(off + CHUNK, size)
+                    pos = off
+                    while pos < end:
+                        try:
+                            n = os.preadv(sfd, [view[pos:end]], pos)
+                        except InterruptedError:
+                            continue
+                        if n == 0:
+                            raise SourceChanged(f"{src} shrank while copying (ended at {pos} of {size} bytes)")
+                        pos += n
+                        progress(n)
+
+                with ThreadPoolExecutor(max_workers=threads) as pool:
+                    for fut in [pool.submit(copy, off) for off in range(0, size, CHUNK)]:
+                        fut.result()
+                view.release()
+            finally:
+                mm.close()
+        finally:
+            os.close(dfd)
+        st1 = os.fstat(sfd)
+        if (st1.st_size, st1.st_mtime_ns) != (st0.st_size, st0.st_mtime_ns):
+            raise SourceChanged(f"{src} changed while copying; nothing was staged")
+        # The staged copy is what engines read from now: do not hold the model twice in memory.
+        with contextlib.suppress(AttributeError, OSError):
+            os.posix_fadvise(sfd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(sfd)
+
+
+def _sha256(path: str, size: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb", buffering=0) as f:
+        left = size
+        while left:
+            b = f.read(min(CHUNK, left))
+            if not b:
+                break
+            h.update(b)
+            left -= len(b)
+    return h.hexdigest()
+
+
+def _staged_sha256(path: str, size: int) -> str:
+    """hugetlbfs supports read(), so the staged copy is hashed the same way."""
+    return _sha256(path, size)
+
+
+def load(path: str, page_size_kb: int | None = None, name: str | None = None, reserve: bool = False,
+         verify: bool = False, persist: bool = False, state_dir=None, root="/", progress=None,
+         threads: int | None = None, lock_timeout: float = LOCK_TIMEOUT) -> tuple[Manifest, bool, str]:
+    """Stage a model.  Returns (manifest, already_staged, reason for the page size).
+
+    Atomic: files are copied under a .staging directory that is renamed into place
+    only when complete, and the manifest is written last."""
+    files = source_files(path)
+    name = check_name(name or default_name(files[0]))
+    stats = [os.stat(f) for f in files]
+    total = sum(s.st_size for s in stats)
+    progress = progress or (lambda n: None)
+    with model_lock(name, state_dir, lock_timeout):
+        existing = read_manifest(name, state_dir)
+        if existing:
+            same = [(f.source, f.size, f.mtime_ns, f.ino) for f in existing.files] == \
+                   [(p, s.st_size, s.st_mtime_ns, s.st_ino) for p, s in zip(files, stats)]
+            if same and all(file_state(f) == "ready" for f in existing.files) and \
+                    (page_size_kb is None or page_size_kb == existing.page_size_kb):
+                if persist and not existing.persist:
+                    existing.persist = True
+                    state.write_json(manifest_path(name, state_dir), existing.to_json())
+                return existing, True, "already staged and unchanged"
+            _remove_model(existing, state_dir, root, release_pages=False)
+        kb, reason = choose_page_size(total, page_size_kb, reserve, root)
+        pages = sum(max(1, ceil_div(s.st_size, kb * KiB)) for s in stats)
+        reserved = ensure_pages(kb, pages, name, reserve, root, state_dir)
+        staging = None
+        try:
+            mnt = ensure_mount(kb, state_dir, root)
+            staging = mnt / f".staging-{name}-{os.getpid()}"
+            staging.mkdir()
+            n_threads = threads or min(4, os.cpu_count() or 1)
+            staged = []
+            for src, st in zip(files, stats):
+                dst = staging / os.path.basename(src)
+                _copy_into(src, dst, st.st_size, kb, n_threads, progress)
+                final = mnt / name / os.path.basename(src)
+                sha = None
+                if verify:
+                    sha = _sha256(src, st.st_size)
+                    if _staged_sha256(str(dst), st.st_size) != sha:
+                        raise HugeloadError(f"verification failed: the staged copy of {src} differs from the source")
+                staged.append(StagedFile(src, str(final), st.st_size, st.st_dev, st.st_ino, st.st_mtime_ns, sha))
+            final_dir = mnt / name
+            if final_dir.exists():
+                shutil.rmtree(final_dir)
+            os.rename(staging, final_dir)
+            staging = None
+            manifest = Manifest(name, kb, pages, staged, time.time(), persist)
+            state.write_json(manifest_path(name, state_dir), manifest.to_json())
+        except BaseException:
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
+            if reserved:
+                act_pools.release(root, kb, owner=owner(name), state_dir=state_dir)
+            raise
+        write_redirects(state_dir)
+        return manifest, False, reason
+
+
+def _remove_model(m: Manifest, state_dir=None, root="/", release_pages=True) -> None:
+    dirs = {os.path.dirname(f.staged) for f in m.files}
+    for f in m.files:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f.staged)
+    for d in dirs:
+        with contextlib.suppress(OSError):
+            os.rmdir(d)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(manifest_path(m.name, state_dir))
+    write_redirects(state_dir)
+    if release_pages:
+        act_pools.release(root, None, owner=owner(m.name), state_dir=state_dir)
+
+
+def resolve(name_or_path: str, state_dir=None) -> Manifest:
+    m = read_manifest(name_or_path, state_dir) if NAME_RE.match(name_or_path) else None
+    if m:
+        return m
+    real = os.path.abspath(name_or_path)
+    for m in manifests(state_dir):
+        if any(real in (f.source, f.staged) for f in m.files):
+            return m
+    raise UsageError(f"no staged model named or at {name_or_path!r} (hugeload loaded lists them)")
+
+
+def unload(name_or_path: str, force: bool = False, state_dir=None, root="/") -> Manifest:
+    m = resolve(name_or_path, state_dir)
+    with model_lock(m.name, state_dir):
+        users = mapped_by([f.staged for f in m.files], root)
+        if users and not force:
+            raise HugeloadError(f"model {m.name!r} is mapped by {', '.join(users)}: stop them first or pass --force")
+        _remove_model(m, state_dir, root)
+    unmount_idle(state_dir, root)
+    return m
+
+
+def unmount_idle(state_dir=None, root="/") -> list[str]:
+    """Unmount the store's own mounts once they hold nothing."""
+    done = []
+    for entry in act_mounts.hugeload_mounts(state_dir):
+        if entry.get("owner") != "store":
+            continue
+        p = entry["path"]
+        if os.path.isdir(p) and not os.listdir(p):
+            with contextlib.suppress(HugeloadError):
+                if act_mounts.umount(root, p, state_dir=state_dir):
+                    done.append(p)
+    return done
+
+
+def gc(state_dir=None, root="/") -> dict:
+    """Remove what interrupted loads left: staging directories nobody is writing, files on the
+    store's mounts that no manifest names, and pages reserved for models that no longer exist."""
+    removed = []
+    known = {f.staged for m in manifests(state_dir) for f in m.files}
+    for kb in (GIGANTIC_KB, HUGE_KB):
+        mnt = mount_dir(kb, state_dir)
+        if not mnt.is_dir():
+            continue
+        for entry in sorted(mnt.iterdir()):
+            if entry.name.startswith(".staging-"):
+                name = staging_name(entry)
+                if _lock_held(name, state_dir):
+                    continue
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(str(entry))
+            elif entry.is_dir():
+                for f in sorted(entry.iterdir()):
+                    if str(f) not in known:
+                        f.unlink()
+                        removed.append(str(f))
+                with contextlib.suppress(OSError):
+                    entry.rmdir()
+            elif str(entry) not in known:
+                entry.unlink()
+                removed.append(str(entry))
+    names = {m.name for m in manifests(state_dir)}
+    released = []
+    for key, owners in list(ledger.load(state_dir)["shares"].items()):
+        for o in list(owners):
+            if o.startswith("model:") and o[len("model:"):] not in names and not _lock_held(o[len("model:"):], state_dir):
+                released += act_pools.release(root, None, owner=o, state_dir=state_dir)
+    write_redirects(state_dir)
+    unmounted = unmount_idle(state_dir, root)
+    return {"removed": removed, "released": released, "unmounted": unmounted}

@@ -1,0 +1,62 @@
+"""Persisted models and boot restore, container arguments, list."""
+
+import json
+import os
+
+import pytest
+
+pytestmark = [pytest.mark.kernel]
+
+
+@pytest.fixture(autouse=True)
+def _clean(needs_root, state_dir, hugeload_cli):
+    yield
+    hugeload_cli("clear", "--force")
+
+
+def test_persist_then_restore_after_the_store_is_wiped(hugeload_cli, tmp_path, state_dir):
+    src = tmp_path / "p.gguf"
+    src.write_bytes(os.urandom(3 << 20))
+    cfg = tmp_path / "etc"
+    assert hugeload_cli("load", src, "--page-size", "2m", "--reserve", "--persist", "--config-dir", cfg).returncode == 0
+    desired = json.loads((cfg / "models.json").read_text())["models"]
+    assert [(m["name"], m["source"], m["page_size_kb"]) for m in desired] == [("p", str(src), 2048)]
+    # A reboot empties /run: pages, mounts and the store are gone, /etc remains.
+    assert hugeload_cli("clear", "--force").returncode == 0
+    (cfg / "models.json").write_text(json.dumps({"models": desired}))
+    out = hugeload_cli("restore", "--config-dir", cfg, "--json")
+    assert out.returncode == 0, out.stderr
+    restored = json.loads(out.stdout)["restored"]
+    assert [r["name"] for r in restored] == ["p"]
+    loaded = json.loads(hugeload_cli("loaded", "--json").stdout)["models"]
+    assert [(m["name"], m["state"]) for m in loaded] == [("p", "ready")]
+    assert hugeload_cli("unload", "p", "--config-dir", cfg).returncode == 0
+    assert json.loads((cfg / "models.json").read_text())["models"] == []
+
+
+def test_systemd_unit(hugeload_cli, tmp_path):
+    out = hugeload_cli("boot-config", "--systemd", "--apply", "--target-root", tmp_path)
+    assert out.returncode == 0, out.stderr
+    unit = (tmp_path / "etc/systemd/system/hugeload-restore.service").read_text()
+    assert "After=local-fs.target" in unit and "restore" in unit.split("ExecStart=")[1].splitlines()[0]
+
+
+def test_container_args(hugeload_cli, tmp_path):
+    src = tmp_path / "c.gguf"
+    src.write_bytes(os.urandom(1 << 20))
+    staged = json.loads(hugeload_cli("load", src, "--page-size", "2m", "--reserve", "--json").stdout)["path"]
+    docker = hugeload_cli("container-args", "c").stdout
+    mnt = os.path.dirname(os.path.dirname(staged))
+    assert f"-v {mnt}:/models/hugeload:ro" in docker and "/models/hugeload/c/c.gguf" in docker
+    k8s = hugeload_cli("container-args", "c", "--engine", "k8s").stdout
+    assert "hugepages-2Mi: 2Mi" in k8s and f"path: {mnt}" in k8s
+
+
+def test_list_models_with_plan(hugeload_cli, tmp_path):
+    (tmp_path / "a.gguf").write_bytes(b"\0" * (3 << 20))
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.safetensors").write_bytes(b"\0" * 100)
+    (tmp_path / "notes.txt").write_text("x")
+    data = json.loads(hugeload_cli("list", tmp_path, "--json").stdout)["models"]
+    assert [(os.path.basename(m["path"]), m["recommended_page_size_kb"], m["pages"]) for m in data] == [
+        ("a.gguf", 2048, 2), ("b.safetensors", 2048, 1)]
