@@ -50,16 +50,21 @@
  *
  * Environment (set by the CLI):
  *   HUGELOAD_PAGE_SIZE       auto (default) | 1g | 2m
- *   HUGELOAD_FILES           colon-separated fnmatch globs; a glob with a '/'
- *                            matches the whole path, else the base name.
+ *   HUGELOAD_FILES           colon-separated fnmatch globs; a glob without
+ *                            '/' matches the base name, an absolute one the
+ *                            whole (resolved) path, a relative one with '/'
+ *                            the whole path or its tail ("models/*.gguf"
+ *                            matches /srv/models/a.gguf).
  *                            Default: files of >= HUGELOAD_MIN_FILE_SIZE
  *                            mapped whole, plus any staged file.
  *   HUGELOAD_MIN_FILE_SIZE   bytes (K/M/G suffixes allowed), default 1G
  *   HUGELOAD_COPY            1 to make private huge copies of unstaged files
  *   HUGELOAD_ALLOC_THRESHOLD bytes, default 64M; 0 disables; at least 2M
  *   HUGELOAD_FILL_THREADS    preads in parallel for copies, default min(4, cpus)
- *   HUGELOAD_LOG             0 quiet, 1 fallbacks once + report (default),
- *                            2 every region and fallback
+ *   HUGELOAD_LOG             0: fallback warnings only (each reason once),
+ *                            1: and the report on stderr (default),
+ *                            2: and every region created or gone, every
+ *                               fallback every time
  *   HUGELOAD_REPORT          file to append the report to (default stderr)
  *   HUGELOAD_STATE_DIR       default /run/hugeload
  *   HUGELOAD_DISABLE         1 makes the library inert
@@ -67,8 +72,8 @@
  *                            comma list of 1g,2m,thp,pread,eof
  *
  * Report (at exit and on SIGUSR1 if the program has no handler of its own),
- * to HUGELOAD_REPORT (appended) or stderr; stderr gets nothing when no region
- * was recorded or HUGELOAD_LOG=0.  One header line, then one line per region
+ * to HUGELOAD_REPORT (appended) or stderr; stderr gets no report when no
+ * region was recorded or HUGELOAD_LOG=0.  One header line, then one line per region
  * ever created (at most 2048), space-separated key=value fields, stable order:
  *   hugeload: report pid=<pid> regions=<n> dropped=<n>
  *   hugeload: region pid=<pid> what=<name> bytes=<n> mapped=<n>
@@ -455,11 +460,9 @@ __attribute__((format(printf, 2, 3))) static void hl_log(int level, const char *
     va_end(ap);
 }
 
-/* Logs a fallback once per reason (every time with HUGELOAD_LOG=2). */
+/* Logs a fallback once per reason (every time with HUGELOAD_LOG=2), even with HUGELOAD_LOG=0. */
 __attribute__((format(printf, 2, 3))) static void hl_warn_once(int reason, const char *fmt, ...)
 {
-    if (g_log < 1)
-        return;
     unsigned long bit = 1UL << reason;
     if ((atomic_fetch_or(&g_warned, bit) & bit) && g_log < 2)
         return;
@@ -1494,11 +1497,20 @@ static int hl_selected(const char *path, const struct stat *st, size_t len, int 
     while (*s) {
         const char *c = strchr(s, ':');
         size_t n = c ? (size_t)(c - s) : strlen(s);
-        if (n > 0 && n < sizeof pat) {
-            memcpy(pat, s, n);
-            pat[n] = 0;
-            if (fnmatch(pat, memchr(pat, '/', n) ? path : base, 0) == 0)
+        if (n > 0 && n + 2 < sizeof pat) {
+            memcpy(pat + 2, s, n);
+            pat[n + 2] = 0;
+            char *g = pat + 2;
+            if (!memchr(g, '/', n)) {
+                if (fnmatch(g, base, 0) == 0)
+                    return 1;
+            } else if (fnmatch(g, path, 0) == 0) {
                 return 1;
+            } else if (g[0] != '/') {
+                pat[0] = '*', pat[1] = '/'; /* relative: any directory above */
+                if (fnmatch(pat, path, 0) == 0)
+                    return 1;
+            }
         }
         s += n + (c ? 1 : 0);
     }

@@ -291,6 +291,12 @@ def test_files_globs_select(build, model, tmp_path):
                     env={**env, "HUGELOAD_FILES": "/nonexistent/*:model.b?n"})
     assert_clean(r)
     assert [(x["what"], x["fill"]) for x in r.regions] == [("model.bin", "copy")], r.log
+    # A relative glob with a directory matches the tail of the path.
+    r = run_harness(build, "map", model, tmp=tmp_path, lib=build.fault,
+                    env={**env, "HUGELOAD_FILES": f"{model.parent.name}/*.bin"})
+    assert [(x["what"], x["fill"]) for x in r.regions] == [("model.bin", "copy")], r.log
+    r = run_harness(build, "map", model, tmp=tmp_path, lib=build.fault, env={**env, "HUGELOAD_FILES": "zz/*.bin"})
+    assert r.regions == [], r.log
     # Below the default minimum size and no glob: not touched.
     r = run_harness(build, "map", model, tmp=tmp_path, lib=build.fault, env=env)
     assert_clean(r)
@@ -371,6 +377,21 @@ def test_staged_model_maps_zero_copy_on_1g_pages(build, model, pools, hugetlbfs,
         [("1G", "staged", str(MODEL_SIZE), str(GIB))] * 3, r.log
     assert "hugeload: " not in r.stderr, r.log  # nothing fell back
     assert pool(P1G) == 0  # the staged file still holds its page; the process held none
+
+
+@pytest.mark.kernel
+def test_cli_load_then_run_maps_the_staged_copy(build, model, pools, state_dir, hugeload_cli, tmp_path):
+    """End to end: `hugeload load` stages with the real store, `hugeload run` preloads the library."""
+    report = tmp_path / "cli-report.txt"
+    try:
+        out = hugeload_cli("load", model, "--page-size", "2m", "--reserve", "--json")
+        assert out.returncode == 0, out.stderr
+        r = hugeload_cli("run", "--report", report, "--", build.harness, "map", model, "--cycles", "2")
+        assert r.returncode == 0 and "ERROR" not in r.stdout, r.stdout + r.stderr
+        assert [(x["page"], x["fill"]) for x in parse_report(report.read_text())] == [("2M", "staged")] * 2
+    finally:
+        hugeload_cli("clear", "--force")
+        hugeload_cli("gc")
 
 
 @pytest.mark.kernel
