@@ -1,6 +1,17 @@
 /*
  * hugeload's native library.
  *
+ * Exported for ctypes (ABI version 1):
+ *   int    hugeload_abi_version(void);
+ *   int    hugeload_cpuid(uint32_t leaf, uint32_t subleaf, uint32_t out[4]);
+ *   int    hugeload_chase_init(void *buf, size_t bytes, size_t stride, uint64_t seed);
+ *   double hugeload_chase_ns(const void *buf, uint64_t accesses);
+ *   double hugeload_seq_read_gbps(const void *buf, size_t bytes, int repeats);
+ *   double hugeload_memcpy_gbps(void *dst, const void *src, size_t bytes, int repeats);
+ * Interposed when preloaded: mmap mmap64 munmap madvise posix_madvise mlock
+ *   munlock malloc free calloc realloc reallocarray posix_memalign
+ *   aligned_alloc memalign valloc pvalloc malloc_usable_size.
+ *
  * One file, built by `pip install` into the package as libhugeload.so.  It is
  * loaded two ways:
  *   - by Python through ctypes (RTLD_LOCAL: nothing is interposed), for the
@@ -53,8 +64,8 @@
  *   HUGELOAD_FILES           colon-separated fnmatch globs; a glob without
  *                            '/' matches the base name, an absolute one the
  *                            whole (resolved) path, a relative one with '/'
- *                            the whole path or its tail ("models/*.gguf"
- *                            matches /srv/models/a.gguf).
+ *                            the whole path or its tail ("models/ *.gguf"
+ *                            without the space matches /srv/models/a.gguf).
  *                            Default: files of >= HUGELOAD_MIN_FILE_SIZE
  *                            mapped whole, plus any staged file.
  *   HUGELOAD_MIN_FILE_SIZE   bytes (K/M/G suffixes allowed), default 1G
@@ -1305,17 +1316,19 @@ HL_EXPORT void *aligned_alloc(size_t align, size_t n)
     return r_aligned_alloc(align, n);
 }
 
-HL_EXPORT void *memalign(size_t align, size_t n)
+static void *hl_memalign_as(size_t align, size_t n, const char *what)
 {
     if (unlikely(n >= g_alloc_thresh) && pow2(align)) {
-        void *p = hl_big_alloc(n, align, "memalign");
+        void *p = hl_big_alloc(n, align, what);
         if (p)
             return p;
     }
     return r_memalign(align, n);
 }
 
-HL_EXPORT void *valloc(size_t n) { return memalign(KB4, n); }
+HL_EXPORT void *memalign(size_t align, size_t n) { return hl_memalign_as(align, n, "memalign"); }
+
+HL_EXPORT void *valloc(size_t n) { return hl_memalign_as(KB4, n, "valloc"); }
 
 HL_EXPORT void *pvalloc(size_t n)
 {
@@ -1323,7 +1336,7 @@ HL_EXPORT void *pvalloc(size_t n)
         errno = ENOMEM;
         return NULL;
     }
-    return memalign(KB4, n ? round_up(n, KB4) : KB4);
+    return hl_memalign_as(KB4, n ? round_up(n, KB4) : KB4, "pvalloc");
 }
 
 HL_EXPORT size_t malloc_usable_size(void *p)
