@@ -1,0 +1,439 @@
+/*
+ * Test harness for the preload library: replays what llama.cpp does with a
+ * model file and with large buffers, and checks every call.  Run with
+ * LD_PRELOAD=libhugeload.so by tests/test_preload.py.
+ *
+ *   harness map FILE [--cycles N] [--pause] [--pause-all] [--pause-mid] [--private]
+ *       fopen/ftell size, posix_fadvise, mmap(PROT_READ, MAP_SHARED|MAP_POPULATE),
+ *       posix_madvise/madvise WILLNEED on 4 KB-rounded pieces, content check
+ *       against pread, mlock of growing 4 KB-rounded prefixes, then llama's
+ *       unmap_fragment pieces and a destructor that unmaps what is left, the
+ *       last piece ending at the unaligned file size.
+ *   harness alloc THRESHOLD [--pause] [--big N]
+ *       malloc/calloc/realloc/posix_memalign/aligned_alloc/memalign/valloc/
+ *       reallocarray around THRESHOLD; checks contents, zeroing, alignment and
+ *       malloc_usable_size; frees everything.
+ *   harness fork THRESHOLD
+ *       a forked child uses and frees the parent's big buffer, then makes its own.
+ *   harness threads THRESHOLD N ITERS [FILE]
+ *       N threads allocating/freeing around THRESHOLD (and mapping FILE).
+ *
+ * Output: "READY addr=0x.. size=N" then waits for a line on stdin (pauses);
+ * "ERROR ..." lines for failed checks; at the end "HUGE_LEFT vmas=N kb=N"
+ * (hugetlb or THP memory still mapped) and "DONE errors=N".  Exit status 0
+ * when there was no error.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <malloc.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static int errors;
+static pthread_mutex_t err_lock = PTHREAD_MUTEX_INITIALIZER;
+
+#define FAIL(...)                              \
+    do {                                       \
+        pthread_mutex_lock(&err_lock);         \
+        printf("ERROR " __VA_ARGS__);          \
+        printf("\n");                          \
+        fflush(stdout);                        \
+        errors++;                              \
+        pthread_mutex_unlock(&err_lock);       \
+    } while (0)
+
+static size_t page_size;
+
+static void pause_here(void *addr, size_t size)
+{
+    printf("READY addr=%p size=%zu pid=%d\n", addr, size, (int)getpid());
+    fflush(stdout);
+    char line[64];
+    if (!fgets(line, sizeof line, stdin))
+        FAIL("stdin closed while paused");
+}
+
+/* hugetlb (KernelPageSize >= 2 MB) or THP memory still mapped in this process. */
+static void huge_left(void)
+{
+    FILE *f = fopen("/proc/self/smaps", "r");
+    if (!f) {
+        FAIL("cannot read smaps");
+        return;
+    }
+    char line[512];
+    long vmas = 0, kb = 0, size = 0, v;
+    while (fgets(line, sizeof line, f)) {
+        if (sscanf(line, "Size: %ld kB", &v) == 1)
+            size = v;
+        else if (sscanf(line, "KernelPageSize: %ld kB", &v) == 1 && v >= 2048) {
+            vmas++;
+            kb += size;
+        } else if (sscanf(line, "AnonHugePages: %ld kB", &v) == 1 && v > 0) {
+            vmas++;
+            kb += v;
+        }
+    }
+    fclose(f);
+    printf("HUGE_LEFT vmas=%ld kb=%ld\n", vmas, kb);
+}
+
+/* ---- map: the engine's model mapping ---------------------------------- */
+
+typedef struct {
+    size_t first, last;
+} frag_t;
+
+struct mapping {
+    uint8_t *addr;
+    size_t size;
+    frag_t frags[16];
+    int nfrags;
+};
+
+static void align_range(size_t *first, size_t *last)
+{
+    size_t in_page = *first & (page_size - 1);
+    *first += in_page ? page_size - in_page : 0;
+    *last &= ~(page_size - 1);
+    if (*last <= *first)
+        *last = *first;
+}
+
+/* The engine's unmap_fragment: unmap the whole pages inside [first, last). */
+static void unmap_fragment(struct mapping *m, size_t first, size_t last)
+{
+    align_range(&first, &last);
+    if (last == first)
+        return;
+    if (munmap(m->addr + first, last - first))
+        FAIL("munmap fragment off=%zu len=%zu: %s", first, last - first, strerror(errno));
+    frag_t out[16];
+    int n = 0;
+    for (int i = 0; i < m->nfrags; i++) {
+        frag_t f = m->frags[i];
+        if (f.first < first && f.last > last) {
+            out[n++] = (frag_t){f.first, first};
+            out[n++] = (frag_t){last, f.last};
+        } else if (f.first < first && f.last > first) {
+            out[n++] = (frag_t){f.first, first};
+        } else if (f.first < last && f.last > last) {
+            out[n++] = (frag_t){last, f.last};
+        } else if (f.first >= first && f.last <= last) {
+        } else {
+            out[n++] = f;
+        }
+    }
+    memcpy(m->frags, out, sizeof(frag_t) * (size_t)n);
+    m->nfrags = n;
+}
+
+static void verify(const uint8_t *addr, int fd, size_t size)
+{
+    size_t chunk = 1 << 20;
+    uint8_t *buf = malloc(chunk);
+    for (size_t off = 0; off < size; off += chunk) {
+        size_t n = size - off < chunk ? size - off : chunk;
+        ssize_t r = pread(fd, buf, n, (off_t)off);
+        if (r != (ssize_t)n) {
+            FAIL("pread at %zu", off);
+            break;
+        }
+        if (memcmp(buf, addr + off, n)) {
+            FAIL("content differs from the file near offset %zu", off);
+            break;
+        }
+    }
+    free(buf);
+}
+
+static int pause_mid; /* --pause-mid: pause again after the fragments are unmapped */
+
+static int map_cycle(const char *path, int private_map, int pause)
+{
+    FILE *fp = fopen(path, "rb");
+    if (!fp) {
+        FAIL("fopen %s: %s", path, strerror(errno));
+        return -1;
+    }
+    fseek(fp, 0, SEEK_END);
+    size_t size = (size_t)ftell(fp);
+    fseek(fp, 0, SEEK_SET);
+    int fd = fileno(fp);
+    posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+    struct mapping m = {0};
+    m.size = size;
+    m.addr = mmap(NULL, size, PROT_READ, (private_map ? MAP_PRIVATE : MAP_SHARED) | MAP_POPULATE, fd, 0);
+    if (m.addr == MAP_FAILED) {
+        FAIL("mmap: %s", strerror(errno));
+        fclose(fp);
+        return -1;
+    }
+    m.frags[0] = (frag_t){0, size};
+    m.nfrags = 1;
+    int rc;
+    if ((rc = posix_madvise(m.addr, size, POSIX_MADV_WILLNEED)))
+        FAIL("posix_madvise WILLNEED: %s", strerror(rc));
+    if ((rc = posix_madvise(m.addr, size, POSIX_MADV_RANDOM)))
+        FAIL("posix_madvise RANDOM: %s", strerror(rc));
+    /* 4 KB-rounded sub-ranges, as the engine's prefetch of tensors does. */
+    for (size_t off = 0; off + page_size < size; off += (size / 7) & ~(page_size - 1)) {
+        size_t len = ((size - off) / 3 + page_size - 1) & ~(page_size - 1);
+        if (madvise(m.addr + off, len, MADV_WILLNEED))
+            FAIL("madvise WILLNEED off=%zu: %s", off, strerror(errno));
+        if (!(size / 7))
+            break;
+    }
+    verify(m.addr, fd, size);
+    /* mlock of growing prefixes, rounded up to 4 KB. */
+    size_t locked = 0;
+    size_t targets[] = {size / 4 + 1, size / 2 + 3, size};
+    for (int i = 0; i < 3; i++) {
+        size_t t = (targets[i] + page_size - 1) & ~(page_size - 1);
+        if (t > locked) {
+            if (mlock(m.addr + locked, t - locked))
+                FAIL("mlock off=%zu len=%zu: %s", locked, t - locked, strerror(errno));
+            locked = t;
+        }
+    }
+    if (munlock(m.addr, page_size * 3))
+        FAIL("munlock: %s", strerror(errno));
+    if (pause)
+        pause_here(m.addr, size);
+    /* After loading: the engine unmaps the parts it copied elsewhere. */
+    unmap_fragment(&m, size / 3 + 123, 2 * (size / 3) + 77);
+    unmap_fragment(&m, 0, size / 5 + 1);
+    unmap_fragment(&m, size / 3 + 5000, size / 3 + 9000); /* already gone: a no-op */
+    if (pause && pause_mid)
+        pause_here(m.addr, size);
+    /* The destructor: whatever is left, the last piece ending at the unaligned size. */
+    for (int i = 0; i < m.nfrags; i++)
+        if (munmap(m.addr + m.frags[i].first, m.frags[i].last - m.frags[i].first))
+            FAIL("munmap failed: %s (off=%zu len=%zu)", strerror(errno), m.frags[i].first,
+                 m.frags[i].last - m.frags[i].first);
+    fclose(fp);
+    return 0;
+}
+
+/* ---- alloc: large buffers around the threshold ------------------------ */
+
+static void fill_check(uint8_t *p, size_t n, const char *what)
+{
+    if (!p) {
+        FAIL("%s(%zu) returned NULL", what, n);
+        return;
+    }
+    if (malloc_usable_size(p) < n)
+        FAIL("%s(%zu): usable size %zu too small", what, n, malloc_usable_size(p));
+    for (size_t i = 0; i < n - 1; i += 4096)
+        p[i] = (uint8_t)(i >> 12);
+    p[n - 1] = 0x5a;
+    for (size_t i = 0; i < n - 1; i += 4096)
+        if (p[i] != (uint8_t)(i >> 12)) {
+            FAIL("%s(%zu): memory does not keep what was written", what, n);
+            break;
+        }
+    if (p[n - 1] != 0x5a)
+        FAIL("%s(%zu): last byte lost", what, n);
+    printf("ALLOC fn=%s size=%zu addr=%p\n", what, n, (void *)p);
+}
+
+static void check_zero(const uint8_t *p, size_t n, const char *what)
+{
+    for (size_t i = 0; i < n; i += 4096)
+        if (p[i] || p[i + (i + 4095 < n ? 4095 : n - 1 - i)]) {
+            FAIL("%s: not zero at %zu", what, i);
+            return;
+        }
+}
+
+static void run_alloc(size_t th, int pause, size_t big)
+{
+    size_t sizes[] = {th - 1, th, th + 1, 3 * th + 12345};
+    for (int i = 0; i < 4; i++) {
+        uint8_t *p = malloc(sizes[i]);
+        fill_check(p, sizes[i], "malloc");
+        free(p);
+        p = calloc(1, sizes[i]);
+        if (p)
+            check_zero(p, sizes[i], "calloc");
+        fill_check(p, sizes[i], "calloc");
+        free(p);
+    }
+    size_t aligns[] = {64, 4096, (size_t)2 << 20, (size_t)8 << 20};
+    for (int i = 0; i < 4; i++) {
+        void *p = NULL;
+        int rc = posix_memalign(&p, aligns[i], th + 4096);
+        if (rc || ((uintptr_t)p & (aligns[i] - 1)))
+            FAIL("posix_memalign(%zu): rc=%d p=%p", aligns[i], rc, p);
+        fill_check(p, th + 4096, "posix_memalign");
+        free(p);
+        p = aligned_alloc(aligns[i], 2 * th);
+        if (!p || ((uintptr_t)p & (aligns[i] - 1)))
+            FAIL("aligned_alloc(%zu): p=%p", aligns[i], p);
+        fill_check(p, 2 * th, "aligned_alloc");
+        free(p);
+        p = memalign(aligns[i], th);
+        if (!p || ((uintptr_t)p & (aligns[i] - 1)))
+            FAIL("memalign(%zu): p=%p", aligns[i], p);
+        fill_check(p, th, "memalign");
+        free(p);
+    }
+    void *v = valloc(th);
+    if ((uintptr_t)v & 4095)
+        FAIL("valloc not page-aligned");
+    fill_check(v, th, "valloc");
+    free(v);
+    /* realloc: small -> big -> bigger -> small, contents kept. */
+    uint8_t *p = malloc(1000);
+    memset(p, 0x11, 1000);
+    p = realloc(p, 2 * th);
+    if (!p || p[0] != 0x11 || p[999] != 0x11)
+        FAIL("realloc small->big lost contents");
+    memset(p, 0x22, 2 * th);
+    p = realloc(p, 2 * th + 100);
+    if (!p || p[0] != 0x22 || p[2 * th - 1] != 0x22)
+        FAIL("realloc big->bigger lost contents");
+    p = realloc(p, 5 * th);
+    if (!p || p[0] != 0x22 || p[2 * th - 1] != 0x22)
+        FAIL("realloc big->much bigger lost contents");
+    p = realloc(p, 100);
+    if (!p || p[0] != 0x22 || p[99] != 0x22)
+        FAIL("realloc big->small lost contents");
+    free(p);
+    p = reallocarray(NULL, th / 8, 8);
+    fill_check(p, th, "reallocarray");
+    /* MADV_DONTNEED on anonymous memory zeroes it: still true on huge pages. */
+    memset(p, 0x33, th);
+    uint8_t *pa = (uint8_t *)(((uintptr_t)p + 4095) & ~(uintptr_t)4095);
+    size_t palen = (th - (size_t)(pa - p)) & ~(size_t)4095;
+    if (madvise(pa, palen, MADV_DONTNEED))
+        FAIL("madvise DONTNEED: %s", strerror(errno));
+    check_zero(pa, palen, "after MADV_DONTNEED");
+    if (mlock(p, th) || munlock(p, th))
+        FAIL("mlock/munlock of a big buffer: %s", strerror(errno));
+    free(p);
+    if (big) {
+        uint8_t *b = malloc(big);
+        fill_check(b, big, "malloc");
+        if (pause)
+            pause_here(b, big);
+        free(b);
+    }
+}
+
+/* ---- threads ----------------------------------------------------------- */
+
+static size_t t_th;
+static int t_iters;
+static const char *t_file;
+
+static void *thread_main(void *arg)
+{
+    unsigned seed = (unsigned)(uintptr_t)arg;
+    for (int i = 0; i < t_iters; i++) {
+        size_t n = t_th + (size_t)(rand_r(&seed) % 8) * (1 << 20);
+        uint8_t *p = malloc(n);
+        uint8_t *small = malloc(100 + (size_t)(rand_r(&seed) % 5000));
+        if (!p || !small) {
+            FAIL("thread malloc");
+            continue;
+        }
+        memset(p, (int)i, n);
+        if (p[n / 2] != (uint8_t)i)
+            FAIL("thread memory");
+        free(small);
+        p = realloc(p, n + (1 << 20));
+        free(p);
+        if (t_file && i % 4 == 0)
+            map_cycle(t_file, 0, 0);
+    }
+    return NULL;
+}
+
+/* ---- fork: a child inherits a big buffer, uses and frees it, makes its own --- */
+
+static void run_fork(size_t th)
+{
+    uint8_t *p = malloc(th);
+    fill_check(p, th, "malloc");
+    pid_t pid = fork();
+    if (pid == 0) {
+        if (p[th - 1] != 0x5a)
+            FAIL("child does not see the parent's buffer");
+        free(p);
+        uint8_t *q = malloc(2 * th);
+        fill_check(q, 2 * th, "child-malloc");
+        free(q);
+        exit(errors ? 1 : 0);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    if (!WIFEXITED(status) || WEXITSTATUS(status))
+        FAIL("child failed: status %d", status);
+    if (p[th - 1] != 0x5a)
+        FAIL("parent lost its buffer after fork");
+    free(p);
+}
+
+int main(int argc, char **argv)
+{
+    page_size = (size_t)sysconf(_SC_PAGESIZE);
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    if (argc < 3) {
+        fprintf(stderr, "usage: see the comment at the top of harness.c\n");
+        return 2;
+    }
+    if (!strcmp(argv[1], "map")) {
+        int cycles = 1, pause = 0, pause_all = 0, priv = 0;
+        for (int i = 3; i < argc; i++) {
+            if (!strcmp(argv[i], "--cycles") && i + 1 < argc)
+                cycles = atoi(argv[++i]);
+            else if (!strcmp(argv[i], "--pause"))
+                pause = 1;
+            else if (!strcmp(argv[i], "--pause-all"))
+                pause_all = 1;
+            else if (!strcmp(argv[i], "--private"))
+                priv = 1;
+            else if (!strcmp(argv[i], "--pause-mid"))
+                pause_mid = 1;
+        }
+        for (int c = 0; c < cycles; c++)
+            map_cycle(argv[2], priv, pause_all || (pause && c == 0));
+    } else if (!strcmp(argv[1], "alloc")) {
+        int pause = 0;
+        size_t big = 0;
+        for (int i = 3; i < argc; i++) {
+            if (!strcmp(argv[i], "--pause"))
+                pause = 1;
+            else if (!strcmp(argv[i], "--big") && i + 1 < argc)
+                big = strtoull(argv[++i], NULL, 0);
+        }
+        run_alloc(strtoull(argv[2], NULL, 0), pause, big);
+    } else if (!strcmp(argv[1], "fork")) {
+        run_fork(strtoull(argv[2], NULL, 0));
+    } else if (!strcmp(argv[1], "threads") && argc >= 5) {
+        t_th = strtoull(argv[2], NULL, 0);
+        int n = atoi(argv[3]);
+        t_iters = atoi(argv[4]);
+        t_file = argc > 5 ? argv[5] : NULL;
+        pthread_t th[64];
+        for (int i = 0; i < n && i < 64; i++)
+            pthread_create(&th[i], NULL, thread_main, (void *)(uintptr_t)(i + 1));
+        for (int i = 0; i < n && i < 64; i++)
+            pthread_join(th[i], NULL);
+    } else {
+        fprintf(stderr, "unknown mode %s\n", argv[1]);
+        return 2;
+    }
+    huge_left();
+    printf("DONE errors=%d\n", errors);
+    return errors ? 1 : 0;
+}

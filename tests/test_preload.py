@@ -1,0 +1,568 @@
+"""The preload library (csrc/hugeload.c) under LD_PRELOAD, driven by tests/native/harness.c.
+
+The harness replays llama.cpp's calls (one whole-file mmap, advice, mlock of
+growing prefixes, 4 KB munmaps ending at an unaligned size, repeated cycles,
+big buffers) and prints ERROR lines for any failed call.  Tests marked
+`kernel` reserve real huge pages and mount hugetlbfs; the conftest's autouse
+fixture holds the machine lock and checks the pools come back unchanged, and
+the `pools` fixture here restores the counts it changed.
+"""
+
+import ctypes
+import mmap
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from hugeload import native
+
+REPO = Path(__file__).resolve().parent.parent
+HUGEPAGES = Path("/sys/kernel/mm/hugepages")
+P1G, P2M = "hugepages-1048576kB", "hugepages-2048kB"
+GIB, MIB = 1 << 30, 1 << 20
+MODEL_SIZE = 300 * MIB + 12345  # not a multiple of 4 KB, like real model files
+THRESHOLD = 64 * MIB
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def parse_report(text: str) -> list[dict[str, str]]:
+    """The region lines of a hugeload report, as dicts of their key=value fields."""
+    out = []
+    for line in text.splitlines():
+        if line.startswith("hugeload: region "):
+            out.append(dict(field.split("=", 1) for field in line.split()[2:]))
+    return out
+
+
+def pool(kind: str, counter: str = "free_hugepages") -> int:
+    return int((HUGEPAGES / kind / counter).read_text())
+
+
+def smaps_vma(pid: int, addr: int) -> dict[str, int]:
+    """The smaps fields (kB values) of the mapping of pid that contains addr."""
+    vma, found = {}, False
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            m = re.match(r"^([0-9a-f]+)-([0-9a-f]+) ", line)
+            if m:
+                if found:
+                    break
+                found = int(m.group(1), 16) <= addr < int(m.group(2), 16)
+            elif found and line.split()[-1:] == ["kB"]:
+                key, value = line.split(":", 1)
+                vma[key] = int(value.split()[0])
+    return vma
+
+
+def stage(src: Path, mount: Path, state_dir: Path, page: int, name: str = "model staged.bin") -> Path:
+    """Copies src into hugetlbfs the way the store will: ftruncate to a page multiple, mmap, copy."""
+    dst = mount / name
+    padded = -(-src.stat().st_size // page) * page
+    fd = os.open(dst, os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        os.ftruncate(fd, padded)
+        with mmap.mmap(fd, padded, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE) as m, open(src, "rb") as f:
+            off = 0
+            while chunk := f.read(64 * MIB):
+                m[off : off + len(chunk)] = chunk
+                off += len(chunk)
+    finally:
+        os.close(fd)
+    write_index(state_dir, [(src, dst)])
+    return dst
+
+
+def write_index(state_dir: Path, pairs) -> None:
+    """Publishes the redirects index atomically (write, then rename)."""
+    store = state_dir / "store"
+    store.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for src, dst in pairs:
+        st = os.stat(src)
+        lines.append(f"{st.st_dev} {st.st_ino} {st.st_size} {st.st_mtime_ns} {dst}\n")
+    tmp = store / "redirects.tmp"
+    tmp.write_text("# staged models\n" + "".join(lines))
+    os.rename(tmp, store / "redirects")
+
+
+def run_harness(build, *args, env=None, lib=None, on_ready=None, tmp=None, timeout=90, preload=True):
+    """Runs the harness preloaded; on_ready(pid, addr, size) is called at each pause."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith("HUGELOAD_") and k != "LD_PRELOAD"}
+    if preload:
+        full["LD_PRELOAD"] = str(lib or build.lib)
+    full["HUGELOAD_STATE_DIR"] = str(tmp / "state")
+    full["HUGELOAD_REPORT"] = str(tmp / "report.txt")
+    full.update(env or {})
+    report = Path(full["HUGELOAD_REPORT"])
+    report.unlink(missing_ok=True)
+    p = subprocess.Popen(
+        [str(build.harness), *map(str, args)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full,
+    )
+    watchdog = threading.Timer(timeout, p.kill)
+    watchdog.start()
+    stderr_chunks = []
+    reader = threading.Thread(target=lambda: stderr_chunks.append(p.stderr.read()))
+    reader.start()
+    out, ready = [], []
+    try:
+        for line in p.stdout:
+            out.append(line)
+            if line.startswith("READY"):
+                f = dict(kv.split("=", 1) for kv in line.split()[1:])
+                ready.append(on_ready(p.pid, int(f["addr"], 16), int(f["size"])) if on_ready else None)
+                p.stdin.write("\n")
+                p.stdin.flush()
+        p.wait()
+    finally:
+        watchdog.cancel()
+        reader.join()
+    stdout, stderr = "".join(out), "".join(stderr_chunks)
+    report_text = report.read_text() if report.exists() else ""
+    left = re.search(r"HUGE_LEFT vmas=(\d+) kb=(\d+)", stdout)
+    return SimpleNamespace(
+        rc=p.returncode, stdout=stdout, stderr=stderr, report=report_text, regions=parse_report(report_text),
+        ready=ready, huge_left=int(left.group(1)) if left else None,
+        log=f"rc={p.returncode}\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n--- report\n{report_text}",
+    )
+
+
+def assert_clean(r):
+    """Every call the harness checked succeeded, no munmap was refused, nothing huge left mapped."""
+    assert r.rc == 0, r.log
+    assert "ERROR" not in r.stdout, r.log
+    assert "munmap failed" not in r.stdout and "Invalid argument" not in r.stdout, r.log
+    assert r.huge_left == 0, r.log
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session")
+def build(tmp_path_factory):
+    """The installed library, a fault-injection build of the same source, and the harness."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        pytest.skip("no C compiler")
+    lib = native.library_path()
+    if not lib.exists():
+        pytest.skip("libhugeload.so not built: pip install -e .")
+    d = tmp_path_factory.mktemp("native")
+    harness, fault = d / "harness", d / "libhugeload-fault.so"
+    subprocess.run([cc, "-O1", "-g", "-Wall", "-pthread", str(REPO / "tests/native/harness.c"), "-o", str(harness)],
+                   check=True)
+    subprocess.run([cc, "-O2", "-std=gnu11", "-fPIC", "-shared", "-fvisibility=hidden", "-pthread",
+                    "-DHUGELOAD_FAULT_INJECTION", str(REPO / "csrc/hugeload.c"), "-o", str(fault), "-ldl"],
+                   check=True)
+    return SimpleNamespace(lib=lib, fault=fault, harness=harness)
+
+
+@pytest.fixture(scope="session")
+def model(tmp_path_factory) -> Path:
+    """A model-sized file whose every 8 bytes differ, so a wrong offset is caught."""
+    np = pytest.importorskip("numpy")
+    path = tmp_path_factory.mktemp("model") / "model.bin"
+    words = np.arange(MODEL_SIZE // 8 + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    path.write_bytes(words.tobytes()[:MODEL_SIZE])
+    return path
+
+
+@pytest.fixture
+def pools(needs_root):
+    """reserve(kind, n): sets a pool and reads it back (skips when it comes back short); restores after."""
+    if not (HUGEPAGES / P1G).exists():
+        pytest.skip("no 1 GB huge page support")
+    before = {k: pool(k, "nr_hugepages") for k in (P1G, P2M)}
+
+    def reserve(kind: str, n: int) -> int:
+        (HUGEPAGES / kind / "nr_hugepages").write_text(str(n))
+        got = pool(kind, "nr_hugepages")
+        if got < n:
+            pytest.skip(f"{kind}: asked for {n} pages, the kernel gave {got}")
+        return got
+
+    try:
+        yield reserve
+    finally:
+        for kind, n in before.items():
+            (HUGEPAGES / kind / "nr_hugepages").write_text(str(n))
+
+
+@pytest.fixture
+def hugetlbfs(tmp_path, pools):
+    """mount(pagesize) -> a fresh hugetlbfs mount point; unmounted (pages freed) before pools are restored."""
+    mounts = []
+
+    def mount(pagesize: str) -> Path:
+        d = tmp_path / f"hugetlbfs-{pagesize}"
+        d.mkdir()
+        subprocess.run(["mount", "-t", "hugetlbfs", "-o", f"pagesize={pagesize},mode=0700", "none", str(d)],
+                       check=True)
+        mounts.append(d)
+        return d
+
+    try:
+        yield mount
+    finally:
+        for d in reversed(mounts):
+            for f in d.iterdir():
+                f.unlink()
+            subprocess.run(["umount", str(d)], check=True)
+
+
+# ---------------------------------------------------------------- without the kernel's pools
+
+
+def test_inert_when_loaded_by_ctypes(build):
+    """Python loads the same .so for CPUID: no interposition, no output, even with every knob set."""
+    code = (
+        "import ctypes; from hugeload import native; native.load();"
+        "libc = ctypes.CDLL(None); libc.malloc.restype = ctypes.c_void_p;"
+        "p = libc.malloc(200 << 20); print(p % (2 << 20)); libc.free(ctypes.c_void_p(p))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    env.update(HUGELOAD_LOG="2", HUGELOAD_ALLOC_THRESHOLD="1M", HUGELOAD_COPY="1")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert "hugeload" not in r.stderr
+    assert r.stdout.strip() != "0"  # glibc's pointer, not a 2 MB-aligned one of ours
+
+
+def test_benchmark_kernels(build):
+    lib = ctypes.CDLL(str(build.lib))
+    lib.hugeload_chase_init.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_uint64]
+    lib.hugeload_chase_ns.argtypes = [ctypes.c_void_p, ctypes.c_uint64]
+    lib.hugeload_chase_ns.restype = ctypes.c_double
+    lib.hugeload_seq_read_gbps.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    lib.hugeload_seq_read_gbps.restype = ctypes.c_double
+    lib.hugeload_memcpy_gbps.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    lib.hugeload_memcpy_gbps.restype = ctypes.c_double
+
+    # The chain is one cycle through every slot.
+    slots, stride = 97, 64
+    small = (ctypes.c_char * (slots * stride))()
+    base = ctypes.addressof(small)
+    assert lib.hugeload_chase_init(base, slots * stride, stride, 42) == 0
+    seen, p = set(), base
+    for _ in range(slots):
+        seen.add(p)
+        p = ctypes.c_void_p.from_address(p).value
+    assert p == base and len(seen) == slots and all((a - base) % stride == 0 for a in seen)
+    assert lib.hugeload_chase_init(base, stride, stride, 1) == -1  # one slot: no cycle
+    assert lib.hugeload_chase_init(base, slots * stride, 12, 1) == -1  # misaligned stride
+
+    size = 32 * MIB
+    with mmap.mmap(-1, size) as a, mmap.mmap(-1, size) as b:
+        pa = ctypes.addressof(ctypes.c_char.from_buffer(a))
+        pb = ctypes.addressof(ctypes.c_char.from_buffer(b))
+        assert lib.hugeload_chase_init(pa, size, 64, 7) == 0
+        assert 0 < lib.hugeload_chase_ns(pa, 200_000) < 10_000
+        assert lib.hugeload_seq_read_gbps(pa, size, 2) > 0.1
+        assert lib.hugeload_memcpy_gbps(pb, pa, size, 2) > 0.1
+        assert b[:4096] == a[:4096]
+        assert lib.hugeload_chase_ns(None, 10) == -1
+        assert lib.hugeload_seq_read_gbps(pa, 0, 1) == -1
+        del pa, pb
+
+
+def test_unstaged_file_without_copy_stays_on_real_mmap(build, model, tmp_path):
+    r = run_harness(build, "map", model, "--cycles", "2", tmp=tmp_path, env={"HUGELOAD_MIN_FILE_SIZE": "1M"})
+    assert_clean(r)
+    assert r.stderr.count("hugeload: model.bin is not staged and HUGELOAD_COPY is off") == 1, r.log
+    assert [(x["page"], x["fill"], x["bytes"]) for x in r.regions] == [("4K", "none", str(MODEL_SIZE))] * 2
+
+
+def test_files_globs_select(build, model, tmp_path):
+    env = {"HUGELOAD_COPY": "1", "HUGELOAD_PAGE_SIZE": "2m", "HUGELOAD_FAULT": "2m"}
+    r = run_harness(build, "map", model, tmp=tmp_path, lib=build.fault, env={**env, "HUGELOAD_FILES": "*.gguf"})
+    assert_clean(r)
+    assert r.regions == [], r.log
+    r = run_harness(build, "map", model, tmp=tmp_path, lib=build.fault,
+                    env={**env, "HUGELOAD_FILES": "/nonexistent/*:model.b?n"})
+    assert_clean(r)
+    assert [(x["what"], x["fill"]) for x in r.regions] == [("model.bin", "copy")], r.log
+    # A relative glob with a directory matches the tail of the path.
+    r = run_harness(build, "map", model, tmp=tmp_path, lib=build.fault,
+                    env={**env, "HUGELOAD_FILES": f"{model.parent.name}/*.bin"})
+    assert [(x["what"], x["fill"]) for x in r.regions] == [("model.bin", "copy")], r.log
+    r = run_harness(build, "map", model, tmp=tmp_path, lib=build.fault, env={**env, "HUGELOAD_FILES": "zz/*.bin"})
+    assert r.regions == [], r.log
+    # Below the default minimum size and no glob: not touched.
+    r = run_harness(build, "map", model, tmp=tmp_path, lib=build.fault, env=env)
+    assert_clean(r)
+    assert r.regions == [], r.log
+
+
+def test_no_huge_pages_at_all_falls_back_to_real_mmap(build, model, tmp_path):
+    env = {"HUGELOAD_COPY": "1", "HUGELOAD_MIN_FILE_SIZE": "1M", "HUGELOAD_PAGE_SIZE": "1g",
+           "HUGELOAD_FAULT": "1g,2m,thp"}
+    r = run_harness(build, "map", model, "--cycles", "2", tmp=tmp_path, lib=build.fault, env=env)
+    assert_clean(r)
+    for msg in ("1 GB pages unavailable", "2 MB pages unavailable", "transparent huge pages unavailable"):
+        assert r.stderr.count(f"hugeload: {msg}") == 1, r.log
+    assert [(x["page"], x["fill"]) for x in r.regions] == [("4K", "none")] * 2, r.log
+
+
+def test_allocation_cascade_faults(build, tmp_path):
+    r = run_harness(build, "alloc", THRESHOLD, tmp=tmp_path, lib=build.fault, env={"HUGELOAD_FAULT": "2m"})
+    assert_clean(r)
+    allocs = [x for x in r.regions if x["fill"] == "alloc"]
+    assert allocs and {x["page"] for x in allocs} == {"THP"}, r.log
+    assert all(int(x["addr"], 16) % (2 * MIB) == 0 for x in allocs)
+    assert all(int(x["bytes"]) >= THRESHOLD for x in allocs)
+    r = run_harness(build, "alloc", THRESHOLD, tmp=tmp_path, lib=build.fault, env={"HUGELOAD_FAULT": "1g,2m,thp"})
+    assert_clean(r)
+    assert {x["page"] for x in r.regions} == {"4K"}, r.log
+    r = run_harness(build, "alloc", THRESHOLD, tmp=tmp_path, env={"HUGELOAD_ALLOC_THRESHOLD": "0"})
+    assert_clean(r)
+    assert r.regions == [], r.log
+
+
+def test_forked_child_reports_only_its_own_regions(build, tmp_path):
+    r = run_harness(build, "fork", THRESHOLD, tmp=tmp_path, lib=build.fault, env={"HUGELOAD_FAULT": "2m"})
+    assert_clean(r)
+    by_pid = {}
+    for x in r.regions:
+        by_pid.setdefault(x["pid"], []).append((x["what"], x["bytes"], x["page"]))
+    assert sorted(by_pid.values()) == [[("malloc", str(2 * THRESHOLD), "THP")], [("malloc", str(THRESHOLD), "THP")]], r.log
+
+
+def test_report_on_sigusr1(build, model, tmp_path):
+    report = tmp_path / "report.txt"
+
+    def on_ready(pid, addr, size):
+        os.kill(pid, signal.SIGUSR1)
+        for _ in range(100):
+            if report.exists() and "hugeload: region " in report.read_text():
+                return parse_report(report.read_text())
+            time.sleep(0.05)
+        return []
+
+    env = {"HUGELOAD_COPY": "1", "HUGELOAD_MIN_FILE_SIZE": "1M", "HUGELOAD_FAULT": "1g,2m"}
+    r = run_harness(build, "map", model, "--pause", tmp=tmp_path, lib=build.fault, env=env, on_ready=on_ready)
+    assert_clean(r)
+    (during,) = r.ready
+    assert [(x["what"], x["live"]) for x in during] == [("model.bin", "1")], r.log
+    assert r.report.count("hugeload: report pid=") == 2
+    assert [x["live"] for x in r.regions[-1:]] == ["0"]
+
+
+# ---------------------------------------------------------------- with real pools and mounts
+
+
+@pytest.mark.kernel
+def test_staged_model_maps_zero_copy_on_1g_pages(build, model, pools, hugetlbfs, tmp_path):
+    pools(P1G, 1)
+    mnt = hugetlbfs("1G")
+    stage(model, mnt, tmp_path / "state", GIB)
+    assert pool(P1G) == 0
+
+    def on_ready(pid, addr, size):
+        return smaps_vma(pid, addr).get("KernelPageSize"), pool(P1G)
+
+    r = run_harness(build, "map", model, "--cycles", "3", "--pause", tmp=tmp_path, on_ready=on_ready)
+    assert_clean(r)
+    assert r.ready == [(1048576, 0)], r.log  # on 1 GB pages, and no second set of pages taken
+    assert [(x["page"], x["fill"], x["bytes"], x["mapped"]) for x in r.regions] == \
+        [("1G", "staged", str(MODEL_SIZE), str(GIB))] * 3, r.log
+    assert "hugeload: " not in r.stderr, r.log  # nothing fell back
+    assert pool(P1G) == 0  # the staged file still holds its page; the process held none
+
+
+@pytest.mark.kernel
+def test_cli_load_then_run_maps_the_staged_copy(build, model, pools, state_dir, hugeload_cli, tmp_path):
+    """End to end: `hugeload load` stages with the real store, `hugeload run` preloads the library."""
+    report = tmp_path / "cli-report.txt"
+    try:
+        out = hugeload_cli("load", model, "--page-size", "2m", "--reserve", "--json")
+        assert out.returncode == 0, out.stderr
+        r = hugeload_cli("run", "--report", report, "--", build.harness, "map", model, "--cycles", "2")
+        assert r.returncode == 0 and "ERROR" not in r.stdout, r.stdout + r.stderr
+        assert [(x["page"], x["fill"]) for x in parse_report(report.read_text())] == [("2M", "staged")] * 2
+    finally:
+        hugeload_cli("clear", "--force")
+        hugeload_cli("gc")
+
+
+@pytest.mark.kernel
+def test_index_is_reread_when_it_changes(build, model, pools, hugetlbfs, tmp_path):
+    pools(P2M, 160)
+    mnt = hugetlbfs("2M")
+    state = tmp_path / "state"
+    other = tmp_path / "other.bin"
+    other.write_bytes(b"x" * 4096)
+    write_index(state, [(other, mnt / "nothing")])
+    cycle = []
+
+    def on_ready(pid, addr, size):
+        kps = smaps_vma(pid, addr).get("KernelPageSize")
+        if not cycle:
+            stage(model, mnt, state, 2 * MIB)  # published while the engine runs
+        cycle.append(kps)
+        return kps
+
+    env = {"HUGELOAD_MIN_FILE_SIZE": "1M"}
+    r = run_harness(build, "map", model, "--cycles", "2", "--pause-all", tmp=tmp_path, env=env, on_ready=on_ready)
+    assert_clean(r)
+    assert r.ready == [4, 2048], r.log
+    assert [(x["page"], x["fill"]) for x in r.regions] == [("4K", "none"), ("2M", "staged")], r.log
+
+
+@pytest.mark.kernel
+def test_engine_mapping_hugetlbfs_private_gets_shared(build, model, pools, hugetlbfs, tmp_path):
+    """MAP_PRIVATE of a hugetlbfs file would reserve a second page: with one page only, it must be shared."""
+    pools(P1G, 1)
+    mnt = hugetlbfs("1G")
+    staged = stage(model, mnt, tmp_path / "unused-state", GIB)
+
+    def on_ready(pid, addr, size):
+        return smaps_vma(pid, addr).get("KernelPageSize"), pool(P1G)
+
+    r = run_harness(build, "map", staged, "--cycles", "2", "--pause", "--private", tmp=tmp_path, on_ready=on_ready)
+    assert_clean(r)
+    assert r.ready == [(1048576, 0)], r.log
+    assert [(x["page"], x["fill"]) for x in r.regions] == [("1G", "direct")] * 2, r.log
+    # Control: without the library the engine's pattern fails exactly as on a real system.
+    r = run_harness(build, "map", staged, tmp=tmp_path, preload=False)
+    assert r.rc != 0 and "munmap failed: Invalid argument" in r.stdout, r.log
+    r = run_harness(build, "map", staged, "--private", tmp=tmp_path, preload=False)
+    assert "mmap: Cannot allocate memory" in r.stdout, r.log  # the private second set does not fit
+
+
+@pytest.mark.kernel
+def test_copy_uses_2m_when_1g_pool_is_empty(build, model, pools, tmp_path):
+    pools(P1G, 0)
+    pools(P2M, 160)
+
+    def on_ready(pid, addr, size):
+        return smaps_vma(pid, addr).get("KernelPageSize"), pool(P2M)
+
+    env = {"HUGELOAD_COPY": "1", "HUGELOAD_MIN_FILE_SIZE": "1M", "HUGELOAD_PAGE_SIZE": "1g"}
+    r = run_harness(build, "map", model, "--cycles", "2", "--pause", tmp=tmp_path, env=env, on_ready=on_ready)
+    assert_clean(r)
+    need = -(-MODEL_SIZE // (2 * MIB))
+    assert r.ready == [(2048, 160 - need)], r.log
+    assert r.stderr.count("hugeload: 1 GB pages unavailable") == 1, r.log
+    assert "for model.bin" in r.stderr
+    assert [(x["page"], x["fill"]) for x in r.regions] == [("2M", "copy")] * 2, r.log
+    assert pool(P2M) == 160  # every page came back
+
+
+def whole_pages_unmapped(size: int, page: int) -> int:
+    """Huge pages wholly inside the two fragments the harness unmaps (its unmap_fragment calls)."""
+    def frag(first, last):
+        first, last = -(-first // 4096) * 4096, last // 4096 * 4096
+        return max(0, last // page - -(-first // page))
+    return frag(size // 3 + 123, 2 * (size // 3) + 77) + frag(0, size // 5 + 1)
+
+
+@pytest.mark.kernel
+def test_pages_are_given_back_as_fragments_are_unmapped(build, model, pools, tmp_path):
+    pools(P2M, 160)
+
+    def on_ready(pid, addr, size):
+        return pool(P2M)
+
+    env = {"HUGELOAD_COPY": "1", "HUGELOAD_MIN_FILE_SIZE": "1M", "HUGELOAD_PAGE_SIZE": "2m"}
+    r = run_harness(build, "map", model, "--pause", "--pause-mid", tmp=tmp_path, env=env, on_ready=on_ready)
+    assert_clean(r)
+    need = -(-MODEL_SIZE // (2 * MIB))
+    released = whole_pages_unmapped(MODEL_SIZE, 2 * MIB)
+    assert released > 50
+    assert r.ready == [160 - need, 160 - need + released], r.log
+    assert pool(P2M) == 160
+
+
+@pytest.mark.kernel
+def test_copy_on_1g_pages(build, model, pools, tmp_path):
+    pools(P1G, 1)
+
+    def on_ready(pid, addr, size):
+        return smaps_vma(pid, addr).get("KernelPageSize"), pool(P1G)
+
+    env = {"HUGELOAD_COPY": "1", "HUGELOAD_MIN_FILE_SIZE": "1M", "HUGELOAD_PAGE_SIZE": "1g"}
+    r = run_harness(build, "map", model, "--cycles", "2", "--pause", tmp=tmp_path, env=env, on_ready=on_ready)
+    assert_clean(r)
+    assert r.ready == [(1048576, 0)], r.log
+    assert [(x["page"], x["fill"]) for x in r.regions] == [("1G", "copy")] * 2, r.log
+    assert "hugeload: " not in r.stderr, r.log
+    assert pool(P1G) == 1
+
+
+@pytest.mark.kernel
+def test_empty_pools_fall_back_to_thp(build, model, pools, tmp_path):
+    pools(P1G, 0)
+    pools(P2M, 0)
+    env = {"HUGELOAD_COPY": "1", "HUGELOAD_MIN_FILE_SIZE": "1M", "HUGELOAD_PAGE_SIZE": "1g"}
+    r = run_harness(build, "map", model, "--cycles", "2", tmp=tmp_path, env=env)
+    assert_clean(r)
+    assert r.stderr.count("hugeload: 1 GB pages unavailable") == 1, r.log
+    assert r.stderr.count("hugeload: 2 MB pages unavailable") == 1, r.log
+    assert [(x["page"], x["fill"]) for x in r.regions] == [("THP", "copy")] * 2, r.log
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("fault", ["pread", "eof"])
+def test_read_failure_falls_back_and_returns_pages(build, model, pools, tmp_path, fault):
+    pools(P2M, 160)
+
+    def on_ready(pid, addr, size):
+        return smaps_vma(pid, addr).get("KernelPageSize"), pool(P2M)
+
+    env = {"HUGELOAD_COPY": "1", "HUGELOAD_MIN_FILE_SIZE": "1M", "HUGELOAD_PAGE_SIZE": "2m",
+           "HUGELOAD_FAULT": fault}
+    r = run_harness(build, "map", model, "--cycles", "2", "--pause", tmp=tmp_path, lib=build.fault, env=env,
+                    on_ready=on_ready)
+    assert_clean(r)
+    assert r.ready == [(4, 160)], r.log  # the real mmap, and the copy's pages already given back
+    assert r.stderr.count("hugeload: reading model.bin for its huge page copy failed") == 1, r.log
+    assert [(x["page"], x["fill"]) for x in r.regions] == [("4K", "none")] * 2, r.log
+
+
+@pytest.mark.kernel
+def test_allocations_around_threshold(build, pools, tmp_path):
+    pools(P2M, 320)
+    r = run_harness(build, "alloc", THRESHOLD, tmp=tmp_path, env={"HUGELOAD_PAGE_SIZE": "auto"})
+    assert_clean(r)
+    allocs = [x for x in r.regions if x["fill"] == "alloc"]
+    assert len(allocs) >= 20, r.log
+    assert {x["page"] for x in allocs} == {"2M"}, r.log
+    assert min(int(x["bytes"]) for x in allocs) == THRESHOLD  # THRESHOLD - 1 went to glibc
+    assert all(x["live"] == "0" for x in allocs)
+    assert "hugeload: " not in r.stderr, r.log
+    assert pool(P2M) == 320
+
+
+@pytest.mark.kernel
+def test_one_gib_allocation_on_a_1g_page(build, pools, tmp_path):
+    pools(P1G, 1)
+
+    def on_ready(pid, addr, size):
+        return smaps_vma(pid, addr).get("KernelPageSize"), pool(P1G)
+
+    r = run_harness(build, "alloc", THRESHOLD, "--big", GIB, "--pause", tmp=tmp_path, on_ready=on_ready,
+                    env={"HUGELOAD_FAULT": "2m"}, lib=build.fault)
+    assert_clean(r)
+    assert r.ready == [(1048576, 0)], r.log
+    assert [x["page"] for x in r.regions if x["bytes"] == str(GIB)] == ["1G"], r.log
+    assert pool(P1G) == 1
+
+
+@pytest.mark.kernel
+def test_threads_share_the_pools(build, model, pools, tmp_path):
+    pools(P2M, 200)
+    env = {"HUGELOAD_COPY": "1", "HUGELOAD_MIN_FILE_SIZE": "1M", "HUGELOAD_PAGE_SIZE": "2m", "HUGELOAD_LOG": "0"}
+    r = run_harness(build, "threads", THRESHOLD, 4, 12, model, tmp=tmp_path, env=env)
+    assert_clean(r)
+    assert {x["fill"] for x in r.regions} >= {"alloc", "copy"}, r.log
+    assert pool(P2M) == 200
