@@ -4,6 +4,7 @@ To add one, write `add_<name>(bsub)` (its parser, with `func` set to its
 handler) and append it to SUBCOMMANDS.
 """
 
+from hugeload.bench.common import VM_NOTE, parse_backings
 from hugeload.cli import render
 from hugeload.cli.common import add_json
 from hugeload.errors import UsageError
@@ -49,7 +50,7 @@ def run_tensors(args) -> int:
     if size < 4096 * 4:
         raise UsageError(f"--size {args.size} is too small: at least one 16 KiB row")
     log = (lambda msg: None) if args.json else (lambda msg: render.err_console.print(f"[dim]{msg}[/]"))
-    data = tensors.run(size=size, backings=[b.strip().lower() for b in args.backings.split(",") if b.strip()],
+    data = tensors.run(size=size, backings=parse_backings(args.backings),
                        rounds=args.rounds, reps=args.reps, warmup=args.warmup, reserve=not args.no_reserve,
                        root=args.root, seed=args.seed, log=log)
     if args.json:
@@ -74,6 +75,8 @@ def run_tensors(args) -> int:
     for line in notes:
         render.console.print(line)
     render.console.print(f"Pages as verified in /proc/self/smaps. Note: {data['note']}.")
+    if data["hypervisor"]:
+        render.console.print(f"Note: {VM_NOTE}.")
     if not data["pools_restored"]:
         bad = [f"{page_size_name(r.page_size_kb)} (was {r.before})" for r in data["reservations"] if not r.restored]
         render.err_console.print(f"[red]pools not back at their counts: {', '.join(bad)}[/]")
