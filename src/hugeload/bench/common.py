@@ -8,13 +8,15 @@ Pure helpers except PageReservations (writes the pools) and verify_backing
 """
 
 import contextlib
+import ctypes
+import functools
 import random
 import signal
 import threading
 from pathlib import Path
 from typing import NamedTuple
 
-from hugeload.errors import HugeloadError, UsageError
+from hugeload.errors import HugeloadError, NotSupported, UsageError
 from hugeload.probe import pools as probe_pools
 from hugeload.units import ceil_div
 
@@ -38,6 +40,28 @@ def parse_backings(spec) -> list[str]:
     if not out:
         raise UsageError(f"no backing given: choose from {', '.join(BACKINGS)}")
     return out
+
+
+# --------------------------------------------------------------------------- native loops
+
+@functools.cache
+def native_loops() -> ctypes.CDLL:
+    """The native library with the benchmark loops' signatures declared."""
+    from hugeload import native
+
+    lib = native.load()
+    for name, args, res in (
+        ("hugeload_chase_init", [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_uint64], ctypes.c_int),
+        ("hugeload_chase_ns", [ctypes.c_void_p, ctypes.c_uint64], ctypes.c_double),
+        ("hugeload_seq_read_gbps", [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_double),
+        ("hugeload_memcpy_gbps", [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_double),
+    ):
+        try:
+            fn = getattr(lib, name)
+        except AttributeError:
+            raise NotSupported(f"the native library has no {name}: reinstall hugeload with `pip install .`") from None
+        fn.argtypes, fn.restype = args, res
+    return lib
 
 
 # --------------------------------------------------------------------------- statistics
@@ -101,9 +125,11 @@ def has_cpu_counters(root="/") -> bool:
     return (Path(root) / PMU_DIR).exists()
 
 
-def measured_note(root="/", how: str = "wall-clock") -> str:
+def measured_note(root="/", how: str = "wall-clock", tlb: bool = True) -> str:
     counters = ("this machine exposes no CPU performance counters" if not has_cpu_counters(root)
                 else "CPU performance counters are not read")
+    if not tlb:
+        return f"times are measured ({how}); {counters}"
     return f"times are measured ({how}), not TLB misses: {counters}, so TLB misses are inferred, not counted"
 
 

@@ -18,15 +18,14 @@ intervals overlap is flagged as within noise.
 """
 
 import ctypes
-import functools
 import time
 from typing import NamedTuple
 
 from hugeload.api import alloc
 from hugeload.bench.common import (BACKINGS, VM_NOTE, PageReservations, Reservation, Stat, mem_available,
-                                   measured_note, on_hypervisor, overlap, parse_backings, round_orders, stat,
-                                   verify_backing)
-from hugeload.errors import HugeloadError, NotSupported, UsageError
+                                   measured_note, native_loops, on_hypervisor, overlap, parse_backings,
+                                   round_orders, stat, verify_backing)
+from hugeload.errors import HugeloadError, UsageError
 from hugeload.units import GiB, MiB, format_bytes
 
 __all__ = ["run", "plot", "TlbResult", "Ratio", "Stat", "Reservation", "BACKINGS", "VM_NOTE"]
@@ -61,26 +60,6 @@ class TlbResult(NamedTuple):
     random_ns: Stat | None
     seq_gbps: Stat | None
     ratios: list[Ratio]
-
-
-@functools.cache
-def _lib() -> ctypes.CDLL:
-    """The native library with the benchmark loops' signatures declared."""
-    from hugeload import native
-
-    lib = native.load()
-    for name, args, res in (
-        ("hugeload_chase_init", [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_uint64], ctypes.c_int),
-        ("hugeload_chase_ns", [ctypes.c_void_p, ctypes.c_uint64], ctypes.c_double),
-        ("hugeload_seq_read_gbps", [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_double),
-        ("hugeload_memcpy_gbps", [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_double),
-    ):
-        try:
-            fn = getattr(lib, name)
-        except AttributeError:
-            raise NotSupported(f"the native library has no {name}: reinstall hugeload with `pip install .`") from None
-        fn.argtypes, fn.restype = args, res
-    return lib
 
 
 def _skipped(b: str, reason: str) -> TlbResult:
@@ -119,7 +98,7 @@ def run(size: int = 1 * GiB, backings=BACKINGS, rounds: int = 10, accesses: int 
     if avail is not None and size * len(backings) > avail * MEMORY_HEADROOM:
         raise UsageError(f"{len(backings)} working sets of {format_bytes(size)} exceed the memory available "
                          f"({format_bytes(avail)}): use a smaller --size or fewer --backings")
-    lib = _lib()
+    lib = native_loops()
     seq_repeats = max(1, -(-SEQ_BYTES_PER_ROUND // size))
 
     skipped: dict[str, str] = {}
