@@ -167,4 +167,53 @@ def run_tlb(args) -> int:
     return 0
 
 
-SUBCOMMANDS = [add_tensors, add_tlb]
+# --------------------------------------------------------------------------- stage
+
+def add_stage(bsub) -> None:
+    p = bsub.add_parser("stage", help="staging into hugetlbfs (hugeload load) from a cold and a warm page cache, vs memcpy")
+    p.add_argument("--size", default="1G", help="size of the generated file (default 1G)")
+    p.add_argument("--page-size", default="auto", help="auto (1g for 1 GiB and more when obtainable, else 2m), 1g or 2m")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of cold, warm and memcpy (default 3)")
+    p.add_argument("--dir", help="where to write the temporary file (default: the system's temporary directory)")
+    p.add_argument("--no-reserve", action="store_true", help="use free pages already in the pools, reserve none")
+    p.add_argument("--seed", type=int, default=0)
+    add_json(p)
+    p.set_defaults(func=run_stage)
+
+
+def run_stage(args) -> int:
+    from hugeload.bench import stage
+
+    size = parse_size(args.size)
+    log = (lambda msg: None) if args.json else (lambda msg: render.err_console.print(f"[dim]{msg}[/]"))
+    data = stage.run(size=size, page_size=args.page_size.strip().lower(), rounds=args.rounds, directory=args.dir,
+                     reserve=not args.no_reserve, root=args.root, seed=args.seed, log=log)
+    ok = data["pools_restored"] and data["cleaned"]
+    if args.json:
+        render.print_json(data)
+        return 0 if ok else 1
+    pct = int(data["confidence"] * 100)
+    rows = []
+    for r in data["results"]:
+        res = "" if not r.resident_before else f"{max(x or 0 for x in r.resident_before):.0%}"
+        ratio = "" if r.vs_memcpy is None else f"{_x(r.vs_memcpy.median)} [{r.vs_memcpy.low:.2f}-{r.vs_memcpy.high:.2f}]"
+        what = {"cold": "load, cold cache", "warm": "load, warm cache", "memcpy": "memcpy (1 thread)"}[r.case]
+        rows.append([what, _ci(r.gbps, 2), ratio, res])
+    title = (f"Staging {data['size'] >> 20} MiB into {page_size_name(data['page_size_kb'])} pages "
+             f"(hugeload load, file on {data['filesystem']}), median of {data['rounds']} interleaved rounds")
+    render.console.print(render.table(title, ["case", f"GB/s [{pct}% CI]", "vs memcpy", "cached before"], rows))
+    render.console.print(f"page size: {data['page_size_reason']}.")
+    for line in data["notes"]:
+        render.console.print(f"Note: {line}.")
+    render.console.print(f"Note: {data['note']}.")
+    if data["vm_note"]:
+        render.console.print(f"Note: {data['vm_note']}.")
+    if not data["cleaned"]:
+        render.err_console.print("[red]a temporary hugetlbfs mount or file could not be removed[/]")
+    if not data["pools_restored"]:
+        bad = [f"{page_size_name(r.page_size_kb)} (was {r.before})" for r in data["reservations"] if not r.restored]
+        render.err_console.print(f"[red]pools not back at their counts: {', '.join(bad)}[/]")
+    return 0 if ok else 1
+
+
+SUBCOMMANDS = [add_tensors, add_tlb, add_stage]
