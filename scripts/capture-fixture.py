@@ -157,16 +157,9 @@ def source_cpuid(src: Path):
     """CPUID of the source: the live CPU for /, a tree's own cpuid.json otherwise."""
     if str(src) == "/":
         return live_cpuid()
-    p = src / "cpuid.json"
-    if not p.exists():
-        return None
-    table = json.loads(p.read_text())
+    from hugeload.probe.cpu import fixture_cpuid
 
-    def cpuid(leaf, subleaf=0):
-        regs = table.get(f"{leaf:#x}:{subleaf}")
-        return tuple(int(r, 0) if isinstance(r, str) else r for r in regs) if regs else None
-
-    return cpuid
+    return fixture_cpuid(src)
 
 
 def cpuid_table(cpuid) -> dict[str, list[str]]:

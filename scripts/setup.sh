@@ -16,3 +16,11 @@ if ! .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
   exit 1
 fi
 .venv/bin/python -c "import hugeload.native as n; n.load()" || { echo "setup: the native library did not build" >&2; exit 1; }
+
+# PyTorch is optional (hugeload[torch]); the CPU build pinned here is the one this
+# project's machines carry. Without it the framework="pt" tests are skipped.
+if [ "${HUGELOAD_SKIP_TORCH:-0}" != 1 ] && ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  echo "setup: installing torch (CPU) for the PyTorch tests" >&2
+  .venv/bin/python -m pip install -q --disable-pip-version-check "torch==2.13.0" >.venv/pip-torch.log 2>&1 \
+    || echo "setup: torch not installed (see .venv/pip-torch.log); PyTorch tests will be skipped" >&2
+fi

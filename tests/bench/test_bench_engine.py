@@ -1,0 +1,80 @@
+"""hugeload bench engine with a real llama.cpp: the interleaved table, verified page sizes, nothing left behind."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hugeload import engines
+from hugeload.bench import engine
+
+pytestmark = [pytest.mark.kernel, pytest.mark.llama]
+BENCH = engines.find_llama("llama-bench")
+
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory):
+    from hugeload import modelgen
+
+    p = tmp_path_factory.mktemp("m") / "small-q4_0.gguf"
+    modelgen.make_model(p, 100 << 20, "Q4_0")  # repack buffer above the 64 MiB threshold
+    return p
+
+
+@pytest.mark.skipif(BENCH is None, reason="llama.cpp not built (scripts/get-llama.sh)")
+def test_engine_table_with_verified_page_sizes(hugeload_cli, small_model, needs_root):
+    out = hugeload_cli("bench", "engine", "--model", small_model, "--rounds", 2, "--backings", "default,2m,2m+alloc",
+                       "--json", "--", BENCH, "-p", 8, "-n", 4, "-r", 1, "-t", 2)
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    by = {r["backing"]: r for r in data["results"]}
+    assert set(by) == {"default", "2m", "2m+alloc"}
+    assert by["2m"]["status"] == "ok" and by["2m"]["weights_page_kb"] == [2048], by["2m"]
+    assert by["2m+alloc"]["alloc_page_kb"] and set(by["2m+alloc"]["alloc_page_kb"]) <= {2048}
+    assert not any(r["munmap_failed"] for r in data["results"])
+    for r in data["results"]:
+        assert r["runs"] == 2
+        m = r["metrics"]
+        assert {"pp8", "tg4", "startup_s"} <= set(m)
+        assert m["tg4"]["low"] <= m["tg4"]["median"] <= m["tg4"]["high"] and m["tg4"]["median"] > 0
+        if r["backing"] == "default":
+            assert m["tg4"]["ratio"] is None
+        else:
+            assert m["tg4"]["ratio"] > 0 and isinstance(m["tg4"]["within_noise"], bool)
+
+
+@pytest.mark.skipif(BENCH is None, reason="llama.cpp not built (scripts/get-llama.sh)")
+def test_a_backing_that_cannot_be_had_is_skipped_not_timed(small_model, needs_root, monkeypatch):
+    # A 1G pool the kernel cannot grow: the 1g backing is skipped with the reason, the others still run.
+    from hugeload.act import store
+
+    def refuse(*a, **k):
+        raise store.PoolError("the 1G pool cannot grow (test)")
+
+    real = store.ensure_pages
+    monkeypatch.setattr(store, "ensure_pages", lambda kb, *a, **k: refuse() if kb == 1048576 else real(kb, *a, **k))
+    data = engine.run(str(small_model), [str(BENCH), "-p", "8", "-n", "4", "-r", "1", "-t", "2"], ["default", "1g"], rounds=1)
+    by = {r["backing"]: r for r in data["results"]}
+    assert by["1g"]["status"] == "skipped" and "cannot grow" in by["1g"]["reason"]
+    assert by["default"]["status"] == "ok"
+
+
+def test_rates_from_other_engines():
+    assert engine.parse_rates("generated 12 tokens, 34.5 tokens per second\n") == {"rate": 34.5}
+    assert engine.parse_rates("nothing here") == {}
+    assert engine.command_for(["x", "--model", "{model}"], "/m") == ["x", "--model", "/m"]
+    assert engine.command_for(["llama-bench", "-p", "8"], "/m") == ["llama-bench", "-m", "/m", "-p", "8"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--backings", "default,5g"], "unknown backing"),
+    (["--rounds", "0"], "at least 1"),
+])
+def test_bad_input(hugeload_cli, small_model, args, message):
+    out = hugeload_cli("bench", "engine", "--model", small_model, *args, "--", "true")
+    assert out.returncode == 2 and message in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_missing_model(hugeload_cli):
+    out = hugeload_cli("bench", "engine", "--model", "/nonexistent.gguf", "--", "true")
+    assert out.returncode == 2 and "no such model" in out.stderr
