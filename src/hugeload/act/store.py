@@ -457,11 +457,14 @@ def load(path: str, page_size_kb: int | None = None, name: str | None = None, re
             staging = None
             manifest = Manifest(name, kb, pages, staged, time.time(), persist)
             state.write_json(manifest_path(name, state_dir), manifest.to_json())
-        except BaseException:
+        except BaseException as e:
             if staging is not None:
                 shutil.rmtree(staging, ignore_errors=True)
             if reserved:
                 act_pools.release(root, kb, owner=owner(name), state_dir=state_dir)
+            if isinstance(e, OSError):
+                raise HugeloadError(f"staging {name} failed: {e.strerror or e}"
+                                    f"{' (' + e.filename + ')' if e.filename else ''}; nothing was staged") from None
             raise
         write_redirects(state_dir)
         return manifest, False, reason

@@ -87,6 +87,7 @@ class Run:
     weights_kb: set[int] = field(default_factory=set)  # page sizes the model mapping had
     alloc_kb: set[int] = field(default_factory=set)  # page sizes of large heap allocations
     report: list[dict] = field(default_factory=list)
+    file_pmd_kb: int = 0
     munmap_failed: bool = False
     error: str | None = None
 
@@ -143,7 +144,7 @@ class _Sampler(threading.Thread):
         super().__init__(daemon=True)
         self.pid, self.paths, self.interval = pid, model_paths, interval
         self.stop_event = threading.Event()
-        self.hugetlb_kb = self.vmpte_kb = 0
+        self.hugetlb_kb = self.vmpte_kb = self.file_pmd_kb = 0
         self.weights_kb: set[int] = set()
         self.alloc_kb: set[int] = set()
 
@@ -166,6 +167,8 @@ class _Sampler(threading.Thread):
         for m in parse_smaps(text, 64 << 20):
             if m.path in self.paths:
                 self.weights_kb.add(m.kernel_page_kb)
+                # Kernels since 6.x map page-cache folios with 2 MB PMDs: "default" is not all 4 KB.
+                self.file_pmd_kb = max(self.file_pmd_kb, m.file_pmd_mapped_kb)
             elif m.path in ("[anon]", "[heap]") or m.path.startswith("/anon_hugepage"):
                 if m.rss_kb or m.hugetlb_kb:
                     self.alloc_kb.add(2048 if m.anon_huge_kb and m.kernel_page_kb == 4 else m.kernel_page_kb)
@@ -296,7 +299,7 @@ def _one_run(b: Backing, r: int, path: str, source: str, engine_argv, startup_ar
         elif line.get("fill") == "alloc" and kb:
             alloc.add(kb)
     return Run(b.name, r, rc, wall, startup, parse_rates(out), s.hugetlb_kb, s.vmpte_kb, weights, alloc, rep,
-               "munmap failed" in out, None if rc == 0 else out.strip().splitlines()[-1:][0] if out.strip() else f"exit {rc}")
+               s.file_pmd_kb, "munmap failed" in out, None if rc == 0 else out.strip().splitlines()[-1:][0] if out.strip() else f"exit {rc}")
 
 
 def _ratio_ci(values: list[float], base: list[float], seed: int = 0) -> tuple[float, float, float] | None:
@@ -332,7 +335,8 @@ def summarize(model, size, engine_argv, chosen, runs: list[Run], skipped: dict, 
         allocs = set().union(*(r.alloc_kb for r in ok)) if ok else set()
         entry.update(weights_page_kb=sorted(weights), alloc_page_kb=sorted(allocs),
                      munmap_failed=any(r.munmap_failed for r in mine),
-                     hugetlb_kb=max((r.hugetlb_kb for r in ok), default=0), vmpte_kb=max((r.vmpte_kb for r in ok), default=0))
+                     hugetlb_kb=max((r.hugetlb_kb for r in ok), default=0), vmpte_kb=max((r.vmpte_kb for r in ok), default=0),
+                     file_pmd_mapped_kb=max((r.file_pmd_kb for r in ok), default=0))
         if not ok:
             entry.update(status="failed", reason=mine[0].error if mine else "not run")
         elif b.expected_kb and weights != {b.expected_kb}:

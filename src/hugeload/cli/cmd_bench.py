@@ -268,6 +268,8 @@ def run_engine(args) -> int:
             if r["status"] in ("skipped", "failed"):
                 continue
         weights = "/".join(page_size_name(k) for k in r.get("weights_page_kb", [])) or "?"
+        if r.get("file_pmd_mapped_kb"):
+            weights += f" ({r['file_pmd_mapped_kb'] >> 10} MiB in 2M PMDs)"
         allocs = "/".join(page_size_name(k) for k in r.get("alloc_page_kb", [])) or "-"
         for test, m in (r.get("metrics") or {}).items():
             unit = "s" if test == "startup_s" else "t/s"
