@@ -35,7 +35,7 @@ from pathlib import Path
 from hugeload import engines, runner
 from hugeload.act import pools as act_pools
 from hugeload.act import store
-from hugeload.bench.tensors import bootstrap_median_ci
+from hugeload.bench.common import bootstrap_median_ci
 from hugeload.errors import HugeloadError, UsageError
 from hugeload.probe import pools as probe_pools
 from hugeload.probe.procs import parse_smaps, read_status

@@ -6,6 +6,7 @@ handler) and append it to SUBCOMMANDS.
 
 import os
 
+from hugeload.bench.common import VM_NOTE, parse_backings
 from hugeload.cli import render
 from hugeload.cli.common import add_json
 from hugeload.errors import UsageError
@@ -51,7 +52,7 @@ def run_tensors(args) -> int:
     if size < 4096 * 4:
         raise UsageError(f"--size {args.size} is too small: at least one 16 KiB row")
     log = (lambda msg: None) if args.json else (lambda msg: render.err_console.print(f"[dim]{msg}[/]"))
-    data = tensors.run(size=size, backings=[b.strip().lower() for b in args.backings.split(",") if b.strip()],
+    data = tensors.run(size=size, backings=parse_backings(args.backings),
                        rounds=args.rounds, reps=args.reps, warmup=args.warmup, reserve=not args.no_reserve,
                        root=args.root, seed=args.seed, log=log)
     if args.json:
@@ -76,11 +77,145 @@ def run_tensors(args) -> int:
     for line in notes:
         render.console.print(line)
     render.console.print(f"Pages as verified in /proc/self/smaps. Note: {data['note']}.")
+    if data["hypervisor"]:
+        render.console.print(f"Note: {VM_NOTE}.")
     if not data["pools_restored"]:
         bad = [f"{page_size_name(r.page_size_kb)} (was {r.before})" for r in data["reservations"] if not r.restored]
         render.err_console.print(f"[red]pools not back at their counts: {', '.join(bad)}[/]")
         return 1
     return 0
+
+
+# --------------------------------------------------------------------------- tlb
+
+def add_tlb(bsub) -> None:
+    p = bsub.add_parser("tlb", help="random pointer-chasing and sequential reads in 4K, THP, 2M and 1G pages")
+    p.add_argument("--size", default="1G", help="working set per backing (default 1G)")
+    p.add_argument("--backings", default="4k,thp,2m,1g", help="comma-separated, from 4k, thp, 2m, 1g")
+    p.add_argument("--rounds", type=int, default=10, help="interleaved rounds (default 10)")
+    p.add_argument("--accesses", type=int, default=2_000_000,
+                   help="dependent reads per random measurement (default 2000000)")
+    p.add_argument("--no-reserve", action="store_true", help="use free pages already in the pools, reserve none")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--plot", metavar="FILE.png", help="also draw the results (needs matplotlib: hugeload[plot])")
+    add_json(p)
+    p.set_defaults(func=run_tlb)
+
+
+def _ci(s, digits: int) -> str:
+    return f"{s.median:.{digits}f} [{s.low:.{digits}f}-{s.high:.{digits}f}]"
+
+
+def _x(v: float) -> str:
+    return f"{v:.2f}x"
+
+
+def run_tlb(args) -> int:
+    from hugeload.bench import tlb
+
+    size = parse_size(args.size)
+    backings = parse_backings(args.backings)
+    if args.plot:
+        tlb.check_plot_available()
+    log = (lambda msg: None) if args.json else (lambda msg: render.err_console.print(f"[dim]{msg}[/]"))
+    data = tlb.run(size=size, backings=backings, rounds=args.rounds, accesses=args.accesses,
+                   reserve=not args.no_reserve, root=args.root, seed=args.seed, log=log)
+    if args.plot:
+        tlb.plot(data, args.plot)
+    if args.json:
+        render.print_json(data)
+        return 0 if data["pools_restored"] else 1
+    pct = int(data["confidence"] * 100)
+    rows, ratio_rows, notes, noise = [], [], [], []
+    for r in data["results"]:
+        name = r.backing.upper()
+        if r.status != "ok":
+            notes.append(f"{name} skipped: {r.reason}")
+            continue
+        pages = page_size_name(r.page_size_kb)
+        if r.backing == "thp":
+            pages += f" ({r.huge_fraction:.0%})"
+        rows.append([name, pages, f"{r.fill_ms:.0f}", _ci(r.random_ns, 1), _ci(r.seq_gbps, 2)])
+        cells = {}
+        for q in r.ratios:
+            cells[(q.metric, q.against)] = f"{_x(q.speedup)} [{q.low:.2f}-{q.high:.2f}]" + ("~" if q.within_noise else "")
+            if q.within_noise:
+                what = "random reads" if q.metric == "random_ns" else "sequential reads"
+                noise.append(f"{name} vs {q.against.upper()} {what}: {_x(q.speedup)}, within noise "
+                             f"({pct}% intervals overlap)")
+        if cells:
+            ratio_rows.append([name] + [cells.get((m, a), "") for m in ("random_ns", "seq_gbps") for a in ("4k", "2m")])
+    title = (f"Reads over {data['size'] >> 20} MiB per backing, median of {data['rounds']} interleaved rounds "
+             f"({data['accesses']} dependent reads; {data['seq_passes']} sequential pass(es), best of)")
+    render.console.print(render.table(title, ["backing", "pages (smaps)", "fill ms", f"random ns/access [{pct}% CI]",
+                                              f"seq GB/s [{pct}% CI]"], rows))
+    if ratio_rows:
+        render.console.print(render.table(f"Speedup (> 1: faster), median of per-round ratios [{pct}% CI]; "
+                                          f"~ = within noise",
+                                          ["backing", "random vs 4K", "random vs 2M", "seq vs 4K", "seq vs 2M"],
+                                          ratio_rows))
+    for line in notes + noise:
+        render.console.print(line)
+    render.console.print("fill = first touch of every page (faults and zeroing), timed once, not in the reads.")
+    render.console.print(f"Pages as verified in /proc/self/smaps. Note: {data['note']}.")
+    if data["vm_note"]:
+        render.console.print(f"Note: {data['vm_note']}.")
+    if args.plot:
+        render.console.print(f"plot written to {args.plot}")
+    if not data["pools_restored"]:
+        bad = [f"{page_size_name(r.page_size_kb)} (was {r.before})" for r in data["reservations"] if not r.restored]
+        render.err_console.print(f"[red]pools not back at their counts: {', '.join(bad)}[/]")
+        return 1
+    return 0
+
+
+# --------------------------------------------------------------------------- stage
+
+def add_stage(bsub) -> None:
+    p = bsub.add_parser("stage", help="staging into hugetlbfs (hugeload load) from a cold and a warm page cache, vs memcpy")
+    p.add_argument("--size", default="1G", help="size of the generated file (default 1G)")
+    p.add_argument("--page-size", default="auto", help="auto (1g for 1 GiB and more when obtainable, else 2m), 1g or 2m")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of cold, warm and memcpy (default 3)")
+    p.add_argument("--dir", help="where to write the temporary file (default: the system's temporary directory)")
+    p.add_argument("--no-reserve", action="store_true", help="use free pages already in the pools, reserve none")
+    p.add_argument("--seed", type=int, default=0)
+    add_json(p)
+    p.set_defaults(func=run_stage)
+
+
+def run_stage(args) -> int:
+    from hugeload.bench import stage
+
+    size = parse_size(args.size)
+    log = (lambda msg: None) if args.json else (lambda msg: render.err_console.print(f"[dim]{msg}[/]"))
+    data = stage.run(size=size, page_size=args.page_size.strip().lower(), rounds=args.rounds, directory=args.dir,
+                     reserve=not args.no_reserve, root=args.root, seed=args.seed, log=log)
+    ok = data["pools_restored"] and data["cleaned"]
+    if args.json:
+        render.print_json(data)
+        return 0 if ok else 1
+    pct = int(data["confidence"] * 100)
+    rows = []
+    for r in data["results"]:
+        res = "" if not r.resident_before else f"{max(x or 0 for x in r.resident_before):.0%}"
+        ratio = "" if r.vs_memcpy is None else f"{_x(r.vs_memcpy.median)} [{r.vs_memcpy.low:.2f}-{r.vs_memcpy.high:.2f}]"
+        what = {"cold": "load, cold cache", "warm": "load, warm cache", "memcpy": "memcpy (1 thread)"}[r.case]
+        rows.append([what, _ci(r.gbps, 2), ratio, res])
+    title = (f"Staging {data['size'] >> 20} MiB into {page_size_name(data['page_size_kb'])} pages "
+             f"(hugeload load, file on {data['filesystem']}), median of {data['rounds']} interleaved rounds")
+    render.console.print(render.table(title, ["case", f"GB/s [{pct}% CI]", "vs memcpy", "cached before"], rows))
+    render.console.print(f"page size: {data['page_size_reason']}.")
+    for line in data["notes"]:
+        render.console.print(f"Note: {line}.")
+    render.console.print(f"Note: {data['note']}.")
+    if data["vm_note"]:
+        render.console.print(f"Note: {data['vm_note']}.")
+    if not data["cleaned"]:
+        render.err_console.print("[red]a temporary hugetlbfs mount or file could not be removed[/]")
+    if not data["pools_restored"]:
+        bad = [f"{page_size_name(r.page_size_kb)} (was {r.before})" for r in data["reservations"] if not r.restored]
+        render.err_console.print(f"[red]pools not back at their counts: {', '.join(bad)}[/]")
+    return 0 if ok else 1
 
 
 # --------------------------------------------------------------------------- engine
@@ -155,4 +290,4 @@ def run_engine(args) -> int:
     return 0 if any(r["status"] == "ok" for r in data["results"]) else 1
 
 
-SUBCOMMANDS = [add_tensors, add_engine]
+SUBCOMMANDS = [add_tensors, add_tlb, add_stage, add_engine]

@@ -1,0 +1,293 @@
+"""Staging throughput: `hugeload load` of a file into hugetlbfs, from a cold and a
+warm page cache, against this machine's memcpy bandwidth measured in the same run.
+
+`run()` writes its own temporary file, reserves the huge pages one staged copy
+needs (reading the pool back) and stages through the store's real load path
+(hugeload.act.store.load, with a temporary state directory, so its hugetlbfs
+mount is private to the run).  Rounds visit the three cases in a shuffled
+order: cold (the file dropped from the page cache with posix_fadvise
+DONTNEED, checked with mincore), warm (the file read into the page cache
+first, untimed) and memcpy (native hugeload_memcpy_gbps between two buffers
+already touched, best of a few copies).  A staged copy is unloaded after each
+round.  Afterwards every model is unloaded, the mount unmounted, the pages
+given back and the temporary files deleted, also on failure or Ctrl-C.
+
+A load's time is the whole product path: mount, ftruncate and mmap on
+hugetlbfs, faulting and zeroing the huge pages, the threaded copy, the
+manifest.  memcpy is one thread between warm buffers: the ceiling a copy
+could reach, not a like-for-like rival.
+"""
+
+import contextlib
+import ctypes
+import mmap
+import os
+import random
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+from hugeload.api import alloc
+from hugeload.bench.common import (VM_NOTE, PageReservations, Reservation, Stat, mem_available, measured_note,
+                                   native_loops, on_hypervisor, round_orders, sigint_deferred, stat)
+from hugeload.errors import HugeloadError, PermissionNeeded, PoolError, UsageError
+from hugeload.units import GiB, MiB, format_bytes, page_size_name
+
+__all__ = ["run", "StageResult", "Stat", "Reservation", "resident_fraction"]
+
+CASES = ("cold", "warm", "memcpy")
+PAGE_KB = {"1g": 1048576, "2m": 2048}
+MIN_SIZE = 1 * MiB
+MEMCPY_MAX = 512 * MiB  # large enough to leave every cache, small enough to spare memory
+MEMCPY_REPEATS = 3
+WRITE_BLOCK = 16 * MiB
+MODEL_NAME = "bench-stage"
+COLD_MAX_RESIDENT = 0.05  # above this share still cached, "cold" is noted as not cold
+RAM_FILESYSTEMS = {"tmpfs", "ramfs"}
+
+
+class StageResult(NamedTuple):
+    case: str  # cold / warm / memcpy
+    gbps: Stat  # GB/s (1e9 bytes per second)
+    seconds: list[float] | None  # per round, the whole load (None for memcpy)
+    resident_before: list[float] | None  # share of the file in the page cache just before each load
+    vs_memcpy: Stat | None  # per-round ratio gbps / memcpy gbps
+
+
+# --------------------------------------------------------------------------- page cache
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+MAP_FAILED = ctypes.c_void_p(-1).value
+
+
+def resident_fraction(path: str) -> float | None:
+    """Share of the file's pages in the page cache (mincore on a fresh mapping,
+    which reads nothing); None when it cannot be told."""
+    size = os.path.getsize(path)
+    if size == 0:
+        return 1.0
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        addr = _libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        if addr in (None, MAP_FAILED):
+            return None
+        try:
+            pages = -(-size // mmap.PAGESIZE)
+            vec = (ctypes.c_ubyte * pages)()
+            if _libc.mincore(addr, size, vec) != 0:
+                return None
+            return sum(b & 1 for b in bytes(vec)) / pages
+        finally:
+            _libc.munmap(addr, size)
+    finally:
+        os.close(fd)
+
+
+def drop_from_cache(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fdatasync(fd)  # dirty pages cannot be dropped
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def read_into_cache(path: str) -> None:
+    buf = bytearray(WRITE_BLOCK)
+    with open(path, "rb", buffering=0) as f:
+        while f.readinto(buf):
+            pass
+
+
+def filesystem_of(path: str) -> str:
+    """Type of the filesystem holding `path` (longest mount point prefix in /proc/self/mounts)."""
+    best, kind = "", "unknown"
+    real = os.path.realpath(path)
+    try:
+        with open("/proc/self/mounts") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) < 3:
+                    continue
+                mnt = parts[1].replace("\\040", " ")
+                if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
+                    best, kind = mnt, parts[2]
+    except OSError:
+        pass
+    return kind
+
+
+def write_file(path: str, size: int, seed: int) -> None:
+    """`size` bytes of pseudo-random data, synced to disk."""
+    block = random.Random(seed).randbytes(min(size, WRITE_BLOCK))
+    with open(path, "wb", buffering=0) as f:
+        left = size
+        while left:
+            n = f.write(memoryview(block)[:min(left, len(block))])
+            left -= n
+        os.fsync(f.fileno())
+
+
+# --------------------------------------------------------------------------- run
+
+def _choose(page_size: str, size: int, pages: PageReservations, log) -> tuple[str, str]:
+    """(backing, why): auto is 1G for files of at least 1 GiB when the pages can be had, else 2M."""
+    if page_size != "auto":
+        reason = pages.ensure(page_size, size)
+        if reason:
+            raise PoolError(f"cannot stage into {page_size.upper()} pages: {reason}")
+        return page_size, f"{page_size.upper()} requested"
+    if size >= GiB:
+        reason = pages.ensure("1g", size)
+        if not reason:
+            return "1g", "file is at least 1 GiB and 1G pages could be had"
+        log(f"1G: {reason}; staging into 2M pages")
+        why = f"1G pages could not be had ({reason}); 2M used"
+    else:
+        why = "file is under 1 GiB"
+    reason = pages.ensure("2m", size)
+    if reason:
+        raise PoolError(f"cannot stage into 2M pages: {reason}")
+    return "2m", why
+
+
+def run(size: int = 1 * GiB, page_size: str = "auto", rounds: int = 3, directory: str | None = None,
+        reserve: bool = True, root="/", seed: int = 0, confidence: float = 0.95, log=lambda msg: None) -> dict:
+    """Stage a generated file of `size` bytes `rounds` times cold and warm; see the module doc."""
+    from hugeload.act import store
+
+    if rounds < 1:
+        raise UsageError("--rounds must be at least 1")
+    if size < MIN_SIZE:
+        raise UsageError(f"size {format_bytes(size)} is too small: at least {format_bytes(MIN_SIZE)}")
+    if directory is not None and not os.path.isdir(directory):
+        raise UsageError(f"--dir {directory} is not a directory")
+    if page_size not in ("auto", "1g", "2m"):
+        raise UsageError(f"unknown page size {page_size!r}: choose one of auto, 1g, 2m")
+    copy_bytes = min(size, MEMCPY_MAX)
+    avail = mem_available(root)
+    if avail is not None and 2 * size + 2 * copy_bytes > avail * 0.9:
+        raise UsageError(f"staging {format_bytes(size)} needs about {format_bytes(2 * size + 2 * copy_bytes)} of "
+                         f"memory (staged copy, page cache, memcpy buffers), {format_bytes(avail)} is available")
+    if os.geteuid() != 0:
+        raise PermissionNeeded("bench stage mounts hugetlbfs and reserves huge pages: run it as root")
+    lib = native_loops()
+    tmp = Path(tempfile.mkdtemp(prefix="hugeload-bench-stage-", dir=directory))
+    fs = filesystem_of(str(tmp))
+    free = shutil.disk_usage(tmp).free
+    if free < size + 64 * MiB:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UsageError(f"{tmp.parent} has {format_bytes(free)} free, the test file needs {format_bytes(size)}: "
+                         f"use --dir on a larger filesystem")
+    state_dir = tmp / "state"
+    path = str(tmp / "bench-stage.bin")
+    pages = PageReservations(root, reserve, log)
+    buffers = []
+    seconds = {"cold": [], "warm": []}
+    resident = {"cold": [], "warm": []}
+    memcpy: list[float] = []
+    threads = min(4, os.cpu_count() or 1)  # the store's default
+    cleaned = False
+    try:
+        with pages:
+            try:
+                backing, why = _choose(page_size, size, pages, log)
+                kb = PAGE_KB[backing]
+                log(f"writing {format_bytes(size)} to a temporary file on {fs}")
+                write_file(path, size, seed)
+                for _ in range(2):
+                    m = alloc(copy_bytes, page_size="thp", fallback=True)
+                    ctypes.memset(m.address, 0x5A, copy_bytes)  # touched: memcpy measures copying, not faults
+                    buffers.append(m)
+                for i, order in enumerate(round_orders(list(CASES), rounds, seed)):
+                    for case in order:
+                        if case == "memcpy":
+                            memcpy.append(lib.hugeload_memcpy_gbps(buffers[0].address, buffers[1].address,
+                                                                   copy_bytes, MEMCPY_REPEATS))
+                            continue
+                        if case == "cold":
+                            drop_from_cache(path)
+                        else:
+                            read_into_cache(path)
+                        resident[case].append(resident_fraction(path))
+                        t0 = time.perf_counter()
+                        store.load(path, page_size_kb=kb, name=MODEL_NAME, reserve=True, state_dir=state_dir,
+                                   root=root, threads=threads)
+                        seconds[case].append(time.perf_counter() - t0)
+                        store.unload(MODEL_NAME, force=True, state_dir=state_dir, root=root)
+                    log(f"round {i + 1}/{rounds} done")
+            finally:
+                with sigint_deferred():
+                    for m in buffers:
+                        m.close()
+                    cleaned = _clean(tmp, state_dir, root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        cleaned = cleaned and not tmp.exists()
+
+    gbps = {c: [size / s / 1e9 for s in seconds[c]] for c in ("cold", "warm")}
+    results = []
+    for c in ("cold", "warm"):
+        results.append(StageResult(c, stat(gbps[c], confidence, seed), seconds[c], resident[c],
+                                   stat([g / m for g, m in zip(gbps[c], memcpy)], confidence, seed)))
+    results.append(StageResult("memcpy", stat(memcpy, confidence, seed), None, None, None))
+    notes = [f"a load is the whole `hugeload load` path (mount, fault and zero {page_size_name(kb)} pages, "
+             f"copy with {threads} threads, manifest); memcpy is one thread between buffers already touched"]
+    if fs in RAM_FILESYSTEMS:
+        notes.append(f"the file was on {fs}, which lives in memory: 'cold' reads are not from a disk (use --dir)")
+    cold_left = [r for r in resident["cold"] if r is not None and r > COLD_MAX_RESIDENT]
+    if cold_left:
+        notes.append(f"the kernel kept up to {max(cold_left):.0%} of the file cached after DONTNEED: "
+                     f"'cold' was partly warm")
+    warm_short = [r for r in resident["warm"] if r is not None and r < 0.95]
+    if warm_short:
+        notes.append(f"only {min(warm_short):.0%} of the file stayed cached before a warm load (memory pressure)")
+    hypervisor = on_hypervisor(root)
+    return {
+        "size": size,
+        "page_size_kb": kb,
+        "page_size_reason": why,
+        "rounds": rounds,
+        "threads": threads,
+        "filesystem": fs,
+        "memcpy_bytes": copy_bytes,
+        "confidence": confidence,
+        "note": measured_note(root, "time.perf_counter around store.load; memcpy timed in the native library",
+                              tlb=False),
+        "notes": notes,
+        "hypervisor": hypervisor,
+        "vm_note": VM_NOTE if hypervisor else None,
+        "results": results,
+        "reservations": pages.reservations,
+        "pools_restored": pages.restored,
+        "cleaned": cleaned,
+    }
+
+
+def _clean(tmp: Path, state_dir: Path, root) -> bool:
+    """Unload what is staged, remove leftovers, unmount the run's mounts; True when nothing is left mounted."""
+    from hugeload.act import mounts as act_mounts
+    from hugeload.act import store
+    from hugeload.probe.mounts import read_mounts
+
+    if not state_dir.exists():
+        return True
+    for m in store.manifests(state_dir):
+        with contextlib.suppress(HugeloadError, OSError):
+            store.unload(m.name, force=True, state_dir=state_dir, root=root)
+    with contextlib.suppress(HugeloadError, OSError):
+        store.gc(state_dir, root)
+    prefix = str(tmp) + "/"
+    for m in read_mounts(root):
+        if m.path.startswith(prefix):
+            with contextlib.suppress(HugeloadError, OSError):
+                for entry in Path(m.path).iterdir():
+                    shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink()
+                act_mounts.umount(root, m.path, force=True, state_dir=state_dir)
+    return not any(m.path.startswith(prefix) for m in read_mounts(root))

@@ -1,0 +1,218 @@
+"""Random dependent reads and sequential reads over a working set in 4K, THP, 2M and 1G pages.
+
+`run()` reserves the huge pages each backing needs (reading the pool back) and
+always gives them back (also on failure or Ctrl-C).  Per backing it maps the
+working set, times the first touch of every page (fill), checks in
+/proc/self/smaps that the memory is in the pages the backing claims (a backing
+that cannot get them is skipped with the reason, never timed on a fallback),
+builds one random cyclic pointer chain through it (64-byte slots) and warms up.
+Then rounds visit every backing once each, in a shuffled order, so drift falls
+on all alike: a pointer chase (ns per dependent access: every load waits for
+the previous one, so each TLB miss costs a full page walk) and a sequential
+read (GB/s).  The timing loops are in the native library (clock_gettime around
+the loop), not Python.
+
+Results are medians over rounds with bootstrap intervals, and per-round paired
+speedups against 4K and 2M (> 1: this backing is faster).  A difference whose
+intervals overlap is flagged as within noise.
+"""
+
+import ctypes
+import time
+from typing import NamedTuple
+
+from hugeload.api import alloc
+from hugeload.bench.common import (BACKINGS, VM_NOTE, PageReservations, Reservation, Stat, mem_available,
+                                   measured_note, native_loops, on_hypervisor, overlap, parse_backings,
+                                   round_orders, stat, verify_backing)
+from hugeload.errors import HugeloadError, UsageError
+from hugeload.units import GiB, MiB, format_bytes
+
+__all__ = ["run", "plot", "TlbResult", "Ratio", "Stat", "Reservation", "BACKINGS", "VM_NOTE"]
+
+STRIDE = 64  # one chain slot per cache line: the chase touches a random line of a random page
+DEFAULT_ACCESSES = 2_000_000
+MIN_SIZE = 4 * MiB
+SEQ_BYTES_PER_ROUND = 1 * GiB  # a sequential measurement reads at least this much (best of passes)
+MEMORY_HEADROOM = 0.9  # never ask for more than this share of MemAvailable at once
+METRICS = {"random_ns": "random dependent reads, ns/access (lower is better)",
+           "seq_gbps": "sequential reads, GB/s (higher is better)"}
+
+
+class Ratio(NamedTuple):
+    metric: str  # random_ns / seq_gbps
+    against: str  # 4k / 2m
+    speedup: float  # median of per-round ratios; > 1: this backing is faster
+    low: float
+    high: float
+    within_noise: bool  # the two backings' intervals of the median overlap
+
+
+class TlbResult(NamedTuple):
+    backing: str
+    status: str  # "ok" or "skipped"
+    reason: str | None
+    page_size_kb: int | None  # verified in /proc/self/smaps
+    huge_fraction: float | None  # share of the working set in huge pages per smaps
+    fill_ms: float | None  # first touch of every page (faults + zeroing), timed once
+    fill_gbps: float | None
+    setup_ms: float | None  # building the pointer chain (untimed for the results)
+    random_ns: Stat | None
+    seq_gbps: Stat | None
+    ratios: list[Ratio]
+
+
+def _skipped(b: str, reason: str) -> TlbResult:
+    return TlbResult(b, "skipped", reason, None, None, None, None, None, None, None, [])
+
+
+def _ratios(b: str, random_ns: dict, seq: dict, stats: dict, confidence: float, seed: int) -> list[Ratio]:
+    out = []
+    for base in ("4k", "2m"):
+        if base == b or base not in random_ns:
+            continue
+        for metric, values, base_values, faster in (
+            ("random_ns", random_ns[b], random_ns[base], lambda x, y: y / x),
+            ("seq_gbps", seq[b], seq[base], lambda x, y: x / y),
+        ):
+            s = stat([faster(x, y) for x, y in zip(values, base_values)], confidence, seed)
+            noise = overlap(stats[metric][b], stats[metric][base])
+            out.append(Ratio(metric, base, s.median, s.low, s.high, noise))
+    return out
+
+
+def run(size: int = 1 * GiB, backings=BACKINGS, rounds: int = 10, accesses: int = DEFAULT_ACCESSES,
+        reserve: bool = True, root="/", seed: int = 0, confidence: float = 0.95, log=lambda msg: None) -> dict:
+    """Measure each backing over a working set of `size` bytes.
+
+    Returns {"size", "rounds", "accesses", "stride", "confidence", "note",
+    "hypervisor", "vm_note", "results": [TlbResult], "reservations":
+    [Reservation], "pools_restored"}.  Pools are back at their counts on return."""
+    backings = parse_backings(backings)
+    if rounds < 1 or accesses < 1:
+        raise UsageError("--rounds and --accesses must be at least 1")
+    if size < MIN_SIZE:
+        raise UsageError(f"size {format_bytes(size)} is too small: at least {format_bytes(MIN_SIZE)}")
+    size -= size % STRIDE
+    avail = mem_available(root)
+    if avail is not None and size * len(backings) > avail * MEMORY_HEADROOM:
+        raise UsageError(f"{len(backings)} working sets of {format_bytes(size)} exceed the memory available "
+                         f"({format_bytes(avail)}): use a smaller --size or fewer --backings")
+    lib = native_loops()
+    seq_repeats = max(1, -(-SEQ_BYTES_PER_ROUND // size))
+
+    skipped: dict[str, str] = {}
+    mappings: dict = {}
+    facts: dict[str, tuple] = {}
+    random_ns: dict[str, list[float]] = {}
+    seq: dict[str, list[float]] = {}
+    pages = PageReservations(root, reserve, log)
+    with pages:
+        try:
+            for b in backings:
+                reason = pages.ensure(b, size)
+                if reason:
+                    skipped[b] = reason
+                    continue
+                try:
+                    m = alloc(size, page_size=b, fallback=False)
+                except HugeloadError as e:
+                    skipped[b] = str(e)
+                    continue
+                mappings[b] = m
+                t0 = time.perf_counter()
+                ctypes.memset(m.address, 0x5A, size)  # libc: the first touch of every page
+                fill = time.perf_counter() - t0
+                v = verify_backing(m, b)  # after the touch: THP is only decided at fault time
+                if v.problem:
+                    skipped[b] = v.problem
+                    mappings.pop(b).close()
+                    continue
+                t0 = time.perf_counter()
+                if lib.hugeload_chase_init(m.address, size, STRIDE, seed + 1) != 0:
+                    raise HugeloadError(f"hugeload_chase_init rejected {size} bytes at stride {STRIDE}")
+                setup = time.perf_counter() - t0
+                lib.hugeload_chase_ns(m.address, max(1, accesses // 4))  # warm-up: caches, page-walk caches
+                lib.hugeload_seq_read_gbps(m.address, size, 1)
+                facts[b] = (v.page_size_kb, v.huge_fraction, fill * 1e3, size / fill / 1e9, setup * 1e3)
+                log(f"{b}: {format_bytes(size)} in {v.page_size_kb} kB pages, filled in {fill * 1e3:.0f} ms")
+
+            order = [b for b in backings if b in mappings]
+            random_ns = {b: [] for b in order}
+            seq = {b: [] for b in order}
+            for i, this_round in enumerate(round_orders(order, rounds, seed)):
+                for b in this_round:
+                    addr = mappings[b].address
+                    random_ns[b].append(lib.hugeload_chase_ns(addr, accesses))
+                    seq[b].append(lib.hugeload_seq_read_gbps(addr, size, seq_repeats))
+                log(f"round {i + 1}/{rounds} done")
+        finally:
+            for m in mappings.values():
+                m.close()
+            mappings.clear()
+
+    stats = {"random_ns": {b: stat(v, confidence, seed) for b, v in random_ns.items()},
+             "seq_gbps": {b: stat(v, confidence, seed) for b, v in seq.items()}}
+    results = []
+    for b in backings:
+        if b in skipped:
+            results.append(_skipped(b, skipped[b]))
+            continue
+        kb, fraction, fill_ms, fill_gbps, setup_ms = facts[b]
+        results.append(TlbResult(b, "ok", None, kb, fraction, fill_ms, fill_gbps, setup_ms,
+                                 stats["random_ns"][b], stats["seq_gbps"][b],
+                                 _ratios(b, random_ns, seq, stats, confidence, seed)))
+    hypervisor = on_hypervisor(root)
+    return {
+        "size": size,
+        "rounds": rounds,
+        "accesses": accesses,
+        "stride": STRIDE,
+        "seq_passes": seq_repeats,
+        "confidence": confidence,
+        "metrics": METRICS,
+        "note": measured_note(root, "clock_gettime around loops in the native library"),
+        "hypervisor": hypervisor,
+        "vm_note": VM_NOTE if hypervisor else None,
+        "results": results,
+        "reservations": pages.reservations,
+        "pools_restored": pages.restored,
+    }
+
+
+def check_plot_available() -> None:
+    """UsageError (one line) when matplotlib is missing; call before a long run."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise UsageError("--plot needs matplotlib: pip install 'hugeload[plot]'") from None
+
+
+def plot(data: dict, path: str) -> None:
+    """Two bar charts (random ns/access, sequential GB/s) with the intervals as error bars."""
+    check_plot_available()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in data["results"] if r.status == "ok"]
+    names = [r.backing.upper() for r in ok]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for ax, key, label in ((axes[0], "random_ns", "random reads, ns/access (lower is better)"),
+                           (axes[1], "seq_gbps", "sequential reads, GB/s (higher is better)")):
+        s = [getattr(r, key) for r in ok]
+        med = [x.median for x in s]
+        err = [[m - x.low for m, x in zip(med, s)], [x.high - m for m, x in zip(med, s)]]
+        ax.bar(names, med, yerr=err, capsize=4, color="#4c72b0")
+        ax.set_title(label, fontsize=9)
+    pct = int(data["confidence"] * 100)
+    fig.suptitle(f"hugeload bench tlb: {format_bytes(data['size'])}, median of {data['rounds']} rounds, "
+                 f"{pct}% intervals" + (" (VM)" if data["hypervisor"] else ""), fontsize=10)
+    fig.tight_layout()
+    try:
+        fig.savefig(path, dpi=120)
+    except OSError as e:
+        raise HugeloadError(f"cannot write plot {path}: {e.strerror}") from None
+    finally:
+        plt.close(fig)
