@@ -177,11 +177,12 @@ def file_state(f: StagedFile) -> str:
 
 
 def mapped_by(paths: list[str], root="/") -> list[str]:
-    """'PID (comm)' of processes that map or hold open any of `paths`."""
+    """'PID (comm)' of processes that map or hold open any of `paths`, this one included
+    (Python code that calls unstage() may still map the model itself)."""
     targets = set(paths)
     out = []
     proc = Path(root) / "proc"
-    for pid in (d for d in os.listdir(proc) if d.isdigit() and int(d) != os.getpid()):
+    for pid in (d for d in os.listdir(proc) if d.isdigit()):
         try:
             with open(proc / pid / "maps") as f:
                 hit = any(line.split(None, 5)[-1].strip() in targets for line in f if line.count(" ") >= 5)
