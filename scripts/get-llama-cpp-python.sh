@@ -67,7 +67,7 @@ if [[ -z $wheel || ! -f $stamp || "$(cat "$stamp")" != "$stamp_text" ]]; then
     log "building a wheel (libllama with cmake, -j$jobs; several minutes on 2 cores; log: $dir/build.log)"
     start=$SECONDS
     CMAKE_ARGS="$cmake_args" CMAKE_BUILD_PARALLEL_LEVEL=$jobs \
-        "$py" -m pip wheel --disable-pip-version-check --no-deps "$sdist" -w "$wheels" >"$dir/build.log" 2>&1 \
+        "$py" -m pip wheel --disable-pip-version-check --no-cache-dir --no-deps "$sdist" -w "$wheels" >"$dir/build.log" 2>&1 \
         || { tail -n 30 "$dir/build.log" >&2; die "build failed (see $dir/build.log)"; }
     wheel=$(ls "$wheels"/llama_cpp_python-"$version"-*.whl | head -n 1)
     printf '%s' "$stamp_text" >"$stamp"
