@@ -52,7 +52,8 @@
 #   of 224 but no less CPU time, and mtmd fails to compile (its helpers
 #   #error on internal headers), so it is not used.
 #
-# llama-cpp-python (latest 0.3.36 at time of writing): checked, not built.
+# llama-cpp-python (latest 0.3.36 at time of writing): built separately by
+# scripts/get-llama-cpp-python.sh (measured: 486 s CPU on 2 cores); notes:
 # PyPI has no linux x86_64 wheel for it, only a 76 MB sdist that vendors a
 # llama.cpp of the same generation and builds libllama/libggml as shared libs
 # (plus mtmd unless -DLLAVA_BUILD=OFF) via scikit-build-core and cmake >= 3.21

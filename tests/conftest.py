@@ -66,9 +66,10 @@ def machine_unchanged(request, machine_lock_file):
         pools_after, mounts_after = pool_snapshot(), hugetlbfs_mounts()
         changed = {k: (pools_before.get(k), v) for k, v in pools_after.items() if pools_before.get(k) != v}
         if changed or mounts_after != mounts_before:
-            restore_pools(pools_before)
+            # Mounts first: a file left on one holds its pages, and the pool cannot shrink below them.
             for m in set(mounts_after) - set(mounts_before):
                 subprocess.run(["umount", "-l", m], check=False)
+            restore_pools(pools_before)
             pytest.fail(f"test left the machine changed: pools {changed}, mounts before {mounts_before} after {mounts_after}")
     finally:
         fcntl.flock(machine_lock_file, fcntl.LOCK_UN)

@@ -29,6 +29,16 @@ def load() -> ctypes.CDLL:
         raise NotSupported(f"native library {path} is from another hugeload version: reinstall hugeload")
     lib.hugeload_cpuid.argtypes = [ctypes.c_uint32, ctypes.c_uint32, ctypes.POINTER(ctypes.c_uint32 * 4)]
     lib.hugeload_cpuid.restype = ctypes.c_int
+    # Benchmark loops (hugeload bench): without these, ctypes would pass sizes as
+    # 32-bit ints and read the doubles back as ints.
+    lib.hugeload_chase_init.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_uint64]
+    lib.hugeload_chase_init.restype = ctypes.c_int
+    lib.hugeload_chase_ns.argtypes = [ctypes.c_void_p, ctypes.c_uint64]
+    lib.hugeload_chase_ns.restype = ctypes.c_double
+    lib.hugeload_seq_read_gbps.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    lib.hugeload_seq_read_gbps.restype = ctypes.c_double
+    lib.hugeload_memcpy_gbps.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    lib.hugeload_memcpy_gbps.restype = ctypes.c_double
     return lib
 
 

@@ -37,15 +37,17 @@ class Need(NamedTuple):
 
 def model_args(argv: list[str], globs: list[str], min_size: int = DEFAULT_MIN_FILE, state_dir=None) -> list[Candidate]:
     """Files named on the command line that the library will manage: those matching
-    --files globs, else regular files of at least `min_size`."""
+    --files globs, else regular files of at least `min_size`, plus (as the library does)
+    any staged file whatever its size."""
     out = []
     for arg in argv:
         for piece in (arg, arg.partition("=")[2]):
             if not piece or not os.path.isfile(piece):
                 continue
             size = os.path.getsize(piece)
-            if (globs and any(fnmatch.fnmatch(piece, g) for g in globs)) or (not globs and size >= min_size):
-                out.append(Candidate(os.path.abspath(piece), size, store.find_staged(piece, state_dir) is not None))
+            staged = store.find_staged(piece, state_dir) is not None
+            if staged or (globs and any(fnmatch.fnmatch(piece, g) for g in globs)) or (not globs and size >= min_size):
+                out.append(Candidate(os.path.abspath(piece), size, staged))
     return out
 
 

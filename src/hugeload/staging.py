@@ -1,6 +1,12 @@
 """Python entry points to the model store, so Python code needs no shell:
 
     llm = llama_cpp.Llama(model_path=hugeload.stage("model.gguf").path)
+
+Run such a program under `hugeload run -- python app.py` when it closes models and
+keeps running: llama.cpp unmaps a model with the file's length, which hugetlbfs
+refuses (EINVAL) unless it is a multiple of the huge page size, so without the
+preload library the mapping and its pages stay until the process exits, and
+unstage() refuses while they do.
 """
 
 from typing import NamedTuple

@@ -1,5 +1,6 @@
 """The model store on the real kernel: stage, map, unload, and every way a load can go wrong."""
 
+import contextlib
 import json
 import os
 import signal
@@ -209,3 +210,32 @@ def test_bad_input(hugeload_cli, model, args, message):
     assert out.returncode != 0 and message in out.stderr, out.stderr
     assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
     assert (count(GB), count(MB2)) == pools
+
+
+def test_gc_frees_the_pages_of_a_killed_run(hugeload_cli, tmp_path, state_dir):
+    # `hugeload run --reserve` gives its pages back when the engine exits; SIGKILLed, it cannot.
+    f = tmp_path / "weights.bin"
+    f.write_bytes(b"\0" * (4 * MiB))
+    before = count(MB2)
+    exe = Path(sys.executable).with_name("hugeload")
+    p = subprocess.Popen([str(exe), "run", "--page-size", "2m", "--reserve", "--files", "*.bin", "--",
+                          "sh", "-c", "exec sleep 60", "sh", str(f)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    engine = []
+    try:
+        deadline = time.time() + 30
+        while time.time() < deadline and count(MB2) == before and p.poll() is None:
+            time.sleep(0.05)
+        assert count(MB2) == before + 2, p.stderr.read1() if p.poll() is not None else "no reservation"
+        engine += [int(c) for t in Path(f"/proc/{p.pid}/task").glob("*/children") for c in t.read_text().split()]
+        assert json.loads(hugeload_cli("gc", "--json").stdout)["released"] == []  # still running: kept
+        assert count(MB2) == before + 2
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+    finally:
+        for pid in [p.pid, *engine]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        p.wait()
+    out = hugeload_cli("gc", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["released"] and count(MB2) == before

@@ -177,11 +177,12 @@ def file_state(f: StagedFile) -> str:
 
 
 def mapped_by(paths: list[str], root="/") -> list[str]:
-    """'PID (comm)' of processes that map or hold open any of `paths`."""
+    """'PID (comm)' of processes that map or hold open any of `paths`, this one included
+    (Python code that calls unstage() may still map the model itself)."""
     targets = set(paths)
     out = []
     proc = Path(root) / "proc"
-    for pid in (d for d in os.listdir(proc) if d.isdigit() and int(d) != os.getpid()):
+    for pid in (d for d in os.listdir(proc) if d.isdigit()):
         try:
             with open(proc / pid / "maps") as f:
                 hit = any(line.split(None, 5)[-1].strip() in targets for line in f if line.count(" ") >= 5)
@@ -521,9 +522,19 @@ def unmount_idle(state_dir=None, root="/") -> list[str]:
     return done
 
 
+def _run_alive(pid: str, root="/") -> bool:
+    """Whether the `hugeload run` that reserved pages as "run:<pid>" still runs (a reused
+    pid of another program does not count)."""
+    try:
+        return b"hugeload" in (Path(root) / "proc" / pid / "cmdline").read_bytes()
+    except OSError:
+        return False
+
+
 def gc(state_dir=None, root="/") -> dict:
     """Remove what interrupted loads left: staging directories nobody is writing, files on the
-    store's mounts that no manifest names, and pages reserved for models that no longer exist."""
+    store's mounts that no manifest names, pages reserved for models that no longer exist, and
+    pages that a killed `hugeload run --reserve` could not give back."""
     removed = []
     known = {f.staged for m in manifests(state_dir) for f in m.files}
     for kb in (GIGANTIC_KB, HUGE_KB):
@@ -552,6 +563,8 @@ def gc(state_dir=None, root="/") -> dict:
     for key, owners in list(ledger.load(state_dir)["shares"].items()):
         for o in list(owners):
             if o.startswith("model:") and o[len("model:"):] not in names and not _lock_held(o[len("model:"):], state_dir):
+                released += act_pools.release(root, None, owner=o, state_dir=state_dir)
+            elif o.startswith("run:") and not _run_alive(o[len("run:"):], root):
                 released += act_pools.release(root, None, owner=o, state_dir=state_dir)
     write_redirects(state_dir)
     unmounted = unmount_idle(state_dir, root)

@@ -7,7 +7,7 @@ from hugeload.act import pools as act_pools
 from hugeload.cli import render
 from hugeload.cli.common import add_state_dir
 from hugeload.errors import PoolError, UsageError
-from hugeload.units import parse_page_size, parse_size
+from hugeload.units import page_size_name, parse_page_size, parse_size
 
 
 def register(sub) -> None:
@@ -44,8 +44,12 @@ def run(args) -> int:
         if args.reserve:
             reserved_owner = f"run:{os.getpid()}"
             try:
-                act_pools.reserve(args.root, need.page_size_kb, need.missing, partial=True, owner=reserved_owner,
-                                  state_dir=args.state_dir)
+                got = act_pools.reserve(args.root, need.page_size_kb, need.missing, partial=True, owner=reserved_owner,
+                                        state_dir=args.state_dir)
+                if got.obtained < need.missing:
+                    render.err_console.print(
+                        f"hugeload: note: the kernel gave {got.obtained} of the {need.missing} missing "
+                        f"{page_size_name(need.page_size_kb)} pages; what does not fit falls back to smaller pages")
             except PoolError as e:
                 render.err_console.print(f"hugeload: warning: {e}")
         elif args.strict:
