@@ -239,14 +239,9 @@ def test_inert_when_loaded_by_ctypes(build):
 
 
 def test_benchmark_kernels(build):
-    lib = ctypes.CDLL(str(build.lib))
-    lib.hugeload_chase_init.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_uint64]
-    lib.hugeload_chase_ns.argtypes = [ctypes.c_void_p, ctypes.c_uint64]
-    lib.hugeload_chase_ns.restype = ctypes.c_double
-    lib.hugeload_seq_read_gbps.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    lib.hugeload_seq_read_gbps.restype = ctypes.c_double
-    lib.hugeload_memcpy_gbps.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    lib.hugeload_memcpy_gbps.restype = ctypes.c_double
+    from hugeload import native
+
+    lib = native.declare(ctypes.CDLL(str(build.lib)))
 
     # The chain is one cycle through every slot.
     slots, stride = 97, 64

@@ -18,6 +18,28 @@ def library_path() -> Path:
     return Path(__file__).with_name("libhugeload.so")
 
 
+# Exported functions and their C signatures.  Without them ctypes would pass sizes as
+# 32-bit ints and read doubles back as ints.
+SIGNATURES = {
+    "hugeload_cpuid": ([ctypes.c_uint32, ctypes.c_uint32, ctypes.POINTER(ctypes.c_uint32 * 4)], ctypes.c_int),
+    "hugeload_chase_init": ([ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_uint64], ctypes.c_int),
+    "hugeload_chase_ns": ([ctypes.c_void_p, ctypes.c_uint64], ctypes.c_double),
+    "hugeload_seq_read_gbps": ([ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_double),
+    "hugeload_memcpy_gbps": ([ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_double),
+}
+
+
+def declare(lib: ctypes.CDLL) -> ctypes.CDLL:
+    """Set argtypes/restype of every exported function on a loaded library."""
+    for name, (args, res) in SIGNATURES.items():
+        try:
+            fn = getattr(lib, name)
+        except AttributeError:
+            raise NotSupported(f"the native library has no {name}: reinstall hugeload with `pip install .`") from None
+        fn.argtypes, fn.restype = args, res
+    return lib
+
+
 @functools.cache
 def load() -> ctypes.CDLL:
     path = library_path()
@@ -27,18 +49,7 @@ def load() -> ctypes.CDLL:
     lib.hugeload_abi_version.restype = ctypes.c_int
     if lib.hugeload_abi_version() != ABI_VERSION:
         raise NotSupported(f"native library {path} is from another hugeload version: reinstall hugeload")
-    lib.hugeload_cpuid.argtypes = [ctypes.c_uint32, ctypes.c_uint32, ctypes.POINTER(ctypes.c_uint32 * 4)]
-    lib.hugeload_cpuid.restype = ctypes.c_int
-    # Benchmark loops (hugeload bench): without these, ctypes would pass sizes as
-    # 32-bit ints and read the doubles back as ints.
-    lib.hugeload_chase_init.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_uint64]
-    lib.hugeload_chase_init.restype = ctypes.c_int
-    lib.hugeload_chase_ns.argtypes = [ctypes.c_void_p, ctypes.c_uint64]
-    lib.hugeload_chase_ns.restype = ctypes.c_double
-    lib.hugeload_seq_read_gbps.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    lib.hugeload_seq_read_gbps.restype = ctypes.c_double
-    lib.hugeload_memcpy_gbps.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    lib.hugeload_memcpy_gbps.restype = ctypes.c_double
+    declare(lib)
     return lib
 
 

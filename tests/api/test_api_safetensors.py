@@ -12,7 +12,7 @@ import hugeload
 import hugeload.safetensors as hs
 from hugeload import api
 
-from conftest import KB_1G, KB_2M, available
+from conftest import KB_1G, available
 
 
 def numpy_tensors(seed=0):

@@ -1,7 +1,6 @@
 """hugeload bench engine with a real llama.cpp: the interleaved table, verified page sizes, nothing left behind."""
 
 import json
-from pathlib import Path
 
 import pytest
 

@@ -1,6 +1,5 @@
 """Applies boot configuration to /etc/default/grub and /etc/fstab (never runs update-grub)."""
 
-import os
 import shutil
 from pathlib import Path
 from typing import NamedTuple

@@ -21,7 +21,6 @@ import mmap
 import os
 import re
 import shutil
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field

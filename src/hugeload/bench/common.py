@@ -9,14 +9,13 @@ Pure helpers except PageReservations (writes the pools) and verify_backing
 
 import contextlib
 import ctypes
-import functools
 import random
 import signal
 import threading
 from pathlib import Path
 from typing import NamedTuple
 
-from hugeload.errors import HugeloadError, NotSupported, UsageError
+from hugeload.errors import HugeloadError, UsageError
 from hugeload.probe import pools as probe_pools
 from hugeload.units import ceil_div
 
@@ -44,24 +43,11 @@ def parse_backings(spec) -> list[str]:
 
 # --------------------------------------------------------------------------- native loops
 
-@functools.cache
 def native_loops() -> ctypes.CDLL:
-    """The native library with the benchmark loops' signatures declared."""
+    """The native library; its benchmark loops' signatures are declared by native.load()."""
     from hugeload import native
 
-    lib = native.load()
-    for name, args, res in (
-        ("hugeload_chase_init", [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_uint64], ctypes.c_int),
-        ("hugeload_chase_ns", [ctypes.c_void_p, ctypes.c_uint64], ctypes.c_double),
-        ("hugeload_seq_read_gbps", [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_double),
-        ("hugeload_memcpy_gbps", [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_double),
-    ):
-        try:
-            fn = getattr(lib, name)
-        except AttributeError:
-            raise NotSupported(f"the native library has no {name}: reinstall hugeload with `pip install .`") from None
-        fn.argtypes, fn.restype = args, res
-    return lib
+    return native.load()
 
 
 # --------------------------------------------------------------------------- statistics

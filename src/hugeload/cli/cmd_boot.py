@@ -1,6 +1,5 @@
 """`hugeload boot-config`: reserve huge pages at boot, where 1 GB pages are reliable."""
 
-import os
 
 from hugeload.act import boot as act_boot
 from hugeload.act.mounts import DEFAULT_DIRS
