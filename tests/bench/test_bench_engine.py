@@ -77,3 +77,14 @@ def test_bad_input(hugeload_cli, small_model, args, message):
 def test_missing_model(hugeload_cli):
     out = hugeload_cli("bench", "engine", "--model", "/nonexistent.gguf", "--", "true")
     assert out.returncode == 2 and "no such model" in out.stderr
+
+
+def test_plot_draws_every_test(tmp_path):
+    pytest.importorskip("matplotlib")
+    m = {"median": 10.0, "low": 9.0, "high": 11.0}
+    data = {"model": "/m.gguf", "rounds": 2, "hypervisor": True, "results": [
+        {"backing": "default", "metrics": {"tg4": m, "startup_s": m}},
+        {"backing": "1g", "metrics": {"tg4": m, "startup_s": m}},
+        {"backing": "2m", "status": "skipped", "metrics": None}]}
+    engine.plot(data, str(tmp_path / "p.png"))
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

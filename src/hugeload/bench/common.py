@@ -282,3 +282,38 @@ def mem_available(root="/") -> int | None:
     except (OSError, HugeloadError):
         return None
     return kb * 1024 if kb else None
+
+
+# --------------------------------------------------------------------------- plots
+
+def check_plot_available() -> None:
+    """UsageError (one line) when matplotlib is missing; call before a long run."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise UsageError("--plot needs matplotlib: pip install 'hugeload[plot]'") from None
+
+
+def bar_charts(panels: list[tuple[str, list[tuple[str, float, float, float]]]], title: str, path: str) -> None:
+    """One bar chart per panel, (label, [(name, median, low, high), ...]), intervals as error bars."""
+    check_plot_available()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
+    for ax, (label, bars) in zip(axes[0], panels):
+        med = [b[1] for b in bars]
+        err = [[m - b[2] for m, b in zip(med, bars)], [b[3] - m for m, b in zip(med, bars)]]
+        ax.bar([b[0] for b in bars], med, yerr=err, capsize=4, color="#4c72b0")
+        ax.set_title(label, fontsize=9)
+        ax.tick_params(axis="x", labelsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    try:
+        fig.savefig(path, dpi=120)
+    except OSError as e:
+        raise HugeloadError(f"cannot write plot {path}: {e.strerror}") from None
+    finally:
+        plt.close(fig)

@@ -35,7 +35,7 @@ from pathlib import Path
 from hugeload import engines, runner
 from hugeload.act import pools as act_pools
 from hugeload.act import store
-from hugeload.bench.common import bootstrap_median_ci
+from hugeload.bench.common import bar_charts, bootstrap_median_ci
 from hugeload.errors import HugeloadError, UsageError
 from hugeload.probe import pools as probe_pools
 from hugeload.probe.procs import parse_smaps, read_status
@@ -368,3 +368,17 @@ def summarize(model, size, engine_argv, chosen, runs: list[Run], skipped: dict, 
         results.append(entry)
     return {"model": model, "model_size": size, "command": shlex.join(engine_argv), "rounds": rounds,
             "results": results, "note": NOTE}
+
+
+def plot(data: dict, path: str) -> None:
+    """One bar chart per test (tokens/s, and start-up seconds) across the backings that counted."""
+    tests: dict[str, list] = {}
+    for r in data["results"]:
+        for test, m in (r.get("metrics") or {}).items():
+            tests.setdefault(test, []).append((r["backing"], m["median"], m["low"], m["high"]))
+    panels = [("start-up, s (lower is better)" if t == "startup_s" else f"{t}, tokens/s (higher is better)", bars)
+              for t, bars in tests.items()]
+    if not panels:
+        raise HugeloadError("nothing to plot: no backing produced figures")
+    bar_charts(panels, f"hugeload bench engine: {os.path.basename(data['model'])}, median of {data['rounds']} rounds, "
+                       f"95% intervals" + (" (VM)" if data.get("hypervisor") else ""), path)

@@ -22,7 +22,7 @@ import time
 from typing import NamedTuple
 
 from hugeload.api import alloc
-from hugeload.bench.common import (BACKINGS, VM_NOTE, PageReservations, Reservation, Stat, mem_available,
+from hugeload.bench.common import (BACKINGS, VM_NOTE, PageReservations, Reservation, Stat, bar_charts, mem_available,
                                    measured_note, native_loops, on_hypervisor, overlap, parse_backings,
                                    round_orders, stat, verify_backing)
 from hugeload.errors import HugeloadError, UsageError
@@ -180,39 +180,14 @@ def run(size: int = 1 * GiB, backings=BACKINGS, rounds: int = 10, accesses: int 
     }
 
 
-def check_plot_available() -> None:
-    """UsageError (one line) when matplotlib is missing; call before a long run."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise UsageError("--plot needs matplotlib: pip install 'hugeload[plot]'") from None
-
-
 def plot(data: dict, path: str) -> None:
     """Two bar charts (random ns/access, sequential GB/s) with the intervals as error bars."""
-    check_plot_available()
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     ok = [r for r in data["results"] if r.status == "ok"]
-    names = [r.backing.upper() for r in ok]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-    for ax, key, label in ((axes[0], "random_ns", "random reads, ns/access (lower is better)"),
-                           (axes[1], "seq_gbps", "sequential reads, GB/s (higher is better)")):
-        s = [getattr(r, key) for r in ok]
-        med = [x.median for x in s]
-        err = [[m - x.low for m, x in zip(med, s)], [x.high - m for m, x in zip(med, s)]]
-        ax.bar(names, med, yerr=err, capsize=4, color="#4c72b0")
-        ax.set_title(label, fontsize=9)
+    panels = []
+    for key, label in (("random_ns", "random reads, ns/access (lower is better)"),
+                       ("seq_gbps", "sequential reads, GB/s (higher is better)")):
+        panels.append((label, [(r.backing.upper(), getattr(r, key).median, getattr(r, key).low, getattr(r, key).high)
+                               for r in ok]))
     pct = int(data["confidence"] * 100)
-    fig.suptitle(f"hugeload bench tlb: {format_bytes(data['size'])}, median of {data['rounds']} rounds, "
-                 f"{pct}% intervals" + (" (VM)" if data["hypervisor"] else ""), fontsize=10)
-    fig.tight_layout()
-    try:
-        fig.savefig(path, dpi=120)
-    except OSError as e:
-        raise HugeloadError(f"cannot write plot {path}: {e.strerror}") from None
-    finally:
-        plt.close(fig)
+    bar_charts(panels, f"hugeload bench tlb: {format_bytes(data['size'])}, median of {data['rounds']} rounds, "
+                       f"{pct}% intervals" + (" (VM)" if data["hypervisor"] else ""), path)

@@ -6,7 +6,7 @@ handler) and append it to SUBCOMMANDS.
 
 import os
 
-from hugeload.bench.common import VM_NOTE, parse_backings
+from hugeload.bench.common import VM_NOTE, check_plot_available, parse_backings
 from hugeload.cli import render
 from hugeload.cli.common import add_json
 from hugeload.errors import UsageError
@@ -116,7 +116,7 @@ def run_tlb(args) -> int:
     size = parse_size(args.size)
     backings = parse_backings(args.backings)
     if args.plot:
-        tlb.check_plot_available()
+        check_plot_available()
     log = (lambda msg: None) if args.json else (lambda msg: render.err_console.print(f"[dim]{msg}[/]"))
     data = tlb.run(size=size, backings=backings, rounds=args.rounds, accesses=args.accesses,
                    reserve=not args.no_reserve, root=args.root, seed=args.seed, log=log)
@@ -230,6 +230,7 @@ def add_engine(bsub) -> None:
     p.add_argument("--startup-cmd", help="command timed as start-up, with {model} (default: llama-completion -n 1 when found)")
     p.add_argument("--no-startup", action="store_true", help="do not time start-up separately")
     p.add_argument("--timeout", type=float, default=600, help="seconds one engine run may take (default 600)")
+    p.add_argument("--plot", metavar="FILE.png", help="also draw the rates and start-up per backing (needs hugeload[plot])")
     add_json(p)
     p.add_argument("engine", nargs="*", metavar="ENGINE_CMD")
     p.set_defaults(func=run_engine)
@@ -253,11 +254,15 @@ def run_engine(args) -> int:
     from hugeload.probe.cpu import read_cpu
 
     backings = engine.parse_backings(args.backings)
+    if args.plot:
+        check_plot_available()
     startup = None if args.no_startup else (shlex.split(args.startup_cmd) if args.startup_cmd
                                             else engine.default_startup_cmd(args.engine) if args.engine else None)
     log = (lambda msg: None) if args.json else (lambda msg: render.err_console.print(f"[dim]{msg}[/]"))
     data = engine.run(args.model, args.engine, backings, args.rounds, startup, args.timeout, args.root, log=log)
     data["hypervisor"] = read_cpu(args.root).hypervisor
+    if args.plot:
+        engine.plot(data, args.plot)
     if args.json:
         render.print_json(data)
         return 0 if any(r["status"] == "ok" for r in data["results"]) else 1
