@@ -973,14 +973,22 @@ HL_EXPORT int munmap(void *addr, size_t len)
     return hl_munmap_slow(addr, len);
 }
 
+/* Whether [addr, addr+len) may touch a managed region: sets *a and *b to its 4 KB-aligned
+ * bounds.  The first test is the fast path taken by every program that has no region. */
+static inline int hl_maybe_managed(void *addr, size_t len, uintptr_t *a, uintptr_t *b)
+{
+    *a = (uintptr_t)addr;
+    if (likely(atomic_load_explicit(&g_nreg, memory_order_relaxed) == 0) || (*a & (KB4 - 1)) || len == 0 ||
+        len > UINTPTR_MAX - *a - KB4)
+        return 0;
+    *b = round_up(*a + len, KB4);
+    return !(*b <= atomic_load(&g_lo) || *a >= atomic_load(&g_hi));
+}
+
 HL_EXPORT int madvise(void *addr, size_t len, int adv)
 {
-    uintptr_t a = (uintptr_t)addr;
-    if (likely(atomic_load_explicit(&g_nreg, memory_order_relaxed) == 0) || (a & (KB4 - 1)) || len == 0 ||
-        len > UINTPTR_MAX - a - KB4)
-        return r_madvise(addr, len, adv);
-    uintptr_t b = round_up(a + len, KB4);
-    if (b <= atomic_load(&g_lo) || a >= atomic_load(&g_hi))
+    uintptr_t a, b;
+    if (!hl_maybe_managed(addr, len, &a, &b))
         return r_madvise(addr, len, adv);
     int e = hl_advise_slow(a, b, OP_MADVISE, adv);
     if (e) {
@@ -992,12 +1000,8 @@ HL_EXPORT int madvise(void *addr, size_t len, int adv)
 
 HL_EXPORT int posix_madvise(void *addr, size_t len, int adv)
 {
-    uintptr_t a = (uintptr_t)addr;
-    if (likely(atomic_load_explicit(&g_nreg, memory_order_relaxed) == 0) || (a & (KB4 - 1)) || len == 0 ||
-        len > UINTPTR_MAX - a - KB4)
-        return r_posix_madvise(addr, len, adv);
-    uintptr_t b = round_up(a + len, KB4);
-    if (b <= atomic_load(&g_lo) || a >= atomic_load(&g_hi))
+    uintptr_t a, b;
+    if (!hl_maybe_managed(addr, len, &a, &b))
         return r_posix_madvise(addr, len, adv);
     return hl_advise_slow(a, b, OP_PMADVISE, adv);
 }
