@@ -144,3 +144,23 @@ def test_not_root_names_the_file(tmp_path):
     assert out.returncode != 0
     assert "nr_hugepages" in out.stderr or "ledger" in out.stderr or "permission" in out.stderr.lower()
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_release_forgets_pages_someone_else_already_removed(hugeload_cli, state_dir):
+    before = count(MB2)
+    assert hugeload_cli("reserve", "--count", 2, "--page-size", "2m").returncode == 0
+    (SYS / "hugepages-2048kB" / "nr_hugepages").write_text(str(before))  # an admin shrinks the pool by hand
+    out = hugeload_cli("release")
+    assert out.returncode == 0 and "kept" not in out.stdout, out.stdout
+    assert ledger.share(ledger.load(state_dir), MB2, None) == 0
+    assert count(MB2) == before
+    assert ledger.load(state_dir)["events"][-1]["action"] == "forget"
+
+
+def test_gc_frees_pages_of_a_killed_benchmark(hugeload_cli, state_dir):
+    before = count(MB2)
+    dead = 2**22 + 12345  # above pid_max's default: no such process
+    act_pools.reserve("/", MB2, 2, owner=f"bench:{dead}", state_dir=state_dir)
+    assert count(MB2) == before + 2
+    assert hugeload_cli("gc").returncode == 0
+    assert count(MB2) == before and ledger.share(ledger.load(state_dir), MB2, None) == 0

@@ -68,3 +68,23 @@ def record_pool_change(data: dict, kb: int, node: int | None, before: int, after
 def share(data: dict, kb: int, node: int | None, owner: str | None = None) -> int:
     owners = data["shares"].get(pool_key(kb, node), {})
     return owners.get(owner, 0) if owner else sum(owners.values())
+
+
+def forget_excess(data: dict, kb: int, node: int | None, pool_total: int) -> None:
+    """Shrink the shares of a pool to what it still holds, when someone else released pages
+    hugeload had added (a share can never exceed the pool)."""
+    key = pool_key(kb, node)
+    owners = data["shares"].get(key, {})
+    excess = sum(owners.values()) - pool_total
+    for o in sorted(owners):
+        if excess <= 0:
+            break
+        take = min(excess, owners[o])
+        owners[o] -= take
+        excess -= take
+        data["events"].append({"time": time.time(), "action": "forget", "page_size_kb": kb, "node": node,
+                               "before": owners[o] + take, "after": owners[o], "owner": o})
+    for o in [o for o, n in owners.items() if n == 0]:
+        del owners[o]
+    if not owners:
+        data["shares"].pop(key, None)

@@ -127,10 +127,10 @@ def grow(root, kb: int, count: int, node: int | None = None, partial: bool = Fal
 
 
 def reserve(root, kb: int, count: int, node: int | None = None, partial: bool = False, owner: str = "reserve",
-            state_dir=None) -> ReserveResult:
+            state_dir=None, retry_seconds: float = RETRY_SECONDS) -> ReserveResult:
     """grow() and record what was gained in the ledger under `owner`."""
     with ledger.edit(state_dir) as data:
-        result = grow(root, kb, count, node, partial)
+        result = grow(root, kb, count, node, partial, retry_seconds)
         if result.after != result.before:
             ledger.record_pool_change(data, kb, node, result.before, result.after, owner, "reserve")
     if result.rolled_back:
@@ -193,6 +193,13 @@ def release(root, kb: int | None = None, owner: str | None = "reserve", state_di
             if not want:
                 continue
             pool = read_pool(root, pkb, node)
+            if sum(data["shares"][key].values()) > pool.total:
+                # Someone shrank the pool below hugeload's share: those pages are gone already.
+                ledger.forget_excess(data, pkb, node, pool.total)
+                if key not in data["shares"]:
+                    continue
+                owners = [o for o in data["shares"][key] if owner is None or o == owner]
+                want = sum(data["shares"][key][o] for o in owners)
             # Free pages not promised to a mapping (system resv counts are not kept per node).
             idle = pool.free - (pool.reserved or 0) if node is None else pool.free
             give = max(0, min(want, idle, pool.total))

@@ -521,9 +521,12 @@ def unmount_idle(state_dir=None, root="/") -> list[str]:
     return done
 
 
-def _run_alive(pid: str, root="/") -> bool:
-    """Whether the `hugeload run` that reserved pages as "run:<pid>" still runs (a reused
-    pid of another program does not count)."""
+PROCESS_OWNERS = ("run", "bench")
+
+
+def _owner_alive(pid: str, root="/") -> bool:
+    """Whether the hugeload process that reserved pages as "run:<pid>" or "bench:<pid>" still
+    runs (a reused pid of another program does not count)."""
     try:
         return b"hugeload" in (Path(root) / "proc" / pid / "cmdline").read_bytes()
     except OSError:
@@ -533,7 +536,7 @@ def _run_alive(pid: str, root="/") -> bool:
 def gc(state_dir=None, root="/") -> dict:
     """Remove what interrupted loads left: staging directories nobody is writing, files on the
     store's mounts that no manifest names, pages reserved for models that no longer exist, and
-    pages that a killed `hugeload run --reserve` could not give back."""
+    pages that a killed `hugeload run --reserve` or benchmark could not give back."""
     removed = []
     known = {f.staged for m in manifests(state_dir) for f in m.files}
     for kb in (GIGANTIC_KB, HUGE_KB):
@@ -563,7 +566,7 @@ def gc(state_dir=None, root="/") -> dict:
         for o in list(owners):
             if o.startswith("model:") and o[len("model:"):] not in names and not _lock_held(o[len("model:"):], state_dir):
                 released += act_pools.release(root, None, owner=o, state_dir=state_dir)
-            elif o.startswith("run:") and not _run_alive(o[len("run:"):], root):
+            elif o.partition(":")[0] in PROCESS_OWNERS and not _owner_alive(o.partition(":")[2], root):
                 released += act_pools.release(root, None, owner=o, state_dir=state_dir)
     write_redirects(state_dir)
     unmounted = unmount_idle(state_dir, root)

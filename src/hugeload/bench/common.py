@@ -9,6 +9,7 @@ Pure helpers except PageReservations (writes the pools) and verify_backing
 
 import contextlib
 import ctypes
+import os
 import random
 import signal
 import threading
@@ -138,33 +139,36 @@ class Reservation(NamedTuple):
     restored: bool | None  # None until given back
 
 
+def bench_owner() -> str:
+    """Ledger owner of a benchmark's pages: `hugeload gc` frees them if the run is killed."""
+    return f"bench:{os.getpid()}"
+
+
 def reserve_pages(root, kb: int, need: int, log=lambda msg: None) -> Reservation:
-    """Add `need` pages to the pool and read back what the kernel gave.  A short
-    1 GB result is retried after freeing memory (act.pools.grow); what it gave
-    is kept (partial) and given back by give_back()."""
+    """Add `need` pages to the pool, reading back what the kernel gave, and record them in
+    the ledger.  A short 1 GB result is retried after freeing memory; what it gave is kept
+    (partial) and given back by give_back()."""
     from hugeload.act import pools as act_pools
 
     before = act_pools.read_count(root, kb)
     try:
-        result = act_pools.grow(root, kb, need, partial=True, retry_seconds=20.0)
+        result = act_pools.reserve(root, kb, need, partial=True, owner=bench_owner(), retry_seconds=20.0)
     except HugeloadError as e:
         log(f"could not reserve {need} pages of {kb} kB: {e}")
-        return Reservation(kb, before, need, max(0, act_pools.read_count(root, kb) - before), None)
+        return Reservation(kb, before, need, 0, None)
     return Reservation(kb, result.before, need, max(0, result.after - result.before), None)
 
 
 def give_back(root, r: Reservation) -> Reservation:
-    """Take the pages this run added out of the pool again.  The target is the
-    current count minus what was added, so pages another process reserved or
-    released meanwhile are left alone."""
+    """Release this run's pages of that size (per the ledger): never pages another process
+    reserved meanwhile, never pages still in use."""
     from hugeload.act import pools as act_pools
 
+    if not r.got:
+        return r._replace(restored=True)
     try:
-        now = act_pools.read_count(root, r.page_size_kb)
-        target = max(0, now - r.got)
-        if r.got:
-            now = act_pools.set_count(root, r.page_size_kb, target)
-        return r._replace(restored=now == target)
+        released = sum(x.released for x in act_pools.release(root, r.page_size_kb, owner=bench_owner()))
+        return r._replace(restored=released == r.got)
     except HugeloadError:
         return r._replace(restored=False)
 

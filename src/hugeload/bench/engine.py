@@ -35,7 +35,7 @@ from pathlib import Path
 from hugeload import engines, runner
 from hugeload.act import pools as act_pools
 from hugeload.act import store
-from hugeload.bench.common import bar_charts, bootstrap_median_ci
+from hugeload.bench.common import bar_charts, bench_owner, bootstrap_median_ci
 from hugeload.errors import HugeloadError, UsageError
 from hugeload.probe import pools as probe_pools
 from hugeload.probe.procs import parse_smaps, read_status
@@ -224,7 +224,7 @@ def run(model: str, engine_argv: list[str], backings: list[str], rounds: int = 3
     empty_state.mkdir()
     skipped: dict[str, str] = {}
     paths: dict[str, str] = {}
-    owner = f"bench:{os.getpid()}"
+    owner = bench_owner()
     runs: list[Run] = []
     try:
         # Pages for the allocation path (a Q4_0 repack buffer is about the model's size): asked for, read back.
@@ -234,7 +234,7 @@ def run(model: str, engine_argv: list[str], backings: list[str], rounds: int = 3
             avail = probe_pools.system_pool(root, alloc_kb).available
             if need > avail:
                 with contextlib.suppress(HugeloadError):
-                    act_pools.reserve(root, alloc_kb, need - avail, partial=True, owner=owner, state_dir=state_dir)
+                    act_pools.reserve(root, alloc_kb, need - avail, partial=True, owner=owner)
         for b in chosen:
             if b.staged_kb is None:
                 paths[b.name] = model
@@ -266,7 +266,7 @@ def run(model: str, engine_argv: list[str], backings: list[str], rounds: int = 3
             for m in store.manifests(state_dir):
                 store.unload(m.name, force=True, state_dir=state_dir, root=root)
         with contextlib.suppress(HugeloadError):
-            act_pools.release(root, None, owner=None, state_dir=state_dir)
+            act_pools.release(root, None, owner=owner)
         with contextlib.suppress(HugeloadError):
             store.gc(state_dir, root)
         import shutil
