@@ -36,17 +36,24 @@ log() { printf 'get-llama-cpp-python: %s\n' "$*" >&2; }
 die() { printf 'get-llama-cpp-python: error: %s\n' "$*" >&2; exit 1; }
 
 [[ -x $py ]] || die "no $py: run scripts/setup.sh first"
-if "$py" -c "import llama_cpp, sys; sys.exit(llama_cpp.__version__ != '$version')" 2>/dev/null; then
-    log "llama-cpp-python $version already installed"
-    exit 0
-fi
 
+# Same ISA as get-llama.sh: native, AMX off unless HUGELOAD_LLAMA_AMX=1 (why: get-llama.sh).
+# The flags go in through CFLAGS/CXXFLAGS, which cmake takes as its initial flags, because
+# CMAKE_ARGS is split on spaces.
+source "$here/llama-flags.sh"
 cmake_args="-DGGML_NATIVE=ON -DGGML_CUDA=OFF -DGGML_HIP=OFF -DGGML_VULKAN=OFF -DGGML_METAL=OFF -DGGML_OPENCL=OFF"
 cmake_args+=" -DGGML_BLAS=OFF -DGGML_RPC=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"
 cmake_args+=" -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF"
 wheels=$dir/wheels
 stamp=$dir/stamp
-stamp_text="llama-cpp-python==$version $cmake_args"
+stamp_text="llama-cpp-python==$version $cmake_args cflags=$llama_isa_cflags cpu=$llama_cpu_id"
+# The venv remembers which build it holds, so a venv carried to another CPU reinstalls.
+venv_stamp=$venv/.llama-cpp-python.stamp
+if [[ -f $venv_stamp && "$(cat "$venv_stamp")" == "$stamp_text" ]] \
+    && "$py" -c "import llama_cpp, sys; sys.exit(llama_cpp.__version__ != '$version')" 2>/dev/null; then
+    log "llama-cpp-python $version already installed"
+    exit 0
+fi
 mkdir -p "$wheels"
 wheel=$(ls "$wheels"/llama_cpp_python-"$version"-*.whl 2>/dev/null | head -n 1 || true)
 if [[ -z $wheel || ! -f $stamp || "$(cat "$stamp")" != "$stamp_text" ]]; then
@@ -66,6 +73,7 @@ if [[ -z $wheel || ! -f $stamp || "$(cat "$stamp")" != "$stamp_text" ]]; then
     fi
     log "building a wheel (libllama with cmake, -j$jobs; several minutes on 2 cores; log: $dir/build.log)"
     start=$SECONDS
+    CFLAGS="${CFLAGS:-} $llama_isa_cflags" CXXFLAGS="${CXXFLAGS:-} $llama_isa_cflags" \
     CMAKE_ARGS="$cmake_args" CMAKE_BUILD_PARALLEL_LEVEL=$jobs \
         "$py" -m pip wheel --disable-pip-version-check --no-cache-dir --no-deps "$sdist" -w "$wheels" >"$dir/build.log" 2>&1 \
         || { tail -n 30 "$dir/build.log" >&2; die "build failed (see $dir/build.log)"; }
@@ -73,5 +81,7 @@ if [[ -z $wheel || ! -f $stamp || "$(cat "$stamp")" != "$stamp_text" ]]; then
     printf '%s' "$stamp_text" >"$stamp"
     log "built $(basename "$wheel") in $((SECONDS - start)) s"
 fi
+"$py" -m pip uninstall --quiet --disable-pip-version-check -y llama_cpp_python >/dev/null 2>&1 || true
 "$py" -m pip install --quiet --disable-pip-version-check "$wheel" >&2 || die "pip install of $wheel failed"
 "$py" -c "import llama_cpp; print('llama-cpp-python', llama_cpp.__version__)" >&2 || die "llama_cpp does not import"
+printf '%s' "$stamp_text" >"$venv_stamp"

