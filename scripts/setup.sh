@@ -5,6 +5,25 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PY=${PYTHON:-python3}
+
+# What a fresh Debian machine may lack for the builds (the native library, llama.cpp): installed
+# with apt-get when we are root and it is there; otherwise one line says what is missing.
+missing=()
+command -v cc >/dev/null || missing+=(gcc)
+command -v c++ >/dev/null || missing+=(g++)
+command -v cmake >/dev/null || missing+=(cmake)
+command -v ninja >/dev/null || missing+=(ninja-build)
+"$PY" -c "import venv, ensurepip" 2>/dev/null || missing+=(python3-venv)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing ${missing[*]} with apt-get" >&2
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"; } >/tmp/hugeload-apt.log 2>&1 \
+      || { tail -5 /tmp/hugeload-apt.log >&2; echo "setup: apt-get install ${missing[*]} failed" >&2; exit 1; }
+  else
+    echo "setup: missing ${missing[*]}: install them (as root: apt-get install ${missing[*]})" >&2
+    exit 1
+  fi
+fi
 if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv" >&2
   "$PY" -m venv .venv

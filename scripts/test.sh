@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up everything the tests need on a fresh machine and runs them.
-#   sudo scripts/test.sh            # the whole default suite
-#   sudo scripts/test.sh -k probe   # extra arguments go to pytest
+#   scripts/test.sh            # the whole default suite
+#   scripts/test.sh -k probe   # extra arguments go to pytest
 # Needs root: the integration tests reserve and release real huge pages and
 # mount hugetlbfs; every test puts the machine back as it found it.
 #   HUGELOAD_CI_LLAMA_CPP_PYTHON=0  skips the llama-cpp-python build (its e2e
