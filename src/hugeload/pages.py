@@ -18,7 +18,7 @@ The rule, in whole numbers so that C computes exactly the same:
 Whether the pages can be had (free pages, a reservation) is decided in plan/
 on top of this rule, and the cascade falls back 1G -> 2M -> THP -> 4K.
 
-An explicit size on one object the caller names (`hugeload load FILE
+An explicit size on one object the caller names (`hugeload stage FILE
 --page-size 1g`, `map_file(path, "1g")`, `alloc(n, "1g")`) is taken as given:
 `forced_1g_min` protects the objects a run's `1g` was not chosen for.
 """

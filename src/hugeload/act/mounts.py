@@ -105,7 +105,7 @@ def check_idle(root, path: str) -> None:
     files = sorted(os.listdir(m.path))
     if files:
         raise HugeloadError(f"{m.path} holds {len(files)} file(s) ({', '.join(files[:3])}): "
-                            "unload the models first (hugeload unload) or pass --force")
+                            "unstage the models first (hugeload unstage) or pass --force")
 
 
 def umount(root, path: str, force: bool = False, state_dir=None) -> bool:
