@@ -138,8 +138,9 @@ def parse(text, allow: tuple[str, ...] = ("1g", "2m", "4k"), auto: bool = True) 
             found = _BY_KB.get(size // KiB) if size and size % KiB == 0 else None
     if found is None or found.name not in allow:
         choices = ", ".join((("auto",) if auto else ()) + tuple(allow))
-        what = "unknown page size" if found is None else "page size not allowed here"
-        raise UsageError(f"{what} {text!r}: choose one of {choices}")
+        if found is None:
+            raise UsageError(f"unknown page size {text!r}: choose one of {choices}")
+        raise UsageError(f"page size {text!r} is not allowed here: choose one of {choices}")
     return found
 
 
