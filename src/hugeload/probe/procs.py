@@ -180,6 +180,8 @@ def holders(root="/", paths=None, prefix: str | None = None, kb: int | None = No
     targets = set(paths or ())
     under = prefix.rstrip("/") + "/" if prefix else None
     want_files = bool(targets or under)
+    if not want_files and kb is None:
+        return []  # nothing asked: no walk
     out: list[Holder] = []
     for pid in (p for p in listdir(root, "proc") if p.isdigit()):
         status = read_status(root, pid) if kb is not None else None
