@@ -83,9 +83,12 @@ def needs_root():
 
 @pytest.fixture
 def state_dir(tmp_path, monkeypatch):
-    """A private hugeload state directory, so tests never touch /run/hugeload."""
+    """A private hugeload state directory (and config directory), so tests never touch
+    /run/hugeload or /etc/hugeload."""
     d = tmp_path / "state"
     monkeypatch.setenv("HUGELOAD_STATE_DIR", str(d))
+    # models.json too: stage(persist=True), unstage and clear keep it, and must never edit /etc/hugeload
+    monkeypatch.setenv("HUGELOAD_CONFIG_DIR", str(tmp_path / "etc"))
     return d
 
 

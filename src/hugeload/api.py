@@ -21,20 +21,16 @@ import threading
 import weakref
 from typing import NamedTuple
 
+from hugeload import pages
 from hugeload.errors import FormatError, PoolError, UsageError
+from hugeload.pages import BACKINGS
 from hugeload.probe import pools as probe_pools
 from hugeload.probe.procs import parse_smaps
-from hugeload.units import GiB, MiB, ceil_div, format_bytes
+from hugeload.units import MiB, ceil_div, format_bytes
 
 __all__ = ["map_file", "alloc", "HugeMapping", "FileChanged", "page_size_of", "BACKINGS"]
 
-MAP_HUGETLB = 0x40000
-MAP_HUGE_SHIFT = 26
-THP_KB = 2048
-_HUGETLB_KB = {"1g": 1048576, "2m": 2048}
-_PAGE_KB = {"1g": 1048576, "2m": 2048, "thp": 2048, "4k": 4}
-BACKINGS = ("1g", "2m", "thp", "4k")  # the fallback order
-_ALIASES = {"1gb": "1g", "1gib": "1g", "2mb": "2m", "2mib": "2m", "4kb": "4k", "4kib": "4k"}
+THP_KB = pages.Backing.THP.page.kb
 
 READ_CHUNK = 64 * MiB
 MAX_READ_THREADS = 4
@@ -114,20 +110,24 @@ def page_size_of(obj) -> int | None:
 
 
 def _parse_page_size(page_size: str) -> str:
+    """"auto" or a backing name; page sizes in any spelling hugeload.pages accepts."""
     t = str(page_size).strip().lower()
-    t = _ALIASES.get(t, t)
-    if t != "auto" and t not in BACKINGS:
-        raise UsageError(f"unknown page size {page_size!r}: choose one of auto, 1g, 2m, thp, 4k")
-    return t
+    if t in ("auto", "thp"):
+        return t
+    try:
+        return pages.parse(t, ("1g", "2m", "4k"), auto=False).name
+    except UsageError:
+        raise UsageError(f"unknown page size {page_size!r}: choose one of auto, {', '.join(BACKINGS)}") from None
 
 
 def _cascade(page_size: str, nbytes: int, fallback: bool | None) -> list[str]:
-    """The backings to try, in order."""
+    """The backings to try, in order: auto starts where hugeload.pages' size rule says (as
+    the preload library does); an explicit size starts there exactly."""
     t = _parse_page_size(page_size)
     if nbytes == 0:
         return ["4k"]  # nothing to put in pages; hugetlb cannot map zero bytes
     if t == "auto":
-        first = "1g" if nbytes >= GiB else "2m"
+        first = pages.first_page(nbytes).name
         fallback = True if fallback is None else fallback
     else:
         first = t
@@ -169,13 +169,14 @@ def _map_anon(backing: str, nbytes: int) -> _Anon:
     """One anonymous private read-write mapping in `backing`; OSError/PoolError if not."""
     prot = mmap.PROT_READ | mmap.PROT_WRITE
     base = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
-    if backing in _HUGETLB_KB:
-        kb = _HUGETLB_KB[backing]
+    if pages.Backing(backing).hugetlb:
+        page = pages.by_name(backing)
+        kb = page.kb
         if kb not in probe_pools.page_sizes("/"):
             raise PoolError(f"this kernel offers no {backing.upper()} huge pages")
         # hugetlb munmap needs the length in whole pages: map whole pages, expose a slice.
-        length = _round_up(nbytes, kb * 1024)
-        flags = base | MAP_HUGETLB | ((kb * 1024).bit_length() - 1) << MAP_HUGE_SHIFT
+        length = page.round_up(nbytes)
+        flags = base | page.mmap_flags
         try:
             mm = mmap.mmap(-1, length, flags=flags, prot=prot)
         except OSError as e:
@@ -318,7 +319,7 @@ class HugeMapping:
             raise ValueError("HugeMapping is closed")
         kb = page_size_of(self._address) if self._size else 4
         if kb is None:
-            kb = _PAGE_KB[self.backing]
+            kb = pages.Backing(self.backing).page.kb
         if self.backing != "thp" or kb > 4:
             self._page_kb = kb
         return kb
@@ -450,7 +451,7 @@ def _map_staged(manifest: Staged, path: str) -> HugeMapping | None:
         mm = mmap.mmap(fd, length, access=mmap.ACCESS_READ)
     finally:
         os.close(fd)
-    return HugeMapping(mm, 0, size, {1048576: "1g", 2048: "2m"}.get(kb, "4k"), path=path, staged=True)
+    return HugeMapping(mm, 0, size, pages.by_kb(kb).name if kb in (p.kb for p in pages.HUGE) else "4k", path=path, staged=True)
 
 
 # --------------------------------------------------------------------------- public
@@ -464,7 +465,8 @@ def map_file(path, page_size: str = "auto", staged: bool = True, fallback: bool 
     when `page_size` is "auto" or matches the page size it was staged in.
 
     Otherwise the file is read into an anonymous mapping.  `page_size`: "auto"
-    (1g for files of 1 GiB or more, else 2m), "1g", "2m", "thp" or "4k".
+    (the size rule of hugeload.pages: 1g from 1 GiB when whole 1 GB pages waste at most 1/8,
+    else 2m), "1g", "2m", "thp" or "4k".
     `fallback`: when the page size cannot be had, try the next smaller one
     (1g -> 2m -> thp -> 4k) instead of raising PoolError.  Default: True for
     "auto", False for an explicit size.  Pages are never reserved here: the pool
@@ -477,7 +479,7 @@ def map_file(path, page_size: str = "auto", staged: bool = True, fallback: bool 
     kind = _parse_page_size(page_size)
     if staged:
         manifest = _find_staged(path)
-        if manifest is not None and (kind == "auto" or _PAGE_KB.get(kind) == int(manifest.page_size_kb)):
+        if manifest is not None and (kind == "auto" or (kind in BACKINGS and pages.Backing(kind).page.kb == int(manifest.page_size_kb))):
             mapping = _map_staged(manifest, path)
             if mapping is not None:
                 return mapping
@@ -516,8 +518,8 @@ def map_file(path, page_size: str = "auto", staged: bool = True, fallback: bool 
 def alloc(nbytes: int, page_size: str = "auto", fallback: bool | None = None) -> HugeMapping:
     """`nbytes` of zeroed, writable memory in huge pages.
 
-    `page_size` and `fallback` as for map_file ("auto": 1g from 1 GiB up, else
-    2m; falls back for "auto" only).  hugetlb pages are claimed from the pool at
+    `page_size` and `fallback` as for map_file ("auto": hugeload.pages' size rule;
+    falls back for "auto" only).  hugetlb pages are claimed from the pool at
     once, so a successful alloc cannot run out of huge pages later."""
     nbytes = int(nbytes)
     if nbytes < 0:

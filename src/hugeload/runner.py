@@ -8,14 +8,40 @@ import fnmatch
 import os
 import signal
 import subprocess
+from dataclasses import dataclass
+from enum import IntEnum
 from typing import NamedTuple
 
-from hugeload import native
+from hugeload import native, pages
 from hugeload.act import store
+from hugeload.pages import PageSize
 from hugeload.probe import pools as probe_pools
-from hugeload.units import GiB, KiB, ceil_div, page_size_name
+from hugeload.units import GiB, KiB, MiB, ceil_div
 
 DEFAULT_MIN_FILE = GiB
+DEFAULT_ALLOC_THRESHOLD = 64 * MiB
+
+
+class LogLevel(IntEnum):
+    """HUGELOAD_LOG: what the preload library writes to stderr."""
+
+    QUIET = 0  # warnings only
+    NORMAL = 1  # one line per managed region
+    VERBOSE = 2  # every managed call
+
+
+@dataclass(frozen=True)
+class PreloadOptions:
+    """What the preload library is told for one run (black's Mode: one bundle, passed down).
+    Add new knobs (a NUMA node, ...) as fields whose default keeps today's behaviour."""
+
+    page_size: PageSize | None = None  # None: auto (the size rule of hugeload.pages, per mapping)
+    copy: bool = False  # copy unstaged model files into private huge pages
+    alloc_threshold: int = DEFAULT_ALLOC_THRESHOLD  # bytes; 0 turns the large-allocation path off
+    files: tuple[str, ...] = ()  # globs of files to manage (default: files of at least 1 GiB)
+    report: str | None = None  # the per-region report goes here instead of stderr
+    log: LogLevel = LogLevel.NORMAL
+    policy: pages.Policy = pages.DEFAULT_POLICY
 
 
 class Candidate(NamedTuple):
@@ -65,21 +91,29 @@ def estimate_need(candidates: list[Candidate], kb: int, copy: bool, alloc: bool,
     return Need(kb, pages, max(0, pool.available), candidates)
 
 
-def environment(page_size: str, copy: bool, alloc_threshold: int, globs: list[str], report: str | None,
-                state_dir, log: int, base: dict | None = None) -> dict:
+def first_page(candidates: list[Candidate], requested: PageSize | None, policy: pages.Policy = pages.DEFAULT_POLICY) -> PageSize:
+    """The page size the library will try first for this run's largest model file (it decides
+    each mapping on its own, by the same rule); 2M when there is none."""
+    return pages.first_page(max((c.size for c in candidates), default=0), requested, policy)
+
+
+def environment(options: PreloadOptions = PreloadOptions(), state_dir=None, base: dict | None = None) -> dict:
+    """`base` (default os.environ) with LD_PRELOAD and the HUGELOAD_* variables for `options`.
+    HUGELOAD_POLICY is always set, so the library applies the rule Python decided with."""
     env = dict(os.environ if base is None else base)
     lib = str(native.library_path())
     preload = env.get("LD_PRELOAD", "")
     env["LD_PRELOAD"] = lib if not preload else f"{lib}:{preload}" if lib not in preload else preload
-    env["HUGELOAD_PAGE_SIZE"] = page_size
-    env["HUGELOAD_COPY"] = "1" if copy else "0"
-    env["HUGELOAD_ALLOC_THRESHOLD"] = str(alloc_threshold)
-    env["HUGELOAD_LOG"] = str(log)
+    env["HUGELOAD_PAGE_SIZE"] = pages.env_name(options.page_size)
+    env["HUGELOAD_POLICY"] = pages.policy_env(options.policy)
+    env["HUGELOAD_COPY"] = "1" if options.copy else "0"
+    env["HUGELOAD_ALLOC_THRESHOLD"] = str(options.alloc_threshold)
+    env["HUGELOAD_LOG"] = str(int(options.log))
     env["HUGELOAD_STATE_DIR"] = str(store.state.state_dir(state_dir))
-    if globs:
-        env["HUGELOAD_FILES"] = ":".join(globs)
-    if report:
-        env["HUGELOAD_REPORT"] = report
+    if options.files:
+        env["HUGELOAD_FILES"] = ":".join(options.files)
+    if options.report:
+        env["HUGELOAD_REPORT"] = options.report
     return env
 
 
@@ -107,6 +141,6 @@ def run(argv: list[str], env: dict) -> int:
 
 
 def describe_need(need: Need) -> str:
-    name = page_size_name(need.page_size_kb)
+    name = pages.name(need.page_size_kb)
     return (f"this run may take {need.pages} x {name} pages and {need.available} are free: "
             f"hugeload reserve --count {need.missing} --page-size {name.lower()}")

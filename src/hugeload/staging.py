@@ -11,7 +11,7 @@ unstage() refuses while they do.
 
 from typing import NamedTuple
 
-from hugeload.units import parse_page_size
+from hugeload import pages
 
 
 class StagedModel(NamedTuple):
@@ -24,18 +24,22 @@ class StagedModel(NamedTuple):
 
 
 def stage(path: str, page_size: str = "auto", reserve: bool = False, name: str | None = None,
-          verify: bool = False, state_dir=None) -> StagedModel:
-    """Stage `path` into huge pages (see `hugeload load`); instant when already staged."""
+          verify: bool = False, persist: bool = False, state_dir=None, config_dir=None) -> StagedModel:
+    """Stage `path` into huge pages (see `hugeload stage`); instant when already staged.
+    `persist` also lists it in models.json (`config_dir`, default $HUGELOAD_CONFIG_DIR or
+    /etc/hugeload) so that `hugeload restore` re-stages it at boot."""
     from hugeload.act import store
 
-    kb = parse_page_size(page_size, allow_auto=True)
-    m, _, _ = store.load(str(path), kb, name, reserve, verify, state_dir=state_dir)
+    options = store.StageOptions(page_size=pages.parse(page_size, ("1g", "2m")), name=name, reserve=reserve,
+                                 verify=verify, persist=persist)
+    m = store.stage(str(path), options, state_dir=state_dir, config_dir=config_dir).manifest
     return StagedModel(m.name, m.path, m.page_size_kb, m.size, m.pages, m.source)
 
 
-def unstage(model: "str | StagedModel", force: bool = False, state_dir=None) -> None:
-    """Remove a staged model (by name, source path, staged path or StagedModel) and give back its pages."""
+def unstage(model: "str | StagedModel", force: bool = False, state_dir=None, config_dir=None) -> None:
+    """Remove a staged model (by name, source path, staged path or StagedModel), give back its
+    pages, and drop it from models.json."""
     from hugeload.act import store
 
     key = model.name if isinstance(model, StagedModel) else str(model)
-    store.unload(key, force, state_dir)
+    store.unstage(key, force, state_dir, config_dir=config_dir)

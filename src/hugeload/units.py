@@ -1,4 +1,4 @@
-"""Sizes and page sizes: parsing and formatting.  Pure functions."""
+"""Sizes: parsing and formatting.  Pure functions.  Page sizes are hugeload.pages'."""
 
 import re
 
@@ -11,10 +11,6 @@ TiB = 1024 * GiB
 
 _SUFFIX = {"": 1, "b": 1, "k": KiB, "m": MiB, "g": GiB, "t": TiB}
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
-
-# Page sizes the CLI accepts by name; others come from the kernel as "<n>kB".
-PAGE_SIZE_NAMES = {"4k": 4, "2m": 2048, "1g": 1048576}
-
 
 def parse_size(text: str | int) -> int:
     """Parse `30G`, `30GiB`, `30GB`, `512M`, `4096` into bytes (binary units throughout).
@@ -36,30 +32,11 @@ def parse_size(text: str | int) -> int:
     return int(value)
 
 
-def parse_page_size(text: str, allow_auto: bool = False) -> int | None:
-    """Parse `1g`, `2m`, `4k`, `1G`, `2MB`, `1048576kB` into kB; `auto` into None when allowed."""
-    t = str(text).strip().lower()
-    if allow_auto and t == "auto":
-        return None
-    if t in PAGE_SIZE_NAMES:
-        return PAGE_SIZE_NAMES[t]
-    try:
-        size = parse_size(t)
-    except UsageError:
-        size = 0
-    kb = size // KiB
-    if kb in PAGE_SIZE_NAMES.values() and size % KiB == 0:
-        return kb
-    choices = "auto, 1g, 2m, 4k" if allow_auto else "1g, 2m, 4k"
-    raise UsageError(f"unknown page size {text!r}: choose one of {choices}")
-
-
 def page_size_name(kb: int) -> str:
-    """4 -> '4K', 2048 -> '2M', 1048576 -> '1G'."""
-    for unit, factor in (("G", 1048576), ("M", 1024), ("K", 1)):
-        if kb % factor == 0 and kb >= factor:
-            return f"{kb // factor}{unit}"
-    return f"{kb}K"
+    """4 -> '4K', 2048 -> '2M', 1048576 -> '1G' (hugeload.pages.name, kept here for old imports)."""
+    from hugeload.pages import name
+
+    return name(kb)
 
 
 def format_bytes(n: int | float) -> str:

@@ -38,13 +38,13 @@ def test_run(needs_root, tmp_path):
 def test_cleanup_on_ctrl_c_mid_run(needs_root, tmp_path, monkeypatch):
     """Interrupted right after a model was staged: it is unloaded, the mount removed, pools and files restored."""
     before = pool_counts()
-    real_load = store.load
+    real_load = store.stage
 
     def load_then_interrupt(*args, **kwargs):
         real_load(*args, **kwargs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(store, "load", load_then_interrupt)
+    monkeypatch.setattr(store, "stage", load_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         stage.run(size=8 * MiB, rounds=1, directory=str(tmp_path))
     assert pool_counts() == before and list(tmp_path.iterdir()) == []

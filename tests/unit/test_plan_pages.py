@@ -61,7 +61,7 @@ BOTH = {M: True, G: True}
 def test_recommend_1g_for_large_model():
     r = pages.recommend(30 * GiB, [M, G], True, BOTH)
     assert r.page_size_kb == G
-    assert "1G pages are supported and obtainable" in r.reason
+    assert r.reason == "model is at least 1 GiB and 1G pages waste at most 1/8, and 1G pages are supported and obtainable"
 
 
 def test_recommend_2m_under_threshold():
@@ -73,7 +73,17 @@ def test_recommend_threshold_parameter():
     assert pages.recommend(30 * GiB, [M, G], True, BOTH, threshold_1g=64 * GiB).page_size_kb == M
     assert pages.recommend(2 * GiB, [M, G], True, BOTH, threshold_1g=2 * GiB).page_size_kb == G
     assert pages.recommend(2 * GiB - 1, [M, G], True, BOTH, threshold_1g=2 * GiB).page_size_kb == M
-    assert pages.recommend(512 * MiB, [M, G], True, BOTH, threshold_1g=256 * MiB).page_size_kb == G
+    assert pages.recommend(960 * MiB, [M, G], True, BOTH, threshold_1g=256 * MiB).page_size_kb == G
+    # above the threshold the waste still counts: 512 MiB in a 1 GiB page wastes half
+    assert pages.recommend(512 * MiB, [M, G], True, BOTH, threshold_1g=256 * MiB).page_size_kb == M
+
+
+def test_recommend_waste_rule():
+    r = pages.recommend(int(1.5 * GiB), [M, G], True, BOTH)
+    assert r == pages.Recommendation(M, "1G pages would waste 33 % (more than 1/8) of the model; 2M pages are obtainable")
+    assert pages.recommend(2 * GiB, [M, G], True, BOTH).page_size_kb == G
+    assert pages.recommend([GiB, GiB], [M, G], True, BOTH).page_size_kb == G
+    assert pages.recommend([GiB, 1], [M, G], True, BOTH).page_size_kb == M  # each file rounds up on its own
 
 
 def test_recommend_reason_for_sub_gib_threshold():
@@ -106,8 +116,14 @@ def test_recommend_falls_back_to_4k():
 ])
 def test_recommend_forced_size(requested, sizes, expected, reason):
     # a forced size wins over threshold and obtainability
-    r = pages.recommend(MiB, sizes, False, {}, requested_kb=requested)
+    r = pages.recommend(GiB, sizes, False, {}, requested_kb=requested)
     assert r == pages.Recommendation(expected, reason)
+
+
+def test_recommend_forced_1g_for_a_small_model_is_2m():
+    # as the preload library does with HUGELOAD_PAGE_SIZE=1g: under forced_1g_min a 1 GB page is mostly waste
+    r = pages.recommend(MiB, [M, G], True, BOTH, requested_kb=G)
+    assert r == pages.Recommendation(M, "1G requested, but the model is under 256 MiB: 2M")
 
 
 def test_obtainable_from_memory():

@@ -1,9 +1,9 @@
-"""units.py: sizes and page sizes."""
+"""units.py: sizes (page sizes: test_pages.py)."""
 
 import pytest
 
 from hugeload.errors import UsageError
-from hugeload.units import GiB, KiB, MiB, TiB, ceil_div, format_bytes, page_size_name, parse_page_size, parse_size
+from hugeload.units import GiB, KiB, MiB, TiB, ceil_div, format_bytes, page_size_name, parse_size
 
 
 @pytest.mark.parametrize("text,value", [
@@ -21,29 +21,6 @@ def test_parse_size_rejects(text):
         parse_size(text)
     assert e.value.exit_code == 2
     assert "\n" not in str(e.value)
-
-
-@pytest.mark.parametrize("text,kb", [
-    ("1g", 1048576), ("1G", 1048576), ("1GB", 1048576), ("1GiB", 1048576), ("1048576kB", 1048576),
-    ("2m", 2048), ("2M", 2048), ("2MB", 2048), ("2048k", 2048), ("4k", 4), ("4K", 4), ("4096", 4), (" 2m ", 2048),
-])
-def test_parse_page_size(text, kb):
-    assert parse_page_size(text) == kb
-    assert parse_page_size(text, allow_auto=True) == kb
-
-
-def test_parse_page_size_auto():
-    assert parse_page_size("auto", allow_auto=True) is None
-    assert parse_page_size("AUTO", allow_auto=True) is None
-    with pytest.raises(UsageError, match="choose one of 1g, 2m, 4k"):
-        parse_page_size("auto")
-
-
-@pytest.mark.parametrize("text", ["16m", "512M", "16G", "8k", "2048", "0", "huge", "", "1.5g"])
-def test_parse_page_size_unknown(text):
-    with pytest.raises(UsageError, match="unknown page size") as e:
-        parse_page_size(text, allow_auto=True)
-    assert "auto, 1g, 2m, 4k" in str(e.value)
 
 
 @pytest.mark.parametrize("kb,name", [(4, "4K"), (2048, "2M"), (1048576, "1G"), (16, "16K"), (16384, "16M"),

@@ -9,24 +9,27 @@ from typing import NamedTuple
 
 from hugeload.act import ledger
 from hugeload.errors import HugeloadError, PermissionNeeded, UsageError
+from hugeload.probe import procs
 from hugeload.probe.mounts import HugetlbfsMount, hugetlbfs_supported, read_mounts
-from hugeload.units import KiB, page_size_name
+from hugeload import pages
+from hugeload.units import KiB
 
-DEFAULT_DIRS = {1048576: "/mnt/hugepages-1gb", 2048: "/mnt/hugepages-2mb"}
+# The seed's layout; any other size gets the same shape of name.
+DEFAULT_DIRS = {p.kb: f"/mnt/hugepages-{p.name}b" for p in pages.HUGE}
 MNT_DETACH = 2
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
 def default_dir(kb: int) -> str:
-    return DEFAULT_DIRS.get(kb, f"/mnt/hugepages-{page_size_name(kb).lower()}b")
+    return DEFAULT_DIRS.get(kb, f"/mnt/hugepages-{pages.name(kb).lower()}b")
 
 
 def mount_options(kb: int, size: int | None, uid: int | None, gid: int | None, mode: int | None) -> str:
     opts = [f"pagesize={kb * KiB}"]
     if size is not None:
         if size % (kb * KiB):
-            raise UsageError(f"mount size {size} is not a multiple of the {page_size_name(kb)} page size")
+            raise UsageError(f"mount size {size} is not a multiple of the {pages.name(kb)} page size")
         opts.append(f"size={size}")
     if uid is not None:
         opts.append(f"uid={uid}")
@@ -56,7 +59,7 @@ def mount(root, kb: int, path: str | None = None, size: int | None = None, uid: 
     existing = find_mount(root, path)
     if existing:
         if existing.page_size_kb != kb:
-            raise UsageError(f"{path} is already a hugetlbfs mount of {page_size_name(existing.page_size_kb)} pages, not {page_size_name(kb)}")
+            raise UsageError(f"{path} is already a hugetlbfs mount of {pages.name(existing.page_size_kb)} pages, not {pages.name(kb)}")
         return MountResult(existing.path, kb, False)
     p = Path(path)
     if p.exists() and not p.is_dir():
@@ -87,29 +90,8 @@ def mount(root, kb: int, path: str | None = None, size: int | None = None, uid: 
 
 def open_files_under(root, path: str) -> list[str]:
     """Processes holding a file under `path` open or mapped: 'PID (comm) FILE'."""
-    prefix = os.path.realpath(path).rstrip("/") + "/"
-    found = []
-    proc = Path(root) / "proc"
-    for pid in (d for d in os.listdir(proc) if d.isdigit()):
-        targets = set()
-        try:
-            for fd in os.listdir(proc / pid / "fd"):
-                try:
-                    targets.add(os.readlink(proc / pid / "fd" / fd))
-                except OSError:
-                    pass
-            with open(proc / pid / "maps") as f:
-                for line in f:
-                    parts = line.split(None, 5)
-                    if len(parts) == 6:
-                        targets.add(parts[5].strip())
-        except OSError:
-            continue
-        for t in sorted(targets):
-            if t.startswith(prefix):
-                comm = (proc / pid / "comm").read_text().strip() if (proc / pid / "comm").exists() else "?"
-                found.append(f"{pid} ({comm}) {t}")
-    return found
+    prefix = os.path.realpath(path) if str(root) == "/" else path
+    return [f"{h} {h.path}" for h in procs.holders(root, prefix=prefix)]
 
 
 def check_idle(root, path: str) -> None:
@@ -123,7 +105,7 @@ def check_idle(root, path: str) -> None:
     files = sorted(os.listdir(m.path))
     if files:
         raise HugeloadError(f"{m.path} holds {len(files)} file(s) ({', '.join(files[:3])}): "
-                            "unload the models first (hugeload unload) or pass --force")
+                            "unstage the models first (hugeload unstage) or pass --force")
 
 
 def umount(root, path: str, force: bool = False, state_dir=None) -> bool:

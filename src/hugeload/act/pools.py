@@ -16,9 +16,7 @@ from hugeload.probe import pools as probe_pools
 from hugeload.probe import procs
 from hugeload.probe.memory import read_buddyinfo, read_meminfo
 from hugeload.probe.mounts import read_mounts
-from hugeload.units import page_size_name
-
-GIGANTIC_KB = 1048576
+from hugeload.pages import PAGE_1G, name as page_size_name
 MAX_RETRIES = 5
 RETRY_SECONDS = 60.0
 
@@ -107,7 +105,7 @@ def grow(root, kb: int, count: int, node: int | None = None, partial: bool = Fal
     before = read_count(root, kb, node)
     target = before + count
     steps = [Step("write", c := set_count(root, kb, target, node), c - before)]
-    if c < target and kb >= GIGANTIC_KB:
+    if c < target and kb >= PAGE_1G.kb:
         deadline = time.monotonic() + retry_seconds
         for attempt in range(1, MAX_RETRIES + 1):
             for name, action in _free_memory_steps(root):
@@ -160,13 +158,10 @@ class ReleaseResult(NamedTuple):
     reason: str  # why `kept` pages stay ("" when none)
 
 
-def users(root, kb: int) -> str:
-    """Who holds pages of this size: processes, and files on hugetlbfs mounts of this size."""
-    parts = []
-    for p in procs.huge_page_users(root, min_size=0):
-        sizes = {m.kernel_page_kb for m in p.mappings if m.hugetlb_kb}
-        if kb in sizes:
-            parts.append(f"process {p.pid} ({p.comm})")
+def describe_holders(root, kb: int) -> str:
+    """Who holds pages of this size, in words: processes that map them, and files on
+    hugetlbfs mounts of this size."""
+    parts = [f"process {name}" for name in procs.holder_names(procs.holders(root, kb=kb))]
     for m in read_mounts(root):
         if m.page_size_kb != kb:
             continue
@@ -212,7 +207,7 @@ def release(root, kb: int | None = None, owner: str | None = "reserve", state_di
                     ledger.record_pool_change(data, pkb, node, count, count - take, o, "release")
                     count -= take
             kept = want - released
-            results.append(ReleaseResult(pkb, node, pool.total, after, released, kept, users(root, pkb) if kept else ""))
+            results.append(ReleaseResult(pkb, node, pool.total, after, released, kept, describe_holders(root, pkb) if kept else ""))
     return results
 
 

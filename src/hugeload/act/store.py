@@ -7,7 +7,10 @@ Layout under the state directory (default /run/hugeload):
   store/models/<name>.json       the manifest, written last: a model without one is not ready
   store/redirects                one line per ready file for the preload library:
                                  "<st_dev> <st_ino> <size> <mtime_ns> <staged path>"
-  store/locks/<name>.lock        one loader per model name at a time
+  store/locks/<name>.lock        one stager per model name at a time
+Models staged with persist are also listed in the config directory's models.json
+(act/persist.py, default /etc/hugeload), which stage(), unstage() and clear() keep in
+step, and restore() re-stages at boot.
 
 Facts designed around (measured here): hugetlbfs has no write(), so staging is
 ftruncate to the rounded size, mmap MAP_SHARED, copy in; a file left on
@@ -25,19 +28,22 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
-from hugeload.act import ledger, state
+from hugeload import pages
+from hugeload.act import ledger, persist, state
 from hugeload.act import mounts as act_mounts
 from hugeload.act import pools as act_pools
 from hugeload.errors import HugeloadError, PoolError, UsageError
+from hugeload.pages import PAGE_1G, PAGE_2M, PageSize
+from hugeload.plan import pages as plan_pages
 from hugeload.probe import pools as probe_pools
+from hugeload.probe import procs
 from hugeload.probe.mounts import read_mounts
-from hugeload.units import GiB, KiB, MiB, ceil_div, page_size_name
+from hugeload.units import KiB, MiB, ceil_div
 
-GIGANTIC_KB = 1048576
-HUGE_KB = 2048
 CHUNK = 64 * MiB
-LOCK_TIMEOUT = 600.0
+LOCK_TIMEOUT = 600.0  # StageOptions.lock_timeout's default
 SPLIT_RE = re.compile(r"^(?P<prefix>.*)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 
@@ -88,6 +94,27 @@ class Manifest:
         return cls(d["name"], d["page_size_kb"], d["pages"], files, d["created"], d.get("persist", False))
 
 
+@dataclass(frozen=True)
+class StageOptions:
+    """How to stage a model: one bundle instead of a row of booleans (black's Mode).
+    Add new knobs (NUMA placement, ...) as fields with a default that keeps today's behaviour."""
+
+    page_size: PageSize | None = None  # None: auto (hugeload.pages' rule, then what the pools can hold)
+    name: str | None = None  # store name; default from the file name
+    reserve: bool = False  # grow the pool by what is missing (given back on unstage)
+    verify: bool = False  # compare SHA-256 of source and staged copy
+    persist: bool = False  # list it in models.json so `hugeload restore` re-stages it at boot
+    threads: int | None = None  # copy threads (default: up to 4)
+    lock_timeout: float = LOCK_TIMEOUT  # seconds to wait for another stager of the same model
+    policy: pages.Policy = pages.DEFAULT_POLICY
+
+
+class StageResult(NamedTuple):
+    manifest: "Manifest"
+    already_staged: bool
+    reason: str  # why this page size
+
+
 # ---------------------------------------------------------------- paths
 
 def store_dir(state_dir=None) -> Path:
@@ -95,7 +122,7 @@ def store_dir(state_dir=None) -> Path:
 
 
 def mount_dir(kb: int, state_dir=None) -> Path:
-    return store_dir(state_dir) / f"mnt-{page_size_name(kb).lower()}"
+    return store_dir(state_dir) / f"mnt-{pages.by_kb(kb).name}"
 
 
 def manifest_path(name: str, state_dir=None) -> Path:
@@ -178,27 +205,13 @@ def file_state(f: StagedFile) -> str:
 def mapped_by(paths: list[str], root="/") -> list[str]:
     """'PID (comm)' of processes that map or hold open any of `paths`, this one included
     (Python code that calls unstage() may still map the model itself)."""
-    targets = set(paths)
-    out = []
-    proc = Path(root) / "proc"
-    for pid in (d for d in os.listdir(proc) if d.isdigit()):
-        try:
-            with open(proc / pid / "maps") as f:
-                hit = any(line.split(None, 5)[-1].strip() in targets for line in f if line.count(" ") >= 5)
-            if not hit:
-                hit = any(os.readlink(proc / pid / "fd" / fd) in targets for fd in os.listdir(proc / pid / "fd"))
-        except OSError:
-            continue
-        if hit:
-            comm = (proc / pid / "comm").read_text().strip()
-            out.append(f"{pid} ({comm})")
-    return out
+    return procs.holder_names(procs.holders(root, paths=paths))
 
 
 def staging_dirs(state_dir=None) -> list[Path]:
     out = []
-    for kb in (GIGANTIC_KB, HUGE_KB):
-        d = mount_dir(kb, state_dir)
+    for page in pages.HUGE:
+        d = mount_dir(page.kb, state_dir)
         if d.is_dir():
             out += sorted(p for p in d.iterdir() if p.name.startswith(".staging-"))
     return out
@@ -209,14 +222,16 @@ def staging_name(d: Path) -> str:
     return d.name[len(".staging-"):].rsplit("-", 1)[0]
 
 
-def loaded(state_dir=None, root="/") -> list[Manifest]:
-    """Every manifest with its current state, plus models being staged right now."""
-    out = []
-    for m in manifests(state_dir):
+def staged(state_dir=None, root="/") -> list[Manifest]:
+    """Every manifest with its current state and the processes that map it (one walk over
+    /proc for all models), plus models being staged right now."""
+    out = manifests(state_dir)
+    found = procs.holders(root, paths=[f.staged for m in out for f in m.files])
+    for m in out:
         states = {file_state(f) for f in m.files}
         m.state = "missing" if "missing" in states else "stale" if "stale" in states else "ready"
-        m.processes = mapped_by([f.staged for f in m.files], root)
-        out.append(m)
+        mine = {f.staged for f in m.files}
+        m.processes = procs.holder_names([h for h in found if h.path in mine])
     for d in staging_dirs(state_dir):
         name = staging_name(d)
         busy = _lock_held(name, state_dir)
@@ -239,7 +254,7 @@ def find_staged(path: str, state_dir=None) -> StagedFile | None:
 
 
 def _mount_kb(path: Path) -> int:
-    return GIGANTIC_KB if "mnt-1g" in str(path) else HUGE_KB
+    return PAGE_1G.kb if f"mnt-{PAGE_1G.name}" in str(path) else PAGE_2M.kb
 
 
 # ---------------------------------------------------------------- locking
@@ -270,7 +285,7 @@ def model_lock(name: str, state_dir=None, timeout: float = LOCK_TIMEOUT):
         with state.locked(_lock_path(name, state_dir), timeout=timeout) as fd:
             yield fd
     except TimeoutError:
-        raise HugeloadError(f"model {name!r} is being loaded or unloaded by another hugeload; waited {timeout:.0f} s") from None
+        raise HugeloadError(f"model {name!r} is being staged or unstaged by another hugeload; waited {timeout:.0f} s") from None
 
 
 # ---------------------------------------------------------------- redirects index
@@ -289,33 +304,39 @@ def write_redirects(state_dir=None) -> None:
 
 # ---------------------------------------------------------------- staging
 
-def choose_page_size(total: int, requested_kb: int | None, reserve: bool, root="/") -> tuple[int, str]:
-    """auto: 1 GB for models of at least 1 GiB when the 1 GB pool can hold them (or can be
-    grown, with --reserve), else 2 MB.  A forced size is kept."""
-    sizes = probe_pools.page_sizes(root)
+def choose_page_size(sizes: int | list[int], requested_kb: int | None, reserve: bool, root="/",
+                     policy: pages.Policy = pages.DEFAULT_POLICY) -> tuple[int, str]:
+    """(kB, reason).  A requested size is kept (see hugeload.pages).  auto: the size rule
+    (plan.pages.recommend), where 1 GB counts as obtainable when the 1G pool can hold the
+    model now or, with `reserve`, can be grown to; else 2 MB."""
+    offered = probe_pools.page_sizes(root)
     if requested_kb is not None:
-        if requested_kb not in sizes:
-            raise UsageError(f"this kernel offers no {page_size_name(requested_kb)} huge pages")
-        return requested_kb, f"{page_size_name(requested_kb)} requested"
-    if total >= GiB and GIGANTIC_KB in sizes:
-        need = ceil_div(total, GIGANTIC_KB * KiB)
-        if probe_pools.system_pool(root, GIGANTIC_KB).available >= need or reserve:
-            return GIGANTIC_KB, "model is at least 1 GiB and the 1G pool can hold it"
-        return HUGE_KB, f"the 1G pool cannot hold {need} page(s); using 2M (hugeload reserve --count {need} --page-size 1g, or --reserve)"
-    if HUGE_KB not in sizes:
+        if requested_kb not in offered:
+            raise UsageError(f"this kernel offers no {pages.name(requested_kb)} huge pages")
+        return requested_kb, f"{pages.name(requested_kb)} requested"
+    if PAGE_2M.kb not in offered:
         raise HugeloadError("this kernel offers no 2M huge pages")
-    return HUGE_KB, "model is under 1 GiB" if total < GiB else "no 1G pages on this kernel"
+    sizes = [sizes] if isinstance(sizes, int) else list(sizes)
+    need = sum(max(1, PAGE_1G.pages_for(s)) for s in sizes)
+    fits = PAGE_1G.kb in offered and (reserve or probe_pools.system_pool(root, PAGE_1G.kb).available >= need)
+    rec = plan_pages.recommend(sizes, offered, True, {PAGE_1G.kb: fits, PAGE_2M.kb: True}, policy=policy)
+    if rec.page_size_kb == PAGE_1G.kb:
+        return rec.page_size_kb, f"{pages.why(sizes, None, policy)}, and the 1G pool can hold it"
+    if pages.first_page(sizes, None, policy) == PAGE_1G and PAGE_1G.kb in offered:
+        return PAGE_2M.kb, (f"the 1G pool cannot hold {need} page(s); using 2M "
+                            f"(hugeload reserve --count {need} --page-size 1g, or --reserve)")
+    return PAGE_2M.kb, pages.why(sizes, None, policy) if PAGE_1G.kb in offered else "no 1G pages on this kernel"
 
 
-def ensure_pages(kb: int, pages: int, name: str, reserve: bool, root="/", state_dir=None) -> int:
+def ensure_pages(kb: int, n_pages: int, name: str, reserve: bool, root="/", state_dir=None) -> int:
     """Make sure the pool has `pages` unpromised free pages; returns pages reserved for this model."""
     pool = probe_pools.system_pool(root, kb)
-    missing = pages - max(0, pool.available)
+    missing = n_pages - max(0, pool.available)
     if missing <= 0:
         return 0
     if not reserve:
-        raise PoolError(f"the {page_size_name(kb)} pool has {max(0, pool.available)} free page(s), the model needs {pages}: "
-                        f"run `hugeload reserve --count {missing} --page-size {page_size_name(kb).lower()}` or load with --reserve")
+        raise PoolError(f"the {pages.name(kb)} pool has {max(0, pool.available)} free page(s), the model needs {n_pages}: "
+                        f"run `hugeload reserve --count {missing} --page-size {pages.name(kb).lower()}` or stage with --reserve")
     act_pools.reserve(root, kb, missing, owner=owner(name), state_dir=state_dir)
     return missing
 
@@ -325,7 +346,7 @@ def ensure_mount(kb: int, state_dir=None, root="/") -> Path:
     for m in read_mounts(root):
         if m.path == str(d):
             if m.page_size_kb != kb:
-                raise HugeloadError(f"{d} is a hugetlbfs mount of {page_size_name(m.page_size_kb)} pages, expected {page_size_name(kb)}")
+                raise HugeloadError(f"{d} is a hugetlbfs mount of {pages.name(m.page_size_kb)} pages, expected {pages.name(kb)}")
             return d
     state.ensure_dir(d.parent)
     act_mounts.mount(root, kb, str(d), owner="store", state_dir=state_dir)
@@ -351,7 +372,7 @@ def _copy_into(src: str, dst: Path, size: int, kb: int, threads: int, progress) 
             try:
                 mm = mmap.mmap(dfd, padded, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
             except OSError as e:
-                raise PoolError(f"cannot map {padded // page} x {page_size_name(kb)} pages for {os.path.basename(src)}: {e.strerror}") from None
+                raise PoolError(f"cannot map {padded // page} x {pages.name(kb)} pages for {os.path.basename(src)}: {e.strerror}") from None
             try:
                 with contextlib.suppress(AttributeError, OSError):
                     os.posix_fadvise(sfd, 0, size, os.POSIX_FADV_SEQUENTIAL)
@@ -406,56 +427,59 @@ def _staged_sha256(path: str, size: int) -> str:
     return _sha256(path, size)
 
 
-def load(path: str, page_size_kb: int | None = None, name: str | None = None, reserve: bool = False,
-         verify: bool = False, persist: bool = False, state_dir=None, root="/", progress=None,
-         threads: int | None = None, lock_timeout: float = LOCK_TIMEOUT) -> tuple[Manifest, bool, str]:
-    """Stage a model.  Returns (manifest, already_staged, reason for the page size).
+def stage(path: str, options: StageOptions = StageOptions(), state_dir=None, root="/", progress=None,
+          config_dir=None) -> StageResult:
+    """Stage a model; instant when it is already staged and unchanged.
 
-    Atomic: files are copied under a .staging directory that is renamed into place
-    only when complete, and the manifest is written last."""
+    Atomic: files are copied under a .staging directory that is renamed into place only
+    when complete, and the manifest is written last.  With `options.persist` the model is
+    also listed in models.json (in `config_dir`) for `restore`."""
     files = source_files(path)
-    name = check_name(name or default_name(files[0]))
+    name = check_name(options.name or default_name(files[0]))
     stats = [os.stat(f) for f in files]
-    total = sum(s.st_size for s in stats)
+    sizes = [s.st_size for s in stats]
+    requested_kb = options.page_size.kb if options.page_size else None
     progress = progress or (lambda n: None)
-    with model_lock(name, state_dir, lock_timeout):
+    with model_lock(name, state_dir, options.lock_timeout):
         existing = read_manifest(name, state_dir)
         if existing:
             same = [(f.source, f.size, f.mtime_ns, f.ino) for f in existing.files] == \
                    [(p, s.st_size, s.st_mtime_ns, s.st_ino) for p, s in zip(files, stats)]
             if same and all(file_state(f) == "ready" for f in existing.files) and \
-                    (page_size_kb is None or page_size_kb == existing.page_size_kb):
-                if persist and not existing.persist:
+                    (requested_kb is None or requested_kb == existing.page_size_kb):
+                if options.persist and not existing.persist:
                     existing.persist = True
                     state.write_json(manifest_path(name, state_dir), existing.to_json())
-                return existing, True, "already staged and unchanged"
+                if options.persist:
+                    persist.add(existing.name, existing.source, existing.page_size_kb, config_dir)
+                return StageResult(existing, True, "already staged and unchanged")
             _remove_model(existing, state_dir, root, release_pages=False)
-        kb, reason = choose_page_size(total, page_size_kb, reserve, root)
-        pages = sum(max(1, ceil_div(s.st_size, kb * KiB)) for s in stats)
-        reserved = ensure_pages(kb, pages, name, reserve, root, state_dir)
+        kb, reason = choose_page_size(sizes, requested_kb, options.reserve, root, options.policy)
+        n_pages = sum(max(1, ceil_div(s.st_size, kb * KiB)) for s in stats)
+        reserved = ensure_pages(kb, n_pages, name, options.reserve, root, state_dir)
         staging = None
         try:
             mnt = ensure_mount(kb, state_dir, root)
             staging = mnt / f".staging-{name}-{os.getpid()}"
             staging.mkdir()
-            n_threads = threads or min(4, os.cpu_count() or 1)
-            staged = []
+            n_threads = options.threads or min(4, os.cpu_count() or 1)
+            copied = []
             for src, st in zip(files, stats):
                 dst = staging / os.path.basename(src)
                 _copy_into(src, dst, st.st_size, kb, n_threads, progress)
                 final = mnt / name / os.path.basename(src)
                 sha = None
-                if verify:
+                if options.verify:
                     sha = _sha256(src, st.st_size)
                     if _staged_sha256(str(dst), st.st_size) != sha:
                         raise HugeloadError(f"verification failed: the staged copy of {src} differs from the source")
-                staged.append(StagedFile(src, str(final), st.st_size, st.st_dev, st.st_ino, st.st_mtime_ns, sha))
+                copied.append(StagedFile(src, str(final), st.st_size, st.st_dev, st.st_ino, st.st_mtime_ns, sha))
             final_dir = mnt / name
             if final_dir.exists():
                 shutil.rmtree(final_dir)
             os.rename(staging, final_dir)
             staging = None
-            manifest = Manifest(name, kb, pages, staged, time.time(), persist)
+            manifest = Manifest(name, kb, n_pages, copied, time.time(), options.persist)
             state.write_json(manifest_path(name, state_dir), manifest.to_json())
         except BaseException as e:
             if staging is not None:
@@ -467,7 +491,9 @@ def load(path: str, page_size_kb: int | None = None, name: str | None = None, re
                                     f"{' (' + e.filename + ')' if e.filename else ''}; nothing was staged") from None
             raise
         write_redirects(state_dir)
-        return manifest, False, reason
+    if options.persist:
+        persist.add(manifest.name, manifest.source, manifest.page_size_kb, config_dir)
+    return StageResult(manifest, False, reason)
 
 
 def _remove_model(m: Manifest, state_dir=None, root="/", release_pages=True) -> None:
@@ -493,18 +519,63 @@ def resolve(name_or_path: str, state_dir=None) -> Manifest:
     for m in manifests(state_dir):
         if any(real in (f.source, f.staged) for f in m.files):
             return m
-    raise UsageError(f"no staged model named or at {name_or_path!r} (hugeload loaded lists them)")
+    raise UsageError(f"no staged model named or at {name_or_path!r} (hugeload staged lists them)")
 
 
-def unload(name_or_path: str, force: bool = False, state_dir=None, root="/") -> Manifest:
+def _refuse_if_mapped(m: Manifest, users: list[str]) -> None:
+    if users:
+        raise HugeloadError(f"model {m.name!r} is mapped by {', '.join(users)}: stop them first or pass --force")
+
+
+def unstage(name_or_path: str, force: bool = False, state_dir=None, root="/", config_dir=None) -> Manifest:
+    """Remove a staged model, give back the pages reserved for it, and drop it from
+    models.json so that `restore` does not bring it back."""
     m = resolve(name_or_path, state_dir)
     with model_lock(m.name, state_dir):
-        users = mapped_by([f.staged for f in m.files], root)
-        if users and not force:
-            raise HugeloadError(f"model {m.name!r} is mapped by {', '.join(users)}: stop them first or pass --force")
+        if not force:
+            _refuse_if_mapped(m, mapped_by([f.staged for f in m.files], root))
         _remove_model(m, state_dir, root)
+    persist.remove(m.name, config_dir)
     unmount_idle(state_dir, root)
     return m
+
+
+def clear(force: bool = False, state_dir=None, root="/", config_dir=None) -> dict:
+    """Unstage every model, all or nothing: without `force`, refuse before removing any
+    while one is mapped.  Then gc.  Returns {"unstaged": [names], **gc()}."""
+    models = manifests(state_dir)
+    if not force:
+        found = procs.holders(root, paths=[f.staged for m in models for f in m.files])
+        for m in models:
+            mine = {f.staged for f in m.files}
+            _refuse_if_mapped(m, procs.holder_names([h for h in found if h.path in mine]))
+    done = []
+    for m in models:
+        unstage(m.name, force, state_dir, root, config_dir)
+        done.append(m.name)
+    return {"unstaged": done, **gc(state_dir, root)}
+
+
+class Restored(NamedTuple):
+    name: str
+    path: str  # the staged path ("" when it failed)
+    already_staged: bool
+    error: str | None  # why it could not be staged
+
+
+def restore(state_dir=None, root="/", config_dir=None, progress=None) -> list[Restored]:
+    """Re-stage every model in models.json (at boot: /run is empty again), reserving what
+    the pools lack.  One missing model does not stop the others."""
+    out = []
+    for entry in persist.load(config_dir):
+        kb = entry.get("page_size_kb")
+        options = StageOptions(page_size=pages.by_kb(kb) if kb else None, name=entry["name"], reserve=True, persist=True)
+        try:
+            r = stage(entry["source"], options, state_dir, root, progress, config_dir)
+            out.append(Restored(r.manifest.name, r.manifest.path, r.already_staged, None))
+        except Exception as e:  # noqa: BLE001 - reported per model; boot goes on
+            out.append(Restored(entry["name"], "", False, str(e) or type(e).__name__))
+    return out
 
 
 def unmount_idle(state_dir=None, root="/") -> list[str]:
@@ -534,13 +605,13 @@ def _owner_alive(pid: str, root="/") -> bool:
 
 
 def gc(state_dir=None, root="/") -> dict:
-    """Remove what interrupted loads left: staging directories nobody is writing, files on the
+    """Remove what interrupted stagings left: staging directories nobody is writing, files on the
     store's mounts that no manifest names, pages reserved for models that no longer exist, and
     pages that a killed `hugeload run --reserve` or benchmark could not give back."""
     removed = []
     known = {f.staged for m in manifests(state_dir) for f in m.files}
-    for kb in (GIGANTIC_KB, HUGE_KB):
-        mnt = mount_dir(kb, state_dir)
+    for page in pages.HUGE:
+        mnt = mount_dir(page.kb, state_dir)
         if not mnt.is_dir():
             continue
         for entry in sorted(mnt.iterdir()):

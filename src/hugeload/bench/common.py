@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import NamedTuple
 
 from hugeload.errors import HugeloadError, UsageError
+from hugeload.pages import HUGE
 from hugeload.probe import pools as probe_pools
 from hugeload.units import ceil_div
 
 BACKINGS = ("4k", "thp", "2m", "1g")
-HUGETLB_KB = {"2m": 2048, "1g": 1048576}
+HUGETLB_KB = {p.name: p.kb for p in HUGE}
 PMU_DIR = "sys/bus/event_source/devices/cpu"  # present when the kernel has hardware counters
 
 VM_NOTE = ("running under a hypervisor: a guest's TLB entries are no larger than the host's backing pages, "

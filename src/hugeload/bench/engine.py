@@ -32,16 +32,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hugeload import engines, runner
+from hugeload import engines, pages, runner
 from hugeload.act import pools as act_pools
 from hugeload.act import store
 from hugeload.bench.common import bar_charts, bench_owner, bootstrap_median_ci
 from hugeload.errors import HugeloadError, UsageError
+from hugeload.pages import PAGE_1G, PAGE_2M
 from hugeload.probe import pools as probe_pools
 from hugeload.probe.procs import parse_smaps, read_status
-from hugeload.units import GiB, KiB, ceil_div
+from hugeload.units import KiB, ceil_div
 
-GIGANTIC_KB, HUGE_KB = 1048576, 2048
+GIGANTIC_KB, HUGE_KB = PAGE_1G.kb, PAGE_2M.kb
 
 
 @dataclass(frozen=True)
@@ -199,7 +200,9 @@ def _env(b: Backing, report: Path, empty_state: Path, page_size: str) -> dict:
         return env
     # Staged backings name the staged path directly; the empty state dir keeps the library
     # from redirecting the other backings' source mappings to a staged copy.
-    env = runner.environment(page_size, b.copy, (64 << 20) if b.alloc else 0, [], str(report), str(empty_state), 1, env)
+    options = runner.PreloadOptions(page_size=pages.parse(page_size), copy=b.copy,
+                                    alloc_threshold=runner.DEFAULT_ALLOC_THRESHOLD if b.alloc else 0, report=str(report))
+    env = runner.environment(options, str(empty_state), env)
     if b.copy:
         env["HUGELOAD_MIN_FILE_SIZE"] = "1"
     return env
@@ -229,7 +232,7 @@ def run(model: str, engine_argv: list[str], backings: list[str], rounds: int = 3
     try:
         # Pages for the allocation path (a Q4_0 repack buffer is about the model's size): asked for, read back.
         if any(b.alloc or b.copy for b in chosen):
-            alloc_kb = GIGANTIC_KB if size >= GiB else HUGE_KB
+            alloc_kb = pages.first_page(size).kb
             need = _pages_needed(size, alloc_kb) * (2 if any(b.copy for b in chosen) else 1)
             avail = probe_pools.system_pool(root, alloc_kb).available
             if need > avail:
@@ -243,8 +246,8 @@ def run(model: str, engine_argv: list[str], backings: list[str], rounds: int = 3
             if key not in paths:
                 try:
                     log(f"staging the model into {'1G' if b.staged_kb == GIGANTIC_KB else '2M'} pages")
-                    m, _, _ = store.load(model, b.staged_kb, name=f"bench-{b.staged_kb}", reserve=True,
-                                         state_dir=state_dir, root=root)
+                    m, _, _ = store.stage(model, store.StageOptions(page_size=pages.by_kb(b.staged_kb), name=f"bench-{b.staged_kb}",
+                                                                    reserve=True), state_dir=state_dir, root=root)
                     paths[key] = m.path
                 except HugeloadError as e:
                     paths[key] = ""
@@ -264,7 +267,7 @@ def run(model: str, engine_argv: list[str], backings: list[str], rounds: int = 3
     finally:
         with contextlib.suppress(HugeloadError):
             for m in store.manifests(state_dir):
-                store.unload(m.name, force=True, state_dir=state_dir, root=root)
+                store.unstage(m.name, force=True, state_dir=state_dir, root=root)
         with contextlib.suppress(HugeloadError):
             act_pools.release(root, None, owner=owner)
         with contextlib.suppress(HugeloadError):
@@ -278,7 +281,7 @@ def run(model: str, engine_argv: list[str], backings: list[str], rounds: int = 3
 def _one_run(b: Backing, r: int, path: str, source: str, engine_argv, startup_argv, tmp: Path, empty_state: Path,
              timeout: float) -> Run:
     report = tmp / f"report-{b.name}-{r}.txt"
-    page_size = {GIGANTIC_KB: "1g", HUGE_KB: "2m"}.get(b.staged_kb, "auto")
+    page_size = pages.by_kb(b.staged_kb).name if b.staged_kb else "auto"
     env = _env(b, report, empty_state, page_size)
     model_paths = {path, os.path.realpath(path)}
     startup = None

@@ -3,7 +3,7 @@ warm page cache, against this machine's memcpy bandwidth measured in the same ru
 
 `run()` writes its own temporary file, reserves the huge pages one staged copy
 needs (reading the pool back) and stages through the store's real load path
-(hugeload.act.store.load, with a temporary state directory, so its hugetlbfs
+(hugeload.act.store.stage, with a temporary state directory, so its hugetlbfs
 mount is private to the run).  Rounds visit the three cases in a shuffled
 order: cold (the file dropped from the page cache with posix_fadvise
 DONTNEED, checked with mincore), warm (the file read into the page cache
@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
+from hugeload import pages as vocab
 from hugeload.api import alloc
 from hugeload.bench.common import (VM_NOTE, PageReservations, Reservation, Stat, mem_available, measured_note,
                                    native_loops, on_hypervisor, round_orders, sigint_deferred, stat)
@@ -38,7 +39,6 @@ from hugeload.units import GiB, MiB, format_bytes, page_size_name
 __all__ = ["run", "StageResult", "Stat", "Reservation", "resident_fraction"]
 
 CASES = ("cold", "warm", "memcpy")
-PAGE_KB = {"1g": 1048576, "2m": 2048}
 MIN_SIZE = 1 * MiB
 MEMCPY_MAX = 512 * MiB  # large enough to leave every cache, small enough to spare memory
 MEMCPY_REPEATS = 3
@@ -136,22 +136,21 @@ def write_file(path: str, size: int, seed: int) -> None:
 
 # --------------------------------------------------------------------------- run
 
-def _choose(page_size: str, size: int, pages: PageReservations, log) -> tuple[str, str]:
-    """(backing, why): auto is 1G for files of at least 1 GiB when the pages can be had, else 2M."""
+def _choose(page_size: str, size: int, reservations: PageReservations, log) -> tuple[str, str]:
+    """(backing, why): auto follows hugeload.pages' size rule when the pages can be had, else 2M."""
     if page_size != "auto":
-        reason = pages.ensure(page_size, size)
+        reason = reservations.ensure(page_size, size)
         if reason:
             raise PoolError(f"cannot stage into {page_size.upper()} pages: {reason}")
         return page_size, f"{page_size.upper()} requested"
-    if size >= GiB:
-        reason = pages.ensure("1g", size)
+    why = vocab.why(size)
+    if vocab.first_page(size) == vocab.PAGE_1G:
+        reason = reservations.ensure("1g", size)
         if not reason:
-            return "1g", "file is at least 1 GiB and 1G pages could be had"
+            return "1g", f"{why}, and 1G pages could be had"
         log(f"1G: {reason}; staging into 2M pages")
         why = f"1G pages could not be had ({reason}); 2M used"
-    else:
-        why = "file is under 1 GiB"
-    reason = pages.ensure("2m", size)
+    reason = reservations.ensure("2m", size)
     if reason:
         raise PoolError(f"cannot stage into 2M pages: {reason}")
     return "2m", why
@@ -198,7 +197,7 @@ def run(size: int = 1 * GiB, page_size: str = "auto", rounds: int = 3, directory
         with pages:
             try:
                 backing, why = _choose(page_size, size, pages, log)
-                kb = PAGE_KB[backing]
+                kb = vocab.by_name(backing).kb
                 log(f"writing {format_bytes(size)} to a temporary file on {fs}")
                 write_file(path, size, seed)
                 for _ in range(2):
@@ -217,10 +216,10 @@ def run(size: int = 1 * GiB, page_size: str = "auto", rounds: int = 3, directory
                             read_into_cache(path)
                         resident[case].append(resident_fraction(path))
                         t0 = time.perf_counter()
-                        store.load(path, page_size_kb=kb, name=MODEL_NAME, reserve=True, state_dir=state_dir,
-                                   root=root, threads=threads)
+                        store.stage(path, store.StageOptions(page_size=vocab.by_kb(kb), name=MODEL_NAME, reserve=True,
+                                                             threads=threads), state_dir=state_dir, root=root)
                         seconds[case].append(time.perf_counter() - t0)
-                        store.unload(MODEL_NAME, force=True, state_dir=state_dir, root=root)
+                        store.unstage(MODEL_NAME, force=True, state_dir=state_dir, root=root)
                     log(f"round {i + 1}/{rounds} done")
             finally:
                 with sigint_deferred():
@@ -258,7 +257,7 @@ def run(size: int = 1 * GiB, page_size: str = "auto", rounds: int = 3, directory
         "filesystem": fs,
         "memcpy_bytes": copy_bytes,
         "confidence": confidence,
-        "note": measured_note(root, "time.perf_counter around store.load; memcpy timed in the native library",
+        "note": measured_note(root, "time.perf_counter around store.stage; memcpy timed in the native library",
                               tlb=False),
         "notes": notes,
         "hypervisor": hypervisor,
@@ -280,7 +279,7 @@ def _clean(tmp: Path, state_dir: Path, root) -> bool:
         return True
     for m in store.manifests(state_dir):
         with contextlib.suppress(HugeloadError, OSError):
-            store.unload(m.name, force=True, state_dir=state_dir, root=root)
+            store.unstage(m.name, force=True, state_dir=state_dir, root=root)
     with contextlib.suppress(HugeloadError, OSError):
         store.gc(state_dir, root)
     prefix = str(tmp) + "/"

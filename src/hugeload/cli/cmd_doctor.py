@@ -2,6 +2,7 @@
 
 from hugeload.act import pools as act_pools
 from hugeload.cli import render
+from hugeload.pages import PAGE_1G
 from hugeload.cli.common import add_json, require_hugetlb
 from hugeload.plan import doctor
 from hugeload.probe.machine import read_machine
@@ -18,8 +19,8 @@ def run(args) -> int:
     require_hugetlb(args.root)
     machine = read_machine(args.root)
     tried = None
-    if args.try_ and doctor.GIGANTIC_KB in machine.page_sizes_kb and machine.is_root:
-        tried = doctor.TryResult(*act_pools.try_one_page(args.root, doctor.GIGANTIC_KB))
+    if args.try_ and PAGE_1G.kb in machine.page_sizes_kb and machine.is_root:
+        tried = doctor.TryResult(*act_pools.try_one_page(args.root, PAGE_1G.kb))
     checks = doctor.run_checks(machine, tried)
     usable = doctor.usable_1g(checks)
     if args.json:

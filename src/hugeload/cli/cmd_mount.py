@@ -2,15 +2,16 @@
 
 from hugeload.act import mounts as act_mounts
 from hugeload.cli import render
-from hugeload.cli.common import add_json, add_state_dir, octal, page_size_arg, require_hugetlb
+from hugeload import pages
+from hugeload.cli.common import add_json, add_state_dir, octal, require_hugetlb
 from hugeload.errors import UsageError
-from hugeload.units import page_size_name, parse_size
+from hugeload.units import parse_size
 
 
 def _sizes(text: str) -> list[int]:
     if text == "all":
-        return [1048576, 2048]
-    return [page_size_arg(text)]
+        return [p.kb for p in pages.HUGE]
+    return [pages.parse(text, ("1g", "2m"), auto=False).kb]
 
 
 def register(sub) -> None:
@@ -46,7 +47,7 @@ def run_mount(args) -> int:
     if args.json:
         render.print_json({"mounts": results})
     for r in results if not args.json else []:
-        render.console.print(f"{r.path}: {page_size_name(r.page_size_kb)} hugetlbfs {'mounted' if r.changed else 'already mounted'}")
+        render.console.print(f"{r.path}: {pages.name(r.page_size_kb)} hugetlbfs {'mounted' if r.changed else 'already mounted'}")
     return 0
 
 

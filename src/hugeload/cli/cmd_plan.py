@@ -8,15 +8,18 @@ from hugeload.errors import UsageError
 from hugeload.plan import pages
 from hugeload.probe import cpu as probe_cpu
 from hugeload.probe.machine import read_machine
-from hugeload.units import KiB, format_bytes, page_size_name, parse_page_size, parse_size
+from hugeload import pages as vocab
+from hugeload.units import KiB, format_bytes, parse_size
 
 
 def register(sub) -> None:
     p = sub.add_parser("plan", help="what a model costs in 4K, 2M and 1G pages, and which to use")
     p.add_argument("files", nargs="*", metavar="FILE", help="model files (their sizes are added up)")
     p.add_argument("--size", help="a size instead of files: 30G, 30GiB, 512M, bytes")
-    p.add_argument("--page-size", default="auto", help="auto (default), 1g, 2m or 4k")
-    p.add_argument("--threshold-1g", default="1G", help="smallest model that gets 1G pages under auto (default 1G)")
+    p.add_argument("--page-size", default=None, type=vocab.arg_type(("1g", "2m", "4k")), metavar="SIZE",
+                   help="auto (default), 1g, 2m or 4k")
+    p.add_argument("--threshold-1g", default=None,
+                   help=f"smallest model that gets 1G pages under auto (default {vocab.size_words(vocab.DEFAULT_POLICY.auto_1g_min)})")
     add_json(p)
     p.set_defaults(func=run)
 
@@ -32,16 +35,17 @@ def file_sizes(files: list[str]) -> list[int]:
     return sizes
 
 
-def make_plan(machine, sizes: list[int], requested_kb: int | None, threshold: int) -> dict:
+def make_plan(machine, sizes: list[int], requested_kb: int | None, threshold: int | None = None,
+              policy: vocab.Policy = vocab.DEFAULT_POLICY) -> dict:
     sizes_kb = machine.page_sizes_kb
     cpu_tlb = {kb: probe_cpu.data_tlb_entries(machine.cpu, kb) for kb in [4, *sizes_kb]}
     pool_free = {p.page_size_kb: p.free for p in machine.pools if p.node is None}
     opts = pages.options(sizes, sizes_kb, cpu_tlb, pool_free)
-    supports_1g = machine.cpu.pdpe1gb or pages.GIGANTIC_KB in sizes_kb and not machine.cpu.vendor
+    supports_1g = machine.cpu.pdpe1gb or vocab.PAGE_1G.kb in sizes_kb and not machine.cpu.vendor
     # For planning, a size is obtainable when its pool has free pages or can be grown by us;
     # whether today's free memory holds the whole model is a separate note.
     obtainable = {kb: pool_free.get(kb, 0) > 0 or machine.is_root for kb in sizes_kb}
-    rec = pages.recommend(sum(sizes), sizes_kb, supports_1g, obtainable, threshold, requested_kb)
+    rec = pages.recommend(sizes, sizes_kb, supports_1g, obtainable, threshold, requested_kb, policy)
     notes = []
     chosen = next(o for o in opts if o.page_size_kb == rec.page_size_kb)
     avail = machine.meminfo.get("MemAvailable", 0) * KiB
@@ -57,10 +61,11 @@ def make_plan(machine, sizes: list[int], requested_kb: int | None, threshold: in
 def run(args) -> int:
     if bool(args.files) == bool(args.size):
         raise UsageError("give either --size SIZE or model files")
-    requested = parse_page_size(args.page_size, allow_auto=True)
+    requested = args.page_size.kb if args.page_size else None
     sizes = [parse_size(args.size)] if args.size else file_sizes(args.files)
     require_hugetlb(args.root)
-    plan = make_plan(read_machine(args.root), sizes, requested, parse_size(args.threshold_1g))
+    threshold = parse_size(args.threshold_1g) if args.threshold_1g is not None else None
+    plan = make_plan(read_machine(args.root), sizes, requested, threshold)
     if args.json:
         render.print_json(plan)
         return 0
@@ -68,11 +73,11 @@ def run(args) -> int:
     for o in plan["options"]:
         tlb = ", ".join(f"L{lvl} {n}" for lvl, n in sorted(o.cpu_tlb_entries.items())) or "unknown"
         mark = " <- recommended" if o.page_size_kb == plan["recommended_page_size_kb"] else ""
-        rows.append([page_size_name(o.page_size_kb) + mark, o.pages, format_bytes(o.bytes), format_bytes(o.waste_bytes),
+        rows.append([vocab.name(o.page_size_kb) + mark, o.pages, format_bytes(o.bytes), format_bytes(o.waste_bytes),
                      o.tlb_entries, tlb, "-" if o.pool_free is None else o.pool_free])
     render.console.print(render.table(f"Plan for {format_bytes(plan['total_bytes'])}",
                                       ["page", "pages", "bytes", "waste", "TLB entries needed", f"CPU TLB ({plan['tlb_source']})", "pool free"], rows))
-    render.console.print(f"recommended: {page_size_name(plan['recommended_page_size_kb'])} ({plan['reason']})")
+    render.console.print(f"recommended: {vocab.name(plan['recommended_page_size_kb'])} ({plan['reason']})")
     for n in plan["notes"]:
         render.console.print(f"[yellow]note:[/] {n}")
     return 0

@@ -2,11 +2,12 @@
 
 from hugeload.act import pools as act_pools
 from hugeload.cli import render
-from hugeload.cli.common import add_json, add_state_dir, page_size_arg, require_hugetlb
+from hugeload import pages
+from hugeload.cli.common import add_json, add_state_dir, require_hugetlb
 from hugeload.errors import PoolError, UsageError
 from hugeload.plan import reserve as plan_reserve
 from hugeload.probe.memory import read_meminfo, read_pressure
-from hugeload.units import page_size_name, parse_size
+from hugeload.units import parse_size
 
 
 def register(sub) -> None:
@@ -14,7 +15,7 @@ def register(sub) -> None:
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--count", type=int, help="pages to add to the pool")
     group.add_argument("--size", help="memory to add, a multiple of the page size (e.g. 4G)")
-    p.add_argument("--page-size", required=True, help="1g or 2m")
+    p.add_argument("--page-size", required=True, type=pages.arg_type(auto=False), help="1g or 2m")
     p.add_argument("--node", type=int, help="reserve on this NUMA node only")
     p.add_argument("--partial", action="store_true", help="keep a short reservation instead of rolling it back")
     p.add_argument("--force", action="store_true", help="reserve even below the MemAvailable floor")
@@ -24,7 +25,7 @@ def register(sub) -> None:
     p.set_defaults(func=run_reserve)
 
     p = sub.add_parser("release", help="give back the pages hugeload reserved (never others', never in use)")
-    p.add_argument("--page-size", help="only this page size (1g or 2m)")
+    p.add_argument("--page-size", type=pages.arg_type(auto=False), help="only this page size (1g or 2m)")
     p.add_argument("--all", action="store_true", help="also pages reserved for staged models and runs")
     add_state_dir(p)
     add_json(p)
@@ -39,7 +40,7 @@ def pressure_warning(root) -> str | None:
 
 
 def run_reserve(args) -> int:
-    kb = page_size_arg(args.page_size)
+    kb = args.page_size.kb
     require_hugetlb(args.root)
     if args.count is not None:
         count = args.count
@@ -61,7 +62,7 @@ def run_reserve(args) -> int:
     except act_pools.ShortReservation as e:
         if args.json:
             render.print_json({"ok": False, "error": str(e), **e.result._asdict()})
-        elif kb >= act_pools.GIGANTIC_KB:
+        elif kb >= pages.PAGE_1G.kb:
             render.err_console.print(f"[yellow]{act_pools.fragmentation_note(args.root)}[/]")
         _print_steps(e.result, args.json)
         raise
@@ -71,7 +72,7 @@ def run_reserve(args) -> int:
     _print_steps(result, False)
     where = "system-wide" if args.node is None else f"on node {args.node}"
     short = result.after - result.before < count
-    render.console.print(f"{page_size_name(kb)} pool {where}: {result.before} -> {result.after} "
+    render.console.print(f"{pages.name(kb)} pool {where}: {result.before} -> {result.after} "
                          f"({'+' if result.obtained >= 0 else ''}{result.obtained} of {count} asked"
                          f"{', kept short with --partial' if short else ''})")
     return 0
@@ -85,7 +86,7 @@ def _print_steps(result, as_json: bool) -> None:
 
 
 def run_release(args) -> int:
-    kb = page_size_arg(args.page_size) if args.page_size else None
+    kb = args.page_size.kb if args.page_size else None
     require_hugetlb(args.root)
     results = act_pools.release(args.root, kb, owner=None if args.all else "reserve", state_dir=args.state_dir)
     if args.json:
@@ -94,7 +95,7 @@ def run_release(args) -> int:
         render.console.print("nothing to release: hugeload holds no pages" + ("" if args.all else " from `reserve`"))
     for r in results if not args.json else []:
         where = "system-wide" if r.node is None else f"node {r.node}"
-        render.console.print(f"{page_size_name(r.page_size_kb)} pool {where}: {r.before} -> {r.after} (released {r.released})")
+        render.console.print(f"{pages.name(r.page_size_kb)} pool {where}: {r.before} -> {r.after} (released {r.released})")
         if r.kept:
             render.console.print(f"[yellow]kept {r.kept} page(s):[/] in use by {r.reason}")
     return 0 if all(r.kept == 0 for r in results) else 1

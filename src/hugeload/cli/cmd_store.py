@@ -1,37 +1,38 @@
-"""The model store commands: load, unload, loaded, list, clear, gc, restore, container-args."""
+"""The model store commands: stage, unstage, staged (aliases load, unload, loaded), list, clear, gc,
+restore, container-args.  The work is in act/store; these parse and print."""
 
 import os
 from pathlib import Path
 
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
-from hugeload.act import persist
+from hugeload import pages
 from hugeload.act import store
 from hugeload.cli import render
 from hugeload.cli.common import add_json, add_state_dir, require_hugetlb
 from hugeload.cli.cmd_plan import make_plan
 from hugeload.errors import UsageError
 from hugeload.probe.machine import read_machine
-from hugeload.units import format_bytes, page_size_name, parse_page_size
+from hugeload.units import format_bytes
 
 MODEL_SUFFIXES = (".gguf", ".safetensors")
 
 
 def register(sub) -> None:
-    p = sub.add_parser("load", help="stage a model into huge pages; prints the path to give the engine")
+    p = sub.add_parser("stage", aliases=["load"], help="stage a model into huge pages; prints the path to give the engine")
     p.add_argument("file", metavar="FILE")
-    p.add_argument("--page-size", default="auto", help="auto (default), 1g or 2m")
+    p.add_argument("--page-size", default=None, type=pages.arg_type(), metavar="SIZE", help="auto (default), 1g or 2m")
     p.add_argument("--name", help="store name (default: the file name without .gguf)")
     p.add_argument("--reserve", action="store_true", help="grow the pool by what is missing (given back on unload)")
     p.add_argument("--verify", action="store_true", help="compare SHA-256 of source and staged copy")
     p.add_argument("--persist", action="store_true", help="re-stage at boot (hugeload restore)")
-    p.add_argument("--wait", type=float, default=store.LOCK_TIMEOUT, help="seconds to wait for another load of the same model")
+    p.add_argument("--wait", type=float, default=store.LOCK_TIMEOUT, help="seconds to wait for another stager of the same model")
     add_config_dir(p)
     add_state_dir(p)
     add_json(p)
     p.set_defaults(func=run_load)
 
-    p = sub.add_parser("unload", help="remove a staged model and give back its pages")
+    p = sub.add_parser("unstage", aliases=["unload"], help="remove a staged model and give back its pages")
     p.add_argument("model", metavar="NAME|PATH")
     p.add_argument("--force", action="store_true", help="even while a process maps it")
     add_config_dir(p)
@@ -39,7 +40,7 @@ def register(sub) -> None:
     add_json(p)
     p.set_defaults(func=run_unload)
 
-    p = sub.add_parser("loaded", help="staged models, their pages and who maps them")
+    p = sub.add_parser("staged", aliases=["loaded"], help="staged models, their pages and who maps them")
     add_state_dir(p)
     add_json(p)
     p.set_defaults(func=run_loaded)
@@ -49,19 +50,19 @@ def register(sub) -> None:
     add_json(p)
     p.set_defaults(func=run_list)
 
-    p = sub.add_parser("clear", help="unload every staged model")
+    p = sub.add_parser("clear", help="unstage every staged model")
     p.add_argument("--force", action="store_true", help="even while processes map them")
     add_config_dir(p)
     add_state_dir(p)
     add_json(p)
     p.set_defaults(func=run_clear)
 
-    p = sub.add_parser("gc", help="remove what interrupted loads left behind and free its pages")
+    p = sub.add_parser("gc", help="remove what interrupted stagings left behind and free its pages")
     add_state_dir(p)
     add_json(p)
     p.set_defaults(func=run_gc)
 
-    p = sub.add_parser("restore", help="re-stage every model loaded with --persist (run at boot)")
+    p = sub.add_parser("restore", help="re-stage every model staged with --persist (run at boot)")
     add_config_dir(p)
     add_state_dir(p)
     add_json(p)
@@ -88,54 +89,49 @@ def _progress(total: int, quiet: bool):
 
 
 def run_load(args) -> int:
-    kb = parse_page_size(args.page_size, allow_auto=True)
-    if kb == 4:
-        raise UsageError("4k is not a huge page size: load stages into 1g or 2m pages")
     require_hugetlb(args.root)
     files = store.source_files(args.file)
     total = sum(os.path.getsize(f) for f in files)
+    options = store.StageOptions(page_size=args.page_size, name=args.name, reserve=args.reserve, verify=args.verify,
+                                 persist=args.persist, lock_timeout=args.wait)
     bar, progress = _progress(total, args.json)
     if bar:
         bar.start()
     try:
-        m, cached, reason = store.load(args.file, kb, args.name, args.reserve, args.verify, args.persist,
-                                       args.state_dir, args.root, progress, lock_timeout=args.wait)
+        m, cached, reason = store.stage(args.file, options, args.state_dir, args.root, progress, args.config_dir)
     finally:
         if bar:
             bar.stop()
-    if args.persist:
-        persist.add(m.name, m.source, m.page_size_kb, args.config_dir)
     if args.json:
         render.print_json({**m.to_json(), "already_staged": cached, "reason": reason})
         return 0
     if cached:
         render.err_console.print(f"{m.name}: already staged and unchanged")
     else:
-        render.err_console.print(f"{m.name}: {format_bytes(m.size)} in {m.pages} x {page_size_name(m.page_size_kb)} pages ({reason})")
+        render.err_console.print(f"{m.name}: {format_bytes(m.size)} in {m.pages} x {pages.name(m.page_size_kb)} pages ({reason})")
     render.err_console.print(f"use it with: llama-server -m {m.path}   (or hugeload run -- ENGINE -m {m.source})")
     print(m.path)
     return 0
 
 
 def run_unload(args) -> int:
-    m = store.unload(args.model, args.force, args.state_dir, args.root)
-    persist.remove(m.name, args.config_dir)
+    m = store.unstage(args.model, args.force, args.state_dir, args.root, args.config_dir)
     if args.json:
         render.print_json({"unloaded": m.to_json()})
     else:
-        render.console.print(f"{m.name}: unloaded, {m.pages} x {page_size_name(m.page_size_kb)} pages freed")
+        render.console.print(f"{m.name}: unstaged, {m.pages} x {pages.name(m.page_size_kb)} pages freed")
     return 0
 
 
 def run_loaded(args) -> int:
-    models = store.loaded(args.state_dir, args.root)
+    models = store.staged(args.state_dir, args.root)
     if args.json:
         render.print_json({"models": [m.to_json() for m in models]})
         return 0
     if not models:
-        render.console.print("no staged models (hugeload load FILE stages one)")
+        render.console.print("no staged models (hugeload stage FILE stages one)")
         return 0
-    rows = [[m.name, m.state, page_size_name(m.page_size_kb), m.pages, format_bytes(m.size) if m.files else "",
+    rows = [[m.name, m.state, pages.name(m.page_size_kb), m.pages, format_bytes(m.size) if m.files else "",
              m.path if m.files else "", ", ".join(m.processes) or "-"] for m in models]
     render.console.print(render.table("Staged models", ["name", "state", "page", "pages", "size", "path", "mapped by"], rows))
     return 0
@@ -150,34 +146,24 @@ def run_list(args) -> int:
     found = sorted(p for p in d.rglob("*") if p.suffix in MODEL_SUFFIXES and p.is_file())
     entries = []
     for p in found:
-        plan = make_plan(machine, [p.stat().st_size], None, store.GiB)
+        plan = make_plan(machine, [p.stat().st_size], None)
         entries.append({"path": str(p), "size": p.stat().st_size, "recommended_page_size_kb": plan["recommended_page_size_kb"],
                         "pages": next(o.pages for o in plan["options"] if o.page_size_kb == plan["recommended_page_size_kb"])})
     if args.json:
         render.print_json({"models": entries})
         return 0
-    rows = [[e["path"], format_bytes(e["size"]), page_size_name(e["recommended_page_size_kb"]), e["pages"]] for e in entries]
+    rows = [[e["path"], format_bytes(e["size"]), pages.name(e["recommended_page_size_kb"]), e["pages"]] for e in entries]
     render.console.print(render.table(f"Models under {d}", ["file", "size", "page", "pages"], rows) if rows else f"no .gguf or .safetensors files under {d}")
     return 0
 
 
 def run_clear(args) -> int:
-    done = []
-    models = [m for m in store.manifests(args.state_dir)]
-    if not args.force:
-        for m in models:  # all or nothing: refuse before unloading any
-            users = store.mapped_by([f.staged for f in m.files], args.root)
-            if users:
-                raise UsageError(f"model {m.name!r} is mapped by {', '.join(users)}: stop them first or pass --force")
-    for m in models:
-        store.unload(m.name, args.force, args.state_dir, args.root)
-        persist.remove(m.name, args.config_dir)
-        done.append(m.name)
-    result = store.gc(args.state_dir, args.root)
+    result = store.clear(args.force, args.state_dir, args.root, args.config_dir)
+    done = result.pop("unstaged")
     if args.json:
         render.print_json({"unloaded": done, **result})
     else:
-        render.console.print(f"unloaded {len(done)} model(s)" + (f": {', '.join(done)}" if done else ""))
+        render.console.print(f"unstaged {len(done)} model(s)" + (f": {', '.join(done)}" if done else ""))
     return 0
 
 
@@ -189,7 +175,7 @@ def run_gc(args) -> int:
     for r in result["removed"]:
         render.console.print(f"removed {r}")
     for r in result["released"]:
-        render.console.print(f"released {r.released} x {page_size_name(r.page_size_kb)} pages")
+        render.console.print(f"released {r.released} x {pages.name(r.page_size_kb)} pages")
     for r in result["unmounted"]:
         render.console.print(f"unmounted {r}")
     if not any(result.values()):
@@ -199,14 +185,9 @@ def run_gc(args) -> int:
 
 def run_restore(args) -> int:
     require_hugetlb(args.root)
-    results, failed = [], []
-    for entry in persist.load(args.config_dir):
-        try:
-            m, cached, _ = store.load(entry["source"], entry.get("page_size_kb"), entry["name"], True, False, True,
-                                      args.state_dir, args.root)
-            results.append({"name": m.name, "path": m.path, "already_staged": cached})
-        except Exception as e:  # one missing model must not stop the others at boot
-            failed.append({"name": entry["name"], "error": str(e)})
+    done = store.restore(args.state_dir, args.root, args.config_dir)
+    results = [{"name": r.name, "path": r.path, "already_staged": r.already_staged} for r in done if r.error is None]
+    failed = [{"name": r.name, "error": r.error} for r in done if r.error is not None]
     if args.json:
         render.print_json({"restored": results, "failed": failed})
     else:
@@ -222,8 +203,8 @@ def run_container_args(args) -> int:
     mnt = os.path.dirname(os.path.dirname(m.path))
     inside = "/models/hugeload"
     path_inside = f"{inside}/{m.name}/{os.path.basename(m.path)}"
-    size_name = "hugepages-1Gi" if m.page_size_kb == store.GIGANTIC_KB else "hugepages-2Mi"
-    amount = f"{m.pages}Gi" if m.page_size_kb == store.GIGANTIC_KB else f"{m.pages * 2}Mi"
+    size_name = "hugepages-1Gi" if m.page_size_kb == pages.PAGE_1G.kb else "hugepages-2Mi"
+    amount = f"{m.pages}Gi" if m.page_size_kb == pages.PAGE_1G.kb else f"{m.pages * 2}Mi"
     if args.engine == "docker":
         print(f"-v {mnt}:{inside}:ro -e HUGELOAD_MODEL={path_inside}")
         render.err_console.print(f"e.g. docker run -v {mnt}:{inside}:ro IMAGE llama-server -m {path_inside}")

@@ -19,16 +19,6 @@ def add_state_dir(parser) -> None:
                         help="where hugeload keeps its ledger and store (default $HUGELOAD_STATE_DIR or /run/hugeload)")
 
 
-def page_size_arg(text: str, allowed=("1g", "2m")) -> int:
-    from hugeload.errors import UsageError
-    from hugeload.units import PAGE_SIZE_NAMES, page_size_name, parse_page_size
-
-    kb = parse_page_size(text)
-    if page_size_name(kb).lower() not in allowed and kb not in [PAGE_SIZE_NAMES[a] for a in allowed if a in PAGE_SIZE_NAMES]:
-        raise UsageError(f"page size {text!r} is not allowed here: choose one of {', '.join(allowed)}")
-    return kb
-
-
 def octal(text: str) -> int:
     from hugeload.errors import UsageError
 

@@ -3,6 +3,7 @@
 import re
 import shlex
 
+from hugeload.pages import PAGE_1G, PAGE_2M
 from hugeload.units import GiB, MiB
 
 HUGE_PARAMS = ("hugepagesz", "hugepages", "default_hugepagesz")
@@ -24,9 +25,9 @@ def kernel_params(pages_1g: int | None, pages_2m: int | None) -> list[str]:
 def fstab_lines(pages_1g: int | None, pages_2m: int | None, dirs: dict[int, str]) -> list[str]:
     out = []
     if pages_2m:
-        out.append(f"none {dirs[2048]} hugetlbfs pagesize=2M,size={size_option(pages_2m * 2 * MiB)} 0 0")
+        out.append(f"none {dirs[PAGE_2M.kb]} hugetlbfs pagesize=2M,size={size_option(pages_2m * 2 * MiB)} 0 0")
     if pages_1g:
-        out.append(f"none {dirs[1048576]} hugetlbfs pagesize=1G,size={pages_1g}G 0 0")
+        out.append(f"none {dirs[PAGE_1G.kb]} hugetlbfs pagesize=1G,size={pages_1g}G 0 0")
     return out
 
 

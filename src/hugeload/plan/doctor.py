@@ -2,10 +2,11 @@
 
 from typing import NamedTuple
 
+from hugeload.pages import PAGE_1G
 from hugeload.probe.kernel import version_tuple
 from hugeload.units import GiB, KiB
 
-GIGANTIC_KB = 1048576
+GIGANTIC_KB = PAGE_1G.kb
 MIN_KERNEL = (3, 8)  # MAP_HUGE_1GB and per-size hugetlbfs mounts
 
 

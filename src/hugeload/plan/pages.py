@@ -1,12 +1,13 @@
-"""Page counts, waste and TLB reach per page size, and the auto policy."""
+"""Page counts, waste and TLB reach per page size, and which page size to use: the size
+rule of hugeload.pages with what the machine can give on top."""
 
 from typing import NamedTuple
 
-from hugeload.units import GiB, KiB, ceil_div, format_bytes, page_size_name
+from hugeload import pages as vocab
+from hugeload.pages import DEFAULT_POLICY, PAGE_1G, PAGE_2M, PAGE_4K, Policy
+from hugeload.units import KiB, ceil_div
 
-BASE_PAGE_KB = 4
-GIGANTIC_KB = 1048576
-DEFAULT_1G_THRESHOLD = 1 * GiB
+BASE_PAGE_KB = PAGE_4K.kb
 
 
 class PageOption(NamedTuple):
@@ -36,14 +37,6 @@ class Recommendation(NamedTuple):
     reason: str
 
 
-def size_words(n: int) -> str:
-    """1 GiB, 256 MiB: thresholds read as the user typed them."""
-    for unit, factor in (("GiB", GiB), ("MiB", 1 << 20)):
-        if n >= factor and n % factor == 0:
-            return f"{n // factor} {unit}"
-    return format_bytes(n)
-
-
 def pages_for(sizes: list[int], page_size_kb: int) -> int:
     """Each file is staged on its own, so each rounds up separately."""
     page = page_size_kb * KiB
@@ -65,33 +58,41 @@ def options(sizes: list[int], page_sizes_kb: list[int], cpu_tlb: dict[int, dict[
     return out
 
 
-def recommend(total_bytes: int, page_sizes_kb: list[int], supports_1g: bool, obtainable: dict[int, bool],
-              threshold_1g: int = DEFAULT_1G_THRESHOLD, requested_kb: int | None = None) -> Recommendation:
-    """The auto policy: 1 GB when the model is at least `threshold_1g` and 1 GB pages are
-    supported and obtainable; else 2 MB when obtainable; else 4 KB.
+def recommend(total_bytes: int | list[int], page_sizes_kb: list[int], supports_1g: bool, obtainable: dict[int, bool],
+              threshold_1g: int | None = None, requested_kb: int | None = None,
+              policy: Policy = DEFAULT_POLICY) -> Recommendation:
+    """The page size for a model: the first size hugeload.pages.first_page() gives (the
+    preload library's rule), when the kernel and CPU support it and it is obtainable; then
+    2 MB when obtainable; else 4 KB.
 
+    `total_bytes` is the model's size, or its files' sizes (each rounds up on its own).
     `obtainable[kb]` says whether the pool can hold the model now or can be grown to
     (the caller decides how it knows: free pages, a trial reservation, or free memory).
-    `requested_kb` is a page size the user forced; it is kept when possible and the
-    reason says so.
+    `threshold_1g` overrides `policy.auto_1g_min`.  `requested_kb` is a page size the
+    user forced (the rule still applies to 1g: from `policy.forced_1g_min`).
     """
-    if requested_kb is not None:
-        if requested_kb == BASE_PAGE_KB:
-            return Recommendation(BASE_PAGE_KB, "4K requested")
-        if requested_kb not in page_sizes_kb:
-            return Recommendation(BASE_PAGE_KB, f"{page_size_name(requested_kb)} requested but the kernel offers no such pages; 4K")
-        return Recommendation(requested_kb, f"{page_size_name(requested_kb)} requested")
-    gb = GIGANTIC_KB
-    if total_bytes >= threshold_1g and gb in page_sizes_kb and supports_1g and obtainable.get(gb):
-        return Recommendation(gb, f"model is at least {size_words(threshold_1g)} and 1G pages are supported and obtainable")
-    why_not_1g = (
-        f"model is under {size_words(threshold_1g)}" if total_bytes < threshold_1g
-        else "the CPU or kernel has no 1G pages" if not (gb in page_sizes_kb and supports_1g)
-        else "1G pages cannot be obtained now"
-    )
-    if 2048 in page_sizes_kb and obtainable.get(2048):
-        return Recommendation(2048, f"{why_not_1g}; 2M pages are obtainable")
-    return Recommendation(BASE_PAGE_KB, f"{why_not_1g}; no 2M pages obtainable either: 4K")
+    if threshold_1g is not None:
+        policy = policy._replace(auto_1g_min=threshold_1g)
+    requested = None if requested_kb is None else vocab.by_kb(requested_kb)
+    if requested == PAGE_4K:
+        return Recommendation(PAGE_4K.kb, "4K requested")
+    first = vocab.first_page(total_bytes, requested, policy)
+    rule = vocab.why(total_bytes, requested, policy)
+    if requested is not None:
+        if first.kb not in page_sizes_kb:
+            return Recommendation(PAGE_4K.kb, f"{rule} but the kernel offers no such pages; 4K")
+        return Recommendation(first.kb, rule)
+    gb = PAGE_1G.kb
+    if first == PAGE_1G:
+        if gb in page_sizes_kb and supports_1g and obtainable.get(gb):
+            return Recommendation(gb, f"{rule}, and 1G pages are supported and obtainable")
+        why_not_1g = ("the CPU or kernel has no 1G pages" if not (gb in page_sizes_kb and supports_1g)
+                      else "1G pages cannot be obtained now")
+    else:
+        why_not_1g = rule
+    if PAGE_2M.kb in page_sizes_kb and obtainable.get(PAGE_2M.kb):
+        return Recommendation(PAGE_2M.kb, f"{why_not_1g}; 2M pages are obtainable")
+    return Recommendation(PAGE_4K.kb, f"{why_not_1g}; no 2M pages obtainable either: 4K")
 
 
 def obtainable_from_memory(total_bytes_by_kb: dict[int, int], pool_free: dict[int, int], mem_available_bytes: int,

@@ -2,6 +2,7 @@
 
 from typing import NamedTuple
 
+from hugeload.pages import HUGE
 from hugeload.probe.files import listdir, read_text
 from hugeload.units import GiB, KiB, MiB
 
@@ -63,7 +64,7 @@ def _own_cgroup(root, pid: str) -> tuple[int | None, str | None]:
     return None, None
 
 
-def read_cgroup(root="/", page_sizes_kb=(2048, 1048576), pid: str = "self") -> CgroupInfo:
+def read_cgroup(root="/", page_sizes_kb=tuple(sorted(p.kb for p in HUGE)), pid: str = "self") -> CgroupInfo:
     version, cpath = _own_cgroup(root, pid)
     limits = []
     if version is not None:

@@ -4,6 +4,7 @@ import re
 from typing import NamedTuple
 
 from hugeload.errors import HugeloadError
+from hugeload.pages import PAGE_2M
 from hugeload.probe.files import read_text
 from hugeload.units import KiB, parse_size
 
@@ -71,7 +72,7 @@ def parse_cmdline(cmdline: str) -> BootParams:
         except (ValueError, HugeloadError):
             continue  # a malformed boot parameter is ignored, as the kernel does
     if pending_default_count is not None:
-        hugepages.setdefault(default_kb or 2048, pending_default_count)
+        hugepages.setdefault(default_kb or PAGE_2M.kb, pending_default_count)
     return BootParams(hugepages, default_kb, thp, cmdline.strip())
 
 

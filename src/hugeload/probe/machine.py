@@ -3,6 +3,7 @@
 import os
 from dataclasses import dataclass
 
+from hugeload.pages import HUGE
 from hugeload.probe import cgroup, cpu, kernel, memory, mounts, pools, thp
 
 
@@ -60,7 +61,7 @@ def read_machine(root="/", is_root: bool | None = None) -> Machine:
         hugetlbfs_supported=mounts.hugetlbfs_supported(root),
         thp=thp.read_thp(root),
         cpu=cpu.read_cpu(root),
-        cgroup=cgroup.read_cgroup(root, sizes or (2048, 1048576)),
+        cgroup=cgroup.read_cgroup(root, sizes or tuple(sorted(p.kb for p in HUGE))),
         meminfo=memory.read_meminfo(root),
         buddyinfo=memory.read_buddyinfo(root),
         pressure=memory.read_pressure(root),

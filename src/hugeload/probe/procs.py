@@ -133,3 +133,79 @@ def mapping_page_sizes(root, pid: int, path: str) -> set[int]:
     """KernelPageSize (kB) of every mapping of `path` in process `pid`."""
     target = os.path.realpath(path) if str(root) == "/" else path
     return {m.kernel_page_kb for m in read_smaps(root, pid, 0) if m.path in (path, target)}
+
+
+# --------------------------------------------------------------------------- who holds files and pages
+
+class Holder(NamedTuple):
+    pid: int
+    comm: str
+    path: str  # the file mapped or held open; "" for a process found only by its pages
+    how: str  # "map" (in /proc/PID/maps), "fd" (an open descriptor) or "pages" (maps `kb` hugetlb pages)
+
+    def __str__(self) -> str:
+        return f"{self.pid} ({self.comm})"
+
+
+def _maps_paths(text: str) -> set[str]:
+    """The file names in /proc/PID/maps or smaps text (their header lines have 6 fields)."""
+    out = set()
+    for line in text.splitlines():
+        parts = line.split(None, 5)
+        if len(parts) == 6 and "-" in parts[0] and not parts[0].endswith(":"):
+            out.add(parts[5].strip())
+    return out
+
+
+def _fd_paths(root, pid: str) -> set[str]:
+    out = set()
+    base = os.path.join(str(root), "proc", pid, "fd")
+    for fd in listdir(root, f"proc/{pid}/fd"):
+        try:
+            out.add(os.readlink(os.path.join(base, fd)))
+        except OSError:  # closed since the listing
+            pass
+    return out
+
+
+def holders(root="/", paths=None, prefix: str | None = None, kb: int | None = None) -> list[Holder]:
+    """Processes that map or hold open one of `paths` or a file under `prefix`, and (with `kb`)
+    processes that map hugetlb pages of `kb` kB, in one walk over /proc that reads each
+    process's files at most once (psutil's "oneshot").  The caller's own process counts: Python
+    code that calls unstage() may still map the model itself.
+
+    One Holder per process and file (sorted by pid, then path); a process found only by its
+    pages has path "".  Processes that exit during the walk, or that hide their files
+    (another user's, without root), are left out."""
+    targets = set(paths or ())
+    under = prefix.rstrip("/") + "/" if prefix else None
+    want_files = bool(targets or under)
+    if not want_files and kb is None:
+        return []  # nothing asked: no walk
+    out: list[Holder] = []
+    for pid in (p for p in listdir(root, "proc") if p.isdigit()):
+        status = read_status(root, pid) if kb is not None else None
+        smaps = None
+        if status and _kb(status.get("HugetlbPages")) > 0:
+            smaps = read_text(root, f"proc/{pid}/smaps", "") or ""
+        found: dict[str, str] = {}
+        if want_files:
+            text = smaps if smaps is not None else read_text(root, f"proc/{pid}/maps", "") or ""
+            files = {p: "map" for p in _maps_paths(text)}
+            for p in _fd_paths(root, pid):
+                files.setdefault(p, "fd")
+            found = {p: how for p, how in files.items() if p in targets or (under and p.startswith(under))}
+        by_pages = bool(smaps) and any(m.hugetlb_kb and m.kernel_page_kb == kb for m in parse_smaps(smaps))
+        if not found and not by_pages:
+            continue
+        comm = status.get("Name", "") if status else (read_text(root, f"proc/{pid}/comm", "") or "").strip()
+        comm = comm or "?"
+        out += [Holder(int(pid), comm, p, how) for p, how in sorted(found.items())]
+        if by_pages and not found:
+            out.append(Holder(int(pid), comm, "", "pages"))
+    return sorted(out, key=lambda h: (h.pid, h.path))
+
+
+def holder_names(found: list[Holder]) -> list[str]:
+    """'PID (comm)' once per process, in pid order."""
+    return list(dict.fromkeys(str(h) for h in found))
