@@ -1,4 +1,4 @@
-"""The preload library (csrc/hugeload.c) under LD_PRELOAD, driven by tests/native/harness.c.
+"""The preload library (csrc/preload/) under LD_PRELOAD, driven by tests/native/harness.c.
 
 The harness replays llama.cpp's calls (one whole-file mmap, advice, mlock of
 growing prefixes, 4 KB munmaps ending at an unaligned size, repeated cycles,
@@ -24,6 +24,7 @@ from types import SimpleNamespace
 import pytest
 
 from hugeload import native
+from hugeload.act import redirects
 
 REPO = Path(__file__).resolve().parent.parent
 HUGEPAGES = Path("/sys/kernel/mm/hugepages")
@@ -83,17 +84,10 @@ def stage(src: Path, mount: Path, state_dir: Path, page: int, name: str = "model
     return dst
 
 
-def write_index(state_dir: Path, pairs) -> None:
-    """Publishes the redirects index atomically (write, then rename)."""
-    store = state_dir / "store"
-    store.mkdir(parents=True, exist_ok=True)
-    lines = []
-    for src, dst in pairs:
-        st = os.stat(src)
-        lines.append(f"{st.st_dev} {st.st_ino} {st.st_size} {st.st_mtime_ns} {dst}\n")
-    tmp = store / "redirects.tmp"
-    tmp.write_text("# staged models\n" + "".join(lines))
-    os.rename(tmp, store / "redirects")
+def write_index(state_dir: Path, pairs, node: int = -1) -> None:
+    """Publishes the redirects index with the store's own writer; pairs are (source, staged[, node])."""
+    entries = [redirects.entry_for(p[0], p[1], p[2] if len(p) > 2 else node) for p in pairs]
+    redirects.write(state_dir, entries)
 
 
 def run_harness(build, *args, env=None, lib=None, on_ready=None, tmp=None, timeout=90, preload=True):
@@ -162,9 +156,9 @@ def build(tmp_path_factory):
     harness, fault = d / "harness", d / "libhugeload-fault.so"
     subprocess.run([cc, "-O1", "-g", "-Wall", "-pthread", str(REPO / "tests/native/harness.c"), "-o", str(harness)],
                    check=True)
+    sources = sorted(str(p) for p in (REPO / "csrc/preload").glob("*.c"))
     subprocess.run([cc, "-O2", "-std=gnu11", "-fPIC", "-shared", "-fvisibility=hidden", "-pthread",
-                    "-DHUGELOAD_FAULT_INJECTION", str(REPO / "csrc/hugeload.c"), "-o", str(fault), "-ldl"],
-                   check=True)
+                    "-DHUGELOAD_FAULT_INJECTION", *sources, "-o", str(fault), "-ldl"], check=True)
     return SimpleNamespace(lib=lib, fault=fault, harness=harness)
 
 
@@ -239,9 +233,7 @@ def test_inert_when_loaded_by_ctypes(build):
 
 
 def test_benchmark_kernels(build):
-    from hugeload import native
-
-    lib = native.declare(ctypes.CDLL(str(build.lib)))
+    lib = native.load()
 
     # The chain is one cycle through every slot.
     slots, stride = 97, 64
