@@ -14,7 +14,7 @@
  * the child.  A child must never die where it would have lived without this
  * library, so the child's fork handler replaces each writable hugetlb
  * allocation by a private copy on ordinary (THP-advised) memory: it reads
- * the pages (reads do not need new pages), and mremaps the copy over the
+ * the pages (memcpy: reads do not need new pages), and mremaps the copy over the
  * original address.  The parent's fork handler waits until the child is done
  * (a pipe), so the forking thread cannot make the parent write first and
  * take the page from the child; other parent threads can (they do not take
@@ -33,7 +33,6 @@
 
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/uio.h>
 #include <unistd.h>
 
 void *hl_huge_alloc(size_t n, size_t align, const char *what)
@@ -127,24 +126,21 @@ void *hl_realloc(void *p, size_t n)
 /* ---- fork ------------------------------------------------------------- */
 
 /* Child: [a, a+len) becomes ordinary private memory with the same contents
- * (wipe: zeros).  Pieces the child cannot read (the program's own
- * MADV_DONTFORK on part of it) are zero.  0 or -1. */
-static int privatize(uintptr_t a, size_t len, int wipe)
+ * (wipe: zeros).  Units the child did not inherit (the program's own
+ * MADV_DONTFORK on part of it, widened to whole units) stay unmapped.  0 or -1. */
+static int privatize(uintptr_t a, size_t len, size_t unit, int wipe)
 {
     char *tmp = r_mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (tmp == MAP_FAILED)
         return -1;
     r_madvise(tmp, len, MADV_HUGEPAGE);
-    size_t chunk = (size_t)64 << 20;
-    for (size_t off = 0; !wipe && off < len; off += chunk) {
-        size_t n = min_sz(chunk, len - off);
-        struct iovec lo = {tmp + off, n}, re = {(void *)(a + off), n};
-        ssize_t got = process_vm_readv(getpid(), &lo, 1, &re, 1, 0);
-        if (got != (ssize_t)n) /* page by page: what cannot be read stays zero */
-            for (size_t o = off; o < off + n; o += KB4) {
-                struct iovec l1 = {tmp + o, KB4}, r1 = {(void *)(a + o), KB4};
-                process_vm_readv(getpid(), &l1, 1, &r1, 1, 0);
-            }
+    for (size_t off = 0; off < len; off += unit) {
+        unsigned char v;
+        size_t n = min_sz(unit, len - off);
+        if (mincore((void *)(a + off), KB4, &v) != 0)
+            r_munmap(tmp + off, n); /* not inherited: leave a hole, as the kernel did */
+        else if (!wipe)
+            memcpy(tmp + off, (void *)(a + off), n); /* reads need no new huge page */
     }
     if (mremap(tmp, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, (void *)a) == MAP_FAILED) {
         r_munmap(tmp, len);
@@ -174,7 +170,7 @@ void hl_fork_child_regions(void)
             if (s >= end || o != r)
                 break;
             uintptr_t e = hl_owned_run_end(r, s);
-            if (privatize(s, e - s, wipe) != 0)
+            if (privatize(s, e - s, r->release_unit, wipe) != 0)
                 ok = 0;
             cur = e;
         }

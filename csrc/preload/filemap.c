@@ -276,7 +276,7 @@ void *hl_mmap_file(void *addr, size_t len, int prot, int flags, int fd, off_t of
         (prot & ~(PROT_READ | PROT_WRITE | PROT_EXEC)) || (type == MAP_SHARED && writable))
         goto real;
     char path[PATH_MAX], what[64];
-    static __thread hl_staged_copy staged __attribute__((tls_model("initial-exec")));
+    hl_staged_copy staged;
     fd_path(fd, path, sizeof path);
     hl_encode_what(path, what, sizeof what);
     int found = hl_index_lookup(&st, what, &staged);

@@ -27,7 +27,7 @@
  *
  * Locking: one mutex (hl_lock/hl_unlock) guards the region table.  Under it
  * there is no open/read/write/stat and no cancellation point: log lines are
- * formatted into a per-thread buffer and written by hl_unlock() after the
+ * formatted into a buffer the lock guards and written by hl_unlock() after the
  * mutex is released.  munmap/mmap/madvise may run under it (they are neither
  * cancellation points nor blocking on other processes), so the table and the
  * address space never disagree as seen by another thread.

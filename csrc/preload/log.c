@@ -2,7 +2,7 @@
  * log.c: log lines, the lock, report records and the report.
  *
  * Every line starts "hugeload: ".  A line logged while this thread holds the
- * lock is formatted into a per-thread buffer and written by hl_unlock() after
+ * lock is formatted into a buffer the lock guards and written by hl_unlock() after
  * the mutex is released: write(2) may block on a full stderr pipe and is a
  * cancellation point, and neither may happen with the lock held (a thread
  * cancelled in free() while logging used to leave the lock held for good).
@@ -46,10 +46,16 @@ int hl_log_level = 1;
 static atomic_ulong g_warned;
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
 
+/* Lines logged by the lock holder wait here (guarded by the lock itself: only the
+ * holder appends) and are written by hl_unlock() from a copy on its stack.  Not
+ * thread-local: the library's TLS must stay tiny (initial-exec, dlopen-able). */
 #define PENDING 2048
-static __thread int tl_locked __attribute__((tls_model("initial-exec")));
-static __thread size_t tl_pending_len __attribute__((tls_model("initial-exec")));
-static __thread char tl_pending[PENDING] __attribute__((tls_model("initial-exec")));
+static char g_pending[PENDING];
+static size_t g_pending_len;
+static atomic_int g_locked;
+static pthread_t g_owner;
+
+static int holding_lock(void) { return atomic_load(&g_locked) && pthread_equal(g_owner, pthread_self()); }
 
 static void write_all(int fd, const char *buf, size_t n)
 {
@@ -68,18 +74,22 @@ static void write_all(int fd, const char *buf, size_t n)
 void hl_lock(void)
 {
     pthread_mutex_lock(&g_lock);
-    tl_locked = 1;
+    g_owner = pthread_self();
+    atomic_store(&g_locked, 1);
 }
 
 void hl_unlock(void)
 {
-    tl_locked = 0;
+    char buf[PENDING];
+    size_t n = g_pending_len;
+    if (n)
+        memcpy(buf, g_pending, n);
+    g_pending_len = 0;
+    atomic_store(&g_locked, 0);
     pthread_mutex_unlock(&g_lock);
-    if (tl_pending_len) {
+    if (n) {
         int saved = errno;
-        size_t n = tl_pending_len;
-        tl_pending_len = 0;
-        write_all(2, tl_pending, n);
+        write_all(2, buf, n);
         errno = saved;
     }
 }
@@ -88,7 +98,8 @@ void hl_unlock(void)
 void hl_lock_reinit_child(void)
 {
     pthread_mutex_init(&g_lock, NULL);
-    tl_locked = 0;
+    atomic_store(&g_locked, 0);
+    g_pending_len = 0;
 }
 
 static void vlog(const char *fmt, va_list ap)
@@ -103,10 +114,10 @@ static void vlog(const char *fmt, va_list ap)
     if (n > (int)sizeof buf - 2)
         n = (int)sizeof buf - 2;
     buf[n++] = '\n';
-    if (tl_locked) {
-        if (tl_pending_len + (size_t)n <= PENDING) {
-            memcpy(tl_pending + tl_pending_len, buf, (size_t)n);
-            tl_pending_len += (size_t)n;
+    if (holding_lock()) {
+        if (g_pending_len + (size_t)n <= PENDING) {
+            memcpy(g_pending + g_pending_len, buf, (size_t)n);
+            g_pending_len += (size_t)n;
         }
     } else {
         write_all(2, buf, (size_t)n);
