@@ -23,15 +23,39 @@ class build_plain_shared_object(build_ext):
         return list(ext.libraries)
 
 
+FLAGS = ["-O2", "-std=gnu11", "-fvisibility=hidden", "-pthread", "-Wall", "-Wextra", "-Wno-unused-parameter"]
+
+# The preload library: the interposers and what they need, nothing else (csrc/preload/hl.h says what each part owns).
+PRELOAD_SOURCES = [
+    "csrc/preload/os.c",
+    "csrc/preload/log.c",
+    "csrc/preload/config.c",
+    "csrc/preload/policy.c",
+    "csrc/preload/regions.c",
+    "csrc/preload/hugemem.c",
+    "csrc/preload/alloc.c",
+    "csrc/preload/advice.c",
+    "csrc/preload/redirect.c",
+    "csrc/preload/filemap.c",
+    "csrc/preload/override.c",
+]
+
 setup(
     ext_modules=[
         Extension(
             "hugeload.libhugeload",
-            sources=["csrc/hugeload.c"],
-            extra_compile_args=["-O2", "-std=gnu11", "-fvisibility=hidden", "-pthread", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+            sources=PRELOAD_SOURCES,
+            depends=["csrc/preload/hl.h"],
+            extra_compile_args=FLAGS,
             extra_link_args=["-pthread", "-Wl,-z,now"],
             libraries=["dl"],
-        )
+        ),
+        # ctypes only (CPUID, benchmark loops): never preloaded.
+        Extension(
+            "hugeload._native",
+            sources=["csrc/native/cpuid.c", "csrc/native/bench_loops.c"],
+            extra_compile_args=FLAGS,
+        ),
     ],
     cmdclass={"build_ext": build_plain_shared_object},
 )

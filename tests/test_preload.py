@@ -1,4 +1,4 @@
-"""The preload library (csrc/hugeload.c) under LD_PRELOAD, driven by tests/native/harness.c.
+"""The preload library (csrc/preload/) under LD_PRELOAD, driven by tests/native/harness.c.
 
 The harness replays llama.cpp's calls (one whole-file mmap, advice, mlock of
 growing prefixes, 4 KB munmaps ending at an unaligned size, repeated cycles,
@@ -24,6 +24,7 @@ from types import SimpleNamespace
 import pytest
 
 from hugeload import native
+from hugeload.act import redirects
 
 REPO = Path(__file__).resolve().parent.parent
 HUGEPAGES = Path("/sys/kernel/mm/hugepages")
@@ -83,17 +84,10 @@ def stage(src: Path, mount: Path, state_dir: Path, page: int, name: str = "model
     return dst
 
 
-def write_index(state_dir: Path, pairs) -> None:
-    """Publishes the redirects index atomically (write, then rename)."""
-    store = state_dir / "store"
-    store.mkdir(parents=True, exist_ok=True)
-    lines = []
-    for src, dst in pairs:
-        st = os.stat(src)
-        lines.append(f"{st.st_dev} {st.st_ino} {st.st_size} {st.st_mtime_ns} {dst}\n")
-    tmp = store / "redirects.tmp"
-    tmp.write_text("# staged models\n" + "".join(lines))
-    os.rename(tmp, store / "redirects")
+def write_index(state_dir: Path, pairs, node: int = -1) -> None:
+    """Publishes the redirects index with the store's own writer; pairs are (source, staged[, node])."""
+    entries = [redirects.entry_for(p[0], p[1], p[2] if len(p) > 2 else node) for p in pairs]
+    redirects.write(state_dir, entries)
 
 
 def run_harness(build, *args, env=None, lib=None, on_ready=None, tmp=None, timeout=90, preload=True):
@@ -138,6 +132,16 @@ def run_harness(build, *args, env=None, lib=None, on_ready=None, tmp=None, timeo
     )
 
 
+def kernel_names_anon_vmas() -> bool:
+    """Whether PR_SET_VMA_ANON_NAME works here (CONFIG_ANON_VMA_NAME; refused for hugetlb in any case)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    with mmap.mmap(-1, 1 << 16) as m:
+        addr = ctypes.addressof(ctypes.c_char.from_buffer(m))
+        ok = libc.prctl(0x53564D41, 0, ctypes.c_ulong(addr), ctypes.c_ulong(1 << 16), ctypes.c_char_p(b"t")) == 0
+        del addr
+    return ok
+
+
 def assert_clean(r):
     """Every call the harness checked succeeded, no munmap was refused, nothing huge left mapped."""
     assert r.rc == 0, r.log
@@ -162,9 +166,9 @@ def build(tmp_path_factory):
     harness, fault = d / "harness", d / "libhugeload-fault.so"
     subprocess.run([cc, "-O1", "-g", "-Wall", "-pthread", str(REPO / "tests/native/harness.c"), "-o", str(harness)],
                    check=True)
+    sources = sorted(str(p) for p in (REPO / "csrc/preload").glob("*.c"))
     subprocess.run([cc, "-O2", "-std=gnu11", "-fPIC", "-shared", "-fvisibility=hidden", "-pthread",
-                    "-DHUGELOAD_FAULT_INJECTION", str(REPO / "csrc/hugeload.c"), "-o", str(fault), "-ldl"],
-                   check=True)
+                    "-DHUGELOAD_FAULT_INJECTION", *sources, "-o", str(fault), "-ldl"], check=True)
     return SimpleNamespace(lib=lib, fault=fault, harness=harness)
 
 
@@ -239,9 +243,7 @@ def test_inert_when_loaded_by_ctypes(build):
 
 
 def test_benchmark_kernels(build):
-    from hugeload import native
-
-    lib = native.declare(ctypes.CDLL(str(build.lib)))
+    lib = native.load()
 
     # The chain is one cycle through every slot.
     slots, stride = 97, 64
@@ -561,3 +563,228 @@ def test_threads_share_the_pools(build, model, pools, tmp_path):
     assert_clean(r)
     assert {x["fill"] for x in r.regions} >= {"alloc", "copy"}, r.log
     assert pool(P2M) == 200
+
+
+# ---------------------------------------------------------------- issue 11: semantics the kernel would give
+
+
+def test_page_choice_matches_the_policy_at_the_boundaries(build):
+    """C applies the rule of contract C2 (the parity test against Python lives with hugeload/pages.py)."""
+    choice = native.page_choice_kb
+    assert choice(GIB) == 1048576 and choice(GIB - 1) == 2048
+    # auto: waste at most 1/8 of the bytes; 2 GiB - waste w: 1G iff w <= (2 GiB - w) / 8
+    w = (2 * GIB) // 9
+    assert choice(2 * GIB - w) == 1048576 and choice(2 * GIB - w - 2) == 2048
+    assert choice(256 * MIB, "1g") == 1048576 and choice(256 * MIB - 1, "1g") == 2048
+    assert choice(8 * GIB, "2m") == 2048
+    assert choice(GIB, "auto", "auto_1g_min=2147483648") == 2048
+    assert choice(GIB, "auto", "auto_1g_min=1,auto_1g_max_waste_ppm=0,forced_1g_min=5") == 1048576
+    assert choice(GIB, "huge") == -1 and choice(GIB, None, "bogus=1") == -1
+
+
+def test_cancelled_thread_leaves_no_lock_held(build, tmp_path):
+    """A thread cancelled while the library logs must not leave the lock held (every later big malloc hung)."""
+    env = {"HUGELOAD_FAULT": "1g,2m", "HUGELOAD_LOG": "2"}
+    r = run_harness(build, "cancel", THRESHOLD, 15, tmp=tmp_path, lib=build.fault, env=env, timeout=60)
+    assert_clean(r)
+    assert "CANCEL ok" in r.stdout, r.log
+
+
+def test_full_stderr_pipe_does_not_stall_other_threads(build, tmp_path):
+    """A thread blocked writing a log line to a full pipe holds no lock: others keep going."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HUGELOAD_") and k != "LD_PRELOAD"}
+    env.update(LD_PRELOAD=str(build.fault), HUGELOAD_FAULT="1g,2m", HUGELOAD_LOG="2",
+               HUGELOAD_STATE_DIR=str(tmp_path / "state"))
+    rfd, wfd = os.pipe()
+    try:
+        p = subprocess.Popen([str(build.harness), "stall", str(THRESHOLD)], stdout=subprocess.PIPE, stderr=wfd,
+                             text=True, env=env)
+        os.close(wfd)
+        try:
+            out, _ = p.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.communicate()
+            pytest.fail("the main thread waited for the lock held by a thread blocked in write()")
+    finally:
+        os.close(rfd)
+    assert "STALL ok" in out and p.returncode == 0, out
+
+
+def test_thp_regions_get_the_real_madvise_and_mlock(build, tmp_path):
+    """On THP (ordinary memory) MADV_DONTNEED really drops, mlock really locks, and the VMA is named."""
+    enabled = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    if not enabled.exists() or "[never]" in enabled.read_text():
+        pytest.skip("transparent huge pages are disabled")
+
+    def on_ready(pid, addr, size):
+        return [line for line in Path(f"/proc/{pid}/maps").read_text().splitlines()
+                if int(line.split("-")[0], 16) <= addr < int(line.split()[0].split("-")[1], 16)]
+
+    r = run_harness(build, "thp", THRESHOLD, tmp=tmp_path, lib=build.fault, env={"HUGELOAD_FAULT": "1g,2m"},
+                    on_ready=on_ready)
+    assert_clean(r)
+    kb = {k: int(v) for k, v in re.findall(r"VMA (\w+)_kb=(-?\d+)", r.stdout)}
+    assert kb["rss"] >= THRESHOLD // 1024 * 9 // 10, r.log
+    assert kb["after_dontneed"] < THRESHOLD // 1024 // 10, r.log
+    assert kb["locked"] >= THRESHOLD // 1024 * 9 // 10, r.log
+    ((line,),) = r.ready
+    if kernel_names_anon_vmas():
+        assert line.endswith("[anon:hugeload:malloc]"), line
+    assert [(x["page"], x["fill"]) for x in r.regions] == [("THP", "alloc")], r.log
+
+
+@pytest.mark.kernel
+def test_mapping_in_a_given_back_hole_is_owned_by_the_new_region(build, model, pools, tmp_path):
+    total = 160 + 4
+    pools(P2M, total)
+    need = -(-MODEL_SIZE // (2 * MIB))
+    env = {"HUGELOAD_COPY": "1", "HUGELOAD_MIN_FILE_SIZE": "1M", "HUGELOAD_PAGE_SIZE": "2m",
+           "HUGELOAD_ALLOC_THRESHOLD": "2M"}
+    r = run_harness(build, "hole", model, 6 * MIB, tmp=tmp_path, env=env, on_ready=lambda *a: pool(P2M))
+    assert_clean(r)
+    assert "HOLE hit=1" in r.stdout, r.log  # the kernel did put the allocation in the hole
+    # The hole: 4 pages of the copy given back; 3 taken by the allocation, and back after its free.
+    assert r.ready == [total - need + 1, total - need + 4], r.log
+    assert pool(P2M) == total  # every page back: nothing swallowed by the old region
+
+
+@pytest.mark.kernel
+def test_private_maps_never_write_a_hugetlbfs_file(build, model, pools, hugetlbfs, tmp_path):
+    pools(P2M, 160)
+    mnt = hugetlbfs("2M")
+    state = tmp_path / "state"
+    staged = stage(model, mnt, state, 2 * MIB)
+    before = staged.read_bytes()[:8192]
+    # The program maps the hugetlbfs file itself, opened O_RDWR, private and read-only, then mprotects it.
+    r = run_harness(build, "privw", staged, tmp=tmp_path)
+    assert r.rc == 0 and "ERROR" not in r.stdout, r.log
+    assert "file_changed=0" in r.stdout, r.log
+    # The same through the redirect: the staged copy is shared by every engine.
+    r = run_harness(build, "privw", model, tmp=tmp_path)
+    assert "file_changed=0" in r.stdout, r.log
+    assert staged.read_bytes()[:8192] == before
+    assert [x["fill"] for x in r.regions] == ["staged"], r.log
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("how", ["", "--dontfork", "--wipeonfork"])
+def test_forked_child_writes_with_no_spare_pages(build, pools, tmp_path, how):
+    """Python multiprocessing and prefork servers write to inherited buffers: never SIGBUS."""
+    pools(P2M, THRESHOLD // (2 * MIB))  # exactly the allocation: no spare page for copy-on-write
+    r = run_harness(build, "forkwrite", THRESHOLD, *([how] if how else []), tmp=tmp_path)
+    assert_clean(r)
+    assert "FORKWRITE ok" in r.stdout, r.log
+    parent = [x for x in r.regions if x["bytes"] == str(THRESHOLD)]
+    assert [x["page"] for x in parent] == ["2M"], r.log  # the parent did get hugetlb pages
+    assert pool(P2M) == THRESHOLD // (2 * MIB)
+
+
+@pytest.mark.kernel
+def test_shrinking_realloc_gives_the_tail_back(build, pools, tmp_path):
+    pools(P2M, 160)
+    r = run_harness(build, "shrink", 200 * MIB, 70 * MIB, tmp=tmp_path, on_ready=lambda *a: pool(P2M))
+    assert_clean(r)
+    assert r.ready == [160 - 100, 160 - 35], r.log
+    assert pool(P2M) == 160
+
+
+@pytest.mark.kernel
+def test_failed_prefault_falls_back_instead_of_sigbus(build, pools, tmp_path):
+    pools(P2M, 64)
+    r = run_harness(build, "alloc", THRESHOLD, tmp=tmp_path, lib=build.fault, env={"HUGELOAD_FAULT": "populate"})
+    assert_clean(r)
+    assert r.stderr.count("hugeload: pre-faulting 2 MB pages failed") == 1, r.log
+    assert {x["page"] for x in r.regions if x["fill"] == "alloc"} <= {"THP", "4K"}, r.log
+    assert pool(P2M) == 64
+
+
+@pytest.mark.kernel
+def test_hostile_file_names_are_staged_correctly(build, model, pools, hugetlbfs, tmp_path):
+    pools(P2M, 160)
+    mnt = hugetlbfs("2M")
+    state = tmp_path / "state"
+    src = tmp_path / "mo del\n1 2 3 4 5 6 7\t%41.bin"
+    os.link(model, src)
+    staged = stage(src, mnt, state, 2 * MIB, name="st aged\nfake 1 2 3 4 5 6 %2Fetc%2Fpasswd%.bin")
+    (entry,) = redirects.read(state)
+    assert entry.staged_path == str(staged)
+    assert len((state / "store/redirects").read_text().splitlines()) == 2  # header + one line
+    r = run_harness(build, "map", src, tmp=tmp_path)
+    assert_clean(r)
+    assert [(x["page"], x["fill"]) for x in r.regions] == [("2M", "staged")], r.log
+    assert "%0A" in r.regions[0]["what"]
+
+
+@pytest.mark.kernel
+def test_untrusted_index_or_staged_file_is_ignored(build, model, pools, hugetlbfs, tmp_path):
+    pools(P2M, 160)
+    mnt = hugetlbfs("2M")
+    state = tmp_path / "state"
+    staged = stage(model, mnt, state, 2 * MIB)
+    env = {"HUGELOAD_MIN_FILE_SIZE": "1M"}
+    os.chmod(state / "store/redirects", 0o664)
+    r = run_harness(build, "map", model, "--cycles", "2", tmp=tmp_path, env=env)
+    assert_clean(r)
+    assert [x["fill"] for x in r.regions] == ["none"] * 2, r.log
+    assert r.stderr.count("writable by group or others: ignored") == 1, r.log
+    os.chmod(state / "store/redirects", 0o644)
+    os.chmod(staged, 0o620)
+    r = run_harness(build, "map", model, tmp=tmp_path, env=env)
+    assert [x["fill"] for x in r.regions] == ["none"], r.log
+    assert r.stderr.count(f"staged copy {staged} is not owned by root or is writable") == 1, r.log
+
+
+@pytest.mark.kernel
+def test_model_replaced_with_its_old_mtime_is_not_served_stale(build, model, pools, hugetlbfs, tmp_path):
+    pools(P2M, 160)
+    mnt = hugetlbfs("2M")
+    state = tmp_path / "state"
+    src = tmp_path / "replaced.bin"
+    shutil.copyfile(model, src)
+    stage(src, mnt, state, 2 * MIB)
+    env = {"HUGELOAD_MIN_FILE_SIZE": "1M"}
+    r = run_harness(build, "map", src, tmp=tmp_path, env=env)
+    assert [x["fill"] for x in r.regions] == ["staged"], r.log
+    st = os.stat(src)
+    with open(src, "r+b") as f:  # same inode, same size, new content ...
+        f.seek(4096)
+        f.write(b"new!")
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns))  # ... and the old mtime put back
+    assert os.stat(src).st_mtime_ns == st.st_mtime_ns and os.stat(src).st_ctime_ns != st.st_ctime_ns
+    r = run_harness(build, "map", src, tmp=tmp_path, env=env)
+    assert_clean(r)  # the harness compares the mapping with pread: the new content
+    assert [(x["page"], x["fill"]) for x in r.regions] == [("4K", "none")], r.log
+
+
+@pytest.mark.kernel
+def test_node_local_copy_is_chosen(build, model, pools, hugetlbfs, tmp_path):
+    """An index with a copy per node: the process's node's copy; HUGELOAD_NODE picks another; a missing node falls back."""
+    pools(P2M, 2 * 160)
+    mnt = hugetlbfs("2M")
+    state = tmp_path / "state"
+    n1 = stage(model, mnt, state, 2 * MIB, name="copy-node1")
+    n0 = stage(model, mnt, state, 2 * MIB, name="copy-node0")
+    write_index(state, [(model, n1, 1), (model, n0, 0)])
+    cpu_nodes = {int(d.name[4:]) for d in Path("/sys/devices/system/node").glob("node[0-9]*")}
+    if cpu_nodes != {0}:
+        pytest.skip("this test assumes a one-node machine (node 0)")
+
+    def on_ready(pid, addr, size):
+        for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+            lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+            if lo <= addr < hi:
+                return line.split(maxsplit=5)[5]
+
+    r = run_harness(build, "map", model, "--pause", tmp=tmp_path, on_ready=on_ready)
+    assert_clean(r)
+    assert r.ready == [str(n0)], r.log
+    assert "hugeload: " not in r.stderr, r.log
+    r = run_harness(build, "map", model, "--pause", tmp=tmp_path, on_ready=on_ready, env={"HUGELOAD_NODE": "1"})
+    assert_clean(r)
+    assert r.ready == [str(n1)], r.log
+    write_index(state, [(model, n1, 1)])
+    r = run_harness(build, "map", model, "--pause", "--cycles", "2", tmp=tmp_path, on_ready=on_ready)
+    assert_clean(r)
+    assert r.ready == [str(n1)], r.log
+    assert r.stderr.count("hugeload: no copy of model.bin on node 0; using node 1") == 1, r.log

@@ -1,7 +1,11 @@
-"""Loads libhugeload.so (built by `pip install`) with ctypes.
+"""The two native libraries built by `pip install`.
 
-Loaded RTLD_LOCAL, so its interposers do not take over this Python process;
-only LD_PRELOAD makes them active.
+  _native.so      CPUID and the benchmark loops, for ctypes only (load()).
+  libhugeload.so  the LD_PRELOAD library (library_path()); it exports one
+                  function for Python, hugeload_page_choice_kb (page_choice_kb()),
+                  so a test can check that C applies the page-size rule Python
+                  decided.  Loaded RTLD_LOCAL by ctypes it stays inert: only
+                  LD_PRELOAD makes its interposers active.
 """
 
 import ctypes
@@ -16,6 +20,11 @@ ABI_VERSION = 1
 def library_path() -> Path:
     """Path of the shared object to put in LD_PRELOAD."""
     return Path(__file__).with_name("libhugeload.so")
+
+
+def native_path() -> Path:
+    """Path of the ctypes-only library (CPUID, benchmark loops)."""
+    return Path(__file__).with_name("_native.so")
 
 
 # Exported functions and their C signatures.  Without them ctypes would pass sizes as
@@ -42,7 +51,8 @@ def declare(lib: ctypes.CDLL) -> ctypes.CDLL:
 
 @functools.cache
 def load() -> ctypes.CDLL:
-    path = library_path()
+    """The ctypes-only library, every function in SIGNATURES declared."""
+    path = native_path()
     if not path.exists():
         raise NotSupported(f"native library missing at {path}: reinstall hugeload with `pip install .`")
     lib = ctypes.CDLL(str(path))
@@ -59,3 +69,21 @@ def cpuid(leaf: int, subleaf: int = 0) -> tuple[int, int, int, int] | None:
     if load().hugeload_cpuid(leaf, subleaf, ctypes.byref(out)) != 0:
         return None
     return tuple(out)
+
+
+@functools.cache
+def _preload_lib() -> ctypes.CDLL:
+    path = library_path()
+    if not path.exists():
+        raise NotSupported(f"native library missing at {path}: reinstall hugeload with `pip install .`")
+    lib = ctypes.CDLL(str(path))
+    fn = lib.hugeload_page_choice_kb
+    fn.argtypes, fn.restype = [ctypes.c_ulonglong, ctypes.c_char_p, ctypes.c_char_p], ctypes.c_int
+    return lib
+
+
+def page_choice_kb(nbytes: int, page_size: str | None = None, policy: str | None = None) -> int:
+    """The first page size (kB) the preload library tries for nbytes under HUGELOAD_PAGE_SIZE=page_size
+    and HUGELOAD_POLICY=policy (None: its defaults); -1 when either does not parse."""
+    enc = lambda s: None if s is None else s.encode()  # noqa: E731
+    return _preload_lib().hugeload_page_choice_kb(nbytes, enc(page_size), enc(policy))

@@ -17,6 +17,28 @@
  *       a forked child uses and frees the parent's big buffer, then makes its own.
  *   harness threads THRESHOLD N ITERS [FILE]
  *       N threads allocating/freeing around THRESHOLD (and mapping FILE).
+ *   harness hole FILE SIZE
+ *       maps FILE whole, gives 4 x 2 MB in the middle back (munmap), then
+ *       malloc(SIZE) hoping the kernel puts it in that hole ("HOLE hit=0|1"),
+ *       frees it, unmaps the rest; a munmap after that must reach the kernel.
+ *   harness privw FILE
+ *       opens FILE O_RDWR, maps it MAP_PRIVATE PROT_READ, tries
+ *       mprotect(PROT_READ|PROT_WRITE) and a write: "PRIVW mprotect=<errno>
+ *       file_changed=0|1".
+ *   harness forkwrite SIZE [--dontfork] [--wipeonfork]
+ *       malloc(SIZE), filled; fork; the child writes all of it and checks it
+ *       (with --dontfork: checks it has no mapping there; --wipeonfork: zeros).
+ *   harness shrink SIZE NEWSIZE
+ *       malloc(SIZE), pause, realloc to NEWSIZE (same pointer expected), pause.
+ *   harness thp SIZE
+ *       malloc(SIZE) (the test makes it THP), touch, pause, MADV_DONTNEED of
+ *       it, pause, mlock, pause ("VMA rss_kb=.. locked_kb=..").
+ *   harness cancel SIZE N
+ *       N times: a thread looping big malloc/free is cancelled; then the main
+ *       thread must still get big allocations ("CANCEL ok").
+ *   harness stall SIZE
+ *       fills stderr (a pipe nobody reads), starts a thread whose logging
+ *       blocks, then checks the main thread still gets the lock ("STALL ok").
  *
  * Output: "READY addr=0x.. size=N" then waits for a line on stdin (pauses);
  * "ERROR ..." lines for failed checks; at the end "HUGE_LEFT vmas=N kb=N"
@@ -33,6 +55,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -383,6 +406,222 @@ static void run_fork(size_t th)
     free(p);
 }
 
+/* ---- the issue-11 cases ------------------------------------------------ */
+
+static void run_hole(const char *path, size_t size)
+{
+    int fd = open(path, O_RDONLY);
+    struct stat st;
+    fstat(fd, &st);
+    size_t len = (size_t)st.st_size;
+    uint8_t *m = mmap(NULL, len, PROT_READ, MAP_SHARED, fd, 0);
+    close(fd);
+    if (m == MAP_FAILED) {
+        FAIL("mmap: %s", strerror(errno));
+        return;
+    }
+    size_t mid = ((len / 2) & ~((size_t)(2 << 20) - 1)) - ((uintptr_t)m & ((2 << 20) - 1));
+    size_t hole = 4 * (2 << 20); /* an aligned hugetlb search needs the length plus one page of slack */
+    if (munmap(m + mid, hole))
+        FAIL("munmap hole: %s", strerror(errno));
+    uint8_t *p = malloc(size);
+    int hit = p >= m + mid && p < m + mid + hole;
+    printf("HOLE hit=%d\n", hit);
+    memset(p, 0x77, size);
+    uintptr_t where = (uintptr_t)p;
+    pause_here(p, size);
+    free(p);
+    (void)where;
+    pause_here(m, size);
+    if (munmap(m, mid) || munmap(m + mid + hole, len - mid - hole))
+        FAIL("munmap rest: %s", strerror(errno));
+    /* Nothing is ours now: a munmap of the old span reaches the kernel (success on nothing mapped). */
+    if (munmap(m, len))
+        FAIL("final munmap: %s", strerror(errno));
+}
+
+static void run_privw(const char *path)
+{
+    int fd = open(path, O_RDWR);
+    if (fd < 0) {
+        FAIL("open: %s", strerror(errno));
+        return;
+    }
+    struct stat st;
+    fstat(fd, &st);
+    uint8_t before = 0, after = 0;
+    pread(fd, &before, 1, 4096);
+    uint8_t *m = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (m == MAP_FAILED) {
+        FAIL("mmap: %s", strerror(errno));
+        close(fd);
+        return;
+    }
+    int e = 0;
+    if (mprotect(m, 2 << 20, PROT_READ | PROT_WRITE) != 0)
+        e = errno;
+    else
+        m[4096] = (uint8_t)(before + 1);
+    pread(fd, &after, 1, 4096);
+    printf("PRIVW mprotect=%d file_changed=%d\n", e, after != before);
+    munmap(m, (size_t)st.st_size);
+    close(fd);
+}
+
+static int mapped_at(void *p)
+{
+    unsigned char v;
+    return mincore((void *)((uintptr_t)p & ~(uintptr_t)4095), 4096, &v) == 0;
+}
+
+static void run_forkwrite(size_t size, int dontfork, int wipe)
+{
+    uint8_t *p = malloc(size);
+    memset(p, 0x5a, size);
+    if (dontfork && madvise(p, size, MADV_DONTFORK))
+        FAIL("madvise DONTFORK: %s", strerror(errno));
+    if (wipe && madvise(p, size, MADV_WIPEONFORK))
+        FAIL("madvise WIPEONFORK: %s", strerror(errno));
+    pid_t pid = fork();
+    if (pid == 0) {
+        if (dontfork) {
+            if (mapped_at(p) || mapped_at(p + size - 1))
+                FAIL("child has the DONTFORK memory");
+        } else {
+            if (p[size / 2] != (wipe ? 0 : 0x5a))
+                FAIL("child sees %d", p[size / 2]);
+            memset(p, 0x33, size); /* the write that SIGBUSed */
+            for (size_t i = 0; i < size; i += 4096)
+                if (p[i] != 0x33) {
+                    FAIL("child memory at %zu", i);
+                    break;
+                }
+        }
+        _exit(errors ? 1 : 0);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    if (WIFSIGNALED(status))
+        FAIL("child killed by signal %d", WTERMSIG(status));
+    else if (WEXITSTATUS(status))
+        FAIL("child failed: %d", WEXITSTATUS(status));
+    if (p[size - 1] != 0x5a)
+        FAIL("parent lost its buffer");
+    memset(p, 0x11, size); /* the parent writes after the child: still its own pages */
+    printf("FORKWRITE ok\n");
+    free(p);
+}
+
+static void run_shrink(size_t size, size_t newsize)
+{
+    uint8_t *p = malloc(size);
+    memset(p, 0x42, size);
+    pause_here(p, size);
+    uint8_t *q = realloc(p, newsize);
+    if (q != p)
+        FAIL("shrinking realloc moved the block");
+    if (q[newsize - 1] != 0x42)
+        FAIL("shrinking realloc lost data");
+    pause_here(q, newsize);
+    free(q);
+}
+
+static long vma_kb(void *addr, const char *key)
+{
+    FILE *f = fopen("/proc/self/smaps", "r");
+    char line[512];
+    int in = 0;
+    long v = -1;
+    size_t kl = strlen(key);
+    while (fgets(line, sizeof line, f)) {
+        unsigned long a, b;
+        char dash;
+        if (sscanf(line, "%lx%c%lx ", &a, &dash, &b) == 3 && dash == '-') {
+            in = (uintptr_t)addr >= a && (uintptr_t)addr < b;
+            continue;
+        }
+        if (in && !strncmp(line, key, kl) && line[kl] == ':') {
+            v = atol(line + kl + 1);
+            break;
+        }
+    }
+    fclose(f);
+    return v;
+}
+
+static void run_thp(size_t size)
+{
+    uint8_t *p = malloc(size);
+    memset(p, 0x42, size);
+    printf("VMA rss_kb=%ld\n", vma_kb(p, "Rss"));
+    if (madvise(p, size, MADV_DONTNEED))
+        FAIL("madvise DONTNEED: %s", strerror(errno));
+    printf("VMA after_dontneed_kb=%ld\n", vma_kb(p, "Rss"));
+    if (p[size / 2] != 0)
+        FAIL("DONTNEED left data");
+    if (mlock(p, size))
+        FAIL("mlock: %s", strerror(errno));
+    printf("VMA locked_kb=%ld\n", vma_kb(p, "Locked"));
+    pause_here(p, size);
+    munlock(p, size);
+    free(p);
+}
+
+static size_t c_size;
+static void *churn(void *arg)
+{
+    for (;;) {
+        void *p = malloc(c_size);
+        free(p);
+        pthread_testcancel();
+    }
+    return NULL;
+}
+
+static void run_cancel(size_t size, int n)
+{
+    c_size = size;
+    for (int i = 0; i < n; i++) {
+        pthread_t t;
+        pthread_create(&t, NULL, churn, NULL);
+        usleep(20000 + 3000 * i);
+        pthread_cancel(t);
+        pthread_join(t, NULL);
+    }
+    void *p = malloc(size);
+    free(p);
+    printf("CANCEL ok\n");
+}
+
+static void *stall_thread(void *arg)
+{
+    void *p = malloc(c_size); /* logs (HUGELOAD_LOG=2) into the full pipe: blocks there */
+    free(p);
+    return NULL;
+}
+
+static void run_stall(size_t size)
+{
+    c_size = size;
+    void *keep = malloc(size);
+    int fl = fcntl(2, F_GETFL);
+    fcntl(2, F_SETFL, fl | O_NONBLOCK);
+    char junk[4096];
+    memset(junk, 'x', sizeof junk);
+    while (write(2, junk, sizeof junk) > 0)
+        ;
+    fcntl(2, F_SETFL, fl);
+    pthread_t t;
+    pthread_create(&t, NULL, stall_thread, NULL);
+    usleep(300000);
+    /* Takes the lock, logs nothing: must not wait for the blocked thread. */
+    if (malloc_usable_size(keep) < size)
+        FAIL("usable size");
+    madvise(keep, 4096, MADV_WILLNEED);
+    printf("STALL ok\n");
+    _exit(errors ? 1 : 0); /* the other thread is still blocked in write */
+}
+
 int main(int argc, char **argv)
 {
     page_size = (size_t)sysconf(_SC_PAGESIZE);
@@ -429,6 +668,21 @@ int main(int argc, char **argv)
             pthread_create(&th[i], NULL, thread_main, (void *)(uintptr_t)(i + 1));
         for (int i = 0; i < n && i < 64; i++)
             pthread_join(th[i], NULL);
+    } else if (!strcmp(argv[1], "hole") && argc >= 4) {
+        run_hole(argv[2], strtoull(argv[3], NULL, 0));
+    } else if (!strcmp(argv[1], "privw")) {
+        run_privw(argv[2]);
+    } else if (!strcmp(argv[1], "forkwrite")) {
+        int df = argc > 3 && !strcmp(argv[3], "--dontfork"), wf = argc > 3 && !strcmp(argv[3], "--wipeonfork");
+        run_forkwrite(strtoull(argv[2], NULL, 0), df, wf);
+    } else if (!strcmp(argv[1], "shrink") && argc >= 4) {
+        run_shrink(strtoull(argv[2], NULL, 0), strtoull(argv[3], NULL, 0));
+    } else if (!strcmp(argv[1], "thp")) {
+        run_thp(strtoull(argv[2], NULL, 0));
+    } else if (!strcmp(argv[1], "cancel") && argc >= 4) {
+        run_cancel(strtoull(argv[2], NULL, 0), atoi(argv[3]));
+    } else if (!strcmp(argv[1], "stall")) {
+        run_stall(strtoull(argv[2], NULL, 0));
     } else {
         fprintf(stderr, "unknown mode %s\n", argv[1]);
         return 2;

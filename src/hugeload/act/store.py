@@ -5,8 +5,7 @@ Layout under the state directory (default /run/hugeload):
   store/mnt-*/<name>/<file>...   a staged model: the source files, each zero-padded to a page multiple
   store/mnt-*/.staging-<name>-*  a model being copied; renamed to <name> only when complete
   store/models/<name>.json       the manifest, written last: a model without one is not ready
-  store/redirects                one line per ready file for the preload library:
-                                 "<st_dev> <st_ino> <size> <mtime_ns> <staged path>"
+  store/redirects                the preload library's index of ready files (act/redirects.py)
   store/locks/<name>.lock        one stager per model name at a time
 Models staged with persist are also listed in the config directory's models.json
 (act/persist.py, default /etc/hugeload), which stage(), unstage() and clear() keep in
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from hugeload import pages
-from hugeload.act import ledger, persist, state
+from hugeload.act import ledger, persist, redirects, state
 from hugeload.act import mounts as act_mounts
 from hugeload.act import pools as act_pools
 from hugeload.errors import HugeloadError, PoolError, UsageError
@@ -57,6 +56,7 @@ class StagedFile:
     ino: int
     mtime_ns: int
     sha256: str | None = None
+    ctime_ns: int = 0  # 0 in manifests written before the index had ctime: never matches
 
 
 @dataclass
@@ -292,14 +292,13 @@ def model_lock(name: str, state_dir=None, timeout: float = LOCK_TIMEOUT):
 
 def write_redirects(state_dir=None) -> None:
     """The preload library's view of the store: ready files only, one line each."""
-    lines = []
+    entries = []
     for m in manifests(state_dir):
         for f in m.files:
             if file_state(f) == "ready":
-                lines.append(f"{f.dev} {f.ino} {f.size} {f.mtime_ns} {f.staged}\n")
-    d = store_dir(state_dir)
-    state.ensure_dir(d)
-    state.write_text_atomic(d / "redirects", "".join(lines), mode=0o644)
+                entries.append(redirects.RedirectEntry(f.dev, f.ino, f.size, f.mtime_ns, f.ctime_ns, -1,
+                                                       m.page_size_kb, f.staged))
+    redirects.write(state_dir, entries)
 
 
 # ---------------------------------------------------------------- staging
@@ -473,7 +472,8 @@ def stage(path: str, options: StageOptions = StageOptions(), state_dir=None, roo
                     sha = _sha256(src, st.st_size)
                     if _staged_sha256(str(dst), st.st_size) != sha:
                         raise HugeloadError(f"verification failed: the staged copy of {src} differs from the source")
-                copied.append(StagedFile(src, str(final), st.st_size, st.st_dev, st.st_ino, st.st_mtime_ns, sha))
+                copied.append(StagedFile(src, str(final), st.st_size, st.st_dev, st.st_ino, st.st_mtime_ns, sha,
+                                         st.st_ctime_ns))
             final_dir = mnt / name
             if final_dir.exists():
                 shutil.rmtree(final_dir)

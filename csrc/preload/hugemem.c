@@ -1,0 +1,210 @@
+/*
+ * hugemem.c: anonymous huge memory, the 1 GB -> 2 MB -> THP cascade.
+ *
+ * The first size tried comes from policy.c (what Python decided).  A hugetlb
+ * map is pre-faulted with MADV_POPULATE_WRITE before it is handed out, split
+ * over up to HUGELOAD_FILL_THREADS threads (first touch of freshly reserved
+ * huge pages is slow, ~0.4 GB/s on one thread here): a reservation can
+ * succeed where the fault then fails (hugetlb cgroup limits, a NUMA
+ * binding), and a failed populate is a fallback to the next size, where a
+ * failed touch would have been a SIGBUS.  THP maps are not pre-faulted (a
+ * failed THP fault falls back to 4 KB pages by itself).
+ * THP maps are named "hugeload:<what>" (PR_SET_VMA_ANON_NAME); the kernel
+ * refuses names on hugetlb maps (they are file-backed), so those stay
+ * "/anon_hugepage (deleted)" in /proc/PID/maps.
+ */
+#include "hl.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+
+#ifndef MAP_HUGE_SHIFT
+#define MAP_HUGE_SHIFT 26
+#endif
+#define HL_HUGE_2MB (21 << MAP_HUGE_SHIFT)
+#define HL_HUGE_1GB (30 << MAP_HUGE_SHIFT)
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+#ifndef PR_SET_VMA
+#define PR_SET_VMA 0x53564d41
+#define PR_SET_VMA_ANON_NAME 0
+#endif
+
+static long pool_free(size_t page)
+{
+    return hl_read_long(page == GB1 ? "/sys/kernel/mm/hugepages/hugepages-1048576kB/free_hugepages"
+                                    : "/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages");
+}
+
+void hl_name_vma(void *p, size_t len, const char *what)
+{
+    char name[64];
+    snprintf(name, sizeof name, "hugeload:%s", what);
+    for (char *c = name; *c; c++) /* the kernel accepts printable characters except [ ] \ ` $ */
+        if (*c < 0x21 || *c > 0x7e || strchr("[]\\`$", *c))
+            *c = '_';
+    if (prctl(PR_SET_VMA, PR_SET_VMA_ANON_NAME, (unsigned long)p, len, (unsigned long)name) != 0)
+        hl_log(2, "naming %s's memory failed (%s)", what, strerror(errno));
+}
+
+typedef struct {
+    char *p;
+    size_t len, unit;
+    atomic_int err;
+} pop_job;
+
+typedef struct {
+    pop_job *j;
+    size_t a, b;
+} pop_slice;
+
+static void *pop_slice_run(void *arg)
+{
+    pop_slice *s = arg;
+    pop_job *j = s->j;
+    if (s->a < s->b && madvise(j->p + s->a, s->b - s->a, MADV_POPULATE_WRITE) != 0) {
+        int zero = 0, e = errno;
+        atomic_compare_exchange_strong(&j->err, &zero, e);
+    }
+    return NULL;
+}
+
+int hl_populate(void *p, size_t len, size_t unit)
+{
+    if (FAULT(F_POPULATE))
+        return EFAULT;
+    pop_job j = {.p = p, .len = len, .unit = unit};
+    atomic_init(&j.err, 0);
+    int nt = hl_fill_threads;
+    size_t units = len / unit;
+    if ((size_t)nt > units)
+        nt = (int)units;
+    if (len < ((size_t)64 << 20) || nt < 1)
+        nt = 1;
+    if (nt > 16)
+        nt = 16;
+    size_t per = round_up(len / (size_t)nt, unit);
+    pop_slice sl[16];
+    pthread_t th[16];
+    int started = 0;
+    for (int i = 0; i < nt; i++)
+        sl[i] = (pop_slice){&j, min_sz(len, (size_t)i * per), i == nt - 1 ? len : min_sz(len, (size_t)(i + 1) * per)};
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old); /* the program's handlers never run on our threads */
+    for (int i = 1; i < nt; i++)
+        if (pthread_create(&th[started], NULL, pop_slice_run, &sl[i]) == 0)
+            started++;
+        else
+            pop_slice_run(&sl[i]);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    pop_slice_run(&sl[0]);
+    for (int i = 0; i < started; i++)
+        pthread_join(th[i], NULL);
+    int e = atomic_load(&j.err);
+    return e == EINVAL ? 0 : e; /* EINVAL: a kernel before 5.14 without populate; nothing checked */
+}
+
+/* hugetlb map of size rounded to pg, base aligned to max(pg, align). */
+static void *map_hugetlb(size_t size, size_t align, size_t pg, int hflag)
+{
+    size_t maplen = round_up(size, pg);
+    int flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | hflag;
+    if (align <= pg) {
+        void *p = r_mmap(NULL, maplen, PROT_READ | PROT_WRITE, flags, -1, 0);
+        return p == MAP_FAILED ? NULL : p;
+    }
+    /* Over-aligned: reserve address space, put the huge pages in at an aligned spot. */
+    size_t span = maplen + align;
+    char *res = r_mmap(NULL, span, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (res == MAP_FAILED)
+        return NULL;
+    uintptr_t al = round_up((uintptr_t)res, align);
+    void *p = r_mmap((void *)al, maplen, PROT_READ | PROT_WRITE, flags | MAP_FIXED, -1, 0);
+    if (p == MAP_FAILED) {
+        int e = errno;
+        r_munmap(res, span);
+        errno = e;
+        return NULL;
+    }
+    if (al > (uintptr_t)res)
+        r_munmap(res, al - (uintptr_t)res);
+    uintptr_t tail = (uintptr_t)res + span, end = al + maplen;
+    if (tail > end)
+        r_munmap((void *)end, tail - end);
+    return p;
+}
+
+static void *map_thp(size_t size, size_t align)
+{
+    size_t maplen = round_up(size, MB2), a = max_sz(align, MB2), span = maplen + a;
+    char *res = r_mmap(NULL, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (res == MAP_FAILED)
+        return NULL;
+    uintptr_t al = round_up((uintptr_t)res, a), end = al + maplen, tail = (uintptr_t)res + span;
+    if (al > (uintptr_t)res)
+        r_munmap(res, al - (uintptr_t)res);
+    if (tail > end)
+        r_munmap((void *)end, tail - end);
+    if (r_madvise((void *)al, maplen, MADV_HUGEPAGE) != 0) {
+        int e = errno;
+        r_munmap((void *)al, maplen);
+        errno = e;
+        return NULL;
+    }
+    return (void *)al;
+}
+
+/* One hugetlb try: map, then (if asked) pre-fault; 0 with *out set, or an errno value. */
+static int try_hugetlb(size_t size, size_t align, size_t pg, int populate, hl_anon *out)
+{
+    errno = ENOMEM;
+    void *p = FAULT(pg == GB1 ? F_1G : F_2M) ? NULL : map_hugetlb(size, align, pg, pg == GB1 ? HL_HUGE_1GB : HL_HUGE_2MB);
+    if (!p)
+        return errno;
+    size_t maplen = round_up(size, pg);
+    uint64_t t0 = hl_now_ns();
+    int e = populate ? hl_populate(p, maplen, pg) : 0;
+    if (e) {
+        r_munmap(p, maplen);
+        hl_warn_once(R_POPULATE, "pre-faulting %zu MB pages failed (%s): trying the next page size",
+                     pg >> 20, strerror(e));
+        return e;
+    }
+    *out = (hl_anon){p, maplen, pg, pg == GB1 ? PAGE_1G : PAGE_2M, hl_now_ns() - t0};
+    return 0;
+}
+
+int hl_anon_huge(size_t size, size_t align, const char *what, int populate, hl_anon *out)
+{
+    if (size == 0 || size > (SIZE_MAX >> 2) || align > GB1 * 4)
+        return 0;
+    int e;
+    if (hl_first_page(size, hl_page_size, &hl_pol) == GB1) {
+        if ((e = try_hugetlb(size, align, GB1, populate, out)) == 0)
+            return 1;
+        hl_warn_once(R_1G, "1 GB pages unavailable (%s; pool has %ld free, %zu needed), trying 2 MB for %s (%zu bytes)",
+                     strerror(e), pool_free(GB1), round_up(size, GB1) / GB1, what, size);
+    } else {
+        hl_log(2, "%s (%zu bytes): the page-size policy says 2 MB", what, size);
+    }
+    if ((e = try_hugetlb(size, align, MB2, populate, out)) == 0)
+        return 1;
+    hl_warn_once(R_2M, "2 MB pages unavailable (%s; pool has %ld free, %zu needed), trying THP for %s (%zu bytes)",
+                 strerror(e), pool_free(MB2), round_up(size, MB2) / MB2, what, size);
+    errno = ENOTSUP;
+    void *p = (!hl_thp_ok || FAULT(F_THP)) ? NULL : map_thp(size, align);
+    if (p) {
+        hl_name_vma(p, round_up(size, MB2), what);
+        *out = (hl_anon){p, round_up(size, MB2), KB4, PAGE_THP, 0};
+        return 1;
+    }
+    e = errno;
+    hl_warn_once(R_THP, "transparent huge pages unavailable (%s), %s stays on 4 KB pages",
+                 hl_thp_ok ? strerror(e) : "disabled", what);
+    return 0;
+}
