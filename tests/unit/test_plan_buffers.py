@@ -147,14 +147,17 @@ def test_describe(tree, name, amx_built, words):
 
 
 @pytest.mark.parametrize("nbytes,page_size,threshold,kb", [
-    (24 * MiB, "auto", 64 * MiB, 4),  # under the allocation threshold: the real allocator
-    (24 * MiB, "auto", 16 * MiB, 2048),
-    (1024 * MiB, "auto", 64 * MiB, 1048576),
-    (1100 * MiB, "auto", 64 * MiB, 2048),  # rounding up to 2 GiB wastes more than 1/8
+    (24 * MiB, None, 64 * MiB, 4),  # under the allocation threshold: the real allocator
+    (24 * MiB, None, 16 * MiB, 2048),
+    (1024 * MiB, None, 64 * MiB, 1048576),
+    (1100 * MiB, None, 64 * MiB, 2048),  # rounding up to 2 GiB wastes more than 1/8
     (300 * MiB, "1g", 64 * MiB, 1048576),
     (200 * MiB, "1g", 64 * MiB, 2048),
     (2048 * MiB, "2m", 64 * MiB, 2048),
-    (2048 * MiB, "auto", 0, 4),
+    (2048 * MiB, None, 0, 4),
 ])
 def test_alloc_page_kb(nbytes, page_size, threshold, kb):
-    assert buffers.alloc_page_kb(nbytes, page_size, threshold) == kb
+    from hugeload import pages
+
+    requested = pages.by_name(page_size) if page_size else None
+    assert buffers.alloc_page_kb(nbytes, requested, threshold) == kb

@@ -33,7 +33,8 @@ ggml's has_avx2()/has_avx512() are compile-time answers; get-llama.sh builds wit
 from enum import Enum
 from typing import NamedTuple
 
-from hugeload.units import GiB, MiB
+from hugeload import pages
+from hugeload.units import MiB
 
 TENSOR_ALIGNMENT = 32
 # Tables read with GET_ROWS (llama-arch.cpp LLM_TENSOR_INFOS): never offered to an extra type.
@@ -223,21 +224,12 @@ def describe(e: Engine) -> str:
 
 
 # --- page size of a heap copy under `hugeload run` ------------------------------------------
-# The preload library's cascade for large allocations (csrc/hugeload.c header): the first page
-# size tried.  TODO: use hugeload.pages' one rule once it lands (contract C2); same numbers.
-AUTO_1G_MIN = GiB
-AUTO_1G_MAX_WASTE_PPM = 125000
-FORCED_1G_MIN = 256 * MiB
 
-
-def alloc_page_kb(nbytes: int, page_size: str = "auto", alloc_threshold: int = 64 * MiB) -> int:
-    """1048576, 2048, or 4 (below the allocation threshold or allocations disabled)."""
+def alloc_page_kb(nbytes: int, requested: pages.PageSize | None = None, alloc_threshold: int = 64 * MiB,
+                  policy: pages.Policy = pages.DEFAULT_POLICY) -> int:
+    """The page size (kB) the preload library's allocation path tries first for a heap copy
+    of `nbytes` (the one size rule, hugeload.pages), or 4 when the copy is below the
+    allocation threshold or the path is off (the real allocator then serves it)."""
     if alloc_threshold <= 0 or nbytes < alloc_threshold:
         return 4
-    if page_size == "1g":
-        return 1048576 if nbytes >= FORCED_1G_MIN else 2048
-    if page_size == "auto" and nbytes >= AUTO_1G_MIN:
-        waste = -(-nbytes // GiB) * GiB - nbytes
-        if waste * 1_000_000 <= AUTO_1G_MAX_WASTE_PPM * nbytes:
-            return 1048576
-    return 2048
+    return pages.first_page(nbytes, requested, policy).kb
