@@ -20,7 +20,7 @@ def register(sub) -> None:
                        usage="hugeload run [options] -- CMD [ARGS...]")
     p.add_argument("--page-size", default=None, type=pages.arg_type(), metavar="SIZE", help="auto (default), 1g or 2m")
     p.add_argument("--copy", action="store_true", help="copy unstaged model files into private huge pages")
-    p.add_argument("--alloc-threshold", default="64M", help="allocations this large come from huge pages (0 disables; default 64M)")
+    p.add_argument("--alloc-threshold", default=runner.DEFAULT_ALLOC_THRESHOLD, help="allocations this large come from huge pages (0 disables; default 64M)")
     p.add_argument("--files", action="append", default=[], metavar="GLOB", help="manage files matching GLOB (repeatable)")
     p.add_argument("--report", metavar="FILE", help="write the per-region report here instead of stderr")
     p.add_argument("--strict", action="store_true", help="refuse to run when the pools cannot hold what the run needs")
