@@ -75,3 +75,29 @@ def test_run_summary_names_the_heap_copy(models, hugeload_cli, state_dir, tmp_pa
     assert f"a {copy.buffer} heap copy ({copy.bytes / 2**20:.2f} MiB, {copy.tensors} tensors, " \
            f"what={alloc['what']}, page={alloc['page']})" in line, line
     assert f"from the mapping (fill={mapping['fill']}, page={mapping['page']})" in line, line
+
+
+@pytest.mark.kernel
+def test_load_reserve_covers_the_heap_copy(models, hugeload_cli, state_dir, needs_root):
+    """load --reserve grows the 2M pool by the staged file plus the predicted heap copy, and
+    unload gives all of it back."""
+    from hugeload.act import pools as act_pools
+
+    model = models["Q4_0"]
+    p = runner.predict_buffers(str(model), str(BENCH))
+    heap = runner.heap_pages({str(model): p}, "auto", 64 << 20)
+    before = act_pools.read_pool("/", 2048)
+    r = hugeload_cli("load", "--reserve", "--page-size", "2m", "--name", "buftest", model)
+    try:
+        assert r.returncode == 0, r.stderr
+        after = act_pools.read_pool("/", 2048)
+        staged_pages = -(-model.stat().st_size // (2 << 20))
+        # pages left free for the engine's copy, when it will make one on this CPU (in 2M pages)
+        if heap.get(2048):
+            assert after.total - before.total >= staged_pages + heap[2048] - max(0, before.available)
+            assert after.available >= heap[2048]
+        else:
+            assert after.total - before.total <= staged_pages
+    finally:
+        hugeload_cli("unload", "buftest")
+    assert act_pools.read_pool("/", 2048).total == before.total
