@@ -126,11 +126,11 @@ def estimate_needs(candidates: list[Candidate], requested: PageSize | None, copy
     """Pages the run may take, per page size: private copies of unstaged files (--copy) and
     the heap copies the engine will make (predicted; a model that cannot be predicted, not
     GGUF or no gguf package, is counted as a copy of its whole size, as before)."""
-    pages: dict[int, int] = {}
+    counts: dict[int, int] = {}
 
     def add(nbytes: int, kb: int) -> None:
         if kb != 4:
-            pages[kb] = pages.get(kb, 0) + ceil_div(nbytes, kb * KiB)
+            counts[kb] = counts.get(kb, 0) + ceil_div(nbytes, kb * KiB)
 
     for c in candidates:
         if copy and not c.staged:
@@ -138,14 +138,14 @@ def estimate_needs(candidates: list[Candidate], requested: PageSize | None, copy
         if alloc_threshold > 0 and predictions.get(c.path) is None:
             add(c.size, buffers.alloc_page_kb(c.size, requested, alloc_threshold, policy))
     for kb, n in heap_pages(predictions, requested, alloc_threshold, policy).items():
-        pages[kb] = pages.get(kb, 0) + n
+        counts[kb] = counts.get(kb, 0) + n
     sizes = probe_pools.page_sizes(root)
     out = []
-    for kb in sorted(pages, reverse=True):
+    for kb in sorted(counts, reverse=True):
         if kb not in sizes:
             continue
         pool = probe_pools.system_pool(root, kb)
-        out.append(Need(kb, pages[kb], max(0, pool.available), candidates))
+        out.append(Need(kb, counts[kb], max(0, pool.available), candidates))
     return out
 
 
