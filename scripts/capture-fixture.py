@@ -47,8 +47,8 @@ MARKERS = [".dockerenv", "run/.containerenv"]
 CGROUP_ROOT = "sys/fs/cgroup"
 
 # (leaf, subleaf) pairs probe/cpu.py reads; Intel leaf 0x18's subleaves are added
-# from its subleaf 0 (EAX = the last subleaf).
-CPUID_LEAVES = [(0x0, 0), (0x80000000, 0), (0x80000005, 0), (0x80000006, 0), (0x80000019, 0), (0x18, 0)]
+# from its subleaf 0 (EAX = the last subleaf).  Leaf 2 holds Intel's TLB descriptors.
+CPUID_LEAVES = [(0x0, 0), (0x2, 0), (0x80000000, 0), (0x80000005, 0), (0x80000006, 0), (0x80000019, 0), (0x18, 0)]
 MAX_CPUID_SUBLEAF = 64
 
 

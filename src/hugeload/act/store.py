@@ -107,6 +107,11 @@ class StageOptions:
     threads: int | None = None  # copy threads (default: up to 4)
     lock_timeout: float = LOCK_TIMEOUT  # seconds to wait for another stager of the same model
     policy: pages.Policy = pages.DEFAULT_POLICY
+    # ((page kB, count), ...), with `reserve` only: pages kept free for the heap copies an
+    # engine will make of this model (plan/buffers: CPU_REPACK / AMX), owned by the model and
+    # given back on unstage like its own.  Best effort: what the kernel does not give is left
+    # to the engine's fallback.
+    heap_pages: tuple[tuple[int, int], ...] = ()
 
 
 class StageResult(NamedTuple):
@@ -340,6 +345,24 @@ def ensure_pages(kb: int, n_pages: int, name: str, reserve: bool, root="/", stat
     return missing
 
 
+def _reserve_extra(extra: dict[int, int], staged_kb: int, staged_pages: int, name: str, root, state_dir) -> int:
+    """Grow each pool so that, once the model is staged, `extra[kb]` pages stay free for
+    its heap copies; returns the pages gained."""
+    gained = 0
+    for kb, count in extra.items():
+        if kb not in probe_pools.page_sizes(root) or count <= 0:
+            continue
+        want = count + (staged_pages if kb == staged_kb else 0)  # staging still takes its pages
+        missing = want - max(0, probe_pools.system_pool(root, kb).available)
+        if missing <= 0:
+            continue
+        try:
+            gained += act_pools.reserve(root, kb, missing, partial=True, owner=owner(name), state_dir=state_dir).obtained
+        except PoolError:  # best effort: the engine's allocation falls back
+            continue
+    return gained
+
+
 def ensure_mount(kb: int, state_dir=None, root="/") -> Path:
     d = mount_dir(kb, state_dir)
     for m in read_mounts(root):
@@ -456,6 +479,8 @@ def stage(path: str, options: StageOptions = StageOptions(), state_dir=None, roo
         kb, reason = choose_page_size(sizes, requested_kb, options.reserve, root, options.policy)
         n_pages = sum(max(1, ceil_div(s.st_size, kb * KiB)) for s in stats)
         reserved = ensure_pages(kb, n_pages, name, options.reserve, root, state_dir)
+        if options.reserve and options.heap_pages:
+            reserved += _reserve_extra(dict(options.heap_pages), kb, n_pages, name, root, state_dir)
         staging = None
         try:
             mnt = ensure_mount(kb, state_dir, root)
@@ -485,7 +510,7 @@ def stage(path: str, options: StageOptions = StageOptions(), state_dir=None, roo
             if staging is not None:
                 shutil.rmtree(staging, ignore_errors=True)
             if reserved:
-                act_pools.release(root, kb, owner=owner(name), state_dir=state_dir)
+                act_pools.release(root, None, owner=owner(name), state_dir=state_dir)
             if isinstance(e, OSError):
                 raise HugeloadError(f"staging {name} failed: {e.strerror or e}"
                                     f"{' (' + e.filename + ')' if e.filename else ''}; nothing was staged") from None

@@ -15,13 +15,23 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _engine(machine):
+    """The llama.cpp build doctor speaks of: the one engines.find_llama() finds, judged by its
+    build stamp; on a fixture tree (--root) only the tree's CPU, with the default build."""
+    from hugeload import engines
+    from hugeload.plan import buffers
+
+    stamp = engines.build_stamp(engines.find_llama()) if str(machine.root) == "/" else None
+    return buffers.engine_for(machine.cpu.flags, buffers.amx_built_from_stamp(stamp))
+
+
 def run(args) -> int:
     require_hugetlb(args.root)
     machine = read_machine(args.root)
     tried = None
     if args.try_ and PAGE_1G.kb in machine.page_sizes_kb and machine.is_root:
         tried = doctor.TryResult(*act_pools.try_one_page(args.root, PAGE_1G.kb))
-    checks = doctor.run_checks(machine, tried)
+    checks = doctor.run_checks(machine, tried, _engine(machine))
     usable = doctor.usable_1g(checks)
     if args.json:
         render.print_json({"checks": checks, "usable_1g": usable, "tried": tried})

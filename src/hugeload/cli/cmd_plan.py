@@ -55,7 +55,7 @@ def make_plan(machine, sizes: list[int], requested_kb: int | None, threshold: in
             notes.append(f"needs {format_bytes(missing)} more huge pages than are free but only {format_bytes(avail)} of memory is available")
     return {"sizes": sizes, "total_bytes": sum(sizes), "options": opts,
             "recommended_page_size_kb": rec.page_size_kb, "reason": rec.reason, "notes": notes,
-            "tlb_source": machine.cpu.tlb_source}
+            "tlb_source": machine.cpu.tlb_source, "tlb_detail": machine.cpu.tlb_detail}
 
 
 def run(args) -> int:

@@ -1,6 +1,11 @@
 """`hugeload run -- CMD ARGS...`: an unmodified engine on huge pages."""
 
+import contextlib
+import dataclasses
 import os
+import sys
+import tempfile
+from pathlib import Path
 
 from hugeload import pages, runner
 from hugeload.act import pools as act_pools
@@ -15,7 +20,7 @@ def register(sub) -> None:
                        usage="hugeload run [options] -- CMD [ARGS...]")
     p.add_argument("--page-size", default=None, type=pages.arg_type(), metavar="SIZE", help="auto (default), 1g or 2m")
     p.add_argument("--copy", action="store_true", help="copy unstaged model files into private huge pages")
-    p.add_argument("--alloc-threshold", default="64M", help="allocations this large come from huge pages (0 disables; default 64M)")
+    p.add_argument("--alloc-threshold", default=runner.DEFAULT_ALLOC_THRESHOLD, help="allocations this large come from huge pages (0 disables; default 64M)")
     p.add_argument("--files", action="append", default=[], metavar="GLOB", help="manage files matching GLOB (repeatable)")
     p.add_argument("--report", metavar="FILE", help="write the per-region report here instead of stderr")
     p.add_argument("--strict", action="store_true", help="refuse to run when the pools cannot hold what the run needs")
@@ -36,13 +41,17 @@ def run(args) -> int:
     options = runner.PreloadOptions(page_size=args.page_size, copy=args.copy, alloc_threshold=threshold,
                                     files=tuple(args.files), report=args.report, log=log)
     candidates = runner.model_args(argv, args.files, state_dir=args.state_dir)
-    need_kb = runner.first_page(candidates, options.page_size, options.policy).kb
-    need = runner.estimate_need(candidates, need_kb, args.copy, threshold > 0, args.root)
-    reserved_owner = None
-    if need.missing:
+    repack = runner.repack_enabled(argv)
+    predictions = {c.path: runner.predict_buffers(c.path, argv[0], repack=repack, root=args.root) for c in candidates}
+    needs = runner.estimate_needs(candidates, options.page_size, args.copy, threshold, predictions, args.root, options.policy)
+    reserved_owner = f"run:{os.getpid()}"
+    reserved = False
+    for need in needs:
+        if not need.missing:
+            continue
         if args.reserve:
-            reserved_owner = f"run:{os.getpid()}"
             try:
+                reserved = True
                 got = act_pools.reserve(args.root, need.page_size_kb, need.missing, partial=True, owner=reserved_owner,
                                         state_dir=args.state_dir)
                 if got.obtained < need.missing:
@@ -55,9 +64,45 @@ def run(args) -> int:
             raise PoolError(runner.describe_need(need))
         else:
             render.err_console.print(f"hugeload: note: {runner.describe_need(need)}; running anyway on the fallback")
-    env = runner.environment(options, args.state_dir)
+    # The report goes to a file so the summary below can read it; without --report that file
+    # is temporary and its lines are passed on to stderr as the library would have written them.
+    report, start = _report_file(args.report)
+    env = runner.environment(dataclasses.replace(options, report=str(report)), args.state_dir)
     try:
         return runner.run(argv, env)
     finally:
-        if reserved_owner:
-            act_pools.release(args.root, None, owner=reserved_owner, state_dir=args.state_dir)
+        try:
+            _summarize(report, start, args.report is None, int(log), candidates, predictions, threshold)
+        finally:
+            if args.report is None:
+                with contextlib.suppress(OSError):
+                    os.unlink(report)
+            if reserved:
+                act_pools.release(args.root, None, owner=reserved_owner, state_dir=args.state_dir)
+
+
+def _report_file(path: str | None) -> tuple[Path, int]:
+    if path is not None:
+        p = Path(path)
+        try:
+            return p, p.stat().st_size  # the library appends: read only this run's lines
+        except OSError:
+            return p, 0
+    fd, name = tempfile.mkstemp(prefix="hugeload-report-", suffix=".txt")
+    os.close(fd)
+    return Path(name), 0
+
+
+def _summarize(report: Path, start: int, forward: bool, log: int, candidates, predictions, threshold: int) -> None:
+    try:
+        with open(report, "rb") as f:
+            f.seek(start)
+            text = f.read().decode(errors="replace")
+    except OSError:
+        text = ""
+    regions = runner.parse_report(text)
+    if forward and log >= 1 and regions:
+        sys.stderr.write("".join(line + "\n" for line in text.splitlines() if line.startswith("hugeload: ")))
+    if log >= 1:
+        for line in runner.read_summary(candidates, predictions, regions, threshold):
+            sys.stderr.write(f"hugeload: {line}\n")  # not through rich: one line each, never wrapped

@@ -88,12 +88,23 @@ def _progress(total: int, quiet: bool):
     return bar, lambda n: bar.update(task, advance=n)
 
 
+def _heap_pages(files: list[str], args) -> tuple[tuple[int, int], ...]:
+    """Pages for the heap copies llama.cpp will make of this model on this CPU (CPU_REPACK /
+    AMX), at the page sizes `hugeload run`'s defaults give them: --reserve reserves for what
+    will really be read, not only for the staged file."""
+    from hugeload import runner
+
+    predictions = {f: runner.predict_buffers(f, root=args.root) for f in files}
+    return tuple(sorted(runner.heap_pages(predictions, None, runner.DEFAULT_ALLOC_THRESHOLD).items()))
+
+
 def run_load(args) -> int:
     require_hugetlb(args.root)
     files = store.source_files(args.file)
     total = sum(os.path.getsize(f) for f in files)
     options = store.StageOptions(page_size=args.page_size, name=args.name, reserve=args.reserve, verify=args.verify,
-                                 persist=args.persist, lock_timeout=args.wait)
+                                 persist=args.persist, lock_timeout=args.wait,
+                                 heap_pages=_heap_pages(files, args) if args.reserve else ())
     bar, progress = _progress(total, args.json)
     if bar:
         bar.start()

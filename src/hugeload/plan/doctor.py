@@ -131,10 +131,23 @@ def check_virtualization(m) -> Check:
                   "back the VM's memory with 1G host pages (e.g. libvirt <memoryBacking><hugepages><page size='1' unit='G'/>)", warn=True)
 
 
-def run_checks(m, tried: TryResult | None = None) -> list[Check]:
+def check_buffers(m, engine) -> Check:
+    """Where llama.cpp reads weights from on this CPU: the mapping (staging is enough) or heap
+    copies (CPU_REPACK / AMX) that only the preload library's allocation path puts in huge pages.
+    Informational: never a failure."""
+    from hugeload.plan import buffers
+
+    e = engine if engine is not None else buffers.engine_for(m.cpu.flags, None)
+    return _check("llama_buffers", True, buffers.describe(e))
+
+
+def run_checks(m, tried: TryResult | None = None, engine=None) -> list[Check]:
+    """`engine`: a plan.buffers.Engine for the llama.cpp build in use (None: this CPU with
+    get-llama.sh's default build, AMX off)."""
     return [
         check_kernel(m), check_cpu(m), check_hugetlbfs(m), check_privileges(m), check_pool_1g(m, tried),
         check_mount_1g(m), check_boot(m), check_cgroup(m), check_thp(m), check_memory(m), check_virtualization(m),
+        check_buffers(m, engine),
     ]
 
 
