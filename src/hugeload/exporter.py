@@ -32,15 +32,27 @@ class Proc(NamedTuple):
     files: frozenset  # (dev, ino) of hugetlb file mappings
 
 
-def _status_fields(text: str) -> tuple[str, int]:
-    comm, kb = "", 0
-    for line in text.splitlines():
-        if line.startswith("Name:"):
-            comm = line[5:].strip()
-        elif line.startswith("HugetlbPages:"):
-            kb = int(line.split()[1])
-            break
-    return comm, kb
+def _read(path: str) -> bytes | None:
+    """One read of a small /proc file (status is under 2 kB): a third of the cost of
+    Path.read_text, which matters with thousands of processes per scrape."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        return os.read(fd, 8192)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _status_fields(text: bytes) -> tuple[str, int]:
+    """Name and HugetlbPages (kB) of a /proc/PID/status."""
+    i = text.find(b"HugetlbPages:")
+    kb = int(text[i + 13:text.index(b"kB", i)]) if i >= 0 else 0
+    name = text[6:text.find(b"\n")].strip().decode(errors="replace") if text.startswith(b"Name:") else ""
+    return name, kb
 
 
 def _mapped_files(text: str) -> frozenset:
@@ -59,10 +71,11 @@ def _mapped_files(text: str) -> frozenset:
 def huge_page_procs(root="/") -> list[Proc]:
     """Processes holding hugetlb pages, in one walk of /proc."""
     out = []
+    proc = os.path.join(str(root), "proc")
     for name in listdir(root, "proc"):
         if not name.isdigit():
             continue
-        status = read_text(root, f"proc/{name}/status")
+        status = _read(f"{proc}/{name}/status")
         if not status:
             continue  # gone since the listing
         comm, kb = _status_fields(status)

@@ -21,7 +21,6 @@ Pages: 1 x 1 GB (the staged model) and about 150 x 2 MB (the copy), all given ba
 import contextlib
 import http.client
 import json
-import os
 import shlex
 import shutil
 import socket
