@@ -143,6 +143,17 @@ def test_cli_outputs(staged, hugeload_cli, tmp_path):
 
 
 @pytest.mark.kernel
+def test_cli_notes_a_missing_runtime_or_image(staged, hugeload_cli, tmp_path):
+    out = hugeload_cli("container-args", "--engine", "docker", "c", env={"PATH": str(tmp_path)})
+    assert out.returncode == 0 and out.stdout.startswith("docker run")
+    assert out.stderr.strip() == "hugeload: note: docker is not installed here (apt-get install docker.io)"
+    if shutil.which("podman"):
+        out = hugeload_cli("container-args", "--engine", "podman", "--image", "localhost/hugeload-none:x", "c")
+        assert out.returncode == 0 and "image localhost/hugeload-none:x is not built here" in out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.kernel
 @pytest.mark.parametrize("argv,needle", [
     (["nope"], "no staged model named"),
     (["c", "--engine", "k8s", "--heap-copy", "lots"], "lots"),

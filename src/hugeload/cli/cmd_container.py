@@ -4,6 +4,8 @@ engine in a container on a staged model (the building is plan/container.py)."""
 import json
 import os
 import shlex
+import shutil
+import subprocess
 
 from hugeload import native, runner
 from hugeload.act import store
@@ -77,6 +79,24 @@ def heap_bytes(text: str, m: store.Manifest, root) -> int:
     return plan.repack_bytes(tensors, read_cpu(root).flags)
 
 
+PACKAGES = {"podman": "podman runc", "docker": "docker.io"}  # Debian's names
+
+
+def runtime_note(runtime: str, image: str) -> str:
+    """Why the printed command would not run here ("" when it would): the arguments are
+    still printed, for another machine, but the user hears about it in one line."""
+    exe = shutil.which(runtime)
+    if exe is None:
+        return f"{runtime} is not installed here (apt-get install {PACKAGES.get(runtime, runtime)})"
+    try:
+        r = subprocess.run([exe, "image", "inspect", image], capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    if r.returncode:
+        return f"image {image} is not built here (scripts/container-image.sh --tag {image} builds it)"
+    return ""
+
+
 def run(args) -> int:
     name, *engine_args = args.model
     engine_args = engine_args[1:] if engine_args[:1] == ["--"] else engine_args
@@ -94,6 +114,9 @@ def run(args) -> int:
     if opts.engine in (plan.Engine.DOCKER, plan.Engine.PODMAN):
         argv = [opts.engine.value, *plan.run_args(model, opts)]
         print(json.dumps(argv) if args.json else shlex.join(argv))
+        note = runtime_note(opts.engine.value, opts.image)
+        if note:
+            render.err_console.print(f"hugeload: note: {note}")
         return 0
     docs = [plan.compose(model, opts)] if opts.engine is plan.Engine.COMPOSE else \
         plan.k8s_manifests(model, opts, agent=not args.no_agent)
