@@ -209,7 +209,15 @@ def test_llama_server_in_podman_on_staged_1g_pages(needs_root, state_dir, image,
             assert repack == 0 and not huge_heap
         podman("stop", "-t", "20", name, timeout=60)
         report = (sockdir / "report").read_text() if (sockdir / "report").exists() else ""
-        assert "hugeload: region" in report, report
+        # The library's own account, written inside the container at exit: the model mapped
+        # as it is (direct, 1G), the repack copy from the allocation path in huge pages.
+        regions = [dict(kv.split("=", 1) for kv in line.split()[2:] if "=" in kv)
+                   for line in report.splitlines() if line.startswith("hugeload: region ")]
+        model_regions = [g for g in regions if g.get("what") == q4_model.name]
+        assert model_regions and all((g["page"], g["fill"]) == ("1G", "direct") for g in model_regions), report
+        if "avx2" in flags:
+            allocs = [g for g in regions if g.get("fill") == "alloc" and int(g["bytes"]) >= 0.9 * repack]
+            assert allocs and allocs[0]["page"] in ("2M", "1G"), report
     finally:
         podman("rm", "-f", "-t", "0", name, check=False, timeout=60)
         if host_proc:
