@@ -14,9 +14,7 @@ from hugeload.cli.common import add_state_dir
 from hugeload.errors import UsageError
 from hugeload.plan import container as plan
 from hugeload.probe.cpu import read_cpu
-from hugeload.units import MiB, format_bytes, parse_size
-
-ALLOC_THRESHOLD = 64 * MiB  # hugeload run's default: heap copies of weights are larger
+from hugeload.units import format_bytes, parse_size
 
 
 def register(sub) -> None:
@@ -104,7 +102,7 @@ def run(args) -> int:
     if not 0 < args.port < 65536:
         raise UsageError(f"--port {args.port} is not a TCP port")
     # The library's settings are the ones `hugeload run` would give it, minus host paths.
-    env = runner.environment("auto", False, ALLOC_THRESHOLD, [], None, args.state_dir, 1, base={})
+    env = runner.environment(runner.PreloadOptions(), args.state_dir, base={})
     opts = plan.Options(
         engine=plan.Engine(args.engine), kind=plan.Kind(args.kind), image=args.image,
         command=tuple(shlex.split(args.command)), args=tuple(engine_args), port=args.port,

@@ -20,6 +20,7 @@ import json
 import re
 from dataclasses import dataclass, field
 
+from hugeload import pages
 from hugeload.units import GiB, MiB, ceil_div
 
 GIGANTIC_KB = 1048576
@@ -80,11 +81,9 @@ def model_path_inside(model: StagedModel) -> str:
 
 
 def heap_page_kb(nbytes: int) -> int:
-    """The page size the preload library's auto rule picks for one allocation of `nbytes`
-    (1 GB from 1 GiB up when rounding wastes at most 1/8, else 2 MB)."""
-    if nbytes >= GiB and (ceil_div(nbytes, GiB) * GiB - nbytes) * 8 <= nbytes:
-        return GIGANTIC_KB
-    return HUGE_KB
+    """The page size the preload library tries first for one allocation of `nbytes`: the one
+    rule of hugeload.pages (what HUGELOAD_POLICY carries to the C side)."""
+    return pages.first_page(nbytes).kb
 
 
 def heap_request(nbytes: int) -> dict[str, str]:
