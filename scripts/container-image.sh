@@ -21,7 +21,16 @@ while [ $# -gt 0 ]; do
     *) echo "container-image: unknown argument $1 (see the header of $0)" >&2; exit 2 ;;
   esac
 done
-command -v podman >/dev/null || { echo "container-image: podman is not installed (apt-get install podman runc)" >&2; exit 1; }
+if ! command -v podman >/dev/null || ! command -v runc >/dev/null; then
+  # On demand, as scripts/setup.sh does for the build tools: root with apt-get installs it.
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && [ $remove = 0 ]; then
+    echo "container-image: installing podman runc with apt-get" >&2
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc; } >/tmp/hugeload-apt-podman.log 2>&1 \
+      || { tail -3 /tmp/hugeload-apt-podman.log >&2; echo "container-image: apt-get install podman runc failed" >&2; exit 1; }
+  elif ! command -v podman >/dev/null; then
+    echo "container-image: podman is not installed (apt-get install podman runc)" >&2; exit 1
+  fi
+fi
 if [ $remove = 1 ]; then
   podman image rm -f "$tag" >/dev/null 2>&1 || true
   exit 0
