@@ -18,4 +18,12 @@ if [[ ${HUGELOAD_CI_LLAMA_CPP_PYTHON:-1} == 1 ]]; then
   # binding must not hide the rest of the suite: its test skips, saying why.
   scripts/get-llama-cpp-python.sh >&2 || echo "test: WARNING: llama-cpp-python did not build; its e2e test will skip" >&2
 fi
+# podman (the container tests: tests/container) and docker-compose (validates the compose
+# output), installed when we are root with apt-get; without them those tests skip, saying why.
+if ! command -v podman >/dev/null || ! command -v runc >/dev/null || ! command -v docker-compose >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc docker-compose; } >/tmp/hugeload-apt-podman.log 2>&1 \
+      || echo "test: WARNING: podman did not install (see /tmp/hugeload-apt-podman.log); container tests will skip" >&2
+  fi
+fi
 exec .venv/bin/python -m pytest "$@"

@@ -1,4 +1,4 @@
-"""Persisted models and boot restore, container arguments, list."""
+"""Persisted models and boot restore, list (container-args: tests/container)."""
 
 import json
 import os
@@ -39,17 +39,6 @@ def test_systemd_unit(hugeload_cli, tmp_path):
     assert out.returncode == 0, out.stderr
     unit = (tmp_path / "etc/systemd/system/hugeload-restore.service").read_text()
     assert "After=local-fs.target" in unit and "restore" in unit.split("ExecStart=")[1].splitlines()[0]
-
-
-def test_container_args(hugeload_cli, tmp_path):
-    src = tmp_path / "c.gguf"
-    src.write_bytes(os.urandom(1 << 20))
-    staged = json.loads(hugeload_cli("load", src, "--page-size", "2m", "--reserve", "--json").stdout)["path"]
-    docker = hugeload_cli("container-args", "c").stdout
-    mnt = os.path.dirname(os.path.dirname(staged))
-    assert f"-v {mnt}:/models/hugeload:ro" in docker and "/models/hugeload/c/c.gguf" in docker
-    k8s = hugeload_cli("container-args", "c", "--engine", "k8s").stdout
-    assert "hugepages-2Mi: 2Mi" in k8s and f"path: {mnt}" in k8s
 
 
 def test_list_models_with_plan(hugeload_cli, tmp_path):

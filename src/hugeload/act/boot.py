@@ -44,8 +44,8 @@ def _apply_file(root, rel: str, transform) -> Applied:
 SYSTEMD_DIR = "etc/systemd/system"
 
 
-def install_unit(root, unit_text: str) -> Applied:
-    return _apply_file(root, f"{SYSTEMD_DIR}/{plan_boot.SYSTEMD_UNIT_NAME}", lambda old: unit_text)
+def install_unit(root, unit_text: str, name: str = plan_boot.SYSTEMD_UNIT_NAME) -> Applied:
+    return _apply_file(root, f"{SYSTEMD_DIR}/{name}", lambda old: unit_text)
 
 
 def apply(root, params: list[str], fstab: list[str]) -> list[Applied]:

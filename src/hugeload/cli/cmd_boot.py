@@ -27,14 +27,21 @@ def run_systemd(args) -> int:
 
     exe = shutil.which("hugeload") or f"{sys.executable} -m hugeload.cli"
     unit = plan_boot.systemd_unit(exe)
-    applied = [act_boot.install_unit(args.target_root or args.root, unit)] if args.apply else []
+    exporter_unit = plan_boot.exporter_unit(exe)
+    names = f"{plan_boot.SYSTEMD_UNIT_NAME} {plan_boot.EXPORTER_UNIT_NAME}"
+    applied = [act_boot.install_unit(args.target_root or args.root, unit),
+               act_boot.install_unit(args.target_root or args.root, exporter_unit, plan_boot.EXPORTER_UNIT_NAME)] if args.apply else []
     if args.json:
-        render.print_json({"unit_name": plan_boot.SYSTEMD_UNIT_NAME, "unit": unit, "applied": applied,
-                           "next_steps": ["systemctl daemon-reload", f"systemctl enable {plan_boot.SYSTEMD_UNIT_NAME}"] if args.apply else []})
+        render.print_json({"unit_name": plan_boot.SYSTEMD_UNIT_NAME, "unit": unit,
+                           "units": {plan_boot.SYSTEMD_UNIT_NAME: unit, plan_boot.EXPORTER_UNIT_NAME: exporter_unit},
+                           "applied": applied,
+                           "next_steps": ["systemctl daemon-reload", f"systemctl enable {names}"] if args.apply else []})
         return 0
-    print(unit, end="")
+    print(f"# /etc/systemd/system/{plan_boot.SYSTEMD_UNIT_NAME}\n{unit}\n# /etc/systemd/system/{plan_boot.EXPORTER_UNIT_NAME}\n{exporter_unit}", end="")
     for a in applied:
-        render.err_console.print(f"{'installed' if a.changed else 'unchanged'}: {a.path}; now run systemctl daemon-reload && systemctl enable {plan_boot.SYSTEMD_UNIT_NAME}")
+        render.err_console.print(f"{'installed' if a.changed else 'unchanged'}: {a.path}")
+    if applied:
+        render.err_console.print(f"now run systemctl daemon-reload && systemctl enable {names}")
     return 0
 
 

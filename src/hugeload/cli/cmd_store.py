@@ -1,5 +1,5 @@
 """The model store commands: stage, unstage, staged (aliases load, unload, loaded), list, clear, gc,
-restore, container-args.  The work is in act/store; these parse and print."""
+restore (container-args: cmd_container.py).  The work is in act/store; these parse and print."""
 
 import os
 from pathlib import Path
@@ -67,12 +67,6 @@ def register(sub) -> None:
     add_state_dir(p)
     add_json(p)
     p.set_defaults(func=run_restore)
-
-    p = sub.add_parser("container-args", help="mounts and environment to use a staged model in a container")
-    p.add_argument("model", metavar="NAME")
-    p.add_argument("--engine", default="docker", choices=["docker", "compose", "k8s"])
-    add_state_dir(p)
-    p.set_defaults(func=run_container_args)
 
 
 def add_config_dir(p) -> None:
@@ -208,34 +202,3 @@ def run_restore(args) -> int:
             render.err_console.print(f"[red]{f['name']}: {f['error']}[/]")
     return 1 if failed else 0
 
-
-def run_container_args(args) -> int:
-    m = store.resolve(args.model, args.state_dir)
-    mnt = os.path.dirname(os.path.dirname(m.path))
-    inside = "/models/hugeload"
-    path_inside = f"{inside}/{m.name}/{os.path.basename(m.path)}"
-    size_name = "hugepages-1Gi" if m.page_size_kb == pages.PAGE_1G.kb else "hugepages-2Mi"
-    amount = f"{m.pages}Gi" if m.page_size_kb == pages.PAGE_1G.kb else f"{m.pages * 2}Mi"
-    if args.engine == "docker":
-        print(f"-v {mnt}:{inside}:ro -e HUGELOAD_MODEL={path_inside}")
-        render.err_console.print(f"e.g. docker run -v {mnt}:{inside}:ro IMAGE llama-server -m {path_inside}")
-    elif args.engine == "compose":
-        print(f"volumes:\n  - {mnt}:{inside}:ro\nenvironment:\n  HUGELOAD_MODEL: {path_inside}\ncommand: [\"-m\", \"{path_inside}\"]")
-    else:
-        print(f"""containers:
-- name: engine
-  args: ["-m", "{path_inside}"]
-  resources:
-    limits:
-      {size_name}: {amount}
-      memory: 2Gi
-  volumeMounts:
-  - name: hugeload-models
-    mountPath: {inside}
-    readOnly: true
-volumes:
-- name: hugeload-models
-  hostPath:
-    path: {mnt}
-    type: Directory""")
-    return 0

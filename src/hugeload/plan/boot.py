@@ -105,3 +105,24 @@ ExecStop={hugeload_exe} clear --force
 [Install]
 WantedBy=multi-user.target
 """
+
+
+EXPORTER_UNIT_NAME = "hugeload-exporter.service"
+
+
+def exporter_unit(hugeload_exe: str, listen: str = "127.0.0.1:9464") -> str:
+    """The node agent: metrics for Prometheus, and idle reserved pages given back under memory
+    pressure.  After the restore unit, so its first scrape already sees the staged models."""
+    return f"""[Unit]
+Description=hugeload metrics and release of idle huge pages under memory pressure
+After=hugeload-restore.service
+Wants=hugeload-restore.service
+
+[Service]
+Type=simple
+ExecStart={hugeload_exe} exporter --listen {listen} --release-under-pressure
+Restart=on-failure
+
+[Install]
+WantedBy=multi-user.target
+"""

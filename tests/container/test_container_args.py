@@ -1,0 +1,165 @@
+"""`hugeload container-args`: docker/podman argv, a compose service, Kubernetes manifests.
+
+The manifests are checked with kubernetes-validate (strict: unknown fields fail) against
+the newest Kubernetes version the installed package ships schemas for; the compose file
+with `docker-compose config` where it is installed.  The hugepages request must cover only
+what the pod allocates itself (its heap copy), never the staged pages it maps."""
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+
+import pytest
+
+from hugeload.plan import container as plan
+
+kv = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate is in the test extra: pip install -e '.[test]'")
+yaml = pytest.importorskip("yaml", reason="PyYAML comes with kubernetes-validate")
+
+MODEL = plan.StagedModel("Tiny_Q4.0", 1048576, 1, "/run/hugeload/store/mnt-1g", ("tiny.gguf",))
+OPTS = plan.Options(host_lib="/usr/lib/hugeload/libhugeload.so",
+                    env=(("HUGELOAD_PAGE_SIZE", "auto"), ("HUGELOAD_STATE_DIR", "/tmp/x"), ("PATH", "/bin")))
+
+
+def validate(doc: dict) -> None:
+    kv.validate(doc, kv.latest_version(), strict=True)
+
+
+def resources(doc: dict) -> dict:
+    spec = doc["spec"]["template"]["spec"] if doc["kind"] == "Deployment" else doc["spec"]
+    return spec["containers"][0]["resources"]
+
+
+@pytest.mark.parametrize("kind", list(plan.Kind))
+@pytest.mark.parametrize("heap", [0, 300 << 20, (1 << 30) + (64 << 20), 3 << 30])
+def test_k8s_manifests_validate(kind, heap):
+    opts = plan.Options(**{**OPTS.__dict__, "kind": kind, "heap_bytes": heap})
+    docs = plan.k8s_manifests(MODEL, opts)
+    # The YAML text is what users apply: parse it back and validate that, not the dicts.
+    parsed = list(yaml.safe_load_all(plan.to_yaml(docs)))
+    assert parsed == docs
+    for d in parsed:
+        validate(d)
+    assert [d["kind"] for d in parsed] == ["Pod" if kind is plan.Kind.POD else "Deployment", "DaemonSet"]
+    res = resources(parsed[0])
+    assert res["requests"] == res["limits"]
+    huge = {k: v for k, v in res["requests"].items() if k.startswith("hugepages-")}
+    # The staged model (1 x 1G page) is never requested; the heap copy is, in its own page size.
+    assert huge == {0: {}, 300 << 20: {"hugepages-2Mi": "300Mi"}, (1 << 30) + (64 << 20): {"hugepages-2Mi": "1088Mi"},
+                    3 << 30: {"hugepages-1Gi": "3Gi"}}[heap]
+
+
+def test_k8s_engine_environment_and_mounts():
+    pod = plan.k8s_workload(MODEL, plan.Options(**{**OPTS.__dict__, "kind": plan.Kind.POD}))
+    c = pod["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in c["env"]}
+    # Host-only settings stay out: no store index or report path inside the container.
+    assert env == {"HUGELOAD_PAGE_SIZE": "auto", "LD_PRELOAD": plan.LIB_INSIDE}
+    assert c["args"][:2] == ["-m", "/models/hugeload/Tiny_Q4.0/tiny.gguf"]
+    assert all(m["readOnly"] for m in c["volumeMounts"])
+    paths = {v["name"]: v["hostPath"] for v in pod["spec"]["volumes"]}
+    assert paths == {"hugeload-models": {"path": MODEL.mount_dir, "type": "Directory"},
+                     "hugeload-lib": {"path": OPTS.host_lib, "type": "File"}}
+    assert pod["metadata"]["name"] == "llama-tiny-q4-0"
+
+
+def test_k8s_agent_daemonset():
+    ds = plan.k8s_agent(OPTS)
+    validate(ds)
+    spec = ds["spec"]["template"]["spec"]
+    assert spec["initContainers"][0]["command"] == ["hugeload", "restore"]
+    assert spec["containers"][0]["command"][:2] == ["hugeload", "exporter"]
+    assert spec["hostPID"] is True
+    hosts = {v["hostPath"]["path"] for v in spec["volumes"]}
+    assert {"/run/hugeload", "/etc/hugeload", "/sys", OPTS.models_dir} <= hosts
+    state = next(m for m in spec["containers"][0]["volumeMounts"] if m["mountPath"] == "/run/hugeload")
+    assert state["mountPropagation"] == "Bidirectional"  # the agent's hugetlbfs mounts reach the pods
+
+
+def test_run_args_and_compose():
+    argv = plan.run_args(MODEL, OPTS)
+    assert argv[:3] == ["run", "--rm", "--read-only"]
+    assert f"{MODEL.mount_dir}:{plan.MODELS_INSIDE}:ro" in argv and f"{OPTS.host_lib}:{plan.LIB_INSIDE}:ro" in argv
+    assert f"LD_PRELOAD={plan.LIB_INSIDE}" in argv and "HUGELOAD_STATE_DIR=/tmp/x" not in " ".join(argv)
+    i = argv.index(OPTS.image)
+    assert argv[i + 1:i + 3] == ["llama-server", "-m"]
+    own = plan.run_args(MODEL, plan.Options(**{**OPTS.__dict__, "args": ("--host", "/s/x.sock")}))
+    assert "-p" not in own and own[-2:] == ["--host", "/s/x.sock"]
+    svc = yaml.safe_load(plan.to_yaml([plan.compose(MODEL, OPTS)]))
+    assert list(svc["services"]) == ["llama-tiny-q4-0"]
+
+
+def test_yaml_quotes_what_yaml_would_retype():
+    text = plan.to_yaml([{"a": "yes", "b": "8080", "c": "x: y", "d": True, "e": 3, "f": [], "g": {}, "h": "0.0.0.0:1"}])
+    assert yaml.safe_load(text) == {"a": "yes", "b": "8080", "c": "x: y", "d": True, "e": 3, "f": [], "g": {}, "h": "0.0.0.0:1"}
+
+
+def test_repack_bytes_follow_the_cpu():
+    tensors = [("token_embd.weight", "Q4_0", 100), ("blk.0.attn_q.weight", "Q4_0", 10), ("blk.0.ffn.weight", "Q4_K", 20),
+               ("blk.0.x.weight", "Q8_0", 40), ("blk.0.y.weight", "Q2_K", 80), ("output_norm.weight", "F32", 1)]
+    assert plan.repack_bytes(tensors, {"avx2"}) == 30
+    assert plan.repack_bytes(tensors, {"avx2", "avx512f"}) == 110
+    assert plan.repack_bytes(tensors, {"sse4_2"}) == 0
+
+
+# ---------------------------------------------------------------- the command, on a staged model
+
+@pytest.fixture
+def staged(needs_root, state_dir, hugeload_cli, tmp_path):
+    src = tmp_path / "c.gguf"
+    src.write_bytes(os.urandom(1 << 20))
+    out = hugeload_cli("load", src, "--page-size", "2m", "--reserve", "--json")
+    assert out.returncode == 0, out.stderr
+    yield json.loads(out.stdout)
+    assert hugeload_cli("clear", "--force").returncode == 0
+
+
+@pytest.mark.kernel
+def test_cli_outputs(staged, hugeload_cli, tmp_path):
+    mnt = os.path.dirname(os.path.dirname(staged["path"]))
+    argv = shlex.split(hugeload_cli("container-args", "--engine", "podman", "c", "--", "-c", "256").stdout)
+    assert argv[:2] == ["podman", "run"] and f"{mnt}:/models/hugeload:ro" in argv and argv[-2:] == ["-c", "256"]
+    lib = next(a for a in argv if a.endswith(":/opt/hugeload/libhugeload.so:ro")).split(":")[0]
+    assert os.path.samefile(lib, __import__("hugeload.native", fromlist=["x"]).library_path())
+    assert json.loads(hugeload_cli("container-args", "c", "--engine", "docker", "--json").stdout)[0] == "docker"
+    for kind in ("deployment", "pod"):
+        out = hugeload_cli("container-args", "c", "--engine", "k8s", "--kind", kind)
+        assert out.returncode == 0, out.stderr
+        docs = list(yaml.safe_load_all(out.stdout))
+        for d in docs:
+            validate(d)
+        # Random bytes are no GGUF: no repack copy, so no hugepages request at all.
+        assert not any(k.startswith("hugepages-") for k in resources(docs[0])["requests"])
+        assert "charged to the stager" in out.stderr
+    listed = json.loads(hugeload_cli("container-args", "c", "--engine", "k8s", "--json", "--heap-copy", "300M").stdout)
+    assert listed["kind"] == "List" and resources(listed["items"][0])["limits"]["hugepages-2Mi"] == "300Mi"
+    compose = tmp_path / "compose.yaml"
+    compose.write_text(hugeload_cli("container-args", "c", "--engine", "compose").stdout)
+    if shutil.which("docker-compose"):
+        check = subprocess.run(["docker-compose", "-f", str(compose), "config", "-q"], capture_output=True, text=True)
+        assert check.returncode == 0, check.stderr
+
+
+@pytest.mark.kernel
+def test_cli_notes_a_missing_runtime_or_image(staged, hugeload_cli, tmp_path):
+    out = hugeload_cli("container-args", "--engine", "docker", "c", env={"PATH": str(tmp_path)})
+    assert out.returncode == 0 and out.stdout.startswith("docker run")
+    assert out.stderr.strip() == "hugeload: note: docker is not installed here (apt-get install docker.io)"
+    if shutil.which("podman"):
+        out = hugeload_cli("container-args", "--engine", "podman", "--image", "localhost/hugeload-none:x", "c")
+        assert out.returncode == 0 and "image localhost/hugeload-none:x is not built here" in out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("argv,needle", [
+    (["nope"], "no staged model named"),
+    (["c", "--engine", "k8s", "--heap-copy", "lots"], "lots"),
+    (["c", "--port", "0"], "not a TCP port"),
+])
+def test_cli_bad_input(staged, hugeload_cli, argv, needle):
+    out = hugeload_cli("container-args", *argv)
+    assert out.returncode != 0 and needle in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
