@@ -7,10 +7,11 @@ import threading
 
 from hugeload.cli.common import add_state_dir
 from hugeload.errors import UsageError
+from hugeload.plan.container import AGENT_PORT
 from hugeload.plan.pressure import Thresholds
 from hugeload.units import parse_size
 
-DEFAULT_LISTEN = "127.0.0.1:9464"
+DEFAULT_LISTEN = f"127.0.0.1:{AGENT_PORT}"
 
 
 def register(sub) -> None:

@@ -18,7 +18,7 @@ allocations in huge pages.  No store index is needed inside the container.
 import enum
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from hugeload import pages
 from hugeload.units import GiB, MiB, ceil_div
@@ -31,7 +31,7 @@ LIB_INSIDE = "/opt/hugeload/libhugeload.so"
 # the runner's environment (PATH, HOME, ...) is the host's and must not leak in.
 PRELOAD_ENV_PREFIX = "HUGELOAD_"
 NOT_FOR_CONTAINERS = ("HUGELOAD_STATE_DIR", "HUGELOAD_REPORT")
-AGENT_PORT = 9464  # the exporter's default; also in cli/cmd_exporter.py
+AGENT_PORT = 9464  # the exporter's default port (cli/cmd_exporter.py)
 STATE_DIR = "/run/hugeload"
 CONFIG_DIR = "/etc/hugeload"
 
@@ -73,7 +73,6 @@ class Options:
     name: str = ""  # workload name (default: from the model name)
     agent_image: str = "hugeload:local"
     models_dir: str = "/var/lib/hugeload/models"  # where the node agent reads model sources
-    extra: dict = field(default_factory=dict)
 
 
 def model_path_inside(model: StagedModel) -> str:
