@@ -85,7 +85,7 @@ def test_load_reserve_covers_the_heap_copy(models, hugeload_cli, state_dir, need
 
     model = models["Q4_0"]
     p = runner.predict_buffers(str(model), str(BENCH))
-    heap = runner.heap_pages({str(model): p}, "auto", 64 << 20)
+    heap = runner.heap_pages({str(model): p}, None, 64 << 20)
     before = act_pools.read_pool("/", 2048)
     r = hugeload_cli("load", "--reserve", "--page-size", "2m", "--name", "buftest", model)
     try:
