@@ -67,17 +67,16 @@ def test_same_seed_same_bytes(tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
 
 
-@pytest.mark.parametrize("size", ["300MiB", "1G", "3G", "8G"])
-@pytest.mark.parametrize("qtype", TYPES)
-def test_plan_hits_size(qtype, size):
+@pytest.mark.parametrize("size", ["100MiB", "300MiB", "1G", "3G", "9G"])
+@pytest.mark.parametrize("qtype", modelgen.QTYPES)
+@pytest.mark.parametrize("experts", [0, 8])
+def test_plan_hits_size(qtype, size, experts):
     target = parse_size(size)
-    n_layer, n_embd, n_ff, n_head, _ = modelgen.plan(target, qtype)
-    assert n_embd % n_head == 0 and n_ff % 32 == 0 and n_layer >= 4
-    bpv = {"Q4_0": 18 / 32, "Q8_0": 34 / 32, "F16": 2}[qtype]
-    kv = n_embd  # MHA below 6144
-    est = n_layer * (2 * n_embd * n_embd + 2 * n_embd * kv + 3 * n_embd * n_ff) * bpv + 2 * 1024 * n_embd * bpv
-    if n_embd < 6144:
-        assert abs(est - target) / target < 0.02
+    s = modelgen.plan(target, qtype, n_expert=experts, n_expert_used=2 if experts else 0)
+    assert s.n_embd % s.n_head == 0 and s.n_ff % modelgen.ff_step(qtype) == 0 and s.n_layer >= 2
+    assert s.n_embd % modelgen.QUANT_SIZES[modelgen.tensor_type(qtype, "output.weight", s.n_layer)][0] == 0
+    data = sum(t.nbytes for t in modelgen.tensors(s, qtype))
+    assert abs(data - target) / target < 0.01, (s, data)
 
 
 def test_alignment(tmp_path):
@@ -100,7 +99,11 @@ def test_main_writes_model(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv", [
     ["x.gguf", "--size", "lots"],
-    ["x.gguf", "--size", "1M", "--type", "Q5_K"],
+    ["x.gguf", "--size", "1M", "--type", "Q2_K"],
+    ["x.gguf", "--size", "1M", "--experts-used", "2"],
+    ["x.gguf", "--size", "1M", "--experts", "4", "--experts-used", "5"],
+    ["x.gguf", "--size", "1M", "--experts", "1"],
+    ["x.gguf", "--size", "1M", "--type", "Q4_K", "--embd", "320"],
     ["x.gguf", "--size", "10"],
     ["x.gguf"],
     ["x.gguf", "--size", "1M", "--align", "3000"],
