@@ -96,14 +96,6 @@ def test_yaml_quotes_what_yaml_would_retype():
     assert yaml.safe_load(text) == {"a": "yes", "b": "8080", "c": "x: y", "d": True, "e": 3, "f": [], "g": {}, "h": "0.0.0.0:1"}
 
 
-def test_repack_bytes_follow_the_cpu():
-    tensors = [("token_embd.weight", "Q4_0", 100), ("blk.0.attn_q.weight", "Q4_0", 10), ("blk.0.ffn.weight", "Q4_K", 20),
-               ("blk.0.x.weight", "Q8_0", 40), ("blk.0.y.weight", "Q2_K", 80), ("output_norm.weight", "F32", 1)]
-    assert plan.repack_bytes(tensors, {"avx2"}) == 30
-    assert plan.repack_bytes(tensors, {"avx2", "avx512f"}) == 110
-    assert plan.repack_bytes(tensors, {"sse4_2"}) == 0
-
-
 # ---------------------------------------------------------------- the command, on a staged model
 
 @pytest.fixture

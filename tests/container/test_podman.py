@@ -131,11 +131,11 @@ def q4_model(tmp_path, hugeload_cli):
 
 
 def test_llama_server_in_podman_on_staged_1g_pages(needs_root, state_dir, image, q4_model, hugeload_cli, tmp_path):
-    from hugeload.cli.cmd_container import gguf_tensors
+    from hugeload import runner
     from hugeload.probe.cpu import read_cpu
 
     flags = read_cpu().flags
-    repack = plan.repack_bytes(gguf_tensors(str(q4_model)), flags)
+    repack = runner.predict_buffers(str(q4_model)).heap_bytes
     name = f"hugeload-test-{uuid.uuid4().hex[:8]}"
     sockdir = tmp_path / "sock"
     sockdir.mkdir()

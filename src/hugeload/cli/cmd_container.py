@@ -13,7 +13,6 @@ from hugeload.cli import render
 from hugeload.cli.common import add_state_dir
 from hugeload.errors import UsageError
 from hugeload.plan import container as plan
-from hugeload.probe.cpu import read_cpu
 from hugeload.units import format_bytes, parse_size
 
 
@@ -47,34 +46,22 @@ def staged_model(name: str, state_dir) -> tuple[store.Manifest, plan.StagedModel
     return m, plan.StagedModel(m.name, m.page_size_kb, m.pages, mnt, tuple(os.path.basename(f.staged) for f in m.files))
 
 
-def gguf_tensors(path: str) -> list[tuple[str, str, int]] | None:
-    """(name, type, bytes) of every tensor, or None when the gguf package is missing."""
-    try:
-        from gguf import GGUFReader
-    except ImportError:
-        return None
-    try:
-        reader = GGUFReader(path, "r")
-    except (ValueError, KeyError, IndexError, TypeError, OverflowError, UnicodeDecodeError) as e:
-        render.err_console.print(f"hugeload: warning: not a valid GGUF file ({e}): no CPU_REPACK copy expected")
-        return []
-    return [(t.name, t.tensor_type.name, int(t.n_bytes)) for t in reader.tensors]
-
-
 def heap_bytes(text: str, m: store.Manifest, root) -> int:
+    """The pod's own huge-page allocations: the heap copies llama.cpp makes of the weights
+    on this CPU and build (plan/buffers, the predictor `hugeload run` uses), or SIZE."""
     if text != "auto":
         return parse_size(text)
     if not m.path.endswith(".gguf"):
         return 0
-    tensors = []
+    total = 0
     for f in m.files:
-        got = gguf_tensors(f.staged)
-        if got is None:
-            render.err_console.print("hugeload: no gguf package to size the CPU_REPACK copy; requesting no hugepages "
+        p = runner.predict_buffers(f.staged, root=root)
+        if p is None:
+            render.err_console.print("hugeload: no gguf package to size the heap copy; requesting no hugepages "
                                      "(pip install 'hugeload[gguf]' or pass --heap-copy SIZE)")
             return 0
-        tensors += got
-    return plan.repack_bytes(tensors, read_cpu(root).flags)
+        total += p.heap_bytes
+    return total
 
 
 PACKAGES = {"podman": "podman runc", "docker": "docker.io"}  # Debian's names

@@ -95,25 +95,6 @@ def heap_request(nbytes: int) -> dict[str, str]:
     return {"hugepages-2Mi": f"{ceil_div(nbytes, 2 * MiB) * 2}Mi"}
 
 
-# llama.cpp's CPU_REPACK on x86 (ggml-cpu repack.cpp): the weight types it copies into a
-# heap buffer, and the CPU flag (/proc/cpuinfo) that enables each.  token_embd is read by
-# get_rows, which the repacked layout does not serve, so it stays in the mapping.
-REPACK_TYPES = {"Q4_0": "avx2", "Q4_K": "avx2", "IQ4_NL": "avx2", "Q2_K": "avx512f"}
-NOT_REPACKED = ("token_embd.",)
-
-
-def repack_bytes(tensors: list[tuple[str, str, int]], cpu_flags) -> int:
-    """Bytes of (name, GGML type, bytes) tensors that llama.cpp copies to CPU_REPACK on a CPU
-    with `cpu_flags`: the heap copy the preload library puts in huge pages.  AMX builds
-    (off by default, see scripts/get-llama.sh) copy other types too: pass the size by hand."""
-    total = 0
-    for name, type_name, nbytes in tensors:
-        flag = REPACK_TYPES.get(type_name)
-        if flag and flag in cpu_flags and not name.startswith(NOT_REPACKED):
-            total += nbytes
-    return total
-
-
 def environment(opts: Options) -> dict[str, str]:
     env = {k: v for k, v in opts.env if k.startswith(PRELOAD_ENV_PREFIX) and k not in NOT_FOR_CONTAINERS}
     env["LD_PRELOAD"] = LIB_INSIDE
