@@ -681,6 +681,15 @@ def test_forked_child_writes_with_no_spare_pages(build, pools, tmp_path, how):
 
 
 @pytest.mark.kernel
+def test_forked_child_writes_to_a_1g_allocation_with_no_spare_page(build, pools, tmp_path):
+    pools(P1G, 1)
+    r = run_harness(build, "forkwrite", GIB, tmp=tmp_path, timeout=120)
+    assert_clean(r)
+    assert [x["page"] for x in r.regions if x["bytes"] == str(GIB)] == ["1G"], r.log
+    assert pool(P1G) == 1
+
+
+@pytest.mark.kernel
 def test_shrinking_realloc_gives_the_tail_back(build, pools, tmp_path):
     pools(P2M, 160)
     r = run_harness(build, "shrink", 200 * MIB, 70 * MIB, tmp=tmp_path, on_ready=lambda *a: pool(P2M))

@@ -43,6 +43,10 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+/* Everything declared below is internal: hidden declarations let the compiler reach the
+ * globals the hot path reads (hl_alloc_thresh, hl_arena, r_*) PC-relative, not through the GOT. */
+#pragma GCC visibility push(hidden)
+
 #define HL_EXPORT __attribute__((visibility("default")))
 #define likely(x) __builtin_expect(!!(x), 1)
 #define unlikely(x) __builtin_expect(!!(x), 0)
@@ -243,5 +247,7 @@ int hl_trusted(const void *st, const char *what, const char *kind); /* root-owne
 
 /* ---- filemap.c ----------------------------------------------------------- */
 void *hl_mmap_file(void *addr, size_t len, int prot, int flags, int fd, off_t off);
+
+#pragma GCC visibility pop
 
 #endif

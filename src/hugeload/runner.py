@@ -1,7 +1,7 @@
 """`hugeload run`: an unmodified engine with the preload library, and the pages it needs.
 
 The preload library reads its settings from HUGELOAD_* environment variables
-that this module sets; see csrc/hugeload.c for their meaning.
+that this module sets; see csrc/preload/config.c for their meaning.
 """
 
 import fnmatch
