@@ -250,3 +250,45 @@ def check_run_node(node: int, root="/") -> probe_numa.Node:
     if not allowed & set(n.cpus):
         raise UsageError(f"none of node {node}'s CPUs ({','.join(map(str, n.cpus))}) is allowed for this process")
     return n
+
+
+def _manifest_of(path: str, state_dir=None) -> store.Manifest | None:
+    staged = store.find_staged(path, state_dir)
+    if staged is None:
+        return None
+    for m in store.manifests(state_dir):
+        if any(f.staged == staged.staged for f in m.all_files):
+            return m
+    return None
+
+
+def check_copies_for_node(node: int, paths: list[str], state_dir=None) -> None:
+    """`run --node N` with a model whose copies are all bound to other nodes would read
+    every weight across the interconnect: refuse, in one line, before reserving anything."""
+    for path in paths:
+        m = _manifest_of(path, state_dir)
+        if m is None:
+            continue
+        nodes = [c.node for c in m.copies]
+        if node not in nodes and plan_numa.INTERLEAVED not in nodes:
+            raise UsageError(f"model {m.name!r} has copies on node(s) {','.join(map(str, nodes))} only, not on node {node}: "
+                             f"stage one there (hugeload load {m.source} --nodes {','.join(map(str, sorted({*nodes, node})))}) "
+                             f"or run on node {nodes[0]}")
+
+
+def spanning_note(paths: list[str], state_dir=None, root="/") -> str | None:
+    """A note when this process may run on CPUs of several nodes but a model's only copy is
+    bound to one of them: the threads on the other nodes read it remotely."""
+    cpu_node = probe_numa.cpu_nodes(root)
+    span = sorted({cpu_node[c] for c in os.sched_getaffinity(0) if c in cpu_node})
+    if len(span) < 2:
+        return None
+    for path in paths:
+        m = _manifest_of(path, state_dir)
+        if m is None:
+            continue
+        nodes = {c.node for c in m.copies}
+        if plan_numa.INTERLEAVED not in nodes and not set(span) <= nodes:
+            return (f"this engine may run on nodes {','.join(map(str, span))} but {m.name!r} is staged on node(s) "
+                    f"{','.join(map(str, sorted(nodes)))} only; pin it with --node N, or load with --replicate or --interleave")
+    return None
