@@ -198,3 +198,37 @@ def fit_nodes(total: int, nodes: list, kb: int) -> list[NodeFit]:
                     f"{format_bytes(n.mem_free_kb * KiB)} free")
         out.append(NodeFit(n.node, n.cpus, n.mem_total_kb, n.mem_free_kb, kb, pages, free, free >= pages, fits, note))
     return out
+
+
+def doctor_check(nodes: list, model_bytes: int | None = None, kb: int = HUGE_KB):
+    """The `doctor` line about NUMA: how many nodes, and whether a model fits one node."""
+    from hugeload.plan.doctor import Check
+
+    mem = [n for n in nodes if n.has_memory]
+    if len(nodes) <= 1:
+        return Check("numa", "pass", f"{len(nodes) or 1} node: placement does not matter here", "")
+    detail = f"{len(nodes)} nodes ({len(mem)} with memory): " + ", ".join(
+        f"node {n.node} {format_bytes(n.mem_total_kb * KiB)}" for n in nodes)
+    if model_bytes is None:
+        return Check("numa", "pass", detail + "; load with --node N or --replicate, run with --node N", "")
+    fits = [f for f in fit_nodes(model_bytes, nodes, kb) if f.fits]
+    if fits:
+        return Check("numa", "pass", detail + f"; a {format_bytes(model_bytes)} copy fits node(s) "
+                     + ",".join(str(f.node) for f in fits), "")
+    return Check("numa", "warn", detail + f"; a {format_bytes(model_bytes)} copy fits no single node",
+                 "load with --interleave (one copy spread over the nodes) and run without --node")
+
+
+def format_cpulist(cpus) -> str:
+    """(0, 1, 2, 3, 8) -> '0-3,8', the kernel's cpulist form."""
+    out, run = [], []
+    for c in sorted(cpus):
+        if run and c == run[-1] + 1:
+            run.append(c)
+            continue
+        if run:
+            out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+        run = [c]
+    if run:
+        out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+    return ",".join(out)
