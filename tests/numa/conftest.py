@@ -47,3 +47,38 @@ def model(tmp_path):
     p = tmp_path / "tiny.gguf"
     p.write_bytes(os.urandom(20_000_000))
     return p
+
+
+class Result:
+    def __init__(self, returncode: int, stdout: str, stderr: str):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+@pytest.fixture
+def hugeload_cli(capfd):
+    """The CLI run in this process: in the emulated guest each `hugeload` start spends
+    most of a minute importing over 9p, so the NUMA tests call main() instead (the engines
+    that `run` starts are still separate processes)."""
+    from hugeload.cli import main
+
+    def run(*args, check=False, env=None, timeout=None):
+        capfd.readouterr()
+        old = {k: os.environ.get(k) for k in (env or {})}
+        os.environ.update(env or {})
+        try:
+            try:
+                rc = main([str(a) for a in args])
+            except SystemExit as e:  # argparse
+                rc = e.code if isinstance(e.code, int) else 2
+        finally:
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        out, err = capfd.readouterr()
+        if check and rc:
+            raise AssertionError(f"hugeload {' '.join(map(str, args))} exited {rc}: {err}")
+        return Result(rc, out, err)
+
+    return run

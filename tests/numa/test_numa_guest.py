@@ -2,12 +2,11 @@
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 
-from numa_helpers import HUGELOAD, node_count, pages_on_nodes, staged_pages
+from numa_helpers import node_count, pages_on_nodes, staged_pages
 
 PAGES = 10  # the 20 MB model in 2 MB pages
 
@@ -195,14 +194,10 @@ def test_two_engines_pinned_to_nodes_0_and_1_each_map_their_own_nodes_copy(hugel
     assert r.returncode == 0, r.stderr
     copies = {c["node"]: c["path"] for c in json.loads(r.stdout)["copies"]}
     try:
-        procs = {node: subprocess.Popen([str(HUGELOAD), "run", "--node", str(node), "--quiet", "--",
-                                         sys.executable, str(mapper), str(model), "2048"],
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for node in (0, 1)}
-        for node, p in procs.items():
-            out, err = p.communicate(timeout=300)
-            assert p.returncode == 0, err
-            got = json.loads(out)
+        for node in (0, 1):  # one after the other: each is its own engine process, pinned by `run`
+            r = hugeload_cli("run", "--node", node, "--quiet", "--", sys.executable, mapper, model, 2048)
+            assert r.returncode == 0, r.stderr
+            got = json.loads(r.stdout.strip().splitlines()[-1])
             assert got["cpus"] == [node] and got["env_node"] == str(node)
             assert copies[node] in got["maps"], f"node {node} engine mapped {got['maps']}, not {copies[node]}"
             assert pages_on_nodes(got["numa_maps"], copies[node]) == {node: PAGES}
