@@ -189,11 +189,18 @@ def environment(options: PreloadOptions = PreloadOptions(), state_dir=None, base
     return env
 
 
-def run(argv: list[str], env: dict) -> int:
+def run(argv: list[str], env: dict, bind: tuple[int, tuple[int, ...]] | None = None) -> int:
     """Run the engine, forwarding SIGINT/SIGTERM/SIGHUP to it, and return its exit status
-    the way a shell would (128 + signal for a signalled engine)."""
+    the way a shell would (128 + signal for a signalled engine).  `bind` = (node, its CPUs):
+    the child binds its CPUs and memory there before exec (act/numa.bind_process)."""
+    preexec = None
+    if bind:
+        from hugeload.act import numa
+
+        def preexec():
+            numa.bind_process(*bind)
     try:
-        proc = subprocess.Popen(argv, env=env)
+        proc = subprocess.Popen(argv, env=env, preexec_fn=preexec)
     except FileNotFoundError:
         from hugeload.errors import UsageError
 

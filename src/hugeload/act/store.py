@@ -3,6 +3,7 @@
 Layout under the state directory (default /run/hugeload):
   store/mnt-1g, store/mnt-2m     hugetlbfs mounts the store makes when it needs them
   store/mnt-*/<name>/<file>...   a staged model: the source files, each zero-padded to a page multiple
+  store/mnt-*/<name>@node<N>/... further copies of it on other NUMA nodes (act/numa.py)
   store/mnt-*/.staging-<name>-*  a model being copied; renamed to <name> only when complete
   store/models/<name>.json       the manifest, written last: a model without one is not ready
   store/redirects                the preload library's index of ready files (act/redirects.py)
@@ -60,6 +61,27 @@ class StagedFile:
 
 
 @dataclass
+class Copy:
+    """One staged copy of a model's files, on one NUMA node (-1: not placed, or interleaved)."""
+
+    node: int
+    page_size_kb: int
+    pages: int
+    files: list[StagedFile]
+
+    @property
+    def path(self) -> str:
+        return self.files[0].staged if self.files else ""
+
+    def summary(self) -> dict:
+        return {"node": self.node, "path": self.path, "pages": self.pages, "page_size_kb": self.page_size_kb}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Copy":
+        return cls(d["node"], d["page_size_kb"], d["pages"], [StagedFile(**f) for f in d["files"]])
+
+
+@dataclass
 class Manifest:
     name: str
     page_size_kb: int
@@ -67,6 +89,8 @@ class Manifest:
     files: list[StagedFile]
     created: float
     persist: bool = False
+    node: int = -1  # NUMA node of `files`, the first copy
+    replicas: list[Copy] = field(default_factory=list)  # copies on further nodes (act/numa.py)
     state: str = "ready"  # set when read: ready / stale / missing / staging / orphaned
     processes: list[str] = field(default_factory=list)
 
@@ -83,15 +107,25 @@ class Manifest:
     def size(self) -> int:
         return sum(f.size for f in self.files)
 
+    @property
+    def copies(self) -> list[Copy]:
+        return [Copy(self.node, self.page_size_kb, self.pages, self.files), *self.replicas]
+
+    @property
+    def all_files(self) -> list[StagedFile]:
+        """The staged files of every copy."""
+        return [f for c in self.copies for f in c.files]
+
     def to_json(self) -> dict:
         d = asdict(self)
-        d.update(path=self.path, source=self.source, size=self.size)
+        d.update(path=self.path, source=self.source, size=self.size, copies=[c.summary() for c in self.copies])
         return d
 
     @classmethod
     def from_json(cls, d: dict) -> "Manifest":
         files = [StagedFile(**f) for f in d["files"]]
-        return cls(d["name"], d["page_size_kb"], d["pages"], files, d["created"], d.get("persist", False))
+        return cls(d["name"], d["page_size_kb"], d["pages"], files, d["created"], d.get("persist", False),
+                   d.get("node", -1), [Copy.from_json(c) for c in d.get("replicas", [])])
 
 
 @dataclass(frozen=True)
@@ -112,6 +146,7 @@ class StageOptions:
     # given back on unstage like its own.  Best effort: what the kernel does not give is left
     # to the engine's fallback.
     heap_pages: tuple[tuple[int, int], ...] = ()
+    placement: "object | None" = None  # plan.numa.Placement: a node, a copy per node, or interleaved (act/numa.py)
 
 
 class StageResult(NamedTuple):
@@ -231,11 +266,11 @@ def staged(state_dir=None, root="/") -> list[Manifest]:
     """Every manifest with its current state and the processes that map it (one walk over
     /proc for all models), plus models being staged right now."""
     out = manifests(state_dir)
-    found = procs.holders(root, paths=[f.staged for m in out for f in m.files])
+    found = procs.holders(root, paths=[f.staged for m in out for f in m.all_files])
     for m in out:
-        states = {file_state(f) for f in m.files}
+        states = {file_state(f) for f in m.all_files}
         m.state = "missing" if "missing" in states else "stale" if "stale" in states else "ready"
-        mine = {f.staged for f in m.files}
+        mine = {f.staged for f in m.all_files}
         m.processes = procs.holder_names([h for h in found if h.path in mine])
     for d in staging_dirs(state_dir):
         name = staging_name(d)
@@ -251,7 +286,7 @@ def find_staged(path: str, state_dir=None) -> StagedFile | None:
     except OSError:
         return None
     for m in manifests(state_dir):
-        for f in m.files:
+        for f in m.all_files:
             if (f.dev, f.ino, f.size, f.mtime_ns) == (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns):
                 if file_state(f) == "ready":
                     return f
@@ -296,13 +331,15 @@ def model_lock(name: str, state_dir=None, timeout: float = LOCK_TIMEOUT):
 # ---------------------------------------------------------------- redirects index
 
 def write_redirects(state_dir=None) -> None:
-    """The preload library's view of the store: ready files only, one line each."""
+    """The preload library's view of the store: ready files only, one line per copy (a model
+    staged on several NUMA nodes has one line per node for the same source)."""
     entries = []
     for m in manifests(state_dir):
-        for f in m.files:
-            if file_state(f) == "ready":
-                entries.append(redirects.RedirectEntry(f.dev, f.ino, f.size, f.mtime_ns, f.ctime_ns, -1,
-                                                       m.page_size_kb, f.staged))
+        for c in m.copies:
+            for f in c.files:
+                if file_state(f) == "ready":
+                    entries.append(redirects.RedirectEntry(f.dev, f.ino, f.size, f.mtime_ns, f.ctime_ns, c.node,
+                                                           c.page_size_kb, f.staged))
     redirects.write(state_dir, entries)
 
 
@@ -456,6 +493,13 @@ def stage(path: str, options: StageOptions = StageOptions(), state_dir=None, roo
     Atomic: files are copied under a .staging directory that is renamed into place only
     when complete, and the manifest is written last.  With `options.persist` the model is
     also listed in models.json (in `config_dir`) for `restore`."""
+    if options.placement is not None and options.placement.placed:
+        from hugeload.act import numa
+
+        result = numa.stage(path, options, state_dir, root, progress)
+        if options.persist:
+            persist.add(result.manifest.name, result.manifest.source, result.manifest.page_size_kb, config_dir)
+        return result
     files = source_files(path)
     name = check_name(options.name or default_name(files[0]))
     stats = [os.stat(f) for f in files]
@@ -522,8 +566,8 @@ def stage(path: str, options: StageOptions = StageOptions(), state_dir=None, roo
 
 
 def _remove_model(m: Manifest, state_dir=None, root="/", release_pages=True) -> None:
-    dirs = {os.path.dirname(f.staged) for f in m.files}
-    for f in m.files:
+    dirs = {os.path.dirname(f.staged) for f in m.all_files}
+    for f in m.all_files:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(f.staged)
     for d in dirs:
@@ -558,7 +602,7 @@ def unstage(name_or_path: str, force: bool = False, state_dir=None, root="/", co
     m = resolve(name_or_path, state_dir)
     with model_lock(m.name, state_dir):
         if not force:
-            _refuse_if_mapped(m, mapped_by([f.staged for f in m.files], root))
+            _refuse_if_mapped(m, mapped_by([f.staged for f in m.all_files], root))
         _remove_model(m, state_dir, root)
     persist.remove(m.name, config_dir)
     unmount_idle(state_dir, root)
@@ -570,9 +614,9 @@ def clear(force: bool = False, state_dir=None, root="/", config_dir=None) -> dic
     while one is mapped.  Then gc.  Returns {"unstaged": [names], **gc()}."""
     models = manifests(state_dir)
     if not force:
-        found = procs.holders(root, paths=[f.staged for m in models for f in m.files])
+        found = procs.holders(root, paths=[f.staged for m in models for f in m.all_files])
         for m in models:
-            mine = {f.staged for f in m.files}
+            mine = {f.staged for f in m.all_files}
             _refuse_if_mapped(m, procs.holder_names([h for h in found if h.path in mine]))
     done = []
     for m in models:
@@ -634,7 +678,7 @@ def gc(state_dir=None, root="/") -> dict:
     store's mounts that no manifest names, pages reserved for models that no longer exist, and
     pages that a killed `hugeload run --reserve` or benchmark could not give back."""
     removed = []
-    known = {f.staged for m in manifests(state_dir) for f in m.files}
+    known = {f.staged for m in manifests(state_dir) for f in m.all_files}
     for page in pages.HUGE:
         mnt = mount_dir(page.kb, state_dir)
         if not mnt.is_dir():

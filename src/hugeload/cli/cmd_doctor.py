@@ -11,6 +11,7 @@ from hugeload.probe.machine import read_machine
 def register(sub) -> None:
     p = sub.add_parser("doctor", help="check kernel, CPU, pools, mounts, cgroup and THP for 1 GB pages")
     p.add_argument("--try", dest="try_", action="store_true", help="reserve one 1 GB page and give it back, to test runtime reservation")
+    p.add_argument("--model", metavar="FILE", help="also say whether this model fits one NUMA node")
     add_json(p)
     p.set_defaults(func=run)
 
@@ -32,6 +33,7 @@ def run(args) -> int:
     if args.try_ and PAGE_1G.kb in machine.page_sizes_kb and machine.is_root:
         tried = doctor.TryResult(*act_pools.try_one_page(args.root, PAGE_1G.kb))
     checks = doctor.run_checks(machine, tried, _engine(machine))
+    checks.append(_numa_check(args))
     usable = doctor.usable_1g(checks)
     if args.json:
         render.print_json({"checks": checks, "usable_1g": usable, "tried": tried})
@@ -40,3 +42,18 @@ def run(args) -> int:
         render.console.print(render.table("hugeload doctor", ["check", "status", "detail", "fix"], rows))
         render.console.print("1G pages: [green]usable[/]" if usable else "1G pages: [red]not usable[/] (see the failed checks)")
     return 0 if usable else 1
+
+
+def _numa_check(args):
+    import os
+
+    from hugeload.errors import UsageError
+    from hugeload.plan import numa as plan_numa
+    from hugeload.probe import numa as probe_numa
+
+    size = None
+    if args.model:
+        if not os.path.isfile(args.model):
+            raise UsageError(f"no such file: {args.model}")
+        size = os.path.getsize(args.model)
+    return plan_numa.doctor_check(probe_numa.read_nodes(args.root), size)

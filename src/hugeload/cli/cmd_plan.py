@@ -20,6 +20,7 @@ def register(sub) -> None:
                    help="auto (default), 1g, 2m or 4k")
     p.add_argument("--threshold-1g", default=None,
                    help=f"smallest model that gets 1G pages under auto (default {vocab.size_words(vocab.DEFAULT_POLICY.auto_1g_min)})")
+    p.add_argument("--nodes", action="store_true", help="per NUMA node: what a copy needs and whether the node can hold it")
     add_json(p)
     p.set_defaults(func=run)
 
@@ -66,6 +67,12 @@ def run(args) -> int:
     require_hugetlb(args.root)
     threshold = parse_size(args.threshold_1g) if args.threshold_1g is not None else None
     plan = make_plan(read_machine(args.root), sizes, requested, threshold)
+    if args.nodes:
+        from hugeload.plan import numa as plan_numa
+        from hugeload.probe import numa as probe_numa
+
+        kb = plan["recommended_page_size_kb"] if plan["recommended_page_size_kb"] != 4 else 2048
+        plan["nodes"] = plan_numa.fit_nodes(sum(sizes), probe_numa.read_nodes(args.root), kb)
     if args.json:
         render.print_json(plan)
         return 0
@@ -80,4 +87,12 @@ def run(args) -> int:
     render.console.print(f"recommended: {vocab.name(plan['recommended_page_size_kb'])} ({plan['reason']})")
     for n in plan["notes"]:
         render.console.print(f"[yellow]note:[/] {n}")
+    if args.nodes:
+        from hugeload.plan import numa as plan_numa
+
+        rows = [[f.node, plan_numa.format_cpulist(f.cpus) or "-", format_bytes(f.mem_total_kb * KiB), format_bytes(f.mem_free_kb * KiB),
+                 f"{f.pages} x {vocab.name(f.page_size_kb)}", f.pool_free, "yes" if f.fits else "no", f.note] for f in plan["nodes"]]
+        render.console.print(render.table("One copy per NUMA node", ["node", "cpus", "memory", "free", "copy needs",
+                                                                      "pool free", "fits", "note"], rows)
+                             if rows else "no NUMA nodes listed by this kernel")
     return 0

@@ -25,6 +25,8 @@ def register(sub) -> None:
     p.add_argument("--report", metavar="FILE", help="write the per-region report here instead of stderr")
     p.add_argument("--strict", action="store_true", help="refuse to run when the pools cannot hold what the run needs")
     p.add_argument("--reserve", action="store_true", help="reserve what is missing for the run and give it back after")
+    p.add_argument("--node", type=int, metavar="N", help="bind the engine's CPUs and memory to NUMA node N and map "
+                   "that node's copy (numactl --cpunodebind=N --membind=N; docs/numa.md)")
     p.add_argument("--quiet", action="store_true", help="only warnings from the library")
     p.add_argument("--verbose", action="store_true", help="log every managed call")
     add_state_dir(p)
@@ -41,6 +43,17 @@ def run(args) -> int:
     options = runner.PreloadOptions(page_size=args.page_size, copy=args.copy, alloc_threshold=threshold,
                                     files=tuple(args.files), report=args.report, log=log)
     candidates = runner.model_args(argv, args.files, state_dir=args.state_dir)
+    from hugeload.act import numa
+
+    bind = None
+    if args.node is not None:
+        node = numa.check_run_node(args.node, args.root)
+        numa.check_copies_for_node(args.node, [c.path for c in candidates if c.staged], args.state_dir)
+        bind = (args.node, node.cpus)
+    else:
+        note = numa.spanning_note([c.path for c in candidates if c.staged], args.state_dir, args.root)
+        if note:
+            render.err_console.print(f"hugeload: note: {note}")
     repack = runner.repack_enabled(argv)
     predictions = {c.path: runner.predict_buffers(c.path, argv[0], repack=repack, root=args.root) for c in candidates}
     needs = runner.estimate_needs(candidates, options.page_size, args.copy, threshold, predictions, args.root, options.policy)
@@ -68,8 +81,10 @@ def run(args) -> int:
     # is temporary and its lines are passed on to stderr as the library would have written them.
     report, start = _report_file(args.report)
     env = runner.environment(dataclasses.replace(options, report=str(report)), args.state_dir)
+    if bind:
+        env["HUGELOAD_NODE"] = str(bind[0])
     try:
-        return runner.run(argv, env)
+        return runner.run(argv, env, bind)
     finally:
         try:
             _summarize(report, start, args.report is None, int(log), candidates, predictions, threshold)

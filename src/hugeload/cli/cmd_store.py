@@ -27,6 +27,7 @@ def register(sub) -> None:
     p.add_argument("--verify", action="store_true", help="compare SHA-256 of source and staged copy")
     p.add_argument("--persist", action="store_true", help="re-stage at boot (hugeload restore)")
     p.add_argument("--wait", type=float, default=store.LOCK_TIMEOUT, help="seconds to wait for another stager of the same model")
+    add_placement(p)
     add_config_dir(p)
     add_state_dir(p)
     add_json(p)
@@ -69,6 +70,22 @@ def register(sub) -> None:
     p.set_defaults(func=run_restore)
 
 
+def add_placement(p) -> None:
+    g = p.add_argument_group("NUMA placement (docs/numa.md)")
+    g.add_argument("--node", type=int, metavar="N", help="stage every page on NUMA node N (checked from numa_maps)")
+    g.add_argument("--replicate", action="store_true", help="one copy per node; engines map the copy on their node")
+    g.add_argument("--nodes", metavar="LIST", help="the nodes for --replicate or --interleave, e.g. 0,1 (alone: --replicate)")
+    g.add_argument("--interleave", action="store_true", help="one copy, pages spread over the nodes (one engine spanning nodes)")
+
+
+def placement_from(args):
+    from hugeload.plan import numa as plan_numa
+    from hugeload.probe import numa as probe_numa
+
+    with_memory = [n.node for n in probe_numa.read_nodes(args.root) if n.has_memory]
+    return plan_numa.placement(args.node, args.nodes, args.replicate, args.interleave, with_memory)
+
+
 def add_config_dir(p) -> None:
     p.add_argument("--config-dir", default=None, help="where --persist models are listed (default $HUGELOAD_CONFIG_DIR or /etc/hugeload)")
 
@@ -94,12 +111,13 @@ def _heap_pages(files: list[str], args) -> tuple[tuple[int, int], ...]:
 
 def run_load(args) -> int:
     require_hugetlb(args.root)
+    placement = placement_from(args)
     files = store.source_files(args.file)
     total = sum(os.path.getsize(f) for f in files)
     options = store.StageOptions(page_size=args.page_size, name=args.name, reserve=args.reserve, verify=args.verify,
                                  persist=args.persist, lock_timeout=args.wait,
-                                 heap_pages=_heap_pages(files, args) if args.reserve else ())
-    bar, progress = _progress(total, args.json)
+                                 heap_pages=_heap_pages(files, args) if args.reserve else (), placement=placement)
+    bar, progress = _progress(total * max(1, len(placement.copies())), args.json)
     if bar:
         bar.start()
     try:
@@ -114,6 +132,8 @@ def run_load(args) -> int:
         render.err_console.print(f"{m.name}: already staged and unchanged")
     else:
         render.err_console.print(f"{m.name}: {format_bytes(m.size)} in {m.pages} x {pages.name(m.page_size_kb)} pages ({reason})")
+        for c in m.copies if m.replicas or m.node >= 0 else []:
+            render.err_console.print(f"  node {c.node}: {c.pages} x {pages.name(c.page_size_kb)} pages at {c.path}")
     render.err_console.print(f"use it with: llama-server -m {m.path}   (or hugeload run -- ENGINE -m {m.source})")
     print(m.path)
     return 0
@@ -136,9 +156,14 @@ def run_loaded(args) -> int:
     if not models:
         render.console.print("no staged models (hugeload stage FILE stages one)")
         return 0
-    rows = [[m.name, m.state, pages.name(m.page_size_kb), m.pages, format_bytes(m.size) if m.files else "",
-             m.path if m.files else "", ", ".join(m.processes) or "-"] for m in models]
-    render.console.print(render.table("Staged models", ["name", "state", "page", "pages", "size", "path", "mapped by"], rows))
+    rows = []
+    for m in models:
+        for i, c in enumerate(m.copies if m.files else [store.Copy(-1, m.page_size_kb, m.pages, [])]):
+            first = i == 0
+            rows.append([m.name if first else "", m.state if first else "", "-" if c.node < 0 else c.node,
+                         pages.name(c.page_size_kb), c.pages, format_bytes(m.size) if m.files and first else "",
+                         c.path, (", ".join(m.processes) or "-") if first else ""])
+    render.console.print(render.table("Staged models", ["name", "state", "node", "page", "pages", "size", "path", "mapped by"], rows))
     return 0
 
 

@@ -1,0 +1,205 @@
+"""NUMA placement on a real two-node kernel (scripts/numa-vm.sh runs these in a guest)."""
+
+import json
+import os
+import sys
+
+import pytest
+
+from numa_helpers import node_count, pages_on_nodes, staged_pages
+
+PAGES = 10  # the 20 MB model in 2 MB pages
+
+
+def counts():
+    return node_count(0), node_count(1)
+
+
+def load(cli, *args):
+    return cli("load", *args, "--json")
+
+
+def test_the_guest_has_two_nodes_and_the_boot_1g_page_on_node_1(hugeload_cli):
+    r = hugeload_cli("status", "--json")
+    assert r.returncode == 0, r.stderr
+    assert node_count(1, 1048576) == 1 and node_count(0, 1048576) == 0
+    assert os.sched_getaffinity(0) == {0, 1}
+
+
+@pytest.mark.parametrize("node", [0, 1])
+def test_load_node_puts_every_page_on_that_node_and_unload_gives_them_back(hugeload_cli, state_dir, model, node):
+    before = counts()
+    r = load(hugeload_cli, model, "--node", node, "--reserve")
+    assert r.returncode == 0, r.stderr
+    m = json.loads(r.stdout)
+    assert [c["node"] for c in m["copies"]] == [node] and m["copies"][0]["pages"] == PAGES
+    after = list(before)
+    after[node] += PAGES
+    assert counts() == tuple(after)  # reserved on that node only
+    assert staged_pages(m["path"]) == {node: PAGES}
+    r = hugeload_cli("unload", m["name"])
+    assert r.returncode == 0, r.stderr
+    assert counts() == before
+
+
+def test_replicate_stages_one_copy_per_node_each_on_its_node(hugeload_cli, state_dir, model):
+    before = counts()
+    r = load(hugeload_cli, model, "--replicate", "--reserve")
+    assert r.returncode == 0, r.stderr
+    m = json.loads(r.stdout)
+    copies = {c["node"]: c for c in m["copies"]}
+    assert sorted(copies) == [0, 1]
+    assert len({c["path"] for c in m["copies"]}) == 2
+    for node, c in copies.items():
+        assert staged_pages(c["path"]) == {node: PAGES}, f"copy for node {node}"
+    assert counts() == (before[0] + PAGES, before[1] + PAGES)
+    listed = json.loads(hugeload_cli("loaded", "--json").stdout)["models"][0]["copies"]
+    assert sorted((c["node"], c["pages"], c["page_size_kb"]) for c in listed) == [(0, PAGES, 2048), (1, PAGES, 2048)]
+    index = (state_dir / "store" / "redirects").read_text()
+    assert all(c["path"] in index for c in m["copies"])
+    assert hugeload_cli("unload", m["name"]).returncode == 0
+    assert counts() == before
+
+
+def test_interleave_spreads_pages_over_both_nodes(hugeload_cli, state_dir, model):
+    before = counts()
+    r = load(hugeload_cli, model, "--interleave", "--reserve")
+    assert r.returncode == 0, r.stderr
+    m = json.loads(r.stdout)
+    assert [c["node"] for c in m["copies"]] == [-1]
+    where = staged_pages(m["path"])
+    assert sorted(where) == [0, 1] and sum(where.values()) == PAGES and min(where.values()) >= PAGES // 2 - 1
+    assert hugeload_cli("unload", m["name"]).returncode == 0
+    assert counts() == before
+
+
+def test_reserve_on_node_1_takes_nothing_from_node_0_and_release_gives_it_back(hugeload_cli, state_dir):
+    before = counts()
+    r = hugeload_cli("reserve", "--node", 1, "--count", 4, "--page-size", "2m", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["after"] == before[1] + 4
+    assert counts() == (before[0], before[1] + 4)
+    assert hugeload_cli("release").returncode == 0
+    assert counts() == before
+
+
+def test_reserve_1g_on_node_0_reads_back_short_and_rolls_back(hugeload_cli, state_dir):
+    """Runtime 1 GB pages read back 0 in the guest: the rollback must leave node 1's boot page."""
+    r = hugeload_cli("reserve", "--node", 0, "--count", 1, "--page-size", "1g")
+    if r.returncode == 0:  # a kernel that could: give it back
+        assert hugeload_cli("release").returncode == 0
+    else:
+        assert r.returncode == 3 and "rolled back" in r.stderr and "Traceback" not in r.stderr
+    assert node_count(0, 1048576) == 0 and node_count(1, 1048576) == 1
+
+
+def test_a_node_too_small_for_its_copy_fails_in_one_line_with_nothing_staged(hugeload_cli, state_dir, tmp_path):
+    big = tmp_path / "big.gguf"
+    with open(big, "wb") as f:  # sparse: its size is what counts, it takes no memory
+        f.truncate(3 << 30)
+    before = counts()
+    r = hugeload_cli("load", big, "--node", 1, "--reserve", "--page-size", "2m")
+    assert r.returncode == 3, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "node 1 is too small" in lines[0] and "nothing was staged" in lines[0]
+    assert counts() == before
+    assert json.loads(hugeload_cli("loaded", "--json").stdout)["models"] == []
+
+
+def test_without_free_pages_on_the_node_load_refuses_before_touching_anything(hugeload_cli, state_dir, model):
+    before = counts()
+    r = hugeload_cli("load", model, "--node", 1)
+    assert r.returncode == 3 and "node 1's 2M pool has" in r.stderr and "nothing was staged" in r.stderr
+    assert counts() == before
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--node", "7"], "NUMA node 7 does not exist"),
+    (["--nodes", "0,9"], "NUMA node 9 does not exist"),
+    (["--node", "0", "--interleave"], "do not combine"),
+])
+def test_bad_nodes_fail_in_one_line(hugeload_cli, state_dir, model, args, message):
+    before = counts()
+    r = hugeload_cli("load", model, *args, "--reserve")
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+    assert len([line for line in r.stderr.splitlines() if line.strip()]) == 1
+    assert counts() == before
+
+
+def test_gc_gives_back_every_nodes_pages_after_an_interrupted_replicated_load(hugeload_cli, state_dir, model):
+    before = counts()
+    r = load(hugeload_cli, model, "--replicate", "--reserve")
+    assert r.returncode == 0, r.stderr
+    name = json.loads(r.stdout)["name"]
+    (state_dir / "store" / "models" / f"{name}.json").unlink()  # as if killed before the manifest
+    r = hugeload_cli("gc", "--json")
+    assert r.returncode == 0, r.stderr
+    assert counts() == before
+    assert len(json.loads(r.stdout)["removed"]) == 2
+
+
+def test_run_node_binds_cpus_and_memory_like_numactl(hugeload_cli, state_dir):
+    code = ("import ctypes, os, json; libc = ctypes.CDLL(None, use_errno=True); mode = ctypes.c_int(); "
+            "mask = (ctypes.c_ulong * 16)(); libc.syscall(239, ctypes.byref(mode), mask, 1025, None, 0); "
+            "print(json.dumps({'cpus': sorted(os.sched_getaffinity(0)), 'mode': mode.value, 'mask': mask[0], "
+            "'node': os.environ.get('HUGELOAD_NODE')}))")
+    for node in (0, 1):
+        r = hugeload_cli("run", "--node", node, "--quiet", "--", sys.executable, "-c", code)
+        assert r.returncode == 0, r.stderr
+        got = json.loads(r.stdout)
+        assert got == {"cpus": [node], "mode": 2, "mask": 1 << node, "node": str(node)}  # MPOL_BIND
+
+
+def test_run_node_that_does_not_exist_fails_in_one_line(hugeload_cli, state_dir):
+    r = hugeload_cli("run", "--node", 4, "--", "true")
+    assert r.returncode == 2 and "NUMA node 4 does not exist" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_run_on_a_node_without_a_copy_refuses(hugeload_cli, state_dir, model):
+    assert load(hugeload_cli, model, "--node", 0, "--reserve").returncode == 0
+    before = counts()
+    r = hugeload_cli("run", "--node", 1, "--", sys.executable, "-c", "pass", model)
+    assert r.returncode == 2 and "not on node 1" in r.stderr
+    assert counts() == before
+    assert hugeload_cli("unload", "tiny").returncode == 0
+
+
+def test_large_allocations_under_run_node_come_from_that_nodes_pages(hugeload_cli, state_dir):
+    """The preload library's large-allocation path maps anonymous huge pages; the memory
+    policy inherited from `run --node 1` puts them on node 1."""
+    assert hugeload_cli("reserve", "--node", 1, "--count", 40, "--page-size", "2m").returncode == 0
+    code = ("import ctypes, json; libc = ctypes.CDLL(None); libc.malloc.restype = ctypes.c_void_p; "
+            "p = libc.malloc(64 << 20); ctypes.memset(p, 1, 64 << 20); "
+            "print(json.dumps([l for l in open('/proc/self/numa_maps') if 'huge' in l]))")
+    try:
+        r = hugeload_cli("run", "--node", 1, "--page-size", "2m", "--alloc-threshold", "32M", "--quiet", "--",
+                         sys.executable, "-c", code)
+        assert r.returncode == 0, r.stderr
+        huge = json.loads(r.stdout)
+        per_node: dict[int, int] = {}
+        for line in huge:
+            for field in line.split():
+                k, _, v = field.partition("=")
+                if k.startswith("N") and k[1:].isdigit():
+                    per_node[int(k[1:])] = per_node.get(int(k[1:]), 0) + int(v)
+        assert per_node and set(per_node) == {1} and per_node[1] >= 32, huge
+    finally:
+        assert hugeload_cli("release").returncode == 0
+
+
+def test_two_engines_pinned_to_nodes_0_and_1_each_map_their_own_nodes_copy(hugeload_cli, state_dir, model, mapper):
+    """Needs the preload library's node-aware copy choice (contract C1, branch h11c):
+    with an index reader that ignores nodes, both processes map the same copy and this fails."""
+    r = load(hugeload_cli, model, "--replicate", "--reserve")
+    assert r.returncode == 0, r.stderr
+    copies = {c["node"]: c["path"] for c in json.loads(r.stdout)["copies"]}
+    try:
+        for node in (0, 1):  # one after the other: each is its own engine process, pinned by `run`
+            r = hugeload_cli("run", "--node", node, "--quiet", "--", sys.executable, mapper, model, 2048)
+            assert r.returncode == 0, r.stderr
+            got = json.loads(r.stdout.strip().splitlines()[-1])
+            assert got["cpus"] == [node] and got["env_node"] == str(node)
+            assert copies[node] in got["maps"], f"node {node} engine mapped {got['maps']}, not {copies[node]}"
+            assert pages_on_nodes(got["numa_maps"], copies[node]) == {node: PAGES}
+    finally:
+        assert hugeload_cli("unload", "tiny", "--force").returncode == 0
