@@ -221,15 +221,20 @@ def run_stage(args) -> int:
 # --------------------------------------------------------------------------- engine
 
 def add_engine(bsub) -> None:
+    from hugeload.bench.engine import BACKINGS, DEFAULT_BACKINGS
+
     p = bsub.add_parser("engine", help="an engine command (llama-bench first) under each backing, interleaved",
                         usage="hugeload bench engine --model FILE [options] -- ENGINE_CMD [ARGS...]")
     p.add_argument("--model", required=True, help="the model file (its source; the bench stages the copies it needs)")
-    p.add_argument("--backings", default="default,2m,1g",
-                   help="comma-separated, from default, alloc, 2m, 1g, 2m+alloc, 1g+alloc, copy (default: default,2m,1g)")
-    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    p.add_argument("--backings", default=",".join(DEFAULT_BACKINGS),
+                   help=f"comma-separated, from {', '.join(BACKINGS)}; a name given twice is the A/A check "
+                        f"(default: {','.join(DEFAULT_BACKINGS)})")
+    p.add_argument("--rounds", type=int, default=10, help="interleaved rounds (default 10)")
     p.add_argument("--startup-cmd", help="command timed as start-up, with {model} (default: llama-completion -n 1 when found)")
     p.add_argument("--no-startup", action="store_true", help="do not time start-up separately")
+    p.add_argument("--no-bandwidth", action="store_true", help="do not measure the read bandwidth limit")
     p.add_argument("--timeout", type=float, default=600, help="seconds one engine run may take (default 600)")
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--plot", metavar="FILE.png", help="also draw the rates and start-up per backing (needs hugeload[plot])")
     add_json(p)
     p.add_argument("engine", nargs="*", metavar="ENGINE_CMD")
@@ -247,10 +252,14 @@ def _ratio(m: dict) -> str:
     return f"{m['ratio']:.3f} ({m['ratio_low']:.3f}-{m['ratio_high']:.3f}){mark}"
 
 
+def _pages(kbs) -> str:
+    return "/".join(page_size_name(k) for k in kbs) or "-"
+
+
 def run_engine(args) -> int:
     import shlex
 
-    from hugeload.bench import engine
+    from hugeload.bench import engine, perf
     from hugeload.probe.cpu import read_cpu
 
     backings = engine.parse_backings(args.backings)
@@ -259,8 +268,15 @@ def run_engine(args) -> int:
     startup = None if args.no_startup else (shlex.split(args.startup_cmd) if args.startup_cmd
                                             else engine.default_startup_cmd(args.engine) if args.engine else None)
     log = (lambda msg: None) if args.json else (lambda msg: render.err_console.print(f"[dim]{msg}[/]"))
-    data = engine.run(args.model, args.engine, backings, args.rounds, startup, args.timeout, args.root, log=log)
-    data["hypervisor"] = read_cpu(args.root).hypervisor
+    cpu = read_cpu(args.root)
+    counters = perf.open_counters(0, cpu.vendor)
+    data = engine.run(args.model, args.engine, backings, args.rounds, startup, args.timeout, args.root, args.seed,
+                      log=log, bandwidth=not args.no_bandwidth)
+    data["hypervisor"] = cpu.hypervisor
+    data["tlb_counters"] = None if counters is None else "available"
+    data["tlb_note"] = perf.why_none() if counters is None else ""
+    if counters is not None:
+        counters.close()
     if args.plot:
         engine.plot(data, args.plot)
     if args.json:
@@ -272,22 +288,48 @@ def run_engine(args) -> int:
             notes.append(f"{r['backing']}: {r['status']}: {r['reason']}")
             if r["status"] in ("skipped", "failed"):
                 continue
-        weights = "/".join(page_size_name(k) for k in r.get("weights_page_kb", [])) or "?"
+        weights = _pages(r["weights_page_kb"]) if r["weights_page_kb"] else "heap"
         if r.get("file_pmd_mapped_kb"):
             weights += f" ({r['file_pmd_mapped_kb'] >> 10} MiB in 2M PMDs)"
-        allocs = "/".join(page_size_name(k) for k in r.get("alloc_page_kb", [])) or "-"
+        heap = _pages(r["alloc_page_kb"])
+        if r.get("thp_kb"):
+            heap += f" ({r['thp_kb'] >> 10} MiB THP)"
         for test, m in (r.get("metrics") or {}).items():
             unit = "s" if test == "startup_s" else "t/s"
-            rows.append([r["backing"], weights, allocs, "start-up" if test == "startup_s" else test,
-                         f"{_interval(m, 2 if unit == 's' else 1)} {unit}", _ratio(m),
-                         f"{r['hugetlb_kb'] >> 10} MiB", f"{r['vmpte_kb']} kB"])
+            share = f"{m['bandwidth_share']:.0%}" if m.get("bandwidth_share") is not None else ""
+            rows.append([r["backing"], weights, heap, "start-up" if test == "startup_s" else test,
+                         f"{_interval(m, 2 if unit == 's' else 1)} {unit}", _ratio(m), share])
+        if r["failed_runs"]:
+            notes.append(f"{r['backing']}: {r['failed_runs']} run(s) failed and are not counted")
         if r.get("munmap_failed"):
             notes.append(f"{r['backing']}: the engine printed 'munmap failed'")
-    title = f"{data['command']}  on {os.path.basename(data['model'])} ({data['model_size'] >> 20} MiB), {data['rounds']} rounds"
-    render.console.print(render.table(title, ["backing", "weights", "large allocs", "test", "median (95% CI)",
-                                              "x default (CI)", "HugetlbPages", "page tables"], rows))
+    title = (f"{data['command']}  on {os.path.basename(data['model'])} ({data['model_size'] >> 20} MiB), "
+             f"{data['rounds']} interleaved rounds")
+    render.console.print(render.table(title, ["backing", "weights", "heap (large allocs)", "test", "median (95% CI)",
+                                              "x default, paired (CI)", "of bw limit"], rows))
+    for t, b in data["best"].items():
+        what = "start-up" if t == "startup_s" else t
+        render.console.print(f"best hugeload vs best alternative, {what}: {b['hugeload']} vs {b['alternative']} "
+                             f"{b['ratio']:.3f}x ({b['ratio_low']:.3f}-{b['ratio_high']:.3f})"
+                             f"{' ~ within noise' if b['within_noise'] else ''} (> 1: hugeload better)")
+    bw = data.get("bandwidth_gbps")
+    if bw:
+        limit = data.get("tg_limit_tps")
+        render.console.print(f"read bandwidth at {data['threads']} thread(s): {_interval(bw, 1)} GB/s; weights read "
+                             f"per token {data['bytes_per_token'] / 2**20:.0f} MiB ({data['weights_read']})"
+                             + (f" -> limit {limit:.1f} t/s" if limit else "") if data.get("bytes_per_token") else
+                             f"read bandwidth at {data['threads']} thread(s): {_interval(bw, 1)} GB/s")
+    mem = [f"{r['backing']} {r['hugetlb_kb'] >> 10}/{r['vmlck_kb'] >> 10}/{r['pss_kb'] >> 10}"
+           for r in data["results"] if r["status"] != "skipped"]
+    if mem:
+        render.console.print("memory (HugetlbPages/VmLck/Pss MiB, verification run): " + ", ".join(mem))
+    for k, s in (data.get("setup_s") or {}).items():
+        render.console.print(f"setup {k} (not in start-up): {_interval(s, 2)} s over {len(s['values'])} time(s)")
+    render.console.print(f"copies held: {data['copies_held']}")
     for n in notes:
         render.console.print(n)
+    if data["tlb_note"]:
+        render.console.print(f"TLB counters: {data['tlb_note']}.")
     render.console.print("~ marks a ratio whose interval includes 1: within noise. " + data["note"] + ".")
     if data["hypervisor"]:
         render.console.print("This is a virtual machine: a guest's TLB entries are no larger than the host's backing pages, "
