@@ -337,4 +337,53 @@ def run_engine(args) -> int:
     return 0 if any(r["status"] == "ok" for r in data["results"]) else 1
 
 
-SUBCOMMANDS = [add_tensors, add_tlb, add_stage, add_engine]
+# --------------------------------------------------------------------------- fleet
+
+def add_fleet(bsub) -> None:
+    from hugeload.bench.fleet import CASES
+
+    p = bsub.add_parser("fleet", help="N llama-server engines on one model: start-up, time to first token, memory by backing")
+    p.add_argument("--model", required=True, help="the model file")
+    p.add_argument("--engines", type=int, default=2, help="engines started together (default 2)")
+    p.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, from {', '.join(CASES)}")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    p.add_argument("--threads", type=int, default=1, help="threads per engine (default 1)")
+    p.add_argument("--server", help="llama-server binary (default: the one hugeload finds)")
+    p.add_argument("--timeout", type=float, default=300, help="seconds the engines may take to answer (default 300)")
+    p.add_argument("--seed", type=int, default=0)
+    add_json(p)
+    p.set_defaults(func=run_fleet)
+
+
+def run_fleet(args) -> int:
+    from hugeload.bench import fleet
+
+    log = (lambda msg: None) if args.json else (lambda msg: render.err_console.print(f"[dim]{msg}[/]"))
+    data = fleet.run(args.model, args.engines, fleet.parse_cases(args.cases), args.rounds, args.threads, args.server,
+                     args.timeout, args.root, args.seed, log)
+    ok = any(r["status"] == "ok" for r in data["results"])
+    if args.json:
+        render.print_json(data)
+        return 0 if ok else 1
+    rows, notes = [], []
+    for r in data["results"]:
+        if r["status"] != "ok":
+            notes.append(f"{r['case']}: {r['status']}: {r['reason']}")
+            continue
+        rows.append([r["case"], f"{_interval(r['loaded_s'], 2)} s", f"{_interval(r['first_token_s'], 2)} s",
+                     f"{r['memory_kb'] >> 10}", f"{r['pss_kb'] >> 10}", f"{r['pool_used_kb'] >> 10}",
+                     f"{r['vmlck_kb'] >> 10}", f"{r['page_cache_kb'] >> 10}"])
+    title = (f"{data['engines']} x llama-server on {os.path.basename(data['model'])} "
+             f"({data['model_size'] >> 20} MiB), {data['rounds']} interleaved rounds")
+    render.console.print(render.table(title, ["case", "all loaded (95% CI)", "first token, last engine (95% CI)",
+                                              "memory MiB (sum)", "anon Pss MiB", "huge pages MiB", "locked MiB",
+                                              "model in page cache MiB"], rows))
+    if data["staging_s"] is not None:
+        render.console.print(f"staging (once, not in the start-up times): {data['staging_s']:.2f} s")
+    for n in notes:
+        render.console.print(n)
+    render.console.print(f"Note: {data['note']}.")
+    return 0 if ok else 1
+
+
+SUBCOMMANDS = [add_tensors, add_tlb, add_stage, add_engine, add_fleet]
