@@ -82,7 +82,7 @@ def _slow_sampler_init(init):
 
 def test_the_sampler_would_be_caught(small_file, opens, monkeypatch, state_dir):
     # The check above can fail: put the sampler back into the timed run and it does.
-    def timed(argv, env, timeout):
+    def timed(argv, env, timeout, *rest):
         opens.timed.set()
         try:
             v, out = engine.verification_run(argv, env, set(), timeout)

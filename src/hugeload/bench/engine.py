@@ -51,6 +51,7 @@ from pathlib import Path
 from hugeload import engines, pages, runner
 from hugeload.act import pools as act_pools
 from hugeload.act import state, store
+from hugeload.bench import perf
 from hugeload.bench.common import bar_charts, bench_owner, bootstrap_median_ci, mem_available, median
 from hugeload.errors import HugeloadError, UsageError
 from hugeload.probe import pools as probe_pools
@@ -123,6 +124,7 @@ class Run:
     weights_kb: set[int] = field(default_factory=set)  # from the preload report
     munmap_failed: bool = False
     error: str | None = None
+    tlb: dict = field(default_factory=dict)  # dTLB counts of the engine run, where counted
 
 
 @dataclass
@@ -272,11 +274,23 @@ def _wait(proc: subprocess.Popen, timeout: float) -> str:
     return out
 
 
-def timed_run(argv: list[str], env: dict, timeout: float) -> tuple[int, float, str]:
-    """Start, wait, nothing else: no thread of ours reads /proc while it runs."""
+def timed_run(argv: list[str], env: dict, timeout: float, counters_vendor: str | None = None,
+              counts: dict | None = None) -> tuple[int, float, str]:
+    """Start, wait, nothing else: no thread of ours reads /proc while it runs.  With
+    `counters_vendor` (the machine has TLB counters), the engine's dTLB events are counted
+    into `counts` (the counters are the CPU's, read once at exit: no observer effect)."""
     t0 = time.perf_counter()
     proc = _spawn(argv, env)
-    out = _wait(proc, timeout)
+    c = perf.open_counters(proc.pid, counters_vendor) if counters_vendor is not None else None
+    if c:
+        c.start()
+    try:
+        out = _wait(proc, timeout)
+    finally:
+        if c:
+            if counts is not None:
+                counts.update(c.stop())
+            c.close()
     return proc.returncode, time.perf_counter() - t0, out
 
 
@@ -541,6 +555,11 @@ def run(model: str, engine_argv: list[str], backings: list[str], rounds: int = 3
     if old_term is not None:
         signal.signal(signal.SIGTERM, lambda sig, frame: (_ for _ in ()).throw(KeyboardInterrupt()))
     tmp = copies.dir
+    probe = perf.open_counters(0, _vendor(root))
+    vendor = (_vendor(root) or "") if probe else None
+    tlb_note = "" if probe else perf.why_none()
+    if probe:
+        probe.close()
     try:
         state.ensure_dir(tmp)
         empty_state = tmp / "empty"
@@ -603,7 +622,7 @@ def run(model: str, engine_argv: list[str], backings: list[str], rounds: int = 3
                 if path is None:
                     runs.append(Run(b.name, r, -1, 0.0, None, {}, error=skipped.pop(b.name, "setup failed")))
                     continue
-                runs.append(_one_run(b, r, path, engine_argv, startup_argv, tmp, empty_state, timeout))
+                runs.append(_one_run(b, r, path, engine_argv, startup_argv, tmp, empty_state, timeout, vendor))
                 if not hold_all:
                     for k in Copies.needs(b, size):
                         copies.teardown(k)
@@ -613,7 +632,7 @@ def run(model: str, engine_argv: list[str], backings: list[str], rounds: int = 3
             signal.signal(signal.SIGTERM, old_term)
     bpt, what = bytes_per_token(model)
     data = summarize(model, size, engine_argv, chosen, runs, skipped, rounds, verified)
-    data.update(bandwidth_gbps=_stat_dict(bw), bytes_per_token=bpt, weights_read=what,
+    data.update(tlb_note=tlb_note, bandwidth_gbps=_stat_dict(bw), bytes_per_token=bpt, weights_read=what,
                 threads=threads_of(engine_argv), copies_held="all" if hold_all else "one backing at a time",
                 setup_s={k: _stat_dict(v) for k, v in copies.setup_s.items()})
     if bw and bpt:
@@ -624,6 +643,15 @@ def run(model: str, engine_argv: list[str], backings: list[str], rounds: int = 3
                 if t.startswith("tg"):
                     m["bandwidth_share"] = m["median"] / limit
     return data
+
+
+def _vendor(root) -> str | None:
+    from hugeload.probe.cpu import read_cpu
+
+    try:
+        return read_cpu(root).vendor
+    except Exception:  # picks raw events only
+        return None
 
 
 def _stat_dict(values: list[float]) -> dict | None:
@@ -678,7 +706,7 @@ def _fell_back(b: Backing, v: Verification, size: int) -> str | None:
 
 
 def _one_run(b: Backing, r: int, path: str, engine_argv, startup_argv, tmp: Path, empty_state: Path,
-             timeout: float) -> Run:
+             timeout: float, vendor: str | None = None) -> Run:
     report = tmp / f"report-{b.name}-{r}.txt"
     env = _env(b, report, empty_state, _page_size(b))
     startup = None
@@ -687,10 +715,11 @@ def _one_run(b: Backing, r: int, path: str, engine_argv, startup_argv, tmp: Path
         startup = wall if rc == 0 else None
         with contextlib.suppress(FileNotFoundError):
             report.unlink()
-    rc, wall, out = timed_run(command_for(engine_argv, path, b.load_mode), env, timeout)
+    counts: dict = {}
+    rc, wall, out = timed_run(command_for(engine_argv, path, b.load_mode), env, timeout, vendor, counts)
     rep = parse_report(report.read_text()) if report.exists() else []
     run = Run(b.name, r, rc, wall, startup, parse_rates(out), rep, _report_weights(rep, path), "munmap failed" in out,
-              None if rc == 0 else _last_line(out, rc))
+              None if rc == 0 else _last_line(out, rc), counts)
     if rc == 0 and b.preload and b.expected_kb and run.weights_kb and run.weights_kb != {b.expected_kb}:
         run.error = f"this run's weights got {sorted(run.weights_kb)} kB pages"
         run.returncode = -1
@@ -762,6 +791,10 @@ def summarize(model, size, engine_argv, chosen, runs: list[Run], skipped: dict, 
                 continue
             base = _series(runs, base_name, t) if base_name and b.name != base_name else None
             metrics[t] = _metric(series, base)
+        tlb = [r.tlb for r in ok if r.tlb]
+        if tlb:
+            entry["tlb"] = {k: sorted(x[k] for x in tlb if x.get(k) is not None)[len(tlb) // 2]
+                            if any(x.get(k) is not None for x in tlb) else None for k in tlb[0]}
         if not any(t != "startup_s" for t in metrics):
             entry.update(status="no rate", reason="the engine printed no tokens/s figure")
         entry["metrics"] = metrics

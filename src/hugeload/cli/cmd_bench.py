@@ -156,6 +156,12 @@ def run_tlb(args) -> int:
                                           ratio_rows))
     for line in notes + noise:
         render.console.print(line)
+    for b, c in data["tlb_counters"].items():
+        rate = f", hit rate {c['dtlb_hit_rate']:.4%}" if c.get("dtlb_hit_rate") is not None else ""
+        render.console.print(f"{b.upper()} TLB counters per random measurement: "
+                             + ", ".join(f"{k} {v}" for k, v in c.items() if k != "dtlb_hit_rate") + rate)
+    if data["tlb_note"]:
+        render.console.print(f"TLB counters: {data['tlb_note']}.")
     render.console.print("fill = first touch of every page (faults and zeroing), timed once, not in the reads.")
     render.console.print(f"Pages as verified in /proc/self/smaps. Note: {data['note']}.")
     if data["vm_note"]:
@@ -259,7 +265,7 @@ def _pages(kbs) -> str:
 def run_engine(args) -> int:
     import shlex
 
-    from hugeload.bench import engine, perf
+    from hugeload.bench import engine
     from hugeload.probe.cpu import read_cpu
 
     backings = engine.parse_backings(args.backings)
@@ -269,14 +275,9 @@ def run_engine(args) -> int:
                                             else engine.default_startup_cmd(args.engine) if args.engine else None)
     log = (lambda msg: None) if args.json else (lambda msg: render.err_console.print(f"[dim]{msg}[/]"))
     cpu = read_cpu(args.root)
-    counters = perf.open_counters(0, cpu.vendor)
     data = engine.run(args.model, args.engine, backings, args.rounds, startup, args.timeout, args.root, args.seed,
                       log=log, bandwidth=not args.no_bandwidth)
     data["hypervisor"] = cpu.hypervisor
-    data["tlb_counters"] = None if counters is None else "available"
-    data["tlb_note"] = perf.why_none() if counters is None else ""
-    if counters is not None:
-        counters.close()
     if args.plot:
         engine.plot(data, args.plot)
     if args.json:
@@ -326,6 +327,12 @@ def run_engine(args) -> int:
     for k, s in (data.get("setup_s") or {}).items():
         render.console.print(f"setup {k} (not in start-up): {_interval(s, 2)} s over {len(s['values'])} time(s)")
     render.console.print(f"copies held: {data['copies_held']}")
+    for r in data["results"]:
+        if r.get("tlb"):
+            c = r["tlb"]
+            rate = f", dTLB hit rate {c['dtlb_hit_rate']:.4%}" if c.get("dtlb_hit_rate") is not None else ""
+            render.console.print(f"{r['backing']} TLB counters (median run): "
+                                 + ", ".join(f"{k} {v}" for k, v in c.items() if k != "dtlb_hit_rate") + rate)
     for n in notes:
         render.console.print(n)
     if data["tlb_note"]:
