@@ -283,3 +283,16 @@ def test_fleet_counts_memory_once(q8_model, state_dir, needs_root):
     assert by["staged"]["pool_used_kb"] >= size_kb and by["warm"]["pool_used_kb"] == 0
     for r in by.values():
         assert r["first_token_s"]["median"] >= r["loaded_s"]["median"] > 0
+
+
+@pytest.mark.kernel
+def test_copies_that_fit_one_at_a_time_are_swapped(small_file, state_dir, needs_root):
+    size = os.path.getsize(small_file)
+    limit = size + (512 << 20) + (4 << 20) + (1 << 20)  # the engine plus one copy, not two
+    data = engine.run(str(small_file), FAKE, ["default", "pagecache-4k", "glibc-hugetlb2"], rounds=3, bandwidth=False,
+                      memory_limit=limit)
+    by = {r["backing"]: r for r in data["results"]}
+    assert all(r["status"] == "ok" for r in by.values()), by
+    assert "oldest torn down" in data["copies_held"]
+    # Set up again after being torn down for the other one (shuffled rounds swap at least once).
+    assert sum(len(s["values"]) for s in data["setup_s"].values()) > 2
