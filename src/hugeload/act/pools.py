@@ -179,7 +179,7 @@ def prefault_pages(kb: int, pages: int, threads: int | None = None) -> float | N
     if addr in (None, ctypes.c_void_p(-1).value):
         return None  # someone else holds free pages meanwhile: faults stay where they are
     try:
-        n = max(1, min(threads or os.cpu_count() or 1, pages if kb >= GIGANTIC_KB else 64))
+        n = max(1, min(threads or os.cpu_count() or 1, pages if kb >= PAGE_1G.kb else 64))
         per = -(-pages // n) * page
         failed = []
 

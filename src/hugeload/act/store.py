@@ -643,7 +643,7 @@ def _gc_bench_runs(state_dir=None, root="/") -> list[str]:
         if nested.is_dir():
             for m in manifests(nested):
                 with contextlib.suppress(HugeloadError):
-                    unload(m.name, force=True, state_dir=nested, root=root)
+                    unstage(m.name, force=True, state_dir=nested, root=root)
             with contextlib.suppress(HugeloadError):
                 gc(nested, root)
             with contextlib.suppress(HugeloadError):

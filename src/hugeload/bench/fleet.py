@@ -166,7 +166,8 @@ def run(model: str, n: int = 2, cases: list[str] | None = None, rounds: int = 3,
             state.ensure_dir(store_dir)
             t = time.perf_counter()
             try:
-                m, _, _ = store.load(model, None, name="bench-fleet", reserve=True, state_dir=store_dir, root=root)
+                m, _, _ = store.stage(model, store.StageOptions(name="bench-fleet", reserve=True), state_dir=store_dir,
+                                     root=root)
                 staged_path, setup_s = m.path, time.perf_counter() - t
             except HugeloadError as e:
                 skipped["staged"] = f"could not stage: {e}"
@@ -176,7 +177,7 @@ def run(model: str, n: int = 2, cases: list[str] | None = None, rounds: int = 3,
 
         empty = d / "empty"
         state.ensure_dir(empty)
-        staged_env = runner.environment("auto", False, 0, [], None, str(empty), 0)
+        staged_env = runner.environment(runner.PreloadOptions(alloc_threshold=0, log=runner.LogLevel.QUIET), str(empty))
         active = [c for c in cases if c not in skipped]
         rng = random.Random(seed)
         for r in range(rounds):
@@ -195,7 +196,7 @@ def run(model: str, n: int = 2, cases: list[str] | None = None, rounds: int = 3,
     finally:
         with contextlib.suppress(HugeloadError):
             for m in store.manifests(store_dir):
-                store.unload(m.name, force=True, state_dir=store_dir, root=root)
+                store.unstage(m.name, force=True, state_dir=store_dir, root=root)
         with contextlib.suppress(HugeloadError):
             store.gc(store_dir, root)
         shutil.rmtree(d, ignore_errors=True)
