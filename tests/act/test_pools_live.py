@@ -164,3 +164,22 @@ def test_gc_frees_pages_of_a_killed_benchmark(hugeload_cli, state_dir):
     assert count(MB2) == before + 2
     assert hugeload_cli("gc").returncode == 0
     assert count(MB2) == before and ledger.share(ledger.load(state_dir), MB2, None) == 0
+
+
+def test_new_pages_are_faulted_in_once_and_stay_free(state_dir, needs_root):
+    # prefault maps the new pages, touches them from several threads and unmaps them: the
+    # pool keeps them, free, and the time is reported.
+    from hugeload.act import pools as act_pools
+    from hugeload.probe import pools as probe_pools
+
+    before = probe_pools.system_pool("/", 2048)
+    r = act_pools.reserve("/", 2048, 32, owner="test", state_dir=state_dir)
+    try:
+        after = probe_pools.system_pool("/", 2048)
+        assert r.prefault_s is not None and r.prefault_s > 0
+        assert after.total == before.total + 32 and after.free == before.free + 32
+        no = act_pools.reserve("/", 2048, 8, owner="test", state_dir=state_dir, prefault=False)
+        assert no.prefault_s is None
+    finally:
+        act_pools.release("/", 2048, owner="test", state_dir=state_dir)
+    assert act_pools.prefault_pages(2048, 1 << 30) is None  # more than the pool can lend: nothing done

@@ -4,7 +4,9 @@ The kernel often grants fewer pages than asked (seen: 8 x 1 GB asked, 2 given)
 and still reports the write as successful, so every write is followed by a read.
 """
 
+import ctypes
 import os
+import threading
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -80,6 +82,7 @@ class ReserveResult(NamedTuple):
     after: int
     steps: list[Step]
     rolled_back: bool
+    prefault_s: float | None = None  # time spent faulting the new pages in once (None: not done)
 
     @property
     def obtained(self) -> int:
@@ -125,15 +128,73 @@ def grow(root, kb: int, count: int, node: int | None = None, partial: bool = Fal
 
 
 def reserve(root, kb: int, count: int, node: int | None = None, partial: bool = False, owner: str = "reserve",
-            state_dir=None, retry_seconds: float = RETRY_SECONDS) -> ReserveResult:
-    """grow() and record what was gained in the ledger under `owner`."""
+            state_dir=None, retry_seconds: float = RETRY_SECONDS, prefault: bool = True) -> ReserveResult:
+    """grow() and record what was gained in the ledger under `owner`; then fault the new
+    pages in once (see prefault())."""
     with ledger.edit(state_dir) as data:
         result = grow(root, kb, count, node, partial, retry_seconds)
         if result.after != result.before:
             ledger.record_pool_change(data, kb, node, result.before, result.after, owner, "reserve")
     if result.rolled_back:
         raise ShortReservation(result)
+    if prefault and result.after > result.before and str(root) == "/":
+        result = result._replace(prefault_s=prefault_pages(kb, result.after - result.before))
     return result
+
+
+# ---------------------------------------------------------------- prefault
+
+MAP_HUGE_SHIFT = 26
+MADV_POPULATE_WRITE = 23  # Linux 5.14
+_PROT_RW, _MAP_PRIVATE, _MAP_ANONYMOUS, _MAP_HUGETLB = 0x3, 0x02, 0x20, 0x40000
+
+
+def _libc():
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    return libc
+
+
+def prefault_pages(kb: int, pages: int, threads: int | None = None) -> float | None:
+    """Map `pages` free pages of the pool, write-fault them with several threads
+    (MADV_POPULATE_WRITE on slices; ctypes drops the GIL), and unmap them: seconds taken,
+    or None when the pool could not lend them (nothing is changed then).
+
+    Why: on a VM that hands free memory back to its host (page_reporting), the first
+    touch of freshly reserved pages waits for the host (measured: 0.41 GB/s for 1 GB
+    pages, against 8.6 GB/s for the same pages touched again after going back to the
+    pool).  Doing it here, in parallel, keeps that cost out of the engine's start-up.
+    The pages go back to the pool when unmapped; the host keeps backing them."""
+    if pages <= 0:
+        return None
+    libc = _libc()
+    page = kb * 1024
+    length = pages * page
+    flags = _MAP_PRIVATE | _MAP_ANONYMOUS | _MAP_HUGETLB | ((page.bit_length() - 1) << MAP_HUGE_SHIFT)
+    t0 = time.perf_counter()
+    addr = libc.mmap(None, length, _PROT_RW, flags, -1, 0)
+    if addr in (None, ctypes.c_void_p(-1).value):
+        return None  # someone else holds free pages meanwhile: faults stay where they are
+    try:
+        n = max(1, min(threads or os.cpu_count() or 1, pages if kb >= PAGE_1G.kb else 64))
+        per = -(-pages // n) * page
+        failed = []
+
+        def work(off: int) -> None:
+            if libc.madvise(addr + off, min(per, length - off), MADV_POPULATE_WRITE) != 0:
+                failed.append(ctypes.get_errno())
+
+        workers = [threading.Thread(target=work, args=(off,)) for off in range(0, length, per)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+    finally:
+        libc.munmap(addr, length)
+    return None if failed else time.perf_counter() - t0
 
 
 class ShortReservation(PoolError):

@@ -673,6 +673,36 @@ def _owner_alive(pid: str, root="/") -> bool:
         return False
 
 
+def _gc_bench_runs(state_dir=None, root="/") -> list[str]:
+    """What a killed `hugeload bench engine` left: its own store under <state>/bench/<pid>
+    (staged copies, their mounts and pages) and its tmpfs copy /dev/shm/hugeload-bench-<pid>."""
+    removed = []
+    top = state.state_dir(state_dir) / "bench"
+    if not top.is_dir():
+        return removed
+    for d in sorted(top.iterdir()):
+        if not d.name.isdigit() or _owner_alive(d.name, root):
+            continue
+        nested = d / "state"
+        if nested.is_dir():
+            for m in manifests(nested):
+                with contextlib.suppress(HugeloadError):
+                    unstage(m.name, force=True, state_dir=nested, root=root)
+            with contextlib.suppress(HugeloadError):
+                gc(nested, root)
+            with contextlib.suppress(HugeloadError):
+                act_pools.release(root, None, owner=None, state_dir=nested)
+            if act_mounts.hugeload_mounts(nested):
+                continue  # a mount still busy (an engine still running): the next gc retries
+        shm = Path("/dev/shm") / f"hugeload-bench-{d.name}"
+        if str(root) == "/" and shm.is_dir():
+            shutil.rmtree(shm, ignore_errors=True)
+            removed.append(str(shm))
+        shutil.rmtree(d, ignore_errors=True)
+        removed.append(str(d))
+    return removed
+
+
 def gc(state_dir=None, root="/") -> dict:
     """Remove what interrupted stagings left: staging directories nobody is writing, files on the
     store's mounts that no manifest names, pages reserved for models that no longer exist, and
@@ -706,8 +736,10 @@ def gc(state_dir=None, root="/") -> dict:
         for o in list(owners):
             if o.startswith("model:") and o[len("model:"):] not in names and not _lock_held(o[len("model:"):], state_dir):
                 released += act_pools.release(root, None, owner=o, state_dir=state_dir)
-            elif o.partition(":")[0] in PROCESS_OWNERS and not _owner_alive(o.partition(":")[2], root):
+            elif o.partition(":")[0] in PROCESS_OWNERS and not _owner_alive(o.split(":")[1], root):
+                # "bench:<pid>" or "bench:<pid>:<what>"
                 released += act_pools.release(root, None, owner=o, state_dir=state_dir)
+    removed += _gc_bench_runs(state_dir, root)
     write_redirects(state_dir)
     unmounted = unmount_idle(state_dir, root)
     return {"removed": removed, "released": released, "unmounted": unmounted}

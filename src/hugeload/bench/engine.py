@@ -1,23 +1,40 @@
 """The same engine command under each backing of the model, interleaved round-robin.
 
-Backings (what the engine's weights live in):
-  default     the engine as it is: the model file mapped from the page cache
-  alloc       preload library, large allocations (llama.cpp's repack buffer) in huge pages,
-              the model file as it is
-  2m, 1g      the model staged into hugetlbfs with that page size, mapped zero-copy
-              (preload library on, so the engine's sub-page munmaps do not fail)
-  2m+alloc, 1g+alloc
-              staged, plus large allocations in huge pages
-  copy        preload library copying the model into private huge pages at start
-              (what the seed design's wrapper did), plus large allocations
+Alternatives (what a user could choose without hugeload):
+  default         the engine as it is: the model file mapped from the page cache (on kernels
+                  with large page-cache folios, ext4 on 6.16+, partly in 2 MB PMDs already)
+  pagecache-4k    a copy of the model on tmpfs with huge=never: a 4 KB page cache, what older
+                  kernels and most distributions give
+  mlock           llama.cpp's -lm mmap+mlock (--mlock)
+  private         llama.cpp's -lm none (--no-mmap): weights read into a private heap buffer
+  thp             private, with glibc.malloc.hugetlb=1: the heap buffer in transparent huge pages
+  glibc-hugetlb1  GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (large mallocs madvised for THP)
+  glibc-hugetlb2  GLIBC_TUNABLES=glibc.malloc.hugetlb=2 (large mallocs from the 2 MB pool)
+hugeload:
+  alloc           preload library, large allocations (llama.cpp's repack buffer) in huge pages
+  2m, 1g          the model staged into hugetlbfs with that page size, mapped zero-copy
+  2m+alloc, 1g+alloc  staged, plus large allocations in huge pages
+  copy            preload library copying the model into private huge pages at start
+A backing named twice (`default,default`) runs twice as `default` and `default#2`: the A/A
+check, whose ratio must be 1 within its interval; its spread is the noise floor.
 
-Each round runs every backing once, in a shuffled order, so drift on a shared
-machine hits all backings alike.  For each run: start-up (the engine loading the
-model and producing one token, when a start-up command is known), the rates the
-engine prints, peak HugetlbPages and VmPTE, and the page size the weights really
-got (the preload library's report, and /proc/PID/smaps sampled while it runs).
-A backing whose weights fell back to another page size is reported as such and
-gets no speed figures.  Times are wall-clock: no CPU counters are used.
+No observer effect: nothing reads smaps (or any file whose cost grows with page-table
+entries) while a timed run runs.  Each backing first gets one untimed verification run
+(the start-up command, else the engine command) with /proc/PID/smaps sampled; that run
+decides the page sizes the backing really got.  Timed runs are only waited for; the
+preload library's report (written at exit) confirms their pages.
+
+Each round runs every backing once, in a shuffled order.  Copies the backings need
+(staged files, the tmpfs copy, pool pages for allocations) are held for the whole run
+when they fit in memory together; otherwise each is set up when a backing needs it and
+the oldest are torn down to make room, so the bench never holds more copies than fit.
+Before a backing that reads the source file runs, the source is read back into the page
+cache if copies pushed part of it out (untimed), so no backing pays a disk read.  Setting a copy up (and
+faulting its pages in) is timed apart from start-up.
+
+The physical limit is measured in the same run: read bandwidth at the engine's thread
+count with the native loops, and each backing's share of it (bytes of weights read per
+generated token x tokens/s / bandwidth; for MoE only the active experts' bytes).
 """
 
 import contextlib
@@ -25,8 +42,9 @@ import os
 import random
 import re
 import shlex
+import shutil
+import signal
 import subprocess
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -34,15 +52,17 @@ from pathlib import Path
 
 from hugeload import engines, pages, runner
 from hugeload.act import pools as act_pools
-from hugeload.act import store
-from hugeload.bench.common import bar_charts, bench_owner, bootstrap_median_ci
+from hugeload.act import state, store
+from hugeload.bench import perf
+from hugeload.bench.common import bar_charts, bench_owner, bootstrap_median_ci, mem_available, median
 from hugeload.errors import HugeloadError, UsageError
-from hugeload.pages import PAGE_1G, PAGE_2M
 from hugeload.probe import pools as probe_pools
 from hugeload.probe.procs import parse_smaps, read_status
-from hugeload.units import KiB, ceil_div
+from hugeload.pages import PAGE_1G, PAGE_2M
+from hugeload.units import GiB, KiB, MiB, ceil_div
 
 GIGANTIC_KB, HUGE_KB = PAGE_1G.kb, PAGE_2M.kb
+SHM_DIR = "/dev/shm"
 
 
 @dataclass(frozen=True)
@@ -52,6 +72,15 @@ class Backing:
     preload: bool = False
     alloc: bool = False
     copy: bool = False
+    hugeload: bool = False
+    shm: bool = False  # model copied to tmpfs huge=never
+    load_mode: str | None = None  # llama.cpp -lm
+    glibc_hugetlb: int = 0
+    base: str = ""  # for an A/A duplicate: the backing it repeats
+
+    @property
+    def kind(self) -> str:
+        return self.base or self.name
 
     @property
     def expected_kb(self) -> int | None:
@@ -61,18 +90,28 @@ class Backing:
 
 BACKINGS = {
     "default": Backing("default"),
-    "alloc": Backing("alloc", preload=True, alloc=True),
-    "2m": Backing("2m", HUGE_KB, preload=True),
-    "1g": Backing("1g", GIGANTIC_KB, preload=True),
-    "2m+alloc": Backing("2m+alloc", HUGE_KB, preload=True, alloc=True),
-    "1g+alloc": Backing("1g+alloc", GIGANTIC_KB, preload=True, alloc=True),
-    "copy": Backing("copy", preload=True, alloc=True, copy=True),
+    "pagecache-4k": Backing("pagecache-4k", shm=True),
+    "mlock": Backing("mlock", load_mode="mmap+mlock"),
+    "private": Backing("private", load_mode="none"),
+    "thp": Backing("thp", load_mode="none", glibc_hugetlb=1),
+    "glibc-hugetlb1": Backing("glibc-hugetlb1", glibc_hugetlb=1),
+    "glibc-hugetlb2": Backing("glibc-hugetlb2", glibc_hugetlb=2),
+    "alloc": Backing("alloc", preload=True, alloc=True, hugeload=True),
+    "2m": Backing("2m", HUGE_KB, preload=True, hugeload=True),
+    "1g": Backing("1g", GIGANTIC_KB, preload=True, hugeload=True),
+    "2m+alloc": Backing("2m+alloc", HUGE_KB, preload=True, alloc=True, hugeload=True),
+    "1g+alloc": Backing("1g+alloc", GIGANTIC_KB, preload=True, alloc=True, hugeload=True),
+    "copy": Backing("copy", preload=True, alloc=True, copy=True, hugeload=True),
 }
-DEFAULT_BACKINGS = ("default", "2m", "1g")
+ALTERNATIVES = tuple(n for n, b in BACKINGS.items() if not b.hugeload)
+DEFAULT_BACKINGS = ("default", "default", "pagecache-4k", "2m", "1g")
 _RATE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*(?:tokens per second|tokens/s|tok/s|t/s)")
 _REPORT = re.compile(r"hugeload: region (.*)$")
-NOTE = ("times are wall-clock (no CPU performance counters are used); "
-        "intervals are bootstrap 95% intervals of the median over interleaved rounds")
+NOTE = ("times are wall-clock; nothing reads smaps while a timed run runs (page sizes come from one untimed "
+        "verification run per backing and the preload library's report); intervals are bootstrap 95% intervals "
+        "of the median over interleaved rounds, ratios are medians of per-round ratios")
+THP_MIN_FRACTION = 0.5
+MLOCK_MIN_FRACTION = 0.9
 
 
 @dataclass
@@ -83,22 +122,46 @@ class Run:
     wall_s: float
     startup_s: float | None
     rates: dict[str, float]  # test name -> tokens/s
-    hugetlb_kb: int
-    vmpte_kb: int
-    weights_kb: set[int] = field(default_factory=set)  # page sizes the model mapping had
-    alloc_kb: set[int] = field(default_factory=set)  # page sizes of large heap allocations
     report: list[dict] = field(default_factory=list)
-    file_pmd_kb: int = 0
+    weights_kb: set[int] = field(default_factory=set)  # from the preload report
     munmap_failed: bool = False
+    error: str | None = None
+    tlb: dict = field(default_factory=dict)  # dTLB counts of the engine run, where counted
+
+
+@dataclass
+class Verification:
+    """What one untimed run with smaps sampled showed."""
+    weights_kb: set[int] = field(default_factory=set)
+    alloc_kb: set[int] = field(default_factory=set)
+    file_pmd_kb: int = 0
+    thp_kb: int = 0  # AnonHugePages of large anonymous mappings
+    anon_kb: int = 0  # Rss of large anonymous mappings
+    hugetlb_kb: int = 0
+    vmpte_kb: int = 0
+    vmlck_kb: int = 0
+    pss_kb: int = 0
+    returncode: int = 0
     error: str | None = None
 
 
 def parse_backings(text: str) -> list[str]:
+    """Names in order; a name given again becomes `name#2` (the A/A check)."""
     names = [b.strip().lower() for b in text.split(",") if b.strip()]
     unknown = [b for b in names if b not in BACKINGS]
     if unknown or not names:
         raise UsageError(f"unknown backing {', '.join(unknown) or '(none)'}: choose from {', '.join(BACKINGS)}")
-    return list(dict.fromkeys(names))
+    out, seen = [], {}
+    for n in names:
+        seen[n] = seen.get(n, 0) + 1
+        out.append(n if seen[n] == 1 else f"{n}#{seen[n]}")
+    return out
+
+
+def backing(name: str) -> Backing:
+    base, _, nth = name.partition("#")
+    b = BACKINGS[base]
+    return b if not nth else Backing(**{**b.__dict__, "name": name, "base": base})
 
 
 def parse_rates(output: str) -> dict[str, float]:
@@ -119,11 +182,22 @@ def parse_report(text: str) -> list[dict]:
     return out
 
 
-def command_for(argv: list[str], model: str) -> list[str]:
-    """Substitute {model}, or add `-m MODEL` when the command does not name it."""
+def command_for(argv: list[str], model: str, load_mode: str | None = None) -> list[str]:
+    """Substitute {model}, or add `-m MODEL` when the command does not name it; a load mode
+    is passed as llama.cpp's `-lm` (llama-bench, llama-cli, llama-completion, llama-server)."""
     if any("{model}" in a for a in argv):
-        return [a.replace("{model}", model) for a in argv]
-    return [argv[0], "-m", model, *argv[1:]]
+        out = [a.replace("{model}", model) for a in argv]
+    else:
+        out = [argv[0], "-m", model, *argv[1:]]
+    return out + (["-lm", load_mode] if load_mode else [])
+
+
+def threads_of(argv: list[str]) -> int:
+    for i, a in enumerate(argv[:-1]):
+        if a in ("-t", "--threads"):
+            with contextlib.suppress(ValueError):
+                return max(1, int(argv[i + 1].split(",")[0]))
+    return os.cpu_count() or 1
 
 
 def default_startup_cmd(engine_argv: list[str]) -> list[str] | None:
@@ -133,21 +207,21 @@ def default_startup_cmd(engine_argv: list[str]) -> list[str] | None:
     tool = sibling if sibling and sibling.exists() else engines.find_llama("llama-completion")
     if tool is None:
         return None
-    threads = [engine_argv[i + 1] for i, a in enumerate(engine_argv[:-1]) if a in ("-t", "--threads")]
-    return [str(tool), "-m", "{model}", "-n", "1", "-p", "hello", "-no-cnv", "--no-warmup", *(["-t", threads[0]] if threads else [])]
+    t = threads_of(engine_argv)
+    return [str(tool), "-m", "{model}", "-n", "1", "-p", "hello", "-no-cnv", "--no-warmup", "-t", str(t)]
 
+
+# --------------------------------------------------------------------------- running the engine
 
 class _Sampler(threading.Thread):
-    """Polls /proc/PID while the engine runs: peak HugetlbPages/VmPTE and page sizes of the
-    model mapping and of large anonymous mappings."""
+    """Polls /proc/PID during a verification run (never a timed one): peak HugetlbPages,
+    VmPTE, VmLck, and the page sizes of the model mapping and of large anonymous mappings."""
 
     def __init__(self, pid: int, model_paths: set[str], interval: float = 0.05):
         super().__init__(daemon=True)
         self.pid, self.paths, self.interval = pid, model_paths, interval
         self.stop_event = threading.Event()
-        self.hugetlb_kb = self.vmpte_kb = self.file_pmd_kb = 0
-        self.weights_kb: set[int] = set()
-        self.alloc_kb: set[int] = set()
+        self.v = Verification()
 
     def run(self):
         while not self.stop_event.is_set():
@@ -158,44 +232,97 @@ class _Sampler(threading.Thread):
         status = read_status("/", self.pid)
         if not status:
             return
-        for key, attr in (("HugetlbPages", "hugetlb_kb"), ("VmPTE", "vmpte_kb")):
+        v = self.v
+        for key, attr in (("HugetlbPages", "hugetlb_kb"), ("VmPTE", "vmpte_kb"), ("VmLck", "vmlck_kb")):
             with contextlib.suppress(ValueError, IndexError):
-                setattr(self, attr, max(getattr(self, attr), int(status.get(key, "0 kB").split()[0])))
+                setattr(v, attr, max(getattr(v, attr), int(status.get(key, "0 kB").split()[0])))
         try:
             text = Path(f"/proc/{self.pid}/smaps").read_text()
         except OSError:
             return
+        thp = anon = 0
         for m in parse_smaps(text, 64 << 20):
             if m.path in self.paths:
-                self.weights_kb.add(m.kernel_page_kb)
-                # Kernels since 6.x map page-cache folios with 2 MB PMDs: "default" is not all 4 KB.
-                self.file_pmd_kb = max(self.file_pmd_kb, m.file_pmd_mapped_kb)
+                v.weights_kb.add(m.kernel_page_kb)
+                v.file_pmd_kb = max(v.file_pmd_kb, m.file_pmd_mapped_kb)
             elif m.path in ("[anon]", "[heap]") or m.path.startswith("/anon_hugepage"):
                 if m.rss_kb or m.hugetlb_kb:
-                    self.alloc_kb.add(2048 if m.anon_huge_kb and m.kernel_page_kb == 4 else m.kernel_page_kb)
+                    v.alloc_kb.add(2048 if m.anon_huge_kb and m.kernel_page_kb == 4 else m.kernel_page_kb)
+                    thp += m.anon_huge_kb
+                    anon += m.rss_kb + m.hugetlb_kb
+        v.thp_kb, v.anon_kb = max(v.thp_kb, thp), max(v.anon_kb, anon)
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            for line in Path(f"/proc/{self.pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    v.pss_kb = max(v.pss_kb, int(line.split()[1]))
 
 
-def _run_engine(argv: list[str], env: dict, model_paths: set[str], timeout: float) -> tuple[int, float, str, _Sampler]:
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+def _spawn(argv: list[str], env: dict) -> subprocess.Popen:
+    return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             errors="replace")  # random weights print arbitrary bytes
-    sampler = _Sampler(proc.pid, model_paths)
-    sampler.start()
+
+
+def _wait(proc: subprocess.Popen, timeout: float) -> str:
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         out, _ = proc.communicate()
         out += f"\nhugeload: the engine ran longer than {timeout:.0f} s and was stopped"
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return out
+
+
+def timed_run(argv: list[str], env: dict, timeout: float, counters_vendor: str | None = None,
+              counts: dict | None = None) -> tuple[int, float, str]:
+    """Start, wait, nothing else: no thread of ours reads /proc while it runs.  With
+    `counters_vendor` (the machine has TLB counters), the engine's dTLB events are counted
+    into `counts` (the counters are the CPU's, read once at exit: no observer effect)."""
+    t0 = time.perf_counter()
+    proc = _spawn(argv, env)
+    c = perf.open_counters(proc.pid, counters_vendor) if counters_vendor is not None else None
+    if c:
+        c.start()
+    try:
+        out = _wait(proc, timeout)
+    finally:
+        if c:
+            if counts is not None:
+                counts.update(c.stop())
+            c.close()
+    return proc.returncode, time.perf_counter() - t0, out
+
+
+def verification_run(argv: list[str], env: dict, model_paths: set[str], timeout: float) -> tuple[Verification, str]:
+    proc = _spawn(argv, env)
+    sampler = _Sampler(proc.pid, model_paths)
+    sampler.start()
+    try:
+        out = _wait(proc, timeout)
     finally:
         sampler.stop_event.set()
         sampler.join()
-    return proc.returncode, time.perf_counter() - t0, out, sampler
+    v = sampler.v
+    v.returncode = proc.returncode
+    if proc.returncode != 0:
+        v.error = _last_line(out, proc.returncode)
+    return v, out
+
+
+def _last_line(out: str, rc: int) -> str:
+    lines = [x for x in out.strip().splitlines() if x.strip()]
+    return lines[-1] if lines else f"exit {rc}"
 
 
 def _env(b: Backing, report: Path, empty_state: Path, page_size: str) -> dict:
     env = dict(os.environ)
     env.pop("LD_PRELOAD", None)
+    if b.glibc_hugetlb:
+        tun = env.get("GLIBC_TUNABLES", "")
+        env["GLIBC_TUNABLES"] = ":".join(x for x in (tun, f"glibc.malloc.hugetlb={b.glibc_hugetlb}") if x)
     if not b.preload:
         return env
     # Staged backings name the staged path directly; the empty state dir keeps the library
@@ -208,12 +335,222 @@ def _env(b: Backing, report: Path, empty_state: Path, page_size: str) -> dict:
     return env
 
 
+# --------------------------------------------------------------------------- copies
+
+def bench_dir(state_dir=None) -> Path:
+    """This run's store, under the state dir so `hugeload gc` finds it after a kill -9."""
+    return state.state_dir(state_dir) / "bench" / str(os.getpid())
+
+
+def shm_dir(pid: int | None = None) -> Path:
+    return Path(SHM_DIR) / f"hugeload-bench-{pid or os.getpid()}"
+
+
+class Copies:
+    """The copies and pool pages the chosen backings need, keyed by resource:
+    stage-<kb> (a staged file), shm (tmpfs copy), pool-<kb>-<n> (pages for allocations)."""
+
+    def __init__(self, model: str, size: int, root, log, state_dir):
+        self.model, self.size, self.root, self.log = model, size, root, log
+        self.dir = bench_dir(state_dir)
+        self.store_dir = self.dir / "state"
+        self.paths: dict[str, str] = {}  # held, oldest first
+        self.setup_s: dict[str, list[float]] = {}
+        self.failed: dict[str, str] = {}
+        self.budget: int | None = None  # bytes copies may hold together (None: no limit)
+
+    def make_room(self, keys: list[str]) -> None:
+        """Tear down the oldest copies not in `keys` until `keys` fit in the budget."""
+        if self.budget is None:
+            return
+        want = sum(self.bytes_of(k) for k in keys if k not in self.paths)
+        for old in [k for k in self.paths if k not in keys]:
+            if sum(self.bytes_of(k) for k in self.paths) + want <= self.budget:
+                break
+            self.teardown(old)
+
+    @staticmethod
+    def needs(b: Backing, size: int) -> list[str]:
+        out = []
+        if b.staged_kb:
+            out.append(f"stage-{b.staged_kb}")
+        if b.shm:
+            out.append("shm")
+        if b.alloc or b.copy:
+            kb = pages.first_page(size).kb
+            out.append(f"pool-{kb}-{ceil_div(size, kb * KiB) * (2 if b.copy else 1)}")
+        if b.glibc_hugetlb == 2:
+            out.append(f"pool-{HUGE_KB}-{ceil_div(size, HUGE_KB * KiB)}")
+        return out
+
+    def bytes_of(self, key: str) -> int:
+        if key.startswith("pool-"):
+            _, kb, n = key.split("-")
+            return int(kb) * KiB * int(n)
+        if key.startswith("stage-"):
+            kb = int(key.split("-")[1])
+            return ceil_div(self.size, kb * KiB) * kb * KiB
+        return self.size
+
+    def owner(self, key: str) -> str:
+        return f"{bench_owner()}:{key}"
+
+    def setup(self, key: str) -> str | None:
+        """Path (or "" for pools) of the resource, or None when it cannot be had (reason in failed)."""
+        if key in self.paths:
+            return self.paths[key]
+        t0 = time.perf_counter()
+        try:
+            if key.startswith("stage-"):
+                kb = int(key.split("-")[1])
+                self.log(f"staging the model into {'1G' if kb == GIGANTIC_KB else '2M'} pages")
+                state.ensure_dir(self.store_dir)
+                m, _, _ = store.stage(self.model, store.StageOptions(page_size=pages.by_kb(kb), name=f"bench-{kb}",
+                                                                     reserve=True), state_dir=self.store_dir, root=self.root)
+                path = m.path
+            elif key == "shm":
+                self.log("copying the model to tmpfs (huge=never)")
+                d = shm_dir()
+                d.mkdir(exist_ok=True)
+                path = str(d / os.path.basename(self.model))
+                shutil.copyfile(self.model, path)
+            else:
+                _, kb, n = key.split("-")
+                kb, n = int(kb), int(n)
+                avail = max(0, probe_pools.system_pool(self.root, kb).available)
+                if n > avail:
+                    act_pools.reserve(self.root, kb, n - avail, partial=True, owner=self.owner(key))
+                avail = max(0, probe_pools.system_pool(self.root, kb).available)
+                if avail < n:
+                    raise HugeloadError(f"needs {n} free {kb >> 10 if kb < GIGANTIC_KB else 1} "
+                                        f"{'MB' if kb < GIGANTIC_KB else 'GB'} pages, the kernel gave {avail}")
+                path = ""
+        except (HugeloadError, OSError) as e:
+            self.failed[key] = str(e)
+            self.teardown(key)
+            return None
+        self.setup_s.setdefault(key, []).append(time.perf_counter() - t0)
+        self.paths[key] = path
+        return path
+
+    def teardown(self, key: str) -> None:
+        with sigint_held():
+            self.paths.pop(key, None)
+            if key.startswith("stage-"):
+                with contextlib.suppress(HugeloadError):
+                    for m in store.manifests(self.store_dir):
+                        if m.name == f"bench-{key.split('-')[1]}":
+                            store.unstage(m.name, force=True, state_dir=self.store_dir, root=self.root)
+            elif key == "shm":
+                shutil.rmtree(shm_dir(), ignore_errors=True)
+            else:
+                with contextlib.suppress(HugeloadError):
+                    act_pools.release(self.root, int(key.split("-")[1]), owner=self.owner(key))
+
+    def close(self) -> None:
+        with sigint_held():
+            for key in list(self.paths):
+                self.teardown(key)
+            with contextlib.suppress(HugeloadError):
+                for m in store.manifests(self.store_dir):
+                    store.unstage(m.name, force=True, state_dir=self.store_dir, root=self.root)
+            with contextlib.suppress(HugeloadError):
+                store.gc(self.store_dir, self.root)
+            with contextlib.suppress(HugeloadError):
+                act_pools.release(self.root, None, owner=None, state_dir=self.store_dir)
+            shutil.rmtree(shm_dir(), ignore_errors=True)
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def sigint_held():
+    from hugeload.bench.common import sigint_deferred
+
+    with sigint_deferred():
+        yield
+
+
+# --------------------------------------------------------------------------- the physical limit
+
+def read_bandwidth(threads: int, size: int = 1 << 30, passes: int = 3) -> float | None:
+    """GB/s reading `size` bytes (THP-backed, touched first) with `threads` threads, each
+    a slice, the native loop per slice (ctypes drops the GIL); best of `passes`."""
+    import ctypes
+    import mmap
+
+    from hugeload.bench.common import native_loops
+
+    try:
+        lib = native_loops()
+        buf = mmap.mmap(-1, size, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    except (HugeloadError, OSError):
+        return None
+    try:
+        with contextlib.suppress(OSError, AttributeError):
+            buf.madvise(mmap.MADV_HUGEPAGE)
+        view = (ctypes.c_char * size).from_buffer(buf)
+        addr = ctypes.addressof(view)
+        ctypes.memset(addr, 1, size)
+        per = (size // threads) & ~4095
+        best = 0.0
+        for _ in range(passes):
+            ws = [threading.Thread(target=lib.hugeload_seq_read_gbps, args=(addr + i * per, per, 1))
+                  for i in range(threads)]
+            t0 = time.perf_counter()
+            for w in ws:
+                w.start()
+            for w in ws:
+                w.join()
+            best = max(best, per * threads / (time.perf_counter() - t0) / 1e9)
+        del view
+        return best
+    finally:
+        with contextlib.suppress(BufferError):
+            buf.close()
+
+
+def bytes_per_token(model: str) -> tuple[int | None, str]:
+    """Bytes of weights one generated token reads: every tensor but the token embedding
+    (one row per token; counted when it doubles as the output matrix), and for MoE only
+    the active share (experts_used / experts) of the expert tensors."""
+    try:
+        from gguf import GGUFReader
+
+        r = GGUFReader(model, "r")
+    except Exception as e:  # not GGUF, or no gguf package: the share is left out
+        return None, f"no weight count ({type(e).__name__})"
+    fields = {f.name: f for f in r.fields.values()}
+
+    def scalar(suffix: str) -> int | None:
+        for name, f in fields.items():
+            if name.endswith(suffix) and f.data:
+                with contextlib.suppress(Exception):
+                    return int(f.parts[f.data[0]][0])
+        return None
+
+    experts, used = scalar(".expert_count"), scalar(".expert_used_count")
+    names = {t.name for t in r.tensors}
+    total = 0
+    for t in r.tensors:
+        n = int(t.n_bytes)
+        if t.name == "token_embd.weight" and "output.weight" in names:
+            continue
+        if "_exps" in t.name and experts and used:
+            n = n * used // experts
+        total += n
+    what = f"MoE, {used} of {experts} experts active" if experts and used else "dense"
+    return total, what
+
+
+# --------------------------------------------------------------------------- the run
+
 def _pages_needed(model_size: int, kb: int) -> int:
     return ceil_div(model_size, kb * KiB)
 
 
 def run(model: str, engine_argv: list[str], backings: list[str], rounds: int = 3, startup_argv: list[str] | None = None,
-        timeout: float = 600.0, root="/", seed: int = 0, log=lambda msg: None) -> dict:
+        timeout: float = 600.0, root="/", seed: int = 0, log=lambda msg: None, state_dir=None,
+        memory_limit: int | None = None, bandwidth: bool = True) -> dict:
     if not os.path.isfile(model):
         raise UsageError(f"no such model file: {model}")
     if not engine_argv:
@@ -221,156 +558,295 @@ def run(model: str, engine_argv: list[str], backings: list[str], rounds: int = 3
     if rounds < 1:
         raise UsageError("--rounds must be at least 1")
     size = os.path.getsize(model)
-    chosen = [BACKINGS[b] for b in backings]
-    tmp = Path(tempfile.mkdtemp(prefix="hugeload-bench-"))
-    state_dir, empty_state = tmp / "state", tmp / "empty"
-    empty_state.mkdir()
+    chosen = [backing(b) for b in backings]
+    copies = Copies(model, size, root, log, state_dir)
     skipped: dict[str, str] = {}
-    paths: dict[str, str] = {}
-    owner = bench_owner()
     runs: list[Run] = []
+    verified: dict[str, Verification] = {}
+    bw: list[float] = []
+    old_term = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
+    if old_term is not None:
+        signal.signal(signal.SIGTERM, lambda sig, frame: (_ for _ in ()).throw(KeyboardInterrupt()))
+    tmp = copies.dir
+    probe = perf.open_counters(0, _vendor(root))
+    vendor = (_vendor(root) or "") if probe else None
+    tlb_note = "" if probe else perf.why_none()
+    if probe:
+        probe.close()
     try:
-        # Pages for the allocation path (a Q4_0 repack buffer is about the model's size): asked for, read back.
-        if any(b.alloc or b.copy for b in chosen):
-            alloc_kb = pages.first_page(size).kb
-            need = _pages_needed(size, alloc_kb) * (2 if any(b.copy for b in chosen) else 1)
-            avail = probe_pools.system_pool(root, alloc_kb).available
-            if need > avail:
-                with contextlib.suppress(HugeloadError):
-                    act_pools.reserve(root, alloc_kb, need - avail, partial=True, owner=owner)
+        state.ensure_dir(tmp)
+        empty_state = tmp / "empty"
+        empty_state.mkdir(exist_ok=True)
+        # Memory: the engine's own copy (private, repack buffers) plus the copies held.
+        avail = memory_limit if memory_limit is not None else (mem_available(root) or 0)
+        engine_bytes = size + 512 * MiB
+        need = {k for b in chosen for k in Copies.needs(b, size)}
+        held_bytes = sum(copies.bytes_of(k) for k in need)
+        hold_all = held_bytes + engine_bytes <= avail
         for b in chosen:
-            if b.staged_kb is None:
-                paths[b.name] = model
+            largest = max((copies.bytes_of(k) for k in Copies.needs(b, size)), default=0)
+            mine = sum(copies.bytes_of(k) for k in Copies.needs(b, size))
+            if mine and mine + engine_bytes > avail:
+                skipped[b.name] = (f"the model ({size / GiB:.1f} GiB) and its copies ({mine / GiB:.1f} GiB) do not fit "
+                                   f"in the {avail / GiB:.1f} GiB available")
+            del largest
+        if not hold_all:
+            copies.budget = max(0, avail - engine_bytes)
+            log(f"copies do not fit together ({held_bytes / GiB:.1f} GiB + the engine, {avail / GiB:.1f} GiB "
+                f"available): set up when a backing needs them, the oldest torn down to make room")
+        # Verification: one untimed run per backing with smaps sampled.
+        verify_argv = startup_argv or engine_argv
+        active = []
+        for b in chosen:
+            if b.name in skipped:
                 continue
-            key = f"staged-{b.staged_kb}"
-            if key not in paths:
-                try:
-                    log(f"staging the model into {'1G' if b.staged_kb == GIGANTIC_KB else '2M'} pages")
-                    m, _, _ = store.stage(model, store.StageOptions(page_size=pages.by_kb(b.staged_kb), name=f"bench-{b.staged_kb}",
-                                                                    reserve=True), state_dir=state_dir, root=root)
-                    paths[key] = m.path
-                except HugeloadError as e:
-                    paths[key] = ""
-                    skipped[key] = str(e)
-            if paths[key]:
-                paths[b.name] = paths[key]
-            else:
-                skipped[b.name] = f"could not stage: {skipped[key]}"
-        active = [b for b in chosen if b.name not in skipped]
+            path = _prepare(b, copies, model, skipped)
+            if path is None:
+                continue
+            log(f"verifying {b.name}")
+            if path == model:
+                _keep_cached(model)
+            report = tmp / f"report-{b.name}-verify.txt"
+            env = _env(b, report, empty_state, _page_size(b))
+            v, out = verification_run(command_for(verify_argv, path, b.load_mode), env,
+                                      {path, os.path.realpath(path)}, timeout)
+            rep = parse_report(report.read_text()) if report.exists() else []
+            v.weights_kb |= _report_weights(rep, path)
+            verified[b.name] = v
+            if v.returncode != 0:
+                skipped[b.name] = f"the engine failed under this backing: {v.error}"
+                continue
+            reason = _fell_back(b, v, size)
+            if reason:
+                skipped[b.name] = f"fell back: {reason}"
+                continue
+            active.append(b)
         rng = random.Random(seed)
         for r in range(rounds):
+            if bandwidth:
+                g = read_bandwidth(threads_of(engine_argv))
+                if g:
+                    bw.append(g)
             order = active[:]
             rng.shuffle(order)
             for b in order:
                 log(f"round {r + 1}/{rounds}: {b.name}")
-                runs.append(_one_run(b, r, paths[b.name], model, engine_argv, startup_argv, tmp, empty_state, timeout))
+                path = _prepare(b, copies, model, skipped)
+                if path is None:
+                    runs.append(Run(b.name, r, -1, 0.0, None, {}, error=skipped.pop(b.name, "setup failed")))
+                    continue
+                if path == model:
+                    _keep_cached(model)
+                runs.append(_one_run(b, r, path, engine_argv, startup_argv, tmp, empty_state, timeout, vendor))
     finally:
-        with contextlib.suppress(HugeloadError):
-            for m in store.manifests(state_dir):
-                store.unstage(m.name, force=True, state_dir=state_dir, root=root)
-        with contextlib.suppress(HugeloadError):
-            act_pools.release(root, None, owner=owner)
-        with contextlib.suppress(HugeloadError):
-            store.gc(state_dir, root)
-        import shutil
+        copies.close()
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
+    bpt, what = bytes_per_token(model)
+    data = summarize(model, size, engine_argv, chosen, runs, skipped, rounds, verified)
+    data.update(tlb_note=tlb_note, bandwidth_gbps=_stat_dict(bw), bytes_per_token=bpt, weights_read=what,
+                threads=threads_of(engine_argv), copies_held="all" if hold_all else f"as many as fit in {copies.budget / GiB:.1f} GiB, oldest torn down first",
+                setup_s={k: _stat_dict(v) for k, v in copies.setup_s.items()})
+    if bw and bpt:
+        limit = median(bw) * 1e9 / bpt
+        data["tg_limit_tps"] = limit
+        for e in data["results"]:
+            for t, m in (e.get("metrics") or {}).items():
+                if t.startswith("tg"):
+                    m["bandwidth_share"] = m["median"] / limit
+    return data
 
-        shutil.rmtree(tmp, ignore_errors=True)
-    return summarize(model, size, engine_argv, chosen, runs, skipped, rounds)
+
+def _vendor(root) -> str | None:
+    from hugeload.probe.cpu import read_cpu
+
+    try:
+        return read_cpu(root).vendor
+    except Exception:  # picks raw events only
+        return None
 
 
-def _one_run(b: Backing, r: int, path: str, source: str, engine_argv, startup_argv, tmp: Path, empty_state: Path,
-             timeout: float) -> Run:
+def _stat_dict(values: list[float]) -> dict | None:
+    if not values:
+        return None
+    med, lo, hi = bootstrap_median_ci(values)
+    return {"median": med, "low": lo, "high": hi, "values": values}
+
+
+def _page_size(b: Backing) -> str:
+    return {GIGANTIC_KB: "1g", HUGE_KB: "2m"}.get(b.staged_kb, "auto")
+
+
+def _prepare(b: Backing, copies: Copies, model: str, skipped: dict) -> str | None:
+    """The model path the backing's engine gets, with its copies set up; None (reason in
+    skipped) when one cannot be had."""
+    path = model
+    keys = Copies.needs(b, copies.size)
+    copies.make_room(keys)
+    for k in keys:
+        p = copies.setup(k)
+        if p is None:
+            skipped[b.name] = f"could not set up {k}: {copies.failed.get(k)}"
+            return None
+        if p:
+            path = p
+    return path
+
+
+def _keep_cached(path: str) -> None:
+    """Read the source back into the page cache when copies pushed part of it out (untimed),
+    so backings that read the source never pay a disk read their rivals did not."""
+    from hugeload.bench.stage import read_into_cache, resident_fraction
+
+    if (resident_fraction(path) or 0) < 0.99:
+        read_into_cache(path)
+
+
+def _report_weights(rep: list[dict], path: str) -> set[int]:
+    name = os.path.basename(path).replace(" ", "%20")
+    out = set()
+    for line in rep:
+        kb = {"1G": GIGANTIC_KB, "2M": HUGE_KB, "THP": 2048, "4K": 4}.get(line.get("page", ""), 0)
+        if kb and line.get("what") == name and line.get("fill") != "alloc":
+            out.add(kb)
+    return out
+
+
+def _fell_back(b: Backing, v: Verification, size: int) -> str | None:
+    """Why the backing's pages are not what it claims, or None."""
+    kind = b.kind
+    if b.expected_kb and v.weights_kb != {b.expected_kb}:
+        return f"weights got page sizes {sorted(v.weights_kb) or 'unknown'} kB, expected {b.expected_kb} kB"
+    if b.copy and not (v.weights_kb & {GIGANTIC_KB, HUGE_KB}):
+        return f"the copy got page sizes {sorted(v.weights_kb) or 'unknown'} kB, not huge pages"
+    if kind == "pagecache-4k" and (v.file_pmd_kb or v.weights_kb - {4}):
+        return f"the tmpfs copy was mapped with {v.file_pmd_kb} kB in PMDs (pages {sorted(v.weights_kb)} kB)"
+    if kind == "thp" and v.anon_kb and v.thp_kb < THP_MIN_FRACTION * v.anon_kb:
+        return f"only {v.thp_kb >> 10} of {v.anon_kb >> 10} MiB of the heap in transparent huge pages"
+    if kind == "mlock" and v.vmlck_kb * KiB < MLOCK_MIN_FRACTION * size:
+        return f"only {v.vmlck_kb >> 10} MiB locked (RLIMIT_MEMLOCK?)"
+    return None
+
+
+def _one_run(b: Backing, r: int, path: str, engine_argv, startup_argv, tmp: Path, empty_state: Path,
+             timeout: float, vendor: str | None = None) -> Run:
     report = tmp / f"report-{b.name}-{r}.txt"
-    page_size = pages.by_kb(b.staged_kb).name if b.staged_kb else "auto"
-    env = _env(b, report, empty_state, page_size)
-    model_paths = {path, os.path.realpath(path)}
+    env = _env(b, report, empty_state, _page_size(b))
     startup = None
     if startup_argv:
-        rc, wall, out, _ = _run_engine(command_for(startup_argv, path), env, model_paths, timeout)
+        rc, wall, _ = timed_run(command_for(startup_argv, path, b.load_mode), env, timeout)
         startup = wall if rc == 0 else None
         with contextlib.suppress(FileNotFoundError):
             report.unlink()
-    rc, wall, out, s = _run_engine(command_for(engine_argv, path), env, model_paths, timeout)
+    counts: dict = {}
+    rc, wall, out = timed_run(command_for(engine_argv, path, b.load_mode), env, timeout, vendor, counts)
     rep = parse_report(report.read_text()) if report.exists() else []
-    weights = set(s.weights_kb)
-    alloc = set(s.alloc_kb)
-    name = os.path.basename(path)
-    for line in rep:
-        kb = {"1G": GIGANTIC_KB, "2M": HUGE_KB, "THP": 2048, "4K": 4}.get(line.get("page", ""), 0)
-        if line.get("what") == name.replace(" ", "%20"):
-            weights.add(kb)
-        elif line.get("fill") == "alloc" and kb:
-            alloc.add(kb)
-    return Run(b.name, r, rc, wall, startup, parse_rates(out), s.hugetlb_kb, s.vmpte_kb, weights, alloc, rep,
-               s.file_pmd_kb, "munmap failed" in out, None if rc == 0 else out.strip().splitlines()[-1:][0] if out.strip() else f"exit {rc}")
+    run = Run(b.name, r, rc, wall, startup, parse_rates(out), rep, _report_weights(rep, path), "munmap failed" in out,
+              None if rc == 0 else _last_line(out, rc), counts)
+    if rc == 0 and b.preload and b.expected_kb and run.weights_kb and run.weights_kb != {b.expected_kb}:
+        run.error = f"this run's weights got {sorted(run.weights_kb)} kB pages"
+        run.returncode = -1
+    return run
 
 
-def _ratio_ci(values: list[float], base: list[float], seed: int = 0) -> tuple[float, float, float] | None:
-    if not values or not base:
+# --------------------------------------------------------------------------- summary
+
+def paired_ratio(values: dict[int, float], base: dict[int, float], seed: int = 0) -> tuple[float, float, float] | None:
+    """Median of per-round ratios (rounds both ran in), with a bootstrap 95% interval over
+    rounds: pairing cancels drift that hits a whole round."""
+    common = sorted(set(values) & set(base))
+    ratios = [values[k] / base[k] for k in common if base[k]]
+    if not ratios:
         return None
-    rng = random.Random(seed)
-    med = _median(values) / _median(base)
-    if len(values) == 1 or len(base) == 1:
-        return med, med, med
-    boots = sorted(_median([rng.choice(values) for _ in values]) / _median([rng.choice(base) for _ in base])
-                   for _ in range(2000))
-    return med, boots[49], boots[1949]
+    med, lo, hi = bootstrap_median_ci(ratios, seed=seed)
+    return med, lo, hi
 
 
-def _median(v: list[float]) -> float:
-    s = sorted(v)
-    n = len(s)
-    return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
+def _metric(vals_by_round: dict[int, float], base_by_round: dict[int, float] | None) -> dict:
+    vals = list(vals_by_round.values())
+    med, lo, hi = bootstrap_median_ci(vals)
+    ratio = paired_ratio(vals_by_round, base_by_round) if base_by_round is not None else None
+    return {"median": med, "low": lo, "high": hi, "values": vals,
+            "ratio": ratio[0] if ratio else None, "ratio_low": ratio[1] if ratio else None,
+            "ratio_high": ratio[2] if ratio else None,
+            "within_noise": bool(ratio and ratio[1] <= 1.0 <= ratio[2])}
 
 
-def summarize(model, size, engine_argv, chosen, runs: list[Run], skipped: dict, rounds: int) -> dict:
+def _series(runs: list[Run], name: str, test: str) -> dict[int, float]:
+    out = {}
+    for r in runs:
+        if r.backing == name and r.returncode == 0:
+            v = r.startup_s if test == "startup_s" else r.rates.get(test)
+            if v is not None:
+                out[r.round] = v
+    return out
+
+
+def summarize(model, size, engine_argv, chosen, runs: list[Run], skipped: dict, rounds: int,
+              verified: dict[str, Verification] | None = None) -> dict:
+    verified = verified or {}
     results = []
-    base_runs = [r for r in runs if r.backing == "default" and r.returncode == 0]
+    base_name = "default" if any(b.name == "default" for b in chosen) else None
+    tests = sorted({t for r in runs if r.returncode == 0 for t in r.rates}) + \
+        (["startup_s"] if any(r.startup_s is not None for r in runs) else [])
     for b in chosen:
         mine = [r for r in runs if r.backing == b.name]
         ok = [r for r in mine if r.returncode == 0]
-        entry = {"backing": b.name, "status": "ok", "reason": None, "runs": len(mine)}
+        v = verified.get(b.name, Verification())
+        entry = {"backing": b.name, "kind": b.kind, "hugeload": b.hugeload, "status": "ok", "reason": None,
+                 "runs": len(mine), "failed_runs": len(mine) - len(ok),
+                 "weights_page_kb": sorted(v.weights_kb), "alloc_page_kb": sorted(v.alloc_kb),
+                 "file_pmd_mapped_kb": v.file_pmd_kb, "thp_kb": v.thp_kb, "hugetlb_kb": v.hugetlb_kb,
+                 "vmpte_kb": v.vmpte_kb, "vmlck_kb": v.vmlck_kb, "pss_kb": v.pss_kb,
+                 "munmap_failed": any(r.munmap_failed for r in mine)}
         if b.name in skipped:
             entry.update(status="skipped", reason=skipped[b.name])
             results.append(entry)
             continue
-        weights = set().union(*(r.weights_kb for r in ok)) if ok else set()
-        allocs = set().union(*(r.alloc_kb for r in ok)) if ok else set()
-        entry.update(weights_page_kb=sorted(weights), alloc_page_kb=sorted(allocs),
-                     munmap_failed=any(r.munmap_failed for r in mine),
-                     hugetlb_kb=max((r.hugetlb_kb for r in ok), default=0), vmpte_kb=max((r.vmpte_kb for r in ok), default=0),
-                     file_pmd_mapped_kb=max((r.file_pmd_kb for r in ok), default=0))
         if not ok:
             entry.update(status="failed", reason=mine[0].error if mine else "not run")
-        elif b.expected_kb and weights != {b.expected_kb}:
-            entry.update(status="fell back", reason=f"weights got page sizes {sorted(weights) or 'unknown'} kB, expected {b.expected_kb} kB")
-        if entry["status"] == "ok":
-            tests = sorted({t for r in ok for t in r.rates})
-            if not tests:
-                entry.update(status="no rate", reason="the engine printed no tokens/s figure")
-            metrics = {}
-            for t in tests:
-                vals = [r.rates[t] for r in ok if t in r.rates]
-                med, lo, hi = bootstrap_median_ci(vals)
-                base = [r.rates[t] for r in base_runs if t in r.rates]
-                ratio = _ratio_ci(vals, base) if b.name != "default" else None
-                metrics[t] = {"median": med, "low": lo, "high": hi, "values": vals,
-                              "ratio": ratio[0] if ratio else None, "ratio_low": ratio[1] if ratio else None,
-                              "ratio_high": ratio[2] if ratio else None,
-                              "within_noise": bool(ratio and ratio[1] <= 1.0 <= ratio[2])}
-            starts = [r.startup_s for r in ok if r.startup_s is not None]
-            if starts:
-                med, lo, hi = bootstrap_median_ci(starts)
-                base = [r.startup_s for r in base_runs if r.startup_s is not None]
-                ratio = _ratio_ci(starts, base) if b.name != "default" else None
-                metrics["startup_s"] = {"median": med, "low": lo, "high": hi, "values": starts,
-                                        "ratio": ratio[0] if ratio else None, "ratio_low": ratio[1] if ratio else None,
-                                        "ratio_high": ratio[2] if ratio else None,
-                                        "within_noise": bool(ratio and ratio[1] <= 1.0 <= ratio[2])}
-            entry["metrics"] = metrics
+            results.append(entry)
+            continue
+        metrics = {}
+        for t in tests:
+            series = _series(runs, b.name, t)
+            if not series:
+                continue
+            base = _series(runs, base_name, t) if base_name and b.name != base_name else None
+            metrics[t] = _metric(series, base)
+        tlb = [r.tlb for r in ok if r.tlb]
+        if tlb:
+            entry["tlb"] = {k: sorted(x[k] for x in tlb if x.get(k) is not None)[len(tlb) // 2]
+                            if any(x.get(k) is not None for x in tlb) else None for k in tlb[0]}
+        if not any(t != "startup_s" for t in metrics):
+            entry.update(status="no rate", reason="the engine printed no tokens/s figure")
+        entry["metrics"] = metrics
         results.append(entry)
     return {"model": model, "model_size": size, "command": shlex.join(engine_argv), "rounds": rounds,
-            "results": results, "note": NOTE}
+            "results": results, "best": best_vs_best(results, runs, tests), "note": NOTE}
+
+
+def best_vs_best(results: list[dict], runs: list[Run], tests: list[str]) -> dict:
+    """Per test: hugeload's best backing against the best alternative (highest median
+    tokens/s; lowest start-up), with the paired ratio (> 1: hugeload better)."""
+    out = {}
+    for t in tests:
+        lower = t == "startup_s"
+        cands = [(r["backing"], r["hugeload"], r["metrics"][t]["median"]) for r in results
+                 if r["status"] == "ok" and t in (r.get("metrics") or {})]
+        hl = [c for c in cands if c[1]]
+        alt = [c for c in cands if not c[1] and "#" not in c[0]]
+        if not hl or not alt:
+            continue
+        pick = min if lower else max
+        h = pick(hl, key=lambda c: c[2])
+        a = pick(alt, key=lambda c: c[2])
+        ratio = paired_ratio(_series(runs, a[0], t), _series(runs, h[0], t)) if lower else \
+            paired_ratio(_series(runs, h[0], t), _series(runs, a[0], t))
+        out[t] = {"hugeload": h[0], "alternative": a[0], "ratio": ratio[0] if ratio else None,
+                  "ratio_low": ratio[1] if ratio else None, "ratio_high": ratio[2] if ratio else None,
+                  "within_noise": bool(ratio and ratio[1] <= 1.0 <= ratio[2])}
+    return out
 
 
 def plot(data: dict, path: str) -> None:

@@ -22,6 +22,7 @@ import time
 from typing import NamedTuple
 
 from hugeload.api import alloc
+from hugeload.bench import perf
 from hugeload.bench.common import (BACKINGS, VM_NOTE, PageReservations, Reservation, Stat, bar_charts, mem_available,
                                    measured_note, native_loops, on_hypervisor, overlap, parse_backings,
                                    round_orders, stat, verify_backing)
@@ -81,6 +82,26 @@ def _ratios(b: str, random_ns: dict, seq: dict, stats: dict, confidence: float, 
     return out
 
 
+def _counters(root):
+    """dTLB counters for this thread, or None (perf.why_none() says why)."""
+    from hugeload.probe.cpu import read_cpu
+
+    try:
+        vendor = read_cpu(root).vendor
+    except Exception:  # only picks the raw events
+        vendor = None
+    return perf.open_counters(0, vendor)
+
+
+def _median_counts(samples: list[dict]) -> dict:
+    """Per counter, the median over rounds of the random-read measurement."""
+    out = {}
+    for k in samples[0]:
+        vals = sorted(x[k] for x in samples if x.get(k) is not None)
+        out[k] = vals[len(vals) // 2] if vals else None
+    return out
+
+
 def run(size: int = 1 * GiB, backings=BACKINGS, rounds: int = 10, accesses: int = DEFAULT_ACCESSES,
         reserve: bool = True, root="/", seed: int = 0, confidence: float = 0.95, log=lambda msg: None) -> dict:
     """Measure each backing over a working set of `size` bytes.
@@ -107,6 +128,7 @@ def run(size: int = 1 * GiB, backings=BACKINGS, rounds: int = 10, accesses: int 
     random_ns: dict[str, list[float]] = {}
     seq: dict[str, list[float]] = {}
     pages = PageReservations(root, reserve, log)
+    counters, counted = None, {}
     with pages:
         try:
             for b in backings:
@@ -138,18 +160,26 @@ def run(size: int = 1 * GiB, backings=BACKINGS, rounds: int = 10, accesses: int 
                 log(f"{b}: {format_bytes(size)} in {v.page_size_kb} kB pages, filled in {fill * 1e3:.0f} ms")
 
             order = [b for b in backings if b in mappings]
+            counters = _counters(root)
+            counted = {b: [] for b in order}
             random_ns = {b: [] for b in order}
             seq = {b: [] for b in order}
             for i, this_round in enumerate(round_orders(order, rounds, seed)):
                 for b in this_round:
                     addr = mappings[b].address
+                    if counters:
+                        counters.start()
                     random_ns[b].append(lib.hugeload_chase_ns(addr, accesses))
+                    if counters:
+                        counted[b].append(counters.stop())
                     seq[b].append(lib.hugeload_seq_read_gbps(addr, size, seq_repeats))
                 log(f"round {i + 1}/{rounds} done")
         finally:
             for m in mappings.values():
                 m.close()
             mappings.clear()
+            if counters:
+                counters.close()
 
     stats = {"random_ns": {b: stat(v, confidence, seed) for b, v in random_ns.items()},
              "seq_gbps": {b: stat(v, confidence, seed) for b, v in seq.items()}}
@@ -175,6 +205,8 @@ def run(size: int = 1 * GiB, backings=BACKINGS, rounds: int = 10, accesses: int 
         "hypervisor": hypervisor,
         "vm_note": VM_NOTE if hypervisor else None,
         "results": results,
+        "tlb_counters": {b: _median_counts(v) for b, v in counted.items() if v},
+        "tlb_note": "" if counted and any(counted.values()) else perf.why_none(),
         "reservations": pages.reservations,
         "pools_restored": pages.restored,
     }

@@ -156,6 +156,12 @@ def run_tlb(args) -> int:
                                           ratio_rows))
     for line in notes + noise:
         render.console.print(line)
+    for b, c in data["tlb_counters"].items():
+        rate = f", hit rate {c['dtlb_hit_rate']:.4%}" if c.get("dtlb_hit_rate") is not None else ""
+        render.console.print(f"{b.upper()} TLB counters per random measurement: "
+                             + ", ".join(f"{k} {v}" for k, v in c.items() if k != "dtlb_hit_rate") + rate)
+    if data["tlb_note"]:
+        render.console.print(f"TLB counters: {data['tlb_note']}.")
     render.console.print("fill = first touch of every page (faults and zeroing), timed once, not in the reads.")
     render.console.print(f"Pages as verified in /proc/self/smaps. Note: {data['note']}.")
     if data["vm_note"]:
@@ -221,15 +227,20 @@ def run_stage(args) -> int:
 # --------------------------------------------------------------------------- engine
 
 def add_engine(bsub) -> None:
+    from hugeload.bench.engine import BACKINGS, DEFAULT_BACKINGS
+
     p = bsub.add_parser("engine", help="an engine command (llama-bench first) under each backing, interleaved",
                         usage="hugeload bench engine --model FILE [options] -- ENGINE_CMD [ARGS...]")
     p.add_argument("--model", required=True, help="the model file (its source; the bench stages the copies it needs)")
-    p.add_argument("--backings", default="default,2m,1g",
-                   help="comma-separated, from default, alloc, 2m, 1g, 2m+alloc, 1g+alloc, copy (default: default,2m,1g)")
-    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    p.add_argument("--backings", default=",".join(DEFAULT_BACKINGS),
+                   help=f"comma-separated, from {', '.join(BACKINGS)}; a name given twice is the A/A check "
+                        f"(default: {','.join(DEFAULT_BACKINGS)})")
+    p.add_argument("--rounds", type=int, default=10, help="interleaved rounds (default 10)")
     p.add_argument("--startup-cmd", help="command timed as start-up, with {model} (default: llama-completion -n 1 when found)")
     p.add_argument("--no-startup", action="store_true", help="do not time start-up separately")
+    p.add_argument("--no-bandwidth", action="store_true", help="do not measure the read bandwidth limit")
     p.add_argument("--timeout", type=float, default=600, help="seconds one engine run may take (default 600)")
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--plot", metavar="FILE.png", help="also draw the rates and start-up per backing (needs hugeload[plot])")
     add_json(p)
     p.add_argument("engine", nargs="*", metavar="ENGINE_CMD")
@@ -247,6 +258,10 @@ def _ratio(m: dict) -> str:
     return f"{m['ratio']:.3f} ({m['ratio_low']:.3f}-{m['ratio_high']:.3f}){mark}"
 
 
+def _pages(kbs) -> str:
+    return "/".join(page_size_name(k) for k in kbs) or "-"
+
+
 def run_engine(args) -> int:
     import shlex
 
@@ -259,8 +274,10 @@ def run_engine(args) -> int:
     startup = None if args.no_startup else (shlex.split(args.startup_cmd) if args.startup_cmd
                                             else engine.default_startup_cmd(args.engine) if args.engine else None)
     log = (lambda msg: None) if args.json else (lambda msg: render.err_console.print(f"[dim]{msg}[/]"))
-    data = engine.run(args.model, args.engine, backings, args.rounds, startup, args.timeout, args.root, log=log)
-    data["hypervisor"] = read_cpu(args.root).hypervisor
+    cpu = read_cpu(args.root)
+    data = engine.run(args.model, args.engine, backings, args.rounds, startup, args.timeout, args.root, args.seed,
+                      log=log, bandwidth=not args.no_bandwidth)
+    data["hypervisor"] = cpu.hypervisor
     if args.plot:
         engine.plot(data, args.plot)
     if args.json:
@@ -272,22 +289,54 @@ def run_engine(args) -> int:
             notes.append(f"{r['backing']}: {r['status']}: {r['reason']}")
             if r["status"] in ("skipped", "failed"):
                 continue
-        weights = "/".join(page_size_name(k) for k in r.get("weights_page_kb", [])) or "?"
+        weights = _pages(r["weights_page_kb"]) if r["weights_page_kb"] else "heap"
         if r.get("file_pmd_mapped_kb"):
             weights += f" ({r['file_pmd_mapped_kb'] >> 10} MiB in 2M PMDs)"
-        allocs = "/".join(page_size_name(k) for k in r.get("alloc_page_kb", [])) or "-"
+        heap = _pages(r["alloc_page_kb"])
+        if r.get("thp_kb"):
+            heap += f" ({r['thp_kb'] >> 10} MiB THP)"
         for test, m in (r.get("metrics") or {}).items():
             unit = "s" if test == "startup_s" else "t/s"
-            rows.append([r["backing"], weights, allocs, "start-up" if test == "startup_s" else test,
-                         f"{_interval(m, 2 if unit == 's' else 1)} {unit}", _ratio(m),
-                         f"{r['hugetlb_kb'] >> 10} MiB", f"{r['vmpte_kb']} kB"])
+            share = f"{m['bandwidth_share']:.0%}" if m.get("bandwidth_share") is not None else ""
+            rows.append([r["backing"], weights, heap, "start-up" if test == "startup_s" else test,
+                         f"{_interval(m, 2 if unit == 's' else 1)} {unit}", _ratio(m), share])
+        if r["failed_runs"]:
+            notes.append(f"{r['backing']}: {r['failed_runs']} run(s) failed and are not counted")
         if r.get("munmap_failed"):
             notes.append(f"{r['backing']}: the engine printed 'munmap failed'")
-    title = f"{data['command']}  on {os.path.basename(data['model'])} ({data['model_size'] >> 20} MiB), {data['rounds']} rounds"
-    render.console.print(render.table(title, ["backing", "weights", "large allocs", "test", "median (95% CI)",
-                                              "x default (CI)", "HugetlbPages", "page tables"], rows))
+    title = (f"{data['command']}  on {os.path.basename(data['model'])} ({data['model_size'] >> 20} MiB), "
+             f"{data['rounds']} interleaved rounds")
+    render.console.print(render.table(title, ["backing", "weights", "heap (large allocs)", "test", "median (95% CI)",
+                                              "x default, paired (CI)", "of bw limit"], rows))
+    for t, b in data["best"].items():
+        what = "start-up" if t == "startup_s" else t
+        render.console.print(f"best hugeload vs best alternative, {what}: {b['hugeload']} vs {b['alternative']} "
+                             f"{b['ratio']:.3f}x ({b['ratio_low']:.3f}-{b['ratio_high']:.3f})"
+                             f"{' ~ within noise' if b['within_noise'] else ''} (> 1: hugeload better)")
+    bw = data.get("bandwidth_gbps")
+    if bw:
+        limit = data.get("tg_limit_tps")
+        render.console.print(f"read bandwidth at {data['threads']} thread(s): {_interval(bw, 1)} GB/s; weights read "
+                             f"per token {data['bytes_per_token'] / 2**20:.0f} MiB ({data['weights_read']})"
+                             + (f" -> limit {limit:.1f} t/s" if limit else "") if data.get("bytes_per_token") else
+                             f"read bandwidth at {data['threads']} thread(s): {_interval(bw, 1)} GB/s")
+    mem = [f"{r['backing']} {r['hugetlb_kb'] >> 10}/{r['vmlck_kb'] >> 10}/{r['pss_kb'] >> 10}"
+           for r in data["results"] if r["status"] != "skipped"]
+    if mem:
+        render.console.print("memory (HugetlbPages/VmLck/Pss MiB, verification run): " + ", ".join(mem))
+    for k, s in (data.get("setup_s") or {}).items():
+        render.console.print(f"setup {k} (not in start-up): {_interval(s, 2)} s over {len(s['values'])} time(s)")
+    render.console.print(f"copies held: {data['copies_held']}")
+    for r in data["results"]:
+        if r.get("tlb"):
+            c = r["tlb"]
+            rate = f", dTLB hit rate {c['dtlb_hit_rate']:.4%}" if c.get("dtlb_hit_rate") is not None else ""
+            render.console.print(f"{r['backing']} TLB counters (median run): "
+                                 + ", ".join(f"{k} {v}" for k, v in c.items() if k != "dtlb_hit_rate") + rate)
     for n in notes:
         render.console.print(n)
+    if data["tlb_note"]:
+        render.console.print(f"TLB counters: {data['tlb_note']}.")
     render.console.print("~ marks a ratio whose interval includes 1: within noise. " + data["note"] + ".")
     if data["hypervisor"]:
         render.console.print("This is a virtual machine: a guest's TLB entries are no larger than the host's backing pages, "
@@ -295,4 +344,53 @@ def run_engine(args) -> int:
     return 0 if any(r["status"] == "ok" for r in data["results"]) else 1
 
 
-SUBCOMMANDS = [add_tensors, add_tlb, add_stage, add_engine]
+# --------------------------------------------------------------------------- fleet
+
+def add_fleet(bsub) -> None:
+    from hugeload.bench.fleet import CASES
+
+    p = bsub.add_parser("fleet", help="N llama-server engines on one model: start-up, time to first token, memory by backing")
+    p.add_argument("--model", required=True, help="the model file")
+    p.add_argument("--engines", type=int, default=2, help="engines started together (default 2)")
+    p.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, from {', '.join(CASES)}")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    p.add_argument("--threads", type=int, default=1, help="threads per engine (default 1)")
+    p.add_argument("--server", help="llama-server binary (default: the one hugeload finds)")
+    p.add_argument("--timeout", type=float, default=300, help="seconds the engines may take to answer (default 300)")
+    p.add_argument("--seed", type=int, default=0)
+    add_json(p)
+    p.set_defaults(func=run_fleet)
+
+
+def run_fleet(args) -> int:
+    from hugeload.bench import fleet
+
+    log = (lambda msg: None) if args.json else (lambda msg: render.err_console.print(f"[dim]{msg}[/]"))
+    data = fleet.run(args.model, args.engines, fleet.parse_cases(args.cases), args.rounds, args.threads, args.server,
+                     args.timeout, args.root, args.seed, log)
+    ok = any(r["status"] == "ok" for r in data["results"])
+    if args.json:
+        render.print_json(data)
+        return 0 if ok else 1
+    rows, notes = [], []
+    for r in data["results"]:
+        if r["status"] != "ok":
+            notes.append(f"{r['case']}: {r['status']}: {r['reason']}")
+            continue
+        rows.append([r["case"], f"{_interval(r['loaded_s'], 2)} s", f"{_interval(r['first_token_s'], 2)} s",
+                     f"{r['memory_kb'] >> 10}", f"{r['pss_kb'] >> 10}", f"{r['pool_used_kb'] >> 10}",
+                     f"{r['vmlck_kb'] >> 10}", f"{r['page_cache_kb'] >> 10}"])
+    title = (f"{data['engines']} x llama-server on {os.path.basename(data['model'])} "
+             f"({data['model_size'] >> 20} MiB), {data['rounds']} interleaved rounds")
+    render.console.print(render.table(title, ["case", "all loaded (95% CI)", "first token, last engine (95% CI)",
+                                              "memory MiB (sum)", "anon Pss MiB", "huge pages MiB", "locked MiB",
+                                              "model in page cache MiB"], rows))
+    if data["staging_s"] is not None:
+        render.console.print(f"staging (once, not in the start-up times): {data['staging_s']:.2f} s")
+    for n in notes:
+        render.console.print(n)
+    render.console.print(f"Note: {data['note']}.")
+    return 0 if ok else 1
+
+
+SUBCOMMANDS = [add_tensors, add_tlb, add_stage, add_engine, add_fleet]
