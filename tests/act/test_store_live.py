@@ -223,7 +223,9 @@ def test_gc_frees_the_pages_of_a_killed_run(hugeload_cli, tmp_path, state_dir):
     f.write_bytes(b"\0" * (4 * MiB))
     before = count(MB2)
     exe = Path(sys.executable).with_name("hugeload")
-    p = subprocess.Popen([str(exe), "run", "--page-size", "2m", "--reserve", "--files", "*.bin", "--",
+    # --copy: the 4 MiB file's private copy is what is reserved (a file this small makes no heap
+    # copy of 64 MiB or more, so without it nothing would be).
+    p = subprocess.Popen([str(exe), "run", "--page-size", "2m", "--copy", "--reserve", "--files", "*.bin", "--",
                           "sh", "-c", "exec sleep 60", "sh", str(f)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     engine = []
     try:
