@@ -6,7 +6,8 @@
 # 3. generates a ~2 GB random-weight GGUF model (models cannot be downloaded here)
 # 4. checks the machine (doctor), reserves 1 GB pages, stages the model into them
 # 5. runs llama.cpp on it through `hugeload run` and shows the page size the weights got
-# 6. a short `hugeload bench engine` table: default vs 2 MB vs 1 GB pages
+# 6. a short `hugeload bench engine` table: default (twice: the A/A noise floor), a 4 KB page
+#    cache (what older kernels give), 2 MB and 1 GB pages, as ratios with intervals
 # and gives back every page and mount it took, also when interrupted.
 #
 # Settings: DEMO_SIZE (default 1900M, fits two 1 GB pages), DEMO_TYPE (Q8_0: the
@@ -86,6 +87,6 @@ fi
 $H unload "$(basename "$MODEL" .gguf)" >/dev/null
 $H release --all >/dev/null
 
-step "6/6 hugeload bench engine: default vs 2 MB vs 1 GB pages, ${ROUNDS} interleaved rounds"
-$H bench engine --model "$MODEL" --rounds "$ROUNDS" --backings default,2m,1g -- \
+step "6/6 hugeload bench engine: default (A/A), 4 KB page cache, 2 MB and 1 GB pages, ${ROUNDS} interleaved rounds"
+$H bench engine --model "$MODEL" --rounds "$ROUNDS" --backings default,default,pagecache-4k,2m,1g -- \
   "$BIN/llama-bench" -p 64 -n 32 -r 1 -t "$THREADS"
