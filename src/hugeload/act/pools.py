@@ -138,7 +138,12 @@ def reserve(root, kb: int, count: int, node: int | None = None, partial: bool = 
     if result.rolled_back:
         raise ShortReservation(result)
     if prefault and result.after > result.before and str(root) == "/":
-        result = result._replace(prefault_s=prefault_pages(kb, result.after - result.before))
+        # Advisory, like llama.cpp's madvise calls: the pages are reserved and in the ledger
+        # already, and the caller must get them back to release them, whatever went wrong here.
+        try:
+            result = result._replace(prefault_s=prefault_pages(kb, result.after - result.before))
+        except Exception:  # noqa: BLE001 - a failed pre-fault only leaves the faults for later
+            pass
     return result
 
 
