@@ -27,14 +27,13 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from e2e_helpers import free_port, http
 
 from hugeload.engines import find_llama, parse_llama_bench
 
@@ -107,20 +106,6 @@ def children(pid: int) -> list[int]:
         with contextlib.suppress(OSError):
             out += [int(c) for c in t.read_text().split()]
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def http(port: int, path: str, body: dict | None = None, timeout: float = 60) -> dict:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data,
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout) as r:
-        return json.loads(r.read())
 
 
 class Server:

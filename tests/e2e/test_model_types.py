@@ -18,14 +18,13 @@ import contextlib
 import importlib.util
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from e2e_helpers import free_port, http
 
 from hugeload import pages, runner
 from hugeload.engines import find_llama, parse_llama_bench
@@ -74,20 +73,6 @@ def machine_state() -> dict:
     with open("/proc/mounts") as f:
         mounts = sorted(line.split()[1] for line in f if line.split()[2:3] == ["hugetlbfs"])
     return {"pools": pools, "mounts": mounts}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def http(port: int, path: str, body: dict | None = None, timeout: float = 60) -> dict:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data,
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout) as r:
-        return json.loads(r.read())
 
 
 @pytest.fixture(scope="module")
