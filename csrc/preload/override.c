@@ -36,16 +36,21 @@ HL_EXPORT int munmap(void *addr, size_t len)
     return hl_munmap_slow(addr, len);
 }
 
-HL_EXPORT int madvise(void *addr, size_t len, int adv)
+/* hl_range_op_slow returns an errno value (0: done); madvise, mlock and munlock return -1 and set errno. */
+static inline int errno_result(int e)
 {
-    if (!hl_maybe_managed((uintptr_t)addr, len))
-        return r_madvise(addr, len, adv);
-    int e = hl_range_op_slow(addr, len, OP_MADVISE, adv);
     if (e) {
         errno = e;
         return -1;
     }
     return 0;
+}
+
+HL_EXPORT int madvise(void *addr, size_t len, int adv)
+{
+    if (!hl_maybe_managed((uintptr_t)addr, len))
+        return r_madvise(addr, len, adv);
+    return errno_result(hl_range_op_slow(addr, len, OP_MADVISE, adv));
 }
 
 HL_EXPORT int posix_madvise(void *addr, size_t len, int adv)
@@ -59,24 +64,14 @@ HL_EXPORT int mlock(const void *addr, size_t len)
 {
     if (!hl_maybe_managed((uintptr_t)addr, len))
         return r_mlock(addr, len);
-    int e = hl_range_op_slow((void *)addr, len, OP_MLOCK, 0);
-    if (e) {
-        errno = e;
-        return -1;
-    }
-    return 0;
+    return errno_result(hl_range_op_slow((void *)addr, len, OP_MLOCK, 0));
 }
 
 HL_EXPORT int munlock(const void *addr, size_t len)
 {
     if (!hl_maybe_managed((uintptr_t)addr, len))
         return r_munlock(addr, len);
-    int e = hl_range_op_slow((void *)addr, len, OP_MUNLOCK, 0);
-    if (e) {
-        errno = e;
-        return -1;
-    }
-    return 0;
+    return errno_result(hl_range_op_slow((void *)addr, len, OP_MUNLOCK, 0));
 }
 
 HL_EXPORT void *malloc(size_t n)

@@ -49,13 +49,17 @@ def declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     return lib
 
 
+def _open(path) -> ctypes.CDLL:
+    if not path.exists():
+        raise NotSupported(f"native library missing at {path}: reinstall hugeload with `pip install .`")
+    return ctypes.CDLL(str(path))
+
+
 @functools.cache
 def load() -> ctypes.CDLL:
     """The ctypes-only library, every function in SIGNATURES declared."""
     path = native_path()
-    if not path.exists():
-        raise NotSupported(f"native library missing at {path}: reinstall hugeload with `pip install .`")
-    lib = ctypes.CDLL(str(path))
+    lib = _open(path)
     lib.hugeload_abi_version.restype = ctypes.c_int
     if lib.hugeload_abi_version() != ABI_VERSION:
         raise NotSupported(f"native library {path} is from another hugeload version: reinstall hugeload")
@@ -73,10 +77,7 @@ def cpuid(leaf: int, subleaf: int = 0) -> tuple[int, int, int, int] | None:
 
 @functools.cache
 def _preload_lib() -> ctypes.CDLL:
-    path = library_path()
-    if not path.exists():
-        raise NotSupported(f"native library missing at {path}: reinstall hugeload with `pip install .`")
-    lib = ctypes.CDLL(str(path))
+    lib = _open(library_path())
     fn = lib.hugeload_page_choice_kb
     fn.argtypes, fn.restype = [ctypes.c_ulonglong, ctypes.c_char_p, ctypes.c_char_p], ctypes.c_int
     return lib
