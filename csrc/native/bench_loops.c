@@ -6,8 +6,10 @@
  *   double hugeload_chase_ns(const void *buf, uint64_t accesses);
  *   double hugeload_seq_read_gbps(const void *buf, size_t bytes, int repeats);
  *   double hugeload_memcpy_gbps(void *dst, const void *src, size_t bytes, int repeats);
+ *   double hugeload_malloc_free_ns(uint64_t pairs, size_t size);
  */
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -121,4 +123,24 @@ HL_EXPORT double hugeload_memcpy_gbps(void *dst, const void *src, size_t bytes, 
             best = gbps;
     }
     return best;
+}
+
+/*
+ * ns per malloc(size)/free pair, over `pairs` pairs (-1 when malloc fails).
+ * The calls go through the PLT, so in a process started with LD_PRELOAD they
+ * reach the preloaded allocator: `hugeload bench hotpath` runs this with and
+ * without libhugeload.so.  The volatile store keeps the compiler from
+ * eliding the pair.
+ */
+HL_EXPORT double hugeload_malloc_free_ns(uint64_t pairs, size_t size)
+{
+    void *volatile sink;
+    uint64_t t0 = now_ns();
+    for (uint64_t i = 0; i < pairs; i++) {
+        sink = malloc(size);
+        if (!sink)
+            return -1;
+        free(sink);
+    }
+    return pairs ? (double)(now_ns() - t0) / (double)pairs : 0;
 }

@@ -8,7 +8,9 @@
  * gives the whole pages past the new size back; below the threshold it moves
  * to the real allocator.
  *
- * Fork.  A MAP_PRIVATE hugetlb page shared by parent and child after fork
+ * Fork.  (1 GB pages are a shared map of a memfd of ours, hugemem.c: the
+ * child reads them from the file, and must not keep writing to them.)
+ * A MAP_PRIVATE hugetlb page shared by parent and child after fork
  * needs a fresh huge page on the first write; when the pool has none, the
  * kernel keeps the page for the parent (the reservation owner) and SIGBUSes
  * the child.  A child must never die where it would have lived without this
@@ -18,7 +20,10 @@
  * original address.  The parent's fork handler waits until the child is done
  * (a pipe), so the forking thread cannot make the parent write first and
  * take the page from the child; other parent threads can (they do not take
- * our lock to write memory): this narrow window is the remaining risk.
+ * our lock to write memory): this narrow window is the remaining risk (for
+ * 1 GB pages: the child's copy may see such a write).  A child made by a
+ * raw clone() that runs no fork handlers shares 1 GB allocations with its
+ * parent.
  * Why not the alternatives: MAP_SHARED anonymous hugetlb would make writes
  * visible across fork (changes the program's semantics); MADV_DONTFORK
  * alone leaves the child without the data; falling back to THP for every
@@ -45,12 +50,14 @@ void *hl_huge_alloc(size_t n, size_t align, const char *what)
         errno = saved;
         return NULL;
     }
+    if (a.fd >= 0)
+        close(a.fd); /* the map keeps the memfd alive */
     uint64_t ns = hl_now_ns() - t0;
     int rec = hl_record(what, n, a.maplen, a.page, ORIGIN_ALLOC, ns, (uintptr_t)a.p, 1);
     hl_lock();
     hl_region *r = hl_region_add((uintptr_t)a.p, a.maplen, n, a.unit, ORIGIN_ALLOC, a.page, what, rec);
     if (r)
-        r->flags |= HL_RF_WRITABLE;
+        r->flags |= HL_RF_WRITABLE | (a.fd >= 0 ? HL_RF_SHARED : 0);
     hl_unlock();
     if (!r) {
         hl_record_gone(rec);
@@ -149,6 +156,17 @@ static int privatize(uintptr_t a, size_t len, size_t unit, int wipe)
     return 0;
 }
 
+/* Parent, before fork, under the lock: a sealed copy (read-only memfd map)
+ * is about to be shared with the child, so from now on neither may punch its
+ * pages out of the file (that would take them from the other); a unit given
+ * back is then only unmapped, and its page returns when the last map goes. */
+void hl_fork_prepare_regions(void)
+{
+    for (int i = 0; i < hl_reg_hwm; i++)
+        if (hl_reg[i].in_use && (hl_reg[i].flags & HL_RF_SEALED))
+            hl_reg[i].flags &= ~HL_RF_SHARED;
+}
+
 void hl_fork_child_regions(void)
 {
     for (int i = 0; i < hl_reg_hwm; i++) {
@@ -161,7 +179,7 @@ void hl_fork_child_regions(void)
             continue;
         }
         if (!(r->flags & (HL_RF_WRITABLE | HL_RF_WIPEONFORK)))
-            continue; /* read-only copies: the child cannot write without mprotect */
+            continue; /* read-only copies: nobody can write (sealed) or the child cannot without mprotect */
         int wipe = !!(r->flags & HL_RF_WIPEONFORK), ok = 1;
         uintptr_t cur = r->base, end = r->base + r->maplen;
         while (cur < end) {
@@ -174,8 +192,16 @@ void hl_fork_child_regions(void)
                 ok = 0;
             cur = e;
         }
-        if (!ok)
+        if (!ok && (r->flags & HL_RF_SHARED)) {
+            /* Still the parent's memfd pages: the child may read them, never write them. */
+            mprotect((void *)r->base, r->maplen, PROT_READ);
+            hl_warn_once(R_FORK, "%s could not be copied for the child: read-only there", r->what);
+        } else if (!ok) {
             hl_warn_once(R_FORK, "%s could not be copied for the child: a write to it may fail", r->what);
+        }
+        r->flags &= ~(HL_RF_SHARED | HL_RF_SEALED); /* never punch what the parent may still map */
+        if (!ok)
+            continue;
         /* Ordinary memory now: give back in 4 KB units, report as THP. */
         r->page = PAGE_THP;
         r->release_unit = KB4;

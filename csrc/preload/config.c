@@ -192,6 +192,7 @@ static void atfork_prepare(void)
     if (atomic_load(&hl_nreg) > 0 && pipe2(g_fork_pipe, O_CLOEXEC) != 0)
         g_fork_pipe[0] = g_fork_pipe[1] = -1;
     hl_lock();
+    hl_fork_prepare_regions();
 }
 
 static void atfork_parent(void)

@@ -197,6 +197,24 @@ static int fill(int fd, void *dst, size_t total)
     return atomic_load(&j.err);
 }
 
+/* A read-only copy on a memfd (1 GB pages) is mapped again from a read-only
+ * fd of the same file: the pages stay, and the map can no longer be made
+ * writable, so the program and its forked children share it safely (a
+ * write through it would reach every process mapping it; mprotect(PROT_WRITE)
+ * fails with EACCES instead, as on a staged copy).  0; -1: not sealed, the
+ * map as it was; -2: the map is gone (a failed MAP_FIXED may unmap first). */
+static int seal(int memfd, void *p, size_t maplen, int prot)
+{
+    char link[64];
+    snprintf(link, sizeof link, "/proc/self/fd/%d", memfd);
+    int rfd = open(link, O_RDONLY | O_CLOEXEC);
+    if (rfd < 0)
+        return -1;
+    void *q = r_mmap(p, maplen, prot & (PROT_READ | PROT_EXEC), MAP_SHARED | MAP_FIXED, rfd, 0);
+    close(rfd);
+    return q == p ? 0 : -2;
+}
+
 static void *map_copy(size_t len, int prot, int fd, const struct stat *st, const char *what)
 {
     uint64_t t0 = hl_now_ns();
@@ -206,14 +224,29 @@ static void *map_copy(size_t len, int prot, int fd, const struct stat *st, const
     int e = fill(fd, a.p, min_sz(len, (size_t)st->st_size));
     if (e) {
         r_munmap(a.p, a.maplen);
+        if (a.fd >= 0)
+            close(a.fd);
         hl_warn_once(R_READ, "reading %s for its huge page copy failed (%s): using the real mmap", what,
                      e == ENODATA ? "file shorter than its size" : strerror(e));
         return NULL;
     }
-    if (prot != (PROT_READ | PROT_WRITE) && mprotect(a.p, a.maplen, prot) != 0)
+    unsigned fl = (prot & PROT_WRITE) ? HL_RF_WRITABLE : 0;
+    if (a.fd >= 0) {
+        int sealed = (prot & PROT_WRITE) ? -1 : seal(a.fd, a.p, a.maplen, prot);
+        close(a.fd);
+        if (sealed == -2) {
+            r_munmap(a.p, a.maplen);
+            hl_warn_once(R_MPROTECT, "mapping the copy of %s read-only failed (%s): using the real mmap", what,
+                         strerror(errno));
+            return NULL;
+        }
+        fl |= HL_RF_SHARED | (sealed == 0 ? HL_RF_SEALED : 0);
+        if (sealed != 0)
+            fl |= HL_RF_WRITABLE; /* writable by mprotect: a forked child gets its own copy */
+    }
+    if (prot != (PROT_READ | PROT_WRITE) && !(fl & HL_RF_SEALED) && mprotect(a.p, a.maplen, prot) != 0)
         hl_warn_once(R_MPROTECT, "mprotect of the copy of %s failed (%s): left writable", what, strerror(errno));
-    if (add_region(a.p, a.maplen, len, a.unit, ORIGIN_COPY, a.page, what, t0,
-                   (prot & PROT_WRITE) ? HL_RF_WRITABLE : 0) != 0) {
+    if (add_region(a.p, a.maplen, len, a.unit, ORIGIN_COPY, a.page, what, t0, fl) != 0) {
         r_munmap(a.p, a.maplen);
         return NULL;
     }

@@ -98,6 +98,9 @@ static inline size_t arena_size_of(const void *p) { return ((const size_t *)p)[-
 
 /* OS primitives used by the bookkeeping (regions.c); 0 or -1 with errno. */
 int hl_os_unmap(uintptr_t addr, size_t len);
+/* Gives a region's pages back: `shared` (a memfd of ours mapped shared, HL_RF_SHARED)
+ * punches them out of the file first, since munmap alone would leave them in it. */
+int hl_os_release(uintptr_t addr, size_t len, int shared);
 void *hl_os_pages(size_t bytes);          /* zeroed private memory, NULL on failure */
 void hl_os_pages_free(void *p, size_t bytes);
 uint64_t hl_now_ns(void);
@@ -166,6 +169,8 @@ typedef struct {
 #define HL_RF_DONTFORK 1u   /* the program asked MADV_DONTFORK for the whole region */
 #define HL_RF_WIPEONFORK 2u /* ... MADV_WIPEONFORK (emulated for hugetlb) */
 #define HL_RF_WRITABLE 4u   /* mapped writable: a forked child may write to it */
+#define HL_RF_SHARED 8u     /* 1 GB pages of a memfd of ours, mapped shared (hugemem.c) */
+#define HL_RF_SEALED 16u    /* ... and mapped from a read-only fd: nobody can write it */
 
 typedef struct {
     int in_use;
@@ -209,6 +214,7 @@ typedef struct {
     size_t maplen, unit;
     int page;
     uint64_t populate_ns;
+    int fd; /* the memfd behind 1 GB pages (HL_RF_SHARED), else -1; the caller closes it */
 } hl_anon;
 int hl_anon_huge(size_t size, size_t align, const char *what, int populate, hl_anon *out);
 void hl_name_vma(void *p, size_t len, const char *what);
@@ -219,6 +225,7 @@ void *hl_huge_alloc(size_t n, size_t align, const char *what);
 int hl_huge_free(void *p);
 size_t hl_huge_capacity(const void *p);
 void *hl_realloc(void *p, size_t n);
+void hl_fork_prepare_regions(void); /* under the lock */
 void hl_fork_child_regions(void);
 /* Our allocation regions start 2 MiB-aligned: anything else is not ours. */
 static inline int may_be_huge_alloc(const void *p) { return ((uintptr_t)p & (MB2 - 1)) == 0; }

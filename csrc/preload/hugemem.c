@@ -10,8 +10,19 @@
  * failed touch would have been a SIGBUS.  THP maps are not pre-faulted (a
  * failed THP fault falls back to 4 KB pages by itself).
  * THP maps are named "hugeload:<what>" (PR_SET_VMA_ANON_NAME); the kernel
- * refuses names on hugetlb maps (they are file-backed), so those stay
+ * refuses names on hugetlb maps (they are file-backed), so 2 MB ones stay
  * "/anon_hugepage (deleted)" in /proc/PID/maps.
+ *
+ * 1 GB pages come from a hugetlb memfd of our own ("/memfd:hugeload:<what>"),
+ * mapped shared, not from MAP_PRIVATE|MAP_HUGETLB: kernel 6.18 here loses
+ * the page-table entry of a private 1 GB page at fork in about half the
+ * forks (scripts/repro/fork-1g.c shows it without hugeload; 2 MB pages never
+ * did), so the child's first touch needs a new page and dies of SIGBUS when
+ * the pool has none.  A shared mapping is not copied at fork: the child
+ * faults its pages in from the memfd, which always works.  Nobody else maps
+ * the memfd, so the program's memory stays its own; what fork would share,
+ * the child's fork handler copies (alloc.c).  Giving a unit back punches it
+ * out of the file (MADV_REMOVE) before the munmap (os.c).
  */
 #include "hl.h"
 
@@ -20,12 +31,18 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #ifndef MAP_HUGE_SHIFT
 #define MAP_HUGE_SHIFT 26
 #endif
 #define HL_HUGE_2MB (21 << MAP_HUGE_SHIFT)
 #define HL_HUGE_1GB (30 << MAP_HUGE_SHIFT)
+#ifndef MFD_HUGETLB
+#define MFD_CLOEXEC 1u
+#define MFD_HUGETLB 4u
+#endif
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23
 #endif
@@ -40,13 +57,20 @@ static long pool_free(size_t page)
                                     : "/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages");
 }
 
+/* "hugeload:<what>" in what the kernel accepts as a VMA or memfd name:
+ * printable characters except [ ] \ ` $ (and no '/', which memfd refuses). */
+static void vma_name(char *name, size_t size, const char *what)
+{
+    snprintf(name, size, "hugeload:%s", what);
+    for (char *c = name; *c; c++)
+        if (*c < 0x21 || *c > 0x7e || strchr("[]\\`$/", *c))
+            *c = '_';
+}
+
 void hl_name_vma(void *p, size_t len, const char *what)
 {
     char name[64];
-    snprintf(name, sizeof name, "hugeload:%s", what);
-    for (char *c = name; *c; c++) /* the kernel accepts printable characters except [ ] \ ` $ */
-        if (*c < 0x21 || *c > 0x7e || strchr("[]\\`$", *c))
-            *c = '_';
+    vma_name(name, sizeof name, what);
     if (prctl(PR_SET_VMA, PR_SET_VMA_ANON_NAME, (unsigned long)p, len, (unsigned long)name) != 0)
         hl_log(2, "naming %s's memory failed (%s)", what, strerror(errno));
 }
@@ -109,13 +133,14 @@ int hl_populate(void *p, size_t len, size_t unit)
     return e == EINVAL ? 0 : e; /* EINVAL: a kernel before 5.14 without populate; nothing checked */
 }
 
-/* hugetlb map of size rounded to pg, base aligned to max(pg, align). */
-static void *map_hugetlb(size_t size, size_t align, size_t pg, int hflag)
+/* hugetlb map of size rounded to pg, base aligned to max(pg, align): of the
+ * memfd fd (shared) when fd >= 0, else anonymous private. */
+static void *map_hugetlb(size_t size, size_t align, size_t pg, int hflag, int fd)
 {
     size_t maplen = round_up(size, pg);
-    int flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | hflag;
+    int flags = fd >= 0 ? MAP_SHARED : MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | hflag;
     if (align <= pg) {
-        void *p = r_mmap(NULL, maplen, PROT_READ | PROT_WRITE, flags, -1, 0);
+        void *p = r_mmap(NULL, maplen, PROT_READ | PROT_WRITE, flags, fd, 0);
         return p == MAP_FAILED ? NULL : p;
     }
     /* Over-aligned: reserve address space, put the huge pages in at an aligned spot. */
@@ -124,7 +149,7 @@ static void *map_hugetlb(size_t size, size_t align, size_t pg, int hflag)
     if (res == MAP_FAILED)
         return NULL;
     uintptr_t al = round_up((uintptr_t)res, align);
-    void *p = r_mmap((void *)al, maplen, PROT_READ | PROT_WRITE, flags | MAP_FIXED, -1, 0);
+    void *p = r_mmap((void *)al, maplen, PROT_READ | PROT_WRITE, flags | MAP_FIXED, fd, 0);
     if (p == MAP_FAILED) {
         int e = errno;
         r_munmap(res, span);
@@ -159,23 +184,49 @@ static void *map_thp(size_t size, size_t align)
     return (void *)al;
 }
 
+/* A hugetlb memfd of maplen bytes of 1 GB pages, or -1 with errno. */
+static int memfd_1g(size_t maplen, const char *what)
+{
+    char name[64];
+    vma_name(name, sizeof name, what);
+    int fd = (int)syscall(SYS_memfd_create, name, MFD_CLOEXEC | MFD_HUGETLB | HL_HUGE_1GB);
+    if (fd < 0)
+        return -1;
+    if (ftruncate(fd, (off_t)maplen) != 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    return fd;
+}
+
 /* One hugetlb try: map, then (if asked) pre-fault; 0 with *out set, or an errno value. */
-static int try_hugetlb(size_t size, size_t align, size_t pg, int populate, hl_anon *out)
+static int try_hugetlb(size_t size, size_t align, size_t pg, int populate, const char *what, hl_anon *out)
 {
     errno = ENOMEM;
-    void *p = FAULT(pg == GB1 ? F_1G : F_2M) ? NULL : map_hugetlb(size, align, pg, pg == GB1 ? HL_HUGE_1GB : HL_HUGE_2MB);
-    if (!p)
-        return errno;
     size_t maplen = round_up(size, pg);
+    int fd = -1;
+    void *p = NULL;
+    if (!FAULT(pg == GB1 ? F_1G : F_2M) && (pg != GB1 || (fd = memfd_1g(maplen, what)) >= 0))
+        p = map_hugetlb(size, align, pg, pg == GB1 ? HL_HUGE_1GB : HL_HUGE_2MB, fd);
+    if (!p) {
+        int e = errno;
+        if (fd >= 0)
+            close(fd);
+        return e;
+    }
     uint64_t t0 = hl_now_ns();
     int e = populate ? hl_populate(p, maplen, pg) : 0;
     if (e) {
         r_munmap(p, maplen);
+        if (fd >= 0)
+            close(fd);
         hl_warn_once(R_POPULATE, "pre-faulting %zu MB pages failed (%s): trying the next page size",
                      pg >> 20, strerror(e));
         return e;
     }
-    *out = (hl_anon){p, maplen, pg, pg == GB1 ? PAGE_1G : PAGE_2M, hl_now_ns() - t0};
+    *out = (hl_anon){p, maplen, pg, pg == GB1 ? PAGE_1G : PAGE_2M, hl_now_ns() - t0, fd};
     return 0;
 }
 
@@ -185,14 +236,14 @@ int hl_anon_huge(size_t size, size_t align, const char *what, int populate, hl_a
         return 0;
     int e;
     if (hl_first_page(size, hl_page_size, &hl_pol) == GB1) {
-        if ((e = try_hugetlb(size, align, GB1, populate, out)) == 0)
+        if ((e = try_hugetlb(size, align, GB1, populate, what, out)) == 0)
             return 1;
         hl_warn_once(R_1G, "1 GB pages unavailable (%s; pool has %ld free, %zu needed), trying 2 MB for %s (%zu bytes)",
                      strerror(e), pool_free(GB1), round_up(size, GB1) / GB1, what, size);
     } else {
         hl_log(2, "%s (%zu bytes): the page-size policy says 2 MB", what, size);
     }
-    if ((e = try_hugetlb(size, align, MB2, populate, out)) == 0)
+    if ((e = try_hugetlb(size, align, MB2, populate, what, out)) == 0)
         return 1;
     hl_warn_once(R_2M, "2 MB pages unavailable (%s; pool has %ld free, %zu needed), trying THP for %s (%zu bytes)",
                  strerror(e), pool_free(MB2), round_up(size, MB2) / MB2, what, size);
@@ -200,7 +251,7 @@ int hl_anon_huge(size_t size, size_t align, const char *what, int populate, hl_a
     void *p = (!hl_thp_ok || FAULT(F_THP)) ? NULL : map_thp(size, align);
     if (p) {
         hl_name_vma(p, round_up(size, MB2), what);
-        *out = (hl_anon){p, round_up(size, MB2), KB4, PAGE_THP, 0};
+        *out = (hl_anon){p, round_up(size, MB2), KB4, PAGE_THP, 0, -1};
         return 1;
     }
     e = errno;

@@ -205,6 +205,14 @@ static size_t boot_usable(void *p)
 
 int hl_os_unmap(uintptr_t addr, size_t len) { return r_munmap((void *)addr, len); }
 
+int hl_os_release(uintptr_t addr, size_t len, int shared)
+{
+    /* A failed punch keeps the pages until the whole file goes (its last map): not lost. */
+    if (shared)
+        r_madvise((void *)addr, len, MADV_REMOVE);
+    return r_munmap((void *)addr, len);
+}
+
 void *hl_os_pages(size_t bytes)
 {
     void *p = r_mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);

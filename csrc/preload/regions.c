@@ -195,7 +195,7 @@ static int release(hl_region *r, size_t a, size_t b)
         hl_warn_once(R_BOOKKEEP, "out of memory for bookkeeping: %s keeps its pages until exit", r->what);
         return -1;
     }
-    if (hl_os_unmap(r->base + a, b - a) != 0) {
+    if (hl_os_release(r->base + a, b - a, !!(r->flags & HL_RF_SHARED)) != 0) {
         hl_warn_once(R_RELEASE, "giving back pages of %s at %p failed (%s): kept", r->what, (void *)(r->base + a),
                      strerror(errno));
         return -1;

@@ -197,7 +197,7 @@ def test_llama_server_in_podman_on_staged_1g_pages(needs_root, state_dir, image,
         assert host_maps and host_maps[0]["KernelPageSize"] == 1048576 and hugetlb(host_maps[0]) == 1048576
         # Both map the page: the kernel counts it as shared in each (Shared_Hugetlb), never private.
         assert sum(m.get("Shared_Hugetlb", 0) for m in model_maps) == 1048576, model_maps
-        heap = [m for m in maps if m["path"] in ("", "[anon]") or "anon_hugepage" in m["path"]]
+        heap = [m for m in maps if m["path"] in ("", "[anon]") or m["path"].startswith(("/anon_hugepage", "/memfd:hugeload:"))]
         huge_heap = [m for m in heap if m.get("KernelPageSize", 4) in (2048, 1048576) and m["size"] >= 64 << 20]
         if "avx2" in flags:
             # llama.cpp repacks Q4_0 on AVX2: the copy is the preload library's huge page allocation.

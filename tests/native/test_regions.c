@@ -34,6 +34,11 @@ int hl_os_unmap(uintptr_t addr, size_t len)
     calls[ncalls++] = (call){addr, len};
     return 0;
 }
+int hl_os_release(uintptr_t addr, size_t len, int shared)
+{
+    (void)shared;
+    return hl_os_unmap(addr, len);
+}
 void *hl_os_pages(size_t bytes) { return calloc(1, bytes); }
 void hl_os_pages_free(void *p, size_t bytes) { free(p); }
 void hl_log(int level, const char *fmt, ...) {}

@@ -245,7 +245,7 @@ class _Sampler(threading.Thread):
             if m.path in self.paths:
                 v.weights_kb.add(m.kernel_page_kb)
                 v.file_pmd_kb = max(v.file_pmd_kb, m.file_pmd_mapped_kb)
-            elif m.path in ("[anon]", "[heap]") or m.path.startswith("/anon_hugepage"):
+            elif m.path in ("[anon]", "[heap]") or m.path.startswith(("/anon_hugepage", "/memfd:hugeload:")):
                 if m.rss_kb or m.hugetlb_kb:
                     v.alloc_kb.add(2048 if m.anon_huge_kb and m.kernel_page_kb == 4 else m.kernel_page_kb)
                     thp += m.anon_huge_kb
