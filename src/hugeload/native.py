@@ -35,6 +35,7 @@ SIGNATURES = {
     "hugeload_chase_ns": ([ctypes.c_void_p, ctypes.c_uint64], ctypes.c_double),
     "hugeload_seq_read_gbps": ([ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_double),
     "hugeload_memcpy_gbps": ([ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_double),
+    "hugeload_malloc_free_ns": ([ctypes.c_uint64, ctypes.c_size_t], ctypes.c_double),
 }
 
 

@@ -4,6 +4,7 @@ To add one, write `add_<name>(bsub)` (its parser, with `func` set to its
 handler) and append it to SUBCOMMANDS.
 """
 
+import argparse
 import os
 
 from hugeload.bench.common import VM_NOTE, check_plot_available, parse_backings
@@ -393,4 +394,45 @@ def run_fleet(args) -> int:
     return 0 if ok else 1
 
 
-SUBCOMMANDS = [add_tensors, add_tlb, add_stage, add_engine, add_fleet]
+# --------------------------------------------------------------------------- hotpath
+
+def add_hotpath(bsub) -> None:
+    p = bsub.add_parser("hotpath", help="what the preload library costs each small malloc/free (time and instructions)")
+    p.add_argument("--pairs", type=int, default=2_000_000, help="malloc/free pairs per measurement (default 2000000)")
+    p.add_argument("--size", type=int, default=64, help="bytes per allocation (default 64)")
+    p.add_argument("--rounds", type=int, default=10, help="interleaved rounds (default 10)")
+    p.add_argument("--library", action="append", default=[], metavar="[NAME=]PATH",
+                   help="another build of libhugeload.so to compare (repeatable)")
+    p.add_argument("--instructions", action=argparse.BooleanOptionalAction, default=None,
+                   help="count instructions with callgrind (default: when valgrind is installed)")
+    p.add_argument("--seed", type=int, default=0)
+    add_json(p)
+    p.set_defaults(func=run_hotpath)
+
+
+def run_hotpath(args) -> int:
+    from hugeload.bench import hotpath
+
+    libs = {}
+    for item in args.library:
+        name, eq, path = item.partition("=")
+        libs[name if eq else os.path.basename(item)] = path if eq else item
+    log = (lambda msg: None) if args.json else (lambda msg: render.err_console.print(f"[dim]{msg}[/]"))
+    data = hotpath.run(args.pairs, args.size, args.rounds, libs, args.instructions, args.seed, log)
+    if args.json:
+        render.print_json(data)
+        return 0
+    rows = []
+    for e in data["results"]:
+        extra = _interval(e["extra_ns"], 2) if "extra_ns" in e else "-"
+        ins = f"{e['instructions_per_pair']:.1f}" if "instructions_per_pair" in e else "-"
+        xins = f"{e['extra_instructions']:+.1f}" if "extra_instructions" in e else "-"
+        rows.append([e["library"], _interval(e["ns_per_pair"], 2), extra, ins, xins])
+    render.console.print(render.table(f"malloc({data['size']})/free pairs, {data['rounds']} rounds",
+                                      ["library", "ns/pair (95% CI)", "extra ns (95% CI)", "instructions/pair",
+                                       "extra instructions"], rows))
+    render.console.print(data["note"] + ".")
+    return 0
+
+
+SUBCOMMANDS = [add_tensors, add_tlb, add_stage, add_engine, add_fleet, add_hotpath]
