@@ -203,3 +203,67 @@ def test_two_engines_pinned_to_nodes_0_and_1_each_map_their_own_nodes_copy(hugel
             assert pages_on_nodes(got["numa_maps"], copies[node]) == {node: PAGES}
     finally:
         assert hugeload_cli("unload", "tiny", "--force").returncode == 0
+
+
+ENGINE = r'''
+import json, mmap, os, sys, time
+path, out = sys.argv[1], sys.argv[2]
+fd = os.open(path, os.O_RDONLY)
+size = os.fstat(fd).st_size
+mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+t0 = time.perf_counter()
+for off in range(0, size, 4096):
+    mm[off]
+rate = (size >> 12) / (time.perf_counter() - t0)
+nodes = {}
+for line in open("/proc/self/numa_maps"):
+    if "file=" + os.path.realpath(path) in line:
+        for f in line.split():
+            if f[:1] == "N" and "=" in f and f[1:f.index("=")].isdigit():
+                nodes[f[1:f.index("=")]] = nodes.get(f[1:f.index("=")], 0) + int(f.split("=")[1])
+with open(out, "a") as f:
+    f.write(json.dumps({"path": path, "cpus": sorted(os.sched_getaffinity(0)), "nodes": nodes}) + "\n")
+time.sleep(0.3)  # let the verification run's sampler see the mapping
+print(f"{rate:.1f} t/s")
+'''
+
+
+def test_bench_engine_node_placement_runs_each_copy_where_it_says(hugeload_cli, state_dir, model, tmp_path):
+    """`bench engine --node-placement local,remote,interleave`: every run bound to node 0,
+    each placement's copy really on its nodes (numa_maps of the engine itself), nothing left
+    staged or reserved.  Figures from this emulated guest mean nothing; placement does."""
+    engine, seen = tmp_path / "engine.py", tmp_path / "seen.jsonl"
+    engine.write_text(ENGINE)
+    before = counts()
+    r = hugeload_cli("bench", "engine", "--model", model, "--node-placement", "local,remote,interleave",
+                     "--rounds", 2, "--no-startup", "--no-bandwidth", "--json", "--",
+                     sys.executable, engine, "{model}", seen)
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    status = {e["backing"]: e["status"] for e in data["results"]}
+    assert status == {"default": "ok", "2m@local": "ok", "2m@remote": "ok", "2m@interleave": "ok"}, data["results"]
+    numa = data["numa"]
+    assert numa["engine_node"] == 0 and numa["cpus"] == [0]
+    assert numa["copy_nodes"]["2m@local"] == {"0": PAGES}
+    assert numa["copy_nodes"]["2m@remote"] == {"1": PAGES}
+    assert set(numa["copy_nodes"]["2m@interleave"]) == {"0", "1"}
+    assert set(numa["placement_ratios"]) == {"2m@remote", "2m@interleave"}
+    runs = [json.loads(line) for line in seen.read_text().splitlines()]
+    assert len(runs) == 4 * 3  # a verification run and two timed runs per backing
+    assert all(x["cpus"] == [0] for x in runs), runs  # bound like `run --node 0`
+    staged = [x for x in runs if "bench-2048" in x["path"]]
+    by_copy = {}
+    for x in staged:
+        by_copy.setdefault(x["path"].split("bench-2048-")[1].split("/")[0], []).append(x["nodes"])
+    assert all(n == {"0": PAGES} for n in by_copy["local"]), by_copy
+    assert all(n == {"1": PAGES} for n in by_copy["remote"]), by_copy
+    assert all(set(n) == {"0", "1"} for n in by_copy["interleave"]), by_copy
+    assert counts() == before  # every copy unstaged, every page given back
+    assert json.loads(hugeload_cli("staged", "--json").stdout)["models"] == []
+
+
+def test_bench_engine_node_placement_bad_input_is_one_line(hugeload_cli, state_dir, model):
+    for args, message in ((["--node-placement", "far"], "unknown node placement far"),
+                          (["--node-placement", "local", "--node", 7], "NUMA node 7 does not exist")):
+        r = hugeload_cli("bench", "engine", "--model", model, *args, "--", "true")
+        assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -35,6 +35,14 @@ faulting its pages in) is timed apart from start-up.
 The physical limit is measured in the same run: read bandwidth at the engine's thread
 count with the native loops, and each backing's share of it (bytes of weights read per
 generated token x tokens/s / bandwidth; for MoE only the active experts' bytes).
+
+NUMA placement (`node_placement`, multi-socket machines): every run, of every backing, is
+bound to one node's CPUs and memory (the engine node, what `hugeload run --node N` does),
+and each staged backing runs once per placement of its copy: `2m@local` (every page on the
+engine's node), `2m@remote` (every page on another node), `2m@interleave` (pages spread
+over all nodes).  Each copy's nodes are checked from numa_maps when it is staged (outside
+any timed phase) and reported.  The ratios remote/local and interleave/local say what
+placement is worth on the machine; under an emulated guest they mean nothing.
 """
 
 import contextlib
@@ -77,6 +85,7 @@ class Backing:
     load_mode: str | None = None  # llama.cpp -lm
     glibc_hugetlb: int = 0
     base: str = ""  # for an A/A duplicate: the backing it repeats
+    placement: str | None = None  # NUMA placement of the staged copy (PLACEMENTS)
 
     @property
     def kind(self) -> str:
@@ -105,6 +114,8 @@ BACKINGS = {
 }
 ALTERNATIVES = tuple(n for n, b in BACKINGS.items() if not b.hugeload)
 DEFAULT_BACKINGS = ("default", "default", "pagecache-4k", "2m", "1g")
+PLACEMENTS = ("local", "remote", "interleave")
+PLACEMENT_BACKINGS = ("default", "2m")  # with --node-placement and no --backings
 _RATE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*(?:tokens per second|tokens/s|tok/s|t/s)")
 _REPORT = re.compile(r"hugeload: region (.*)$")
 NOTE = ("times are wall-clock; nothing reads smaps while a timed run runs (page sizes come from one untimed "
@@ -145,12 +156,19 @@ class Verification:
     error: str | None = None
 
 
+def _known(name: str) -> bool:
+    base, at, where = name.partition("@")
+    return base in BACKINGS and (not at or (where in PLACEMENTS and BACKINGS[base].staged_kb is not None))
+
+
 def parse_backings(text: str) -> list[str]:
-    """Names in order; a name given again becomes `name#2` (the A/A check)."""
+    """Names in order; a name given again becomes `name#2` (the A/A check).  A staged
+    backing may name its NUMA placement: `2m@local`, `2m@remote`, `2m@interleave`."""
     names = [b.strip().lower() for b in text.split(",") if b.strip()]
-    unknown = [b for b in names if b not in BACKINGS]
+    unknown = [b for b in names if not _known(b)]
     if unknown or not names:
-        raise UsageError(f"unknown backing {', '.join(unknown) or '(none)'}: choose from {', '.join(BACKINGS)}")
+        raise UsageError(f"unknown backing {', '.join(unknown) or '(none)'}: choose from {', '.join(BACKINGS)} "
+                         f"(a staged one may add @{'|@'.join(PLACEMENTS)})")
     out, seen = [], {}
     for n in names:
         seen[n] = seen.get(n, 0) + 1
@@ -158,10 +176,34 @@ def parse_backings(text: str) -> list[str]:
     return out
 
 
+def parse_placements(text: str) -> list[str]:
+    out = list(dict.fromkeys(p.strip().lower() for p in text.split(",") if p.strip()))
+    bad = [p for p in out if p not in PLACEMENTS]
+    if bad or not out:
+        raise UsageError(f"unknown node placement {', '.join(bad) or '(none)'}: choose from {', '.join(PLACEMENTS)}")
+    return out
+
+
+def with_placements(names: list[str], placements: list[str]) -> list[str]:
+    """Each staged backing once per placement (`2m` -> `2m@local`, `2m@remote`, ...); the
+    others as they are (they run bound to the engine node too)."""
+    out = []
+    for n in names:
+        base = n.partition("#")[0]
+        if "@" in base or BACKINGS[base].staged_kb is None:
+            out.append(n)
+        else:
+            out += [f"{base}@{p}" for p in placements if f"{base}@{p}" not in out]
+    return out
+
+
 def backing(name: str) -> Backing:
-    base, _, nth = name.partition("#")
+    full, _, nth = name.partition("#")
+    base, _, where = full.partition("@")
     b = BACKINGS[base]
-    return b if not nth else Backing(**{**b.__dict__, "name": name, "base": base})
+    if where:
+        b = Backing(**{**b.__dict__, "name": full, "placement": where})
+    return b if not nth else Backing(**{**b.__dict__, "name": name, "base": full})
 
 
 def parse_rates(output: str) -> dict[str, float]:
@@ -257,9 +299,15 @@ class _Sampler(threading.Thread):
                     v.pss_kb = max(v.pss_kb, int(line.split()[1]))
 
 
-def _spawn(argv: list[str], env: dict) -> subprocess.Popen:
+def _spawn(argv: list[str], env: dict, bind: tuple[int, tuple[int, ...]] | None = None) -> subprocess.Popen:
+    preexec = None
+    if bind:
+        from hugeload.act import numa
+
+        def preexec():
+            numa.bind_process(*bind)  # what `numactl --cpunodebind=N --membind=N` does
     return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            errors="replace")  # random weights print arbitrary bytes
+                            errors="replace", preexec_fn=preexec)  # random weights print arbitrary bytes
 
 
 def _wait(proc: subprocess.Popen, timeout: float) -> str:
@@ -277,12 +325,12 @@ def _wait(proc: subprocess.Popen, timeout: float) -> str:
 
 
 def timed_run(argv: list[str], env: dict, timeout: float, counters_vendor: str | None = None,
-              counts: dict | None = None) -> tuple[int, float, str]:
+              counts: dict | None = None, bind=None) -> tuple[int, float, str]:
     """Start, wait, nothing else: no thread of ours reads /proc while it runs.  With
     `counters_vendor` (the machine has TLB counters), the engine's dTLB events are counted
     into `counts` (the counters are the CPU's, read once at exit: no observer effect)."""
     t0 = time.perf_counter()
-    proc = _spawn(argv, env)
+    proc = _spawn(argv, env, bind)
     c = perf.open_counters(proc.pid, counters_vendor) if counters_vendor is not None else None
     if c:
         c.start()
@@ -296,8 +344,9 @@ def timed_run(argv: list[str], env: dict, timeout: float, counters_vendor: str |
     return proc.returncode, time.perf_counter() - t0, out
 
 
-def verification_run(argv: list[str], env: dict, model_paths: set[str], timeout: float) -> tuple[Verification, str]:
-    proc = _spawn(argv, env)
+def verification_run(argv: list[str], env: dict, model_paths: set[str], timeout: float,
+                     bind=None) -> tuple[Verification, str]:
+    proc = _spawn(argv, env, bind)
     sampler = _Sampler(proc.pid, model_paths)
     sampler.start()
     try:
@@ -358,6 +407,8 @@ class Copies:
         self.setup_s: dict[str, list[float]] = {}
         self.failed: dict[str, str] = {}
         self.budget: int | None = None  # bytes copies may hold together (None: no limit)
+        self.placements: dict = {}  # placement name -> plan.numa.Placement (node_placement runs)
+        self.nodes: dict[str, dict[int, int]] = {}  # stage key -> pages per node, read when staged
 
     def make_room(self, keys: list[str]) -> None:
         """Tear down the oldest copies not in `keys` until `keys` fit in the budget."""
@@ -373,7 +424,7 @@ class Copies:
     def needs(b: Backing, size: int) -> list[str]:
         out = []
         if b.staged_kb:
-            out.append(f"stage-{b.staged_kb}")
+            out.append(f"stage-{b.staged_kb}" + (f"@{b.placement}" if b.placement else ""))
         if b.shm:
             out.append("shm")
         if b.alloc or b.copy:
@@ -388,7 +439,7 @@ class Copies:
             _, kb, n = key.split("-")
             return int(kb) * KiB * int(n)
         if key.startswith("stage-"):
-            kb = int(key.split("-")[1])
+            kb = _stage_kb(key)
             return ceil_div(self.size, kb * KiB) * kb * KiB
         return self.size
 
@@ -402,12 +453,19 @@ class Copies:
         t0 = time.perf_counter()
         try:
             if key.startswith("stage-"):
-                kb = int(key.split("-")[1])
-                self.log(f"staging the model into {'1G' if kb == GIGANTIC_KB else '2M'} pages")
+                kb, where = _stage_kb(key), key.partition("@")[2]
+                placement = self.placements.get(where) if where else None
+                self.log(f"staging the model into {'1G' if kb == GIGANTIC_KB else '2M'} pages"
+                         + (f", {placement.describe()}" if placement else ""))
                 state.ensure_dir(self.store_dir)
-                m, _, _ = store.stage(self.model, store.StageOptions(page_size=pages.by_kb(kb), name=f"bench-{kb}",
-                                                                     reserve=True), state_dir=self.store_dir, root=self.root)
+                m, _, _ = store.stage(self.model, store.StageOptions(page_size=pages.by_kb(kb), name=_stage_name(key),
+                                                                     reserve=True, placement=placement),
+                                      state_dir=self.store_dir, root=self.root)
                 path = m.path
+                if placement:
+                    from hugeload.act import numa
+
+                    self.nodes[key] = numa.file_pages_by_node(path, kb, self.root)
             elif key == "shm":
                 self.log("copying the model to tmpfs (huge=never)")
                 d = shm_dir()
@@ -439,7 +497,7 @@ class Copies:
             if key.startswith("stage-"):
                 with contextlib.suppress(HugeloadError):
                     for m in store.manifests(self.store_dir):
-                        if m.name == f"bench-{key.split('-')[1]}":
+                        if m.name == _stage_name(key):
                             store.unstage(m.name, force=True, state_dir=self.store_dir, root=self.root)
             elif key == "shm":
                 shutil.rmtree(shm_dir(), ignore_errors=True)
@@ -460,6 +518,16 @@ class Copies:
                 act_pools.release(self.root, None, owner=None, state_dir=self.store_dir)
             shutil.rmtree(shm_dir(), ignore_errors=True)
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _stage_kb(key: str) -> int:
+    """stage-2048 or stage-2048@remote -> 2048."""
+    return int(key.partition("@")[0].split("-")[1])
+
+
+def _stage_name(key: str) -> str:
+    kb, _, where = key.partition("@")
+    return f"bench-{kb.split('-')[1]}" + (f"-{where}" if where else "")
 
 
 @contextlib.contextmanager
@@ -550,7 +618,8 @@ def _pages_needed(model_size: int, kb: int) -> int:
 
 def run(model: str, engine_argv: list[str], backings: list[str], rounds: int = 3, startup_argv: list[str] | None = None,
         timeout: float = 600.0, root="/", seed: int = 0, log=lambda msg: None, state_dir=None,
-        memory_limit: int | None = None, bandwidth: bool = True) -> dict:
+        memory_limit: int | None = None, bandwidth: bool = True, node_placement: list[str] | None = None,
+        engine_node: int | None = None) -> dict:
     if not os.path.isfile(model):
         raise UsageError(f"no such model file: {model}")
     if not engine_argv:
@@ -558,8 +627,13 @@ def run(model: str, engine_argv: list[str], backings: list[str], rounds: int = 3
     if rounds < 1:
         raise UsageError("--rounds must be at least 1")
     size = os.path.getsize(model)
+    if node_placement:
+        backings = with_placements(backings, node_placement)
     chosen = [backing(b) for b in backings]
     copies = Copies(model, size, root, log, state_dir)
+    numa_info = _numa_setup(chosen, copies, engine_node, root) if (
+        node_placement or engine_node is not None or any(b.placement for b in chosen)) else None
+    bind = (numa_info["engine_node"], tuple(numa_info["cpus"])) if numa_info else None
     skipped: dict[str, str] = {}
     runs: list[Run] = []
     verified: dict[str, Verification] = {}
@@ -609,7 +683,7 @@ def run(model: str, engine_argv: list[str], backings: list[str], rounds: int = 3
             report = tmp / f"report-{b.name}-verify.txt"
             env = _env(b, report, empty_state, _page_size(b))
             v, out = verification_run(command_for(verify_argv, path, b.load_mode), env,
-                                      {path, os.path.realpath(path)}, timeout)
+                                      {path, os.path.realpath(path)}, timeout, bind)
             rep = parse_report(report.read_text()) if report.exists() else []
             v.weights_kb |= _report_weights(rep, path)
             verified[b.name] = v
@@ -637,7 +711,7 @@ def run(model: str, engine_argv: list[str], backings: list[str], rounds: int = 3
                     continue
                 if path == model:
                     _keep_cached(model)
-                runs.append(_one_run(b, r, path, engine_argv, startup_argv, tmp, empty_state, timeout, vendor))
+                runs.append(_one_run(b, r, path, engine_argv, startup_argv, tmp, empty_state, timeout, vendor, bind))
     finally:
         copies.close()
         if old_term is not None:
@@ -647,6 +721,13 @@ def run(model: str, engine_argv: list[str], backings: list[str], rounds: int = 3
     data.update(tlb_note=tlb_note, bandwidth_gbps=_stat_dict(bw), bytes_per_token=bpt, weights_read=what,
                 threads=threads_of(engine_argv), copies_held="all" if hold_all else f"as many as fit in {copies.budget / GiB:.1f} GiB, oldest torn down first",
                 setup_s={k: _stat_dict(v) for k, v in copies.setup_s.items()})
+    if numa_info:
+        numa_info["copy_nodes"] = {b.name: {str(n): c for n, c in sorted(copies.nodes[k].items())}
+                                   for b in chosen for k in Copies.needs(b, size) if k in copies.nodes}
+        tests = sorted({t for r in runs if r.returncode == 0 for t in r.rates}) + \
+            (["startup_s"] if any(r.startup_s is not None for r in runs) else [])
+        numa_info["placement_ratios"] = placement_ratios(chosen, runs, tests)
+        data["numa"] = numa_info
     if bw and bpt:
         limit = median(bw) * 1e9 / bpt
         data["tg_limit_tps"] = limit
@@ -655,6 +736,54 @@ def run(model: str, engine_argv: list[str], backings: list[str], rounds: int = 3
                 if t.startswith("tg"):
                     m["bandwidth_share"] = m["median"] / limit
     return data
+
+
+def _numa_setup(chosen: list[Backing], copies: Copies, engine_node: int | None, root) -> dict:
+    """The engine node every run is bound to, and the nodes of each placement; UsageError
+    (one line, before anything is staged) when the machine cannot place them."""
+    from hugeload.act import numa as act_numa
+    from hugeload.plan import numa as plan_numa
+    from hugeload.probe import numa as probe_numa
+
+    with_memory = [n.node for n in probe_numa.read_nodes(root) if n.has_memory]
+    node = engine_node if engine_node is not None else (with_memory[0] if with_memory else 0)
+    cpus = act_numa.check_run_node(node, root).cpus
+    wanted = sorted({b.placement for b in chosen if b.placement})
+    if wanted:
+        others = [n for n in with_memory if n != node]
+        if not others:
+            raise UsageError(f"node placements need at least two NUMA nodes with memory (this machine has "
+                             f"{len(with_memory)}): run without --node-placement")
+        copies.placements = {
+            "local": plan_numa.Placement(plan_numa.Mode.NODE, (node,)),
+            "remote": plan_numa.Placement(plan_numa.Mode.NODE, (others[0],)),
+            "interleave": plan_numa.Placement(plan_numa.Mode.INTERLEAVE, tuple(with_memory)),
+        }
+    return {"engine_node": node, "cpus": list(cpus),
+            "placements": {p: copies.placements[p].describe() for p in wanted},
+            "note": "every run bound to the engine node's CPUs and memory; figures from an emulated "
+                    "(TCG) guest say nothing about a real machine"}
+
+
+def placement_ratios(chosen: list[Backing], runs: list[Run], tests: list[str]) -> dict:
+    """Per staged backing placed elsewhere than local: its paired ratio against the same
+    backing @local, per test (> 1: faster than local; start-up: > 1 is slower)."""
+    out = {}
+    names = {b.name for b in chosen}
+    for b in chosen:
+        if not b.placement or b.placement == "local" or b.base:
+            continue
+        local = b.name.replace(f"@{b.placement}", "@local")
+        if local not in names:
+            continue
+        per = {}
+        for t in tests:
+            r = paired_ratio(_series(runs, b.name, t), _series(runs, local, t))
+            if r:
+                per[t] = {"ratio": r[0], "ratio_low": r[1], "ratio_high": r[2],
+                          "within_noise": r[1] <= 1.0 <= r[2]}
+        out[b.name] = {"against": local, "tests": per}
+    return out
 
 
 def _vendor(root) -> str | None:
@@ -729,17 +858,17 @@ def _fell_back(b: Backing, v: Verification, size: int) -> str | None:
 
 
 def _one_run(b: Backing, r: int, path: str, engine_argv, startup_argv, tmp: Path, empty_state: Path,
-             timeout: float, vendor: str | None = None) -> Run:
+             timeout: float, vendor: str | None = None, bind=None) -> Run:
     report = tmp / f"report-{b.name}-{r}.txt"
     env = _env(b, report, empty_state, _page_size(b))
     startup = None
     if startup_argv:
-        rc, wall, _ = timed_run(command_for(startup_argv, path, b.load_mode), env, timeout)
+        rc, wall, _ = timed_run(command_for(startup_argv, path, b.load_mode), env, timeout, bind=bind)
         startup = wall if rc == 0 else None
         with contextlib.suppress(FileNotFoundError):
             report.unlink()
     counts: dict = {}
-    rc, wall, out = timed_run(command_for(engine_argv, path, b.load_mode), env, timeout, vendor, counts)
+    rc, wall, out = timed_run(command_for(engine_argv, path, b.load_mode), env, timeout, vendor, counts, bind)
     rep = parse_report(report.read_text()) if report.exists() else []
     run = Run(b.name, r, rc, wall, startup, parse_rates(out), rep, _report_weights(rep, path), "munmap failed" in out,
               None if rc == 0 else _last_line(out, rc), counts)
@@ -823,7 +952,28 @@ def summarize(model, size, engine_argv, chosen, runs: list[Run], skipped: dict, 
         entry["metrics"] = metrics
         results.append(entry)
     return {"model": model, "model_size": size, "command": shlex.join(engine_argv), "rounds": rounds,
-            "results": results, "best": best_vs_best(results, runs, tests), "note": NOTE}
+            "results": results, "best": best_vs_best(results, runs, tests),
+            "gigantic_vs_huge": gigantic_vs_huge(results, runs, tests), "note": NOTE}
+
+
+def gigantic_vs_huge(results: list[dict], runs: list[Run], tests: list[str]) -> dict:
+    """1 GB against 2 MB pages, paired per round, for each pair of backings that differ
+    only in page size (1g/2m, 1g+alloc/2m+alloc; > 1: 1 GB faster, start-up: slower)."""
+    ok = {r["backing"] for r in results if r["status"] == "ok"}
+    out = {}
+    for big in sorted(ok):
+        if not big.startswith("1g") or "#" in big:
+            continue
+        small = "2m" + big[2:]
+        if small not in ok:
+            continue
+        per = {}
+        for t in tests:
+            r = paired_ratio(_series(runs, big, t), _series(runs, small, t))
+            if r:
+                per[t] = {"ratio": r[0], "ratio_low": r[1], "ratio_high": r[2], "within_noise": r[1] <= 1.0 <= r[2]}
+        out[f"{big} vs {small}"] = per
+    return out
 
 
 def best_vs_best(results: list[dict], runs: list[Run], tests: list[str]) -> dict:

@@ -228,14 +228,18 @@ def run_stage(args) -> int:
 # --------------------------------------------------------------------------- engine
 
 def add_engine(bsub) -> None:
-    from hugeload.bench.engine import BACKINGS, DEFAULT_BACKINGS
+    from hugeload.bench.engine import BACKINGS, DEFAULT_BACKINGS, PLACEMENT_BACKINGS, PLACEMENTS
 
     p = bsub.add_parser("engine", help="an engine command (llama-bench first) under each backing, interleaved",
                         usage="hugeload bench engine --model FILE [options] -- ENGINE_CMD [ARGS...]")
     p.add_argument("--model", required=True, help="the model file (its source; the bench stages the copies it needs)")
-    p.add_argument("--backings", default=",".join(DEFAULT_BACKINGS),
+    p.add_argument("--backings", default=None,
                    help=f"comma-separated, from {', '.join(BACKINGS)}; a name given twice is the A/A check "
-                        f"(default: {','.join(DEFAULT_BACKINGS)})")
+                        f"(default: {','.join(DEFAULT_BACKINGS)}; with --node-placement: {','.join(PLACEMENT_BACKINGS)})")
+    p.add_argument("--node-placement", metavar="LIST",
+                   help=f"multi-socket machines: run each staged backing with its copy placed {', '.join(PLACEMENTS)} "
+                        "(comma-separated) relative to the engine node; every run is bound to that node")
+    p.add_argument("--node", type=int, help="the engine node every run is bound to (default: the first node with memory)")
     p.add_argument("--rounds", type=int, default=10, help="interleaved rounds (default 10)")
     p.add_argument("--startup-cmd", help="command timed as start-up, with {model} (default: llama-completion -n 1 when found)")
     p.add_argument("--no-startup", action="store_true", help="do not time start-up separately")
@@ -269,7 +273,9 @@ def run_engine(args) -> int:
     from hugeload.bench import engine
     from hugeload.probe.cpu import read_cpu
 
-    backings = engine.parse_backings(args.backings)
+    placements = engine.parse_placements(args.node_placement) if args.node_placement else None
+    default = engine.PLACEMENT_BACKINGS if placements else engine.DEFAULT_BACKINGS
+    backings = engine.parse_backings(args.backings if args.backings is not None else ",".join(default))
     if args.plot:
         check_plot_available()
     startup = None if args.no_startup else (shlex.split(args.startup_cmd) if args.startup_cmd
@@ -277,7 +283,7 @@ def run_engine(args) -> int:
     log = (lambda msg: None) if args.json else (lambda msg: render.err_console.print(f"[dim]{msg}[/]"))
     cpu = read_cpu(args.root)
     data = engine.run(args.model, args.engine, backings, args.rounds, startup, args.timeout, args.root, args.seed,
-                      log=log, bandwidth=not args.no_bandwidth)
+                      log=log, bandwidth=not args.no_bandwidth, node_placement=placements, engine_node=args.node)
     data["hypervisor"] = cpu.hypervisor
     if args.plot:
         engine.plot(data, args.plot)
@@ -314,6 +320,11 @@ def run_engine(args) -> int:
         render.console.print(f"best hugeload vs best alternative, {what}: {b['hugeload']} vs {b['alternative']} "
                              f"{b['ratio']:.3f}x ({b['ratio_low']:.3f}-{b['ratio_high']:.3f})"
                              f"{' ~ within noise' if b['within_noise'] else ''} (> 1: hugeload better)")
+    for pair, per in data.get("gigantic_vs_huge", {}).items():
+        for t, m in per.items():
+            what = "start-up" if t == "startup_s" else t
+            render.console.print(f"{pair}, {what}: {m['ratio']:.3f}x ({m['ratio_low']:.3f}-{m['ratio_high']:.3f})"
+                                 f"{' ~ within noise' if m['within_noise'] else ''} (paired per round)")
     bw = data.get("bandwidth_gbps")
     if bw:
         limit = data.get("tg_limit_tps")
@@ -334,6 +345,19 @@ def run_engine(args) -> int:
             rate = f", dTLB hit rate {c['dtlb_hit_rate']:.4%}" if c.get("dtlb_hit_rate") is not None else ""
             render.console.print(f"{r['backing']} TLB counters (median run): "
                                  + ", ".join(f"{k} {v}" for k, v in c.items() if k != "dtlb_hit_rate") + rate)
+    numa = data.get("numa")
+    if numa:
+        render.console.print(f"every run bound to node {numa['engine_node']} (CPUs {','.join(map(str, numa['cpus']))}); "
+                             + "; ".join(f"{p}: {d}" for p, d in numa["placements"].items()))
+        for b, nodes in numa.get("copy_nodes", {}).items():
+            render.console.print(f"{b}: pages per node (numa_maps, when staged): "
+                                 + ", ".join(f"node {n} {c}" for n, c in nodes.items()))
+        for b, pr in numa.get("placement_ratios", {}).items():
+            for t, m in pr["tests"].items():
+                what = "start-up" if t == "startup_s" else t
+                render.console.print(f"{b} vs {pr['against']}, {what}: {m['ratio']:.3f}x "
+                                     f"({m['ratio_low']:.3f}-{m['ratio_high']:.3f}){' ~' if m['within_noise'] else ''}")
+        render.console.print(f"NUMA: {numa['note']}.")
     for n in notes:
         render.console.print(n)
     if data["tlb_note"]:

@@ -1,0 +1,55 @@
+"""`bench engine --node-placement`: the names, the copies each placement needs, and the
+one-machine refusal.  The placements themselves run in the two-node guest
+(tests/numa/test_numa_guest.py); here the machine may have one node."""
+
+import pytest
+
+from hugeload.bench import engine
+from hugeload.errors import UsageError
+
+
+def test_staged_backings_run_once_per_placement_the_others_once():
+    names = engine.with_placements(["default", "default#2", "2m", "1g+alloc", "private"], ["local", "remote"])
+    assert names == ["default", "default#2", "2m@local", "2m@remote", "1g+alloc@local", "1g+alloc@remote", "private"]
+    assert engine.parse_backings("2m@local,2m@local") == ["2m@local", "2m@local#2"]  # an A/A of one placement
+
+
+def test_a_placed_backing_keeps_its_base_and_needs_its_own_copy():
+    b = engine.backing("2m@remote")
+    assert (b.name, b.kind, b.placement, b.staged_kb) == ("2m@remote", "2m@remote", "remote", 2048)
+    aa = engine.backing("2m@remote#2")
+    assert (aa.name, aa.kind, aa.placement) == ("2m@remote#2", "2m@remote", "remote")
+    size = 100 << 20
+    assert engine.Copies.needs(b, size) == ["stage-2048@remote"]
+    assert engine.Copies.needs(engine.backing("2m@local"), size) == ["stage-2048@local"]
+    assert engine.Copies.needs(engine.backing("2m"), size) == ["stage-2048"]
+    assert engine._stage_kb("stage-2048@interleave") == 2048
+    assert engine._stage_name("stage-1048576@local") == "bench-1048576-local"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("far", "unknown node placement far"), ("", "unknown node placement (none)"),
+])
+def test_unknown_placements_are_refused(text, message):
+    with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        engine.parse_placements(text)
+
+
+@pytest.mark.parametrize("name", ["default@local", "private@remote", "2m@far"])
+def test_only_staged_backings_take_a_placement(name):
+    with pytest.raises(UsageError, match="unknown backing"):
+        engine.parse_backings(name)
+
+
+def test_one_node_machine_refuses_before_staging_anything(tmp_path, monkeypatch):
+    from hugeload.probe import numa as probe_numa
+
+    nodes = probe_numa.read_nodes("/")
+    if len([n for n in nodes if n.has_memory]) > 1:
+        pytest.skip("this machine has several memory nodes")
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"\0" * 4096)
+    monkeypatch.setenv("HUGELOAD_STATE_DIR", str(tmp_path / "state"))
+    with pytest.raises(UsageError, match="at least two NUMA nodes with memory"):
+        engine.run(str(model), ["true"], ["default", "2m"], node_placement=["local", "remote"], bandwidth=False)
+    assert not (tmp_path / "state").exists() or not any((tmp_path / "state").rglob("*.gguf"))
