@@ -12,6 +12,7 @@ Alternatives (what a user could choose without hugeload):
   glibc-hugetlb2  GLIBC_TUNABLES=glibc.malloc.hugetlb=2 (large mallocs from the 2 MB pool)
 hugeload:
   alloc           preload library, large allocations (llama.cpp's repack buffer) in huge pages
+  alloc-2m, alloc-1g  the same, in 2 MB or 1 GB pages (the model mapped from the page cache)
   2m, 1g          the model staged into hugetlbfs with that page size, mapped zero-copy
   2m+alloc, 1g+alloc  staged, plus large allocations in huge pages
   copy            preload library copying the model into private huge pages at start
@@ -86,6 +87,7 @@ class Backing:
     glibc_hugetlb: int = 0
     base: str = ""  # for an A/A duplicate: the backing it repeats
     placement: str | None = None  # NUMA placement of the staged copy (PLACEMENTS)
+    alloc_kb: int | None = None  # page size of large allocations (None: the auto policy)
 
     @property
     def kind(self) -> str:
@@ -106,6 +108,8 @@ BACKINGS = {
     "glibc-hugetlb1": Backing("glibc-hugetlb1", glibc_hugetlb=1),
     "glibc-hugetlb2": Backing("glibc-hugetlb2", glibc_hugetlb=2),
     "alloc": Backing("alloc", preload=True, alloc=True, hugeload=True),
+    "alloc-2m": Backing("alloc-2m", preload=True, alloc=True, hugeload=True, alloc_kb=HUGE_KB),
+    "alloc-1g": Backing("alloc-1g", preload=True, alloc=True, hugeload=True, alloc_kb=GIGANTIC_KB),
     "2m": Backing("2m", HUGE_KB, preload=True, hugeload=True),
     "1g": Backing("1g", GIGANTIC_KB, preload=True, hugeload=True),
     "2m+alloc": Backing("2m+alloc", HUGE_KB, preload=True, alloc=True, hugeload=True),
@@ -428,7 +432,7 @@ class Copies:
         if b.shm:
             out.append("shm")
         if b.alloc or b.copy:
-            kb = pages.first_page(size).kb
+            kb = b.alloc_kb or b.staged_kb or pages.first_page(size).kb
             out.append(f"pool-{kb}-{ceil_div(size, kb * KiB) * (2 if b.copy else 1)}")
         if b.glibc_hugetlb == 2:
             out.append(f"pool-{HUGE_KB}-{ceil_div(size, HUGE_KB * KiB)}")
@@ -776,13 +780,7 @@ def placement_ratios(chosen: list[Backing], runs: list[Run], tests: list[str]) -
         local = b.name.replace(f"@{b.placement}", "@local")
         if local not in names:
             continue
-        per = {}
-        for t in tests:
-            r = paired_ratio(_series(runs, b.name, t), _series(runs, local, t))
-            if r:
-                per[t] = {"ratio": r[0], "ratio_low": r[1], "ratio_high": r[2],
-                          "within_noise": r[1] <= 1.0 <= r[2]}
-        out[b.name] = {"against": local, "tests": per}
+        out[b.name] = {"against": local, "tests": _paired_by_test(runs, b.name, local, tests)}
     return out
 
 
@@ -803,7 +801,7 @@ def _stat_dict(values: list[float]) -> dict | None:
 
 
 def _page_size(b: Backing) -> str:
-    return {GIGANTIC_KB: "1g", HUGE_KB: "2m"}.get(b.staged_kb, "auto")
+    return {GIGANTIC_KB: "1g", HUGE_KB: "2m"}.get(b.staged_kb or b.alloc_kb, "auto")
 
 
 def _prepare(b: Backing, copies: Copies, model: str, skipped: dict) -> str | None:
@@ -846,6 +844,8 @@ def _fell_back(b: Backing, v: Verification, size: int) -> str | None:
     kind = b.kind
     if b.expected_kb and v.weights_kb != {b.expected_kb}:
         return f"weights got page sizes {sorted(v.weights_kb) or 'unknown'} kB, expected {b.expected_kb} kB"
+    if b.alloc_kb and b.alloc_kb not in v.alloc_kb:
+        return f"large allocations got page sizes {sorted(v.alloc_kb) or 'unknown'} kB, expected {b.alloc_kb} kB"
     if b.copy and not (v.weights_kb & {GIGANTIC_KB, HUGE_KB}):
         return f"the copy got page sizes {sorted(v.weights_kb) or 'unknown'} kB, not huge pages"
     if kind == "pagecache-4k" and (v.file_pmd_kb or v.weights_kb - {4}):
@@ -962,17 +962,22 @@ def gigantic_vs_huge(results: list[dict], runs: list[Run], tests: list[str]) -> 
     ok = {r["backing"] for r in results if r["status"] == "ok"}
     out = {}
     for big in sorted(ok):
-        if not big.startswith("1g") or "#" in big:
+        if "1g" not in big or "#" in big:
             continue
-        small = "2m" + big[2:]
+        small = big.replace("1g", "2m")
         if small not in ok:
             continue
-        per = {}
-        for t in tests:
-            r = paired_ratio(_series(runs, big, t), _series(runs, small, t))
-            if r:
-                per[t] = {"ratio": r[0], "ratio_low": r[1], "ratio_high": r[2], "within_noise": r[1] <= 1.0 <= r[2]}
-        out[f"{big} vs {small}"] = per
+        out[f"{big} vs {small}"] = _paired_by_test(runs, big, small, tests)
+    return out
+
+
+def _paired_by_test(runs: list[Run], name: str, base: str, tests: list[str]) -> dict:
+    """{test: paired ratio of `name` over `base` with its interval}, for the tests both ran."""
+    out = {}
+    for t in tests:
+        r = paired_ratio(_series(runs, name, t), _series(runs, base, t))
+        if r:
+            out[t] = {"ratio": r[0], "ratio_low": r[1], "ratio_high": r[2], "within_noise": r[1] <= 1.0 <= r[2]}
     return out
 
 

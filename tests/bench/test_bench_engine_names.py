@@ -1,6 +1,7 @@
-"""`bench engine --node-placement`: the names, the copies each placement needs, and the
-one-machine refusal.  The placements themselves run in the two-node guest
-(tests/numa/test_numa_guest.py); here the machine may have one node."""
+"""`bench engine` backings by name: NUMA placements (the names, the copies each needs, the
+one-node refusal; the placements themselves run in the two-node guest,
+tests/numa/test_numa_guest.py), allocations in a chosen page size, and the 1 GB against
+2 MB pairing of the summary.  No engine runs here."""
 
 import pytest
 
@@ -53,3 +54,28 @@ def test_one_node_machine_refuses_before_staging_anything(tmp_path, monkeypatch)
     with pytest.raises(UsageError, match="at least two NUMA nodes with memory"):
         engine.run(str(model), ["true"], ["default", "2m"], node_placement=["local", "remote"], bandwidth=False)
     assert not (tmp_path / "state").exists() or not any((tmp_path / "state").rglob("*.gguf"))
+
+
+def test_alloc_in_a_chosen_page_size_reserves_that_pool():
+    size = 8 << 30
+    assert engine.Copies.needs(engine.backing("alloc-1g"), size) == ["pool-1048576-8"]
+    assert engine.Copies.needs(engine.backing("alloc-2m"), size) == ["pool-2048-4096"]
+    assert engine.Copies.needs(engine.backing("2m+alloc"), size) == ["stage-2048", "pool-2048-4096"]
+    assert engine._page_size(engine.backing("alloc-2m")) == "2m"
+    assert engine._page_size(engine.backing("alloc")) == "auto"
+
+
+def test_an_alloc_backing_whose_heap_fell_back_is_not_timed():
+    v = engine.Verification(alloc_kb={4, 2048})
+    assert "expected 1048576 kB" in engine._fell_back(engine.backing("alloc-1g"), v, 1 << 30)
+    assert engine._fell_back(engine.backing("alloc-2m"), v, 1 << 30) is None
+
+
+def test_1g_is_paired_with_the_2m_backing_that_differs_only_in_page_size():
+    runs = [engine.Run(name, r, 0, 1.0, None, {"tg8": rate}) for r in range(4)
+            for name, rate in (("alloc-1g", 2.0), ("alloc-2m", 1.0), ("1g", 3.0), ("2m", 3.0), ("1g#2", 5.0))]
+    results = [{"backing": n, "status": "ok"} for n in ("alloc-1g", "alloc-2m", "1g", "2m", "1g#2")]
+    pairs = engine.gigantic_vs_huge(results, runs, ["tg8"])
+    assert set(pairs) == {"alloc-1g vs alloc-2m", "1g vs 2m"}
+    assert pairs["alloc-1g vs alloc-2m"]["tg8"]["ratio"] == 2.0
+    assert pairs["1g vs 2m"]["tg8"]["within_noise"]
