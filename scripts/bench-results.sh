@@ -15,6 +15,20 @@ DENSE_SIZE=${DENSE_SIZE:-1G}
 BIG_DENSE_SIZE=${BIG_DENSE_SIZE:-8G}
 mkdir -p "$MODELS" "$OUT"
 lock() { flock /tmp/hugeload-tests.lock "$@"; }
+# 1 GB pages at run time need unfragmented memory: before each run, drop the other models'
+# files from the page cache (the benched model stays cached) and compact.
+only_cached() {
+  .venv/bin/python - "$MODELS" "$1" <<'PY'
+import os, sys
+d, keep = sys.argv[1], os.path.basename(sys.argv[2])
+for f in os.listdir(d):
+    if f.endswith(".gguf") and f != keep:
+        fd = os.open(os.path.join(d, f), os.O_RDONLY)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+PY
+  echo 1 > /proc/sys/vm/compact_memory
+}
 model() { [ -f "$MODELS/$1" ] || $HL make-model "$MODELS/$1" "${@:2}"; }
 
 model moe.gguf --size "$MOE_SIZE" --type Q8_0 --experts 8 --experts-used 2
@@ -27,21 +41,26 @@ model dense-q8.gguf --size "$DENSE_SIZE" --type Q8_0
 # MoE, read from the mapping: every alternative a user would pick (the page cache as the kernel
 # maps it, twice for the A/A check, a 4 KB page cache, --mlock, --no-mmap, --no-mmap with THP,
 # the glibc hugetlb tunable) beside staged 2M and 1G pages, in one interleaved run.
+only_cached moe.gguf
 lock $HL bench engine --model "$MODELS/moe.gguf" --rounds 10 --no-startup \
   --backings default,default,pagecache-4k,mlock,private,thp,glibc-hugetlb1,glibc-hugetlb2,2m,1g \
   -- "$BIN/llama-bench" -p 4 -n 8 -r 1 -t 1 | tee "$OUT/moe.txt"
 # Dense K-quant as large as the MoE, repacked into the heap on AVX2 (the mapping is not read):
 # the heap in 2 MB against 1 GB pages, beside THP and the glibc tunable. Start-up is left out
 # (one load repacks 8 GB; the 1 GB model below times start-up).
+only_cached dense-q4k-8g.gguf
 lock $HL bench engine --model "$MODELS/dense-q4k-8g.gguf" --rounds 10 --no-startup \
   --backings default,default,glibc-hugetlb1,glibc-hugetlb2,alloc-2m,alloc-1g \
   -- "$BIN/llama-bench" -p 4 -n 8 -r 1 -t 1 | tee "$OUT/dense-8g.txt"
 # Dense K-quant, 1 GB: the heap alternatives and hugeload's allocations, start-up timed.
+only_cached dense-q4k.gguf
 lock $HL bench engine --model "$MODELS/dense-q4k.gguf" --rounds 10 \
   --backings default,default,private,thp,glibc-hugetlb1,glibc-hugetlb2,alloc,1g+alloc \
   -- "$BIN/llama-bench" -p 4 -n 8 -r 1 -t 1 | tee "$OUT/dense-q4k.txt"
 # Several engines on one model: start-up, first token, memory.
+only_cached dense-q8.gguf
 lock $HL bench fleet --model "$MODELS/dense-q8.gguf" --engines 2 --rounds 3 | tee "$OUT/fleet.txt"
+only_cached none
 lock $HL bench tlb --size 2G --rounds 10 | tee "$OUT/tlb.txt"
 # The preload library's cost per small malloc/free, against the library before the split
 # (csrc/hugeload.c, rebuilt from git history).
