@@ -70,11 +70,13 @@ rm -f "$out/rc"
 exec 9>/tmp/hugeload-numa-vm.lock
 flock 9
 set +e
+# Through a pipe: given a regular file as its output, qemu opens it again with O_TRUNC, and
+# `scripts/test.sh > log` lost everything the suite printed before the guest started.
 timeout --kill-after=10 "$timeout_s" vng --disable-kvm --run "$kernel" --cpus 2 --memory 4G \
   --numa 2G,cpus=0 --numa 2G,cpus=1 \
   --append "hugepagesz=1G hugepages=1:1" \
-  --rwdir "$out" --cwd "$repo" -e "$guest" </dev/null
-vm_rc=$?
+  --rwdir "$out" --cwd "$repo" -e "$guest" </dev/null 2>&1 | cat
+vm_rc=${PIPESTATUS[0]}
 set -e
 if [[ -s $out/rc ]]; then
   exit "$(cat "$out/rc")"

@@ -25,6 +25,10 @@ def _root(needs_root, state_dir):
 def test_reserve_two_1g_pages_and_release_back(hugeload_cli, state_dir):
     before = count(GB)
     out = hugeload_cli("reserve", "--count", 2, "--page-size", "1g", "--json")
+    if out.returncode != 0 and "the kernel gave" in out.stderr:
+        # Fragmented memory: the short result must have been rolled back, and nothing recorded.
+        assert count(GB) == before and ledger.share(ledger.load(state_dir), GB, None) == 0
+        pytest.skip(f"the kernel gave fewer than 2 x 1 GB pages (rolled back): {out.stderr.strip()}")
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     assert data["obtained"] == 2 and count(GB) == before + 2
