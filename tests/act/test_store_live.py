@@ -243,6 +243,10 @@ def test_gc_frees_the_pages_of_a_killed_run(hugeload_cli, tmp_path, state_dir):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         p.wait()
+    report = state_dir / "run" / f"report-{p.pid}.txt"
+    assert report.exists()  # the killed run's report, which it could not remove itself
     out = hugeload_cli("gc", "--json")
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout)["released"] and count(MB2) == before
+    data = json.loads(out.stdout)
+    assert data["released"] and count(MB2) == before
+    assert str(report) in data["removed"] and not report.exists()

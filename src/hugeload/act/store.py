@@ -673,6 +673,24 @@ def _owner_alive(pid: str, root="/") -> bool:
         return False
 
 
+def run_report_path(pid: int, state_dir=None) -> Path:
+    """Where `hugeload run` (without --report) has the preload library write its report."""
+    return state.state_dir(state_dir) / "run" / f"report-{pid}.txt"
+
+
+def _gc_run_reports(state_dir=None, root="/") -> list[str]:
+    """Reports of `hugeload run` processes that were killed before they could remove them."""
+    removed = []
+    top = run_report_path(0, state_dir).parent
+    for f in sorted(top.glob("report-*.txt")) if top.is_dir() else []:
+        pid = f.name[len("report-"):-len(".txt")]
+        if pid.isdigit() and not _owner_alive(pid, root):
+            with contextlib.suppress(OSError):
+                f.unlink()
+                removed.append(str(f))
+    return removed
+
+
 def _gc_bench_runs(state_dir=None, root="/") -> list[str]:
     """What a killed `hugeload bench engine` left: its own store under <state>/bench/<pid>
     (staged copies, their mounts and pages) and its tmpfs copy /dev/shm/hugeload-bench-<pid>."""
@@ -740,6 +758,7 @@ def gc(state_dir=None, root="/") -> dict:
                 # "bench:<pid>" or "bench:<pid>:<what>"
                 released += act_pools.release(root, None, owner=o, state_dir=state_dir)
     removed += _gc_bench_runs(state_dir, root)
+    removed += _gc_run_reports(state_dir, root)
     write_redirects(state_dir)
     unmounted = unmount_idle(state_dir, root)
     return {"removed": removed, "released": released, "unmounted": unmounted}

@@ -4,11 +4,11 @@ import contextlib
 import dataclasses
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 from hugeload import pages, runner
 from hugeload.act import pools as act_pools
+from hugeload.act import state, store
 from hugeload.cli import render
 from hugeload.cli.common import add_state_dir
 from hugeload.errors import PoolError, UsageError
@@ -79,7 +79,7 @@ def run(args) -> int:
             render.err_console.print(f"hugeload: note: {runner.describe_need(need)}; running anyway on the fallback")
     # The report goes to a file so the summary below can read it; without --report that file
     # is temporary and its lines are passed on to stderr as the library would have written them.
-    report, start = _report_file(args.report)
+    report, start = _report_file(args.report, args.state_dir)
     env = runner.environment(dataclasses.replace(options, report=str(report)), args.state_dir)
     if bind:
         env["HUGELOAD_NODE"] = str(bind[0])
@@ -96,16 +96,19 @@ def run(args) -> int:
                 act_pools.release(args.root, None, owner=reserved_owner, state_dir=args.state_dir)
 
 
-def _report_file(path: str | None) -> tuple[Path, int]:
+def _report_file(path: str | None, state_dir=None) -> tuple[Path, int]:
     if path is not None:
         p = Path(path)
         try:
             return p, p.stat().st_size  # the library appends: read only this run's lines
         except OSError:
             return p, 0
-    fd, name = tempfile.mkstemp(prefix="hugeload-report-", suffix=".txt")
-    os.close(fd)
-    return Path(name), 0
+    # In the state dir, named by our pid, so `hugeload gc` removes it after a kill -9.
+    p = store.run_report_path(os.getpid(), state_dir)
+    state.ensure_dir(p.parent)
+    p.write_bytes(b"")
+    os.chmod(p, 0o600)
+    return p, 0
 
 
 def _summarize(report: Path, start: int, forward: bool, log: int, candidates, predictions, threshold: int) -> None:
