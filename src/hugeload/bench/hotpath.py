@@ -28,7 +28,7 @@ import sys
 import tempfile
 
 from hugeload import native
-from hugeload.bench.common import bootstrap_median_ci, median
+from hugeload.bench.common import bootstrap_median_ci
 from hugeload.errors import UsageError
 
 CHILD = ("import sys\nfrom hugeload import native\nl = native.load()\n"
@@ -120,12 +120,4 @@ def run(pairs: int = 2_000_000, size: int = 64, rounds: int = 10, libraries: dic
                         "; instructions not counted (no valgrind)"))}
 
 
-def best_extra(data: dict) -> float | None:
-    """The extra ns per pair of hugeload's library (median), for a one-line summary."""
-    for e in data["results"]:
-        if e["library"] == "hugeload":
-            return e["extra_ns"]["median"]
-    return None
-
-
-__all__ = ["run", "best_extra", "median"]
+__all__ = ["run"]
