@@ -203,11 +203,11 @@ static int fill(int fd, void *dst, size_t total)
  * write through it would reach every process mapping it; mprotect(PROT_WRITE)
  * fails with EACCES instead, as on a staged copy).  0; -1: not sealed, the
  * map as it was; -2: the map is gone (a failed MAP_FIXED may unmap first). */
+static int reopen_rdonly(int fd);
+
 static int seal(int memfd, void *p, size_t maplen, int prot)
 {
-    char link[64];
-    snprintf(link, sizeof link, "/proc/self/fd/%d", memfd);
-    int rfd = open(link, O_RDONLY | O_CLOEXEC);
+    int rfd = reopen_rdonly(memfd);
     if (rfd < 0)
         return -1;
     void *q = r_mmap(p, maplen, prot & (PROT_READ | PROT_EXEC), MAP_SHARED | MAP_FIXED, rfd, 0);
@@ -253,6 +253,15 @@ static void *map_copy(size_t len, int prot, int fd, const struct stat *st, const
     return a.p;
 }
 
+/* The same open file again, read-only (through /proc/self/fd), or -1: a
+ * MAP_SHARED map of it can never be made writable. */
+static int reopen_rdonly(int fd)
+{
+    char link[64];
+    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    return open(link, O_RDONLY | O_CLOEXEC);
+}
+
 static void fd_path(int fd, char *path, size_t size)
 {
     char link[64];
@@ -267,9 +276,7 @@ static void *map_hugetlbfs(size_t len, int prot, int flags, int fd, off_t off, c
     uint64_t t0 = hl_now_ns();
     void *p = MAP_FAILED;
     if ((flags & MAP_TYPE) == MAP_PRIVATE && !(prot & PROT_WRITE)) {
-        char link[64];
-        snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
-        int rfd = open(link, O_RDONLY | O_CLOEXEC);
+        int rfd = reopen_rdonly(fd);
         if (rfd >= 0) {
             p = r_mmap(NULL, len, prot, (flags & ~MAP_TYPE) | MAP_SHARED, rfd, off);
             close(rfd);

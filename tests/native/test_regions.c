@@ -20,6 +20,7 @@
 typedef struct {
     uintptr_t a;
     size_t len;
+    int punched; /* released with the memfd punch (HL_RF_SHARED) */
 } call;
 static call calls[256];
 static int ncalls, fail_next_unmap, warnings;
@@ -31,13 +32,15 @@ int hl_os_unmap(uintptr_t addr, size_t len)
         errno = EINVAL;
         return -1;
     }
-    calls[ncalls++] = (call){addr, len};
+    calls[ncalls++] = (call){addr, len, 0};
     return 0;
 }
 int hl_os_release(uintptr_t addr, size_t len, int shared)
 {
-    (void)shared;
-    return hl_os_unmap(addr, len);
+    int rc = hl_os_unmap(addr, len);
+    if (rc == 0)
+        calls[ncalls - 1].punched = shared;
+    return rc;
 }
 void *hl_os_pages(size_t bytes) { return calloc(1, bytes); }
 void hl_os_pages_free(void *p, size_t bytes) { free(p); }
@@ -192,6 +195,23 @@ static void test_shrink(void)
     printf("ok shrinking gives the tail back\n");
 }
 
+static void test_memfd_units_are_punched_before_unmap(void)
+{
+    reset();
+    /* 1 GB pages live in a memfd: a unit given back must leave the file too; 2 MB ones need not. */
+    hl_region *g = hl_region_add(BASE, 3 * GB1, 3 * GB1, GB1, ORIGIN_ALLOC, PAGE_1G, "g", -1);
+    g->flags |= HL_RF_SHARED;
+    CHECK(hl_region_shrink(g, GB1 + 4096) == 0);
+    CHECK(ncalls == 1 && calls[0].a == BASE + 2 * GB1 && calls[0].len == GB1 && calls[0].punched == 1);
+    g->flags &= ~HL_RF_SHARED; /* shared by fork: never punched again, only unmapped */
+    hl_region_destroy(g);
+    CHECK(ncalls == 2 && calls[1].len == 2 * GB1 && calls[1].punched == 0);
+    hl_region *m = hl_region_add(BASE, 4 * MB, 4 * MB, MB2, ORIGIN_ALLOC, PAGE_2M, "m", -1);
+    hl_region_destroy(m);
+    CHECK(ncalls == 3 && calls[2].punched == 0 && live() == 0);
+    printf("ok memfd units are punched before unmap, others only unmapped\n");
+}
+
 static void test_many_fragments(void)
 {
     reset();
@@ -214,6 +234,7 @@ int main(void)
     test_overlap_rejected();
     test_failed_munmap_keeps_ownership();
     test_shrink();
+    test_memfd_units_are_punched_before_unmap();
     test_many_fragments();
     printf("%s: %d failures\n", failures ? "FAILED" : "PASSED", failures);
     return failures;

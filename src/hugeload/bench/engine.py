@@ -728,9 +728,7 @@ def run(model: str, engine_argv: list[str], backings: list[str], rounds: int = 3
     if numa_info:
         numa_info["copy_nodes"] = {b.name: {str(n): c for n, c in sorted(copies.nodes[k].items())}
                                    for b in chosen for k in Copies.needs(b, size) if k in copies.nodes}
-        tests = sorted({t for r in runs if r.returncode == 0 for t in r.rates}) + \
-            (["startup_s"] if any(r.startup_s is not None for r in runs) else [])
-        numa_info["placement_ratios"] = placement_ratios(chosen, runs, tests)
+        numa_info["placement_ratios"] = placement_ratios(chosen, runs, _tests(runs))
         data["numa"] = numa_info
     if bw and bpt:
         limit = median(bw) * 1e9 / bpt
@@ -911,13 +909,18 @@ def _series(runs: list[Run], name: str, test: str) -> dict[int, float]:
     return out
 
 
+def _tests(runs: list[Run]) -> list[str]:
+    """The rates any successful run reported, then start-up when it was timed."""
+    return sorted({t for r in runs if r.returncode == 0 for t in r.rates}) + \
+        (["startup_s"] if any(r.startup_s is not None for r in runs) else [])
+
+
 def summarize(model, size, engine_argv, chosen, runs: list[Run], skipped: dict, rounds: int,
               verified: dict[str, Verification] | None = None) -> dict:
     verified = verified or {}
     results = []
     base_name = "default" if any(b.name == "default" for b in chosen) else None
-    tests = sorted({t for r in runs if r.returncode == 0 for t in r.rates}) + \
-        (["startup_s"] if any(r.startup_s is not None for r in runs) else [])
+    tests = _tests(runs)
     for b in chosen:
         mine = [r for r in runs if r.backing == b.name]
         ok = [r for r in mine if r.returncode == 0]
