@@ -3,10 +3,13 @@
 import json
 import os
 import sys
+from pathlib import Path
 
 import pytest
 
-from numa_helpers import node_count, pages_on_nodes, staged_pages
+from numa_helpers import mappings_over, node_count, pages_on_nodes, staged_pages
+
+from hugeload.act import redirects
 
 PAGES = 10  # the 20 MB model in 2 MB pages
 
@@ -55,8 +58,8 @@ def test_replicate_stages_one_copy_per_node_each_on_its_node(hugeload_cli, state
     assert counts() == (before[0] + PAGES, before[1] + PAGES)
     listed = json.loads(hugeload_cli("loaded", "--json").stdout)["models"][0]["copies"]
     assert sorted((c["node"], c["pages"], c["page_size_kb"]) for c in listed) == [(0, PAGES, 2048), (1, PAGES, 2048)]
-    index = (state_dir / "store" / "redirects").read_text()
-    assert all(c["path"] in index for c in m["copies"])
+    index = redirects.read(state_dir)
+    assert sorted((e.node, e.staged_path) for e in index) == sorted((c["node"], c["path"]) for c in m["copies"])
     assert hugeload_cli("unload", m["name"]).returncode == 0
     assert counts() == before
 
@@ -166,23 +169,27 @@ def test_run_on_a_node_without_a_copy_refuses(hugeload_cli, state_dir, model):
 
 def test_large_allocations_under_run_node_come_from_that_nodes_pages(hugeload_cli, state_dir):
     """The preload library's large-allocation path maps anonymous huge pages; the memory
-    policy inherited from `run --node 1` puts them on node 1."""
+    policy inherited from `run --node 1` puts them on node 1.  Only the allocation's own
+    mappings are counted (found by its address): the page cache of files read earlier sits
+    on whichever node read them first."""
+    size = 64 << 20
     assert hugeload_cli("reserve", "--node", 1, "--count", 40, "--page-size", "2m").returncode == 0
     code = ("import ctypes, json; libc = ctypes.CDLL(None); libc.malloc.restype = ctypes.c_void_p; "
-            "p = libc.malloc(64 << 20); ctypes.memset(p, 1, 64 << 20); "
-            "print(json.dumps([l for l in open('/proc/self/numa_maps') if 'huge' in l]))")
+            f"p = libc.malloc({size}); ctypes.memset(p, 1, {size}); "
+            "print(json.dumps({'p': p, 'maps': open('/proc/self/maps').read(), "
+            "'numa_maps': open('/proc/self/numa_maps').read()}))")
     try:
         r = hugeload_cli("run", "--node", 1, "--page-size", "2m", "--alloc-threshold", "32M", "--quiet", "--",
                          sys.executable, "-c", code)
         assert r.returncode == 0, r.stderr
-        huge = json.loads(r.stdout)
+        got = json.loads(r.stdout)
+        mine = mappings_over(got["maps"], got["numa_maps"], got["p"], got["p"] + size)
+        assert mine and all(m.page_kb == 2048 for m in mine), mine  # the allocation is in 2 MB pages
         per_node: dict[int, int] = {}
-        for line in huge:
-            for field in line.split():
-                k, _, v = field.partition("=")
-                if k.startswith("N") and k[1:].isdigit():
-                    per_node[int(k[1:])] = per_node.get(int(k[1:]), 0) + int(v)
-        assert per_node and set(per_node) == {1} and per_node[1] >= 32, huge
+        for m in mine:
+            for node, n in m.pages.items():
+                per_node[node] = per_node.get(node, 0) + n
+        assert set(per_node) == {1} and per_node[1] >= size >> 21, mine
     finally:
         assert hugeload_cli("release").returncode == 0
 
@@ -215,12 +222,8 @@ t0 = time.perf_counter()
 for off in range(0, size, 4096):
     mm[off]
 rate = (size >> 12) / (time.perf_counter() - t0)
-nodes = {}
-for line in open("/proc/self/numa_maps"):
-    if "file=" + os.path.realpath(path) in line:
-        for f in line.split():
-            if f[:1] == "N" and "=" in f and f[1:f.index("=")].isdigit():
-                nodes[f[1:f.index("=")]] = nodes.get(f[1:f.index("=")], 0) + int(f.split("=")[1])
+from hugeload.probe.numa import pages_by_node, read_numa_maps
+nodes = {str(n): c for n, c in pages_by_node(read_numa_maps("/"), os.path.realpath(path)).items()}
 with open(out, "a") as f:
     f.write(json.dumps({"path": path, "cpus": sorted(os.sched_getaffinity(0)), "nodes": nodes}) + "\n")
 time.sleep(0.3)  # let the verification run's sampler see the mapping
@@ -251,13 +254,14 @@ def test_bench_engine_node_placement_runs_each_copy_where_it_says(hugeload_cli, 
     runs = [json.loads(line) for line in seen.read_text().splitlines()]
     assert len(runs) == 4 * 3  # a verification run and two timed runs per backing
     assert all(x["cpus"] == [0] for x in runs), runs  # bound like `run --node 0`
-    staged = [x for x in runs if "bench-2048" in x["path"]]
-    by_copy = {}
-    for x in staged:
-        by_copy.setdefault(x["path"].split("bench-2048-")[1].split("/")[0], []).append(x["nodes"])
-    assert all(n == {"0": PAGES} for n in by_copy["local"]), by_copy
-    assert all(n == {"1": PAGES} for n in by_copy["remote"]), by_copy
-    assert all(set(n) == {"0", "1"} for n in by_copy["interleave"]), by_copy
+    by_copy: dict[str, list] = {}
+    for x in runs:  # the staged copies sit in a directory named after the bench's model
+        by_copy.setdefault(Path(x["path"]).parent.name, []).append(x["nodes"])
+    assert {k: len(v) for k, v in by_copy.items() if k.startswith("bench-")} == {
+        "bench-2048-local": 3, "bench-2048-remote": 3, "bench-2048-interleave": 3}, by_copy
+    assert all(n == {"0": PAGES} for n in by_copy["bench-2048-local"]), by_copy
+    assert all(n == {"1": PAGES} for n in by_copy["bench-2048-remote"]), by_copy
+    assert all(set(n) == {"0", "1"} for n in by_copy["bench-2048-interleave"]), by_copy
     assert counts() == before  # every copy unstaged, every page given back
     assert json.loads(hugeload_cli("staged", "--json").stdout)["models"] == []
 

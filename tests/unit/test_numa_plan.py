@@ -46,6 +46,18 @@ def test_numa_maps_pages_per_node(tmp_path):
     assert probe_numa.pages_by_node(maps, "/nope") == {}
 
 
+def test_numa_maps_file_names_are_decoded_and_matched_whole():
+    """A name with a space or '=' comes octal-escaped; a longer name that merely starts
+    with the wanted one is another file."""
+    maps = probe_numa.parse_numa_maps(
+        "7f0000000000 default file=/m/a\\040b\\075c.gguf huge dirty=2 N0=2 kernelpagesize_kB=2048\n"
+        "7f1000000000 default file=/m/a.gguf.bak huge dirty=4 N1=4 kernelpagesize_kB=2048\n"
+        "7f2000000000 default file=/m/a.gguf huge dirty=1 N1=1 kernelpagesize_kB=2048\n")
+    assert maps[0].path == "/m/a b=c.gguf"
+    assert probe_numa.pages_by_node(maps, "/m/a b=c.gguf") == {0: 2}
+    assert probe_numa.pages_by_node(maps, "/m/a.gguf") == {1: 1}
+
+
 def test_placement_from_options():
     assert plan_numa.placement(None, None, False, False, [0, 1]) == Placement()
     assert plan_numa.placement(1, None, False, False, [0, 1]) == Placement(Mode.NODE, (1,))

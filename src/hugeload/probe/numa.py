@@ -75,10 +75,19 @@ class Mapping(NamedTuple):
 
 
 def read_numa_maps(root, pid="self") -> list[Mapping]:
-    """/proc/PID/numa_maps: one entry per mapping with pages present, per node.
-    '7f0000000000 bind:1 file=/x/y huge dirty=3 N1=3 kernelpagesize_kB=2048'"""
+    """/proc/PID/numa_maps: one entry per mapping with pages present, per node."""
+    return parse_numa_maps(read_text(root, f"proc/{pid}/numa_maps", "") or "")
+
+
+_OCTAL = re.compile(r"\\([0-7]{3})")
+
+
+def parse_numa_maps(text: str) -> list[Mapping]:
+    """'7f0000000000 bind:1 file=/x/y huge dirty=3 N1=3 kernelpagesize_kB=2048' lines.
+    The kernel escapes space, tab, newline and '=' in the file name as octal (seq_file_path
+    in fs/proc/task_mmu.c), so the name is decoded, never matched as a substring."""
     out = []
-    for line in (read_text(root, f"proc/{pid}/numa_maps", "") or "").splitlines():
+    for line in text.splitlines():
         parts = line.split()
         if len(parts) < 2:
             continue
@@ -90,7 +99,7 @@ def read_numa_maps(root, pid="self") -> list[Mapping]:
         for field in parts[2:]:
             key, _, value = field.partition("=")
             if key == "file":
-                path = value
+                path = _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), value)
             elif key.startswith("N") and key[1:].isdigit() and value.isdigit():
                 per_node[int(key[1:])] = int(value)
             elif key == "kernelpagesize_kB" and value.isdigit():
