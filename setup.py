@@ -4,6 +4,7 @@ The library is preloaded into programs that are not Python (llama.cpp), so it is
 built as a plain shared object: no ABI-tagged file name, no libpython, no
 PyInit symbol.
 """
+
 import os
 
 from setuptools import Extension, setup

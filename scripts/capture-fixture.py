@@ -201,7 +201,9 @@ def capture(src: Path, dest: Path) -> Capture:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="Copy what hugeload's probe reads into a fixture tree (DEST stands for /).")
+    parser = argparse.ArgumentParser(
+        description="Copy what hugeload's probe reads into a fixture tree (DEST stands for /)."
+    )
     parser.add_argument("dest", metavar="DEST", help="directory to create (must not exist or be empty)")
     parser.add_argument("--root", default="/", help="read from this tree instead of the live machine (default /)")
     parser.add_argument("-v", "--verbose", action="store_true", help="list the files written and the ones skipped")
@@ -212,7 +214,10 @@ def main(argv=None) -> int:
         return 2
     src = Path(args.root)
     if not (src / "sys/kernel/mm/hugepages").is_dir():
-        print(f"capture-fixture: {src / 'sys/kernel/mm/hugepages'} not found: no huge page support to capture", file=sys.stderr)
+        print(
+            f"capture-fixture: {src / 'sys/kernel/mm/hugepages'} not found: no huge page support to capture",
+            file=sys.stderr,
+        )
         return 2
     dest.mkdir(parents=True, exist_ok=True)
     cap = capture(src, dest)
@@ -222,8 +227,10 @@ def main(argv=None) -> int:
         for rel, why in cap.skipped:
             print(f"  skipped {rel} ({why})")
     size = sum((dest / rel).stat().st_size for rel in set(cap.written))
-    print(f"captured {len(set(cap.written))} files ({size} bytes) into {dest}; {len(cap.skipped)} skipped"
-          f"{'' if args.verbose else ' (-v lists them)'}")
+    print(
+        f"captured {len(set(cap.written))} files ({size} bytes) into {dest}; {len(cap.skipped)} skipped"
+        f"{'' if args.verbose else ' (-v lists them)'}"
+    )
     print("review before sharing: it includes the kernel command line, mount points and cgroup names")
     return 0
 

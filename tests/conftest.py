@@ -70,7 +70,9 @@ def machine_unchanged(request, machine_lock_file):
             for m in set(mounts_after) - set(mounts_before):
                 subprocess.run(["umount", "-l", m], check=False)
             restore_pools(pools_before)
-            pytest.fail(f"test left the machine changed: pools {changed}, mounts before {mounts_before} after {mounts_after}")
+            pytest.fail(
+                f"test left the machine changed: pools {changed}, mounts before {mounts_before} after {mounts_after}"
+            )
     finally:
         fcntl.flock(machine_lock_file, fcntl.LOCK_UN)
 
@@ -100,6 +102,8 @@ def hugeload_cli():
 
     def run(*args, check=False, env=None, timeout=300):
         full_env = dict(os.environ, **(env or {}))
-        return subprocess.run([*cmd, *map(str, args)], capture_output=True, text=True, check=check, env=full_env, timeout=timeout)
+        return subprocess.run(
+            [*cmd, *map(str, args)], capture_output=True, text=True, check=check, env=full_env, timeout=timeout
+        )
 
     return run

@@ -97,17 +97,20 @@ def test_main_writes_model(tmp_path, capsys):
     assert out.exists() and "Q4_0" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("argv", [
-    ["x.gguf", "--size", "lots"],
-    ["x.gguf", "--size", "1M", "--type", "Q2_K"],
-    ["x.gguf", "--size", "1M", "--experts-used", "2"],
-    ["x.gguf", "--size", "1M", "--experts", "4", "--experts-used", "5"],
-    ["x.gguf", "--size", "1M", "--experts", "1"],
-    ["x.gguf", "--size", "1M", "--type", "Q4_K", "--embd", "320"],
-    ["x.gguf", "--size", "10"],
-    ["x.gguf"],
-    ["x.gguf", "--size", "1M", "--align", "3000"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["x.gguf", "--size", "lots"],
+        ["x.gguf", "--size", "1M", "--type", "Q2_K"],
+        ["x.gguf", "--size", "1M", "--experts-used", "2"],
+        ["x.gguf", "--size", "1M", "--experts", "4", "--experts-used", "5"],
+        ["x.gguf", "--size", "1M", "--experts", "1"],
+        ["x.gguf", "--size", "1M", "--type", "Q4_K", "--embd", "320"],
+        ["x.gguf", "--size", "10"],
+        ["x.gguf"],
+        ["x.gguf", "--size", "1M", "--align", "3000"],
+    ],
+)
 def test_main_bad_input(tmp_path, capsys, argv):
     argv = [str(tmp_path / argv[0])] + argv[1:]
     with pytest.raises(SystemExit) as e:
@@ -157,7 +160,10 @@ def test_parse_llama_bench_jsonl():
 def test_parse_llama_bench_markdown():
     res = engines.parse_llama_bench(MD_OUT)
     assert [(r["test"], r["n_prompt"], r["n_gen"], r["n_depth"]) for r in res] == [
-        ("pp16", 16, 0, 0), ("tg8", 0, 8, 0), ("pp16 @ d128", 16, 0, 128)]
+        ("pp16", 16, 0, 0),
+        ("tg8", 0, 8, 0),
+        ("pp16 @ d128", 16, 0, 128),
+    ]
     assert res[0]["tokens_per_s"] == 450.12 and res[0]["stddev"] == 3.40 and res[1]["n_threads"] == 2
 
 
@@ -201,8 +207,13 @@ def completion():
 @pytest.mark.llama
 @pytest.mark.parametrize("qtype", ("Q4_0", "Q8_0"))
 def test_llama_bench_runs(bench, models, qtype):
-    p = subprocess.run([str(bench), "-m", str(models[qtype].path), "-p", "16", "-n", "8", "-r", "1", "-t", "2",
-                        "-o", "json"], check=False, capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [str(bench), "-m", str(models[qtype].path), "-p", "16", "-n", "8", "-r", "1", "-t", "2", "-o", "json"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     res = {r["test"]: r for r in engines.parse_llama_bench(p.stdout)}
     assert set(res) == {"pp16", "tg8"}
@@ -211,9 +222,32 @@ def test_llama_bench_runs(bench, models, qtype):
 
 @pytest.mark.llama
 def test_llama_completion_produces_tokens(completion, models):
-    p = subprocess.run([str(completion), "-m", str(models["Q4_0"].path), "-p", "hello world", "-n", "16", "-t", "2",
-                        "-c", "256", "-no-cnv", "--ignore-eos", "--temp", "0", "--no-warmup"],
-                       check=False, capture_output=True, text=True, errors="replace", timeout=300, stdin=subprocess.DEVNULL)
+    p = subprocess.run(
+        [
+            str(completion),
+            "-m",
+            str(models["Q4_0"].path),
+            "-p",
+            "hello world",
+            "-n",
+            "16",
+            "-t",
+            "2",
+            "-c",
+            "256",
+            "-no-cnv",
+            "--ignore-eos",
+            "--temp",
+            "0",
+            "--no-warmup",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        errors="replace",
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     assert "hello world" in p.stdout
     assert len(p.stdout.split("hello world", 1)[1].strip()) > 0

@@ -39,9 +39,11 @@ def native_choice():
     fn = _load()
     if fn is None:
         # a failure, not a skip: a library without the export is the bug this test exists for
-        pytest.fail(f"{native.library_path().name} does not export {SYMBOL} (contract C2: the C side of the one page-size "
-                    f"rule); without it nothing checks that the preload library picks what `hugeload plan` says",
-                    pytrace=False)
+        pytest.fail(
+            f"{native.library_path().name} does not export {SYMBOL} (contract C2: the C side of the one page-size "
+            f"rule); without it nothing checks that the preload library picks what `hugeload plan` says",
+            pytrace=False,
+        )
     return fn
 
 
@@ -54,8 +56,11 @@ def auto_change_points(policy: Policy) -> list[int]:
         # 1G needs (n GiB - b) * 1e6 <= b * ppm: from ceil(n GiB * 1e6 / (1e6 + ppm)) up to n GiB
         points.add(max(policy.auto_1g_min, -(-n * GiB * 1_000_000 // (1_000_000 + policy.auto_1g_max_waste_ppm))))
         points.add(n * GiB + 1)
-    return sorted(b for b in points if GiB <= b <= 4 * GiB + 1
-                  and pages.first_page(b - 1, None, policy) != pages.first_page(b, None, policy))
+    return sorted(
+        b
+        for b in points
+        if GiB <= b <= 4 * GiB + 1 and pages.first_page(b - 1, None, policy) != pages.first_page(b, None, policy)
+    )
 
 
 def sizes_to_check(policy: Policy) -> list[int]:

@@ -102,7 +102,11 @@ def run_harness(build, *args, env=None, lib=None, on_ready=None, tmp=None, timeo
     report.unlink(missing_ok=True)
     p = subprocess.Popen(
         [str(build.harness), *map(str, args)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=full,
     )
     watchdog = threading.Timer(timeout, p.kill)
     watchdog.start()
@@ -126,8 +130,13 @@ def run_harness(build, *args, env=None, lib=None, on_ready=None, tmp=None, timeo
     report_text = report.read_text() if report.exists() else ""
     left = re.search(r"HUGE_LEFT vmas=(\d+) kb=(\d+)", stdout)
     return SimpleNamespace(
-        rc=p.returncode, stdout=stdout, stderr=stderr, report=report_text, regions=parse_report(report_text),
-        ready=ready, huge_left=int(left.group(1)) if left else None,
+        rc=p.returncode,
+        stdout=stdout,
+        stderr=stderr,
+        report=report_text,
+        regions=parse_report(report_text),
+        ready=ready,
+        huge_left=int(left.group(1)) if left else None,
         log=f"rc={p.returncode}\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n--- report\n{report_text}",
     )
 
@@ -164,11 +173,27 @@ def build(tmp_path_factory):
         pytest.skip("libhugeload.so not built: pip install -e .")
     d = tmp_path_factory.mktemp("native")
     harness, fault = d / "harness", d / "libhugeload-fault.so"
-    subprocess.run([cc, "-O1", "-g", "-Wall", "-pthread", str(REPO / "tests/native/harness.c"), "-o", str(harness)],
-                   check=True)
+    subprocess.run(
+        [cc, "-O1", "-g", "-Wall", "-pthread", str(REPO / "tests/native/harness.c"), "-o", str(harness)], check=True
+    )
     sources = sorted(str(p) for p in (REPO / "csrc/preload").glob("*.c"))
-    subprocess.run([cc, "-O2", "-std=gnu11", "-fPIC", "-shared", "-fvisibility=hidden", "-pthread",
-                    "-DHUGELOAD_FAULT_INJECTION", *sources, "-o", str(fault), "-ldl"], check=True)
+    subprocess.run(
+        [
+            cc,
+            "-O2",
+            "-std=gnu11",
+            "-fPIC",
+            "-shared",
+            "-fvisibility=hidden",
+            "-pthread",
+            "-DHUGELOAD_FAULT_INJECTION",
+            *sources,
+            "-o",
+            str(fault),
+            "-ldl",
+        ],
+        check=True,
+    )
     return SimpleNamespace(lib=lib, fault=fault, harness=harness)
 
 
@@ -211,8 +236,7 @@ def hugetlbfs(tmp_path, pools):
     def mount(pagesize: str) -> Path:
         d = tmp_path / f"hugetlbfs-{pagesize}"
         d.mkdir()
-        subprocess.run(["mount", "-t", "hugetlbfs", "-o", f"pagesize={pagesize},mode=0700", "none", str(d)],
-                       check=True)
+        subprocess.run(["mount", "-t", "hugetlbfs", "-o", f"pagesize={pagesize},mode=0700", "none", str(d)], check=True)
         mounts.append(d)
         return d
 
@@ -284,13 +308,15 @@ def test_files_globs_select(build, model, tmp_path):
     r = run_harness(build, "map", model, tmp=tmp_path, lib=build.fault, env={**env, "HUGELOAD_FILES": "*.gguf"})
     assert_clean(r)
     assert r.regions == [], r.log
-    r = run_harness(build, "map", model, tmp=tmp_path, lib=build.fault,
-                    env={**env, "HUGELOAD_FILES": "/nonexistent/*:model.b?n"})
+    r = run_harness(
+        build, "map", model, tmp=tmp_path, lib=build.fault, env={**env, "HUGELOAD_FILES": "/nonexistent/*:model.b?n"}
+    )
     assert_clean(r)
     assert [(x["what"], x["fill"]) for x in r.regions] == [("model.bin", "copy")], r.log
     # A relative glob with a directory matches the tail of the path.
-    r = run_harness(build, "map", model, tmp=tmp_path, lib=build.fault,
-                    env={**env, "HUGELOAD_FILES": f"{model.parent.name}/*.bin"})
+    r = run_harness(
+        build, "map", model, tmp=tmp_path, lib=build.fault, env={**env, "HUGELOAD_FILES": f"{model.parent.name}/*.bin"}
+    )
     assert [(x["what"], x["fill"]) for x in r.regions] == [("model.bin", "copy")], r.log
     r = run_harness(build, "map", model, tmp=tmp_path, lib=build.fault, env={**env, "HUGELOAD_FILES": "zz/*.bin"})
     assert r.regions == [], r.log
@@ -301,8 +327,12 @@ def test_files_globs_select(build, model, tmp_path):
 
 
 def test_no_huge_pages_at_all_falls_back_to_real_mmap(build, model, tmp_path):
-    env = {"HUGELOAD_COPY": "1", "HUGELOAD_MIN_FILE_SIZE": "1M", "HUGELOAD_PAGE_SIZE": "1g",
-           "HUGELOAD_FAULT": "1g,2m,thp"}
+    env = {
+        "HUGELOAD_COPY": "1",
+        "HUGELOAD_MIN_FILE_SIZE": "1M",
+        "HUGELOAD_PAGE_SIZE": "1g",
+        "HUGELOAD_FAULT": "1g,2m,thp",
+    }
     r = run_harness(build, "map", model, "--cycles", "2", tmp=tmp_path, lib=build.fault, env=env)
     assert_clean(r)
     for msg in ("1 GB pages unavailable", "2 MB pages unavailable", "transparent huge pages unavailable"):
@@ -331,7 +361,9 @@ def test_forked_child_reports_only_its_own_regions(build, tmp_path):
     by_pid = {}
     for x in r.regions:
         by_pid.setdefault(x["pid"], []).append((x["what"], x["bytes"], x["page"]))
-    assert sorted(by_pid.values()) == [[("malloc", str(2 * THRESHOLD), "THP")], [("malloc", str(THRESHOLD), "THP")]], r.log
+    assert sorted(by_pid.values()) == [[("malloc", str(2 * THRESHOLD), "THP")], [("malloc", str(THRESHOLD), "THP")]], (
+        r.log
+    )
 
 
 def test_report_on_sigusr1(build, model, tmp_path):
@@ -370,8 +402,9 @@ def test_staged_model_maps_zero_copy_on_1g_pages(build, model, pools, hugetlbfs,
     r = run_harness(build, "map", model, "--cycles", "3", "--pause", tmp=tmp_path, on_ready=on_ready)
     assert_clean(r)
     assert r.ready == [(1048576, 0)], r.log  # on 1 GB pages, and no second set of pages taken
-    assert [(x["page"], x["fill"], x["bytes"], x["mapped"]) for x in r.regions] == \
-        [("1G", "staged", str(MODEL_SIZE), str(GIB))] * 3, r.log
+    assert [(x["page"], x["fill"], x["bytes"], x["mapped"]) for x in r.regions] == [
+        ("1G", "staged", str(MODEL_SIZE), str(GIB))
+    ] * 3, r.log
     assert "hugeload: " not in r.stderr, r.log  # nothing fell back
     assert pool(P1G) == 0  # the staged file still holds its page; the process held none
 
@@ -457,9 +490,11 @@ def test_copy_uses_2m_when_1g_pool_is_empty(build, model, pools, tmp_path):
 
 def whole_pages_unmapped(size: int, page: int) -> int:
     """Huge pages wholly inside the two fragments the harness unmaps (its unmap_fragment calls)."""
+
     def frag(first, last):
         first, last = -(-first // 4096) * 4096, last // 4096 * 4096
         return max(0, last // page - -(-first // page))
+
     return frag(size // 3 + 123, 2 * (size // 3) + 77) + frag(0, size // 5 + 1)
 
 
@@ -516,10 +551,10 @@ def test_read_failure_falls_back_and_returns_pages(build, model, pools, tmp_path
     def on_ready(pid, addr, size):
         return smaps_vma(pid, addr).get("KernelPageSize"), pool(P2M)
 
-    env = {"HUGELOAD_COPY": "1", "HUGELOAD_MIN_FILE_SIZE": "1M", "HUGELOAD_PAGE_SIZE": "2m",
-           "HUGELOAD_FAULT": fault}
-    r = run_harness(build, "map", model, "--cycles", "2", "--pause", tmp=tmp_path, lib=build.fault, env=env,
-                    on_ready=on_ready)
+    env = {"HUGELOAD_COPY": "1", "HUGELOAD_MIN_FILE_SIZE": "1M", "HUGELOAD_PAGE_SIZE": "2m", "HUGELOAD_FAULT": fault}
+    r = run_harness(
+        build, "map", model, "--cycles", "2", "--pause", tmp=tmp_path, lib=build.fault, env=env, on_ready=on_ready
+    )
     assert_clean(r)
     assert r.ready == [(4, 160)], r.log  # the real mmap, and the copy's pages already given back
     assert r.stderr.count("hugeload: reading model.bin for its huge page copy failed") == 1, r.log
@@ -547,8 +582,18 @@ def test_one_gib_allocation_on_a_1g_page(build, pools, tmp_path):
     def on_ready(pid, addr, size):
         return smaps_vma(pid, addr).get("KernelPageSize"), pool(P1G)
 
-    r = run_harness(build, "alloc", THRESHOLD, "--big", GIB, "--pause", tmp=tmp_path, on_ready=on_ready,
-                    env={"HUGELOAD_FAULT": "2m"}, lib=build.fault)
+    r = run_harness(
+        build,
+        "alloc",
+        THRESHOLD,
+        "--big",
+        GIB,
+        "--pause",
+        tmp=tmp_path,
+        on_ready=on_ready,
+        env={"HUGELOAD_FAULT": "2m"},
+        lib=build.fault,
+    )
     assert_clean(r)
     assert r.ready == [(1048576, 0)], r.log
     assert [x["page"] for x in r.regions if x["bytes"] == str(GIB)] == ["1G"], r.log
@@ -593,12 +638,17 @@ def test_cancelled_thread_leaves_no_lock_held(build, tmp_path):
 def test_full_stderr_pipe_does_not_stall_other_threads(build, tmp_path):
     """A thread blocked writing a log line to a full pipe holds no lock: others keep going."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HUGELOAD_") and k != "LD_PRELOAD"}
-    env.update(LD_PRELOAD=str(build.fault), HUGELOAD_FAULT="1g,2m", HUGELOAD_LOG="2",
-               HUGELOAD_STATE_DIR=str(tmp_path / "state"))
+    env.update(
+        LD_PRELOAD=str(build.fault),
+        HUGELOAD_FAULT="1g,2m",
+        HUGELOAD_LOG="2",
+        HUGELOAD_STATE_DIR=str(tmp_path / "state"),
+    )
     rfd, wfd = os.pipe()
     try:
-        p = subprocess.Popen([str(build.harness), "stall", str(THRESHOLD)], stdout=subprocess.PIPE, stderr=wfd,
-                             text=True, env=env)
+        p = subprocess.Popen(
+            [str(build.harness), "stall", str(THRESHOLD)], stdout=subprocess.PIPE, stderr=wfd, text=True, env=env
+        )
         os.close(wfd)
         try:
             out, _ = p.communicate(timeout=30)
@@ -618,11 +668,15 @@ def test_thp_regions_get_the_real_madvise_and_mlock(build, tmp_path):
         pytest.skip("transparent huge pages are disabled")
 
     def on_ready(pid, addr, size):
-        return [line for line in Path(f"/proc/{pid}/maps").read_text().splitlines()
-                if int(line.split("-")[0], 16) <= addr < int(line.split()[0].split("-")[1], 16)]
+        return [
+            line
+            for line in Path(f"/proc/{pid}/maps").read_text().splitlines()
+            if int(line.split("-")[0], 16) <= addr < int(line.split()[0].split("-")[1], 16)
+        ]
 
-    r = run_harness(build, "thp", THRESHOLD, tmp=tmp_path, lib=build.fault, env={"HUGELOAD_FAULT": "1g,2m"},
-                    on_ready=on_ready)
+    r = run_harness(
+        build, "thp", THRESHOLD, tmp=tmp_path, lib=build.fault, env={"HUGELOAD_FAULT": "1g,2m"}, on_ready=on_ready
+    )
     assert_clean(r)
     kb = {k: int(v) for k, v in re.findall(r"VMA (\w+)_kb=(-?\d+)", r.stdout)}
     assert kb["rss"] >= THRESHOLD // 1024 * 9 // 10, r.log
@@ -639,8 +693,12 @@ def test_mapping_in_a_given_back_hole_is_owned_by_the_new_region(build, model, p
     total = 160 + 4
     pools(P2M, total)
     need = -(-MODEL_SIZE // (2 * MIB))
-    env = {"HUGELOAD_COPY": "1", "HUGELOAD_MIN_FILE_SIZE": "1M", "HUGELOAD_PAGE_SIZE": "2m",
-           "HUGELOAD_ALLOC_THRESHOLD": "2M"}
+    env = {
+        "HUGELOAD_COPY": "1",
+        "HUGELOAD_MIN_FILE_SIZE": "1M",
+        "HUGELOAD_PAGE_SIZE": "2m",
+        "HUGELOAD_ALLOC_THRESHOLD": "2M",
+    }
     r = run_harness(build, "hole", model, 6 * MIB, tmp=tmp_path, env=env, on_ready=lambda *a: pool(P2M))
     assert_clean(r)
     assert "HOLE hit=1" in r.stdout, r.log  # the kernel did put the allocation in the hole
@@ -713,13 +771,29 @@ def test_forked_children_write_to_a_1g_allocation_with_no_spare_page(build, pool
 def test_shrinking_a_1g_allocation_gives_the_page_back(build, pools, tmp_path):
     """1 GB pages live in a memfd: giving a unit back must punch it out of the file."""
     pools(P1G, 2)  # skips when the kernel gives fewer
-    r = run_harness(build, "shrink", 2 * GIB, GIB + 64 * MIB, tmp=tmp_path, timeout=180,
-                    env={"HUGELOAD_PAGE_SIZE": "1g"}, on_ready=lambda *a: pool(P1G))
+    r = run_harness(
+        build,
+        "shrink",
+        2 * GIB,
+        GIB + 64 * MIB,
+        tmp=tmp_path,
+        timeout=180,
+        env={"HUGELOAD_PAGE_SIZE": "1g"},
+        on_ready=lambda *a: pool(P1G),
+    )
     assert_clean(r)
     assert [x["page"] for x in r.regions if x["bytes"] == str(2 * GIB)] == ["1G"], r.log
     assert r.ready == [0, 0], r.log  # 1 GiB + 64 MiB still needs both pages
-    r = run_harness(build, "shrink", 2 * GIB, GIB - 64 * MIB, tmp=tmp_path, timeout=180,
-                    env={"HUGELOAD_PAGE_SIZE": "1g"}, on_ready=lambda *a: pool(P1G))
+    r = run_harness(
+        build,
+        "shrink",
+        2 * GIB,
+        GIB - 64 * MIB,
+        tmp=tmp_path,
+        timeout=180,
+        env={"HUGELOAD_PAGE_SIZE": "1g"},
+        on_ready=lambda *a: pool(P1G),
+    )
     assert_clean(r)
     assert r.ready == [0, 1], r.log  # the second page is back in the pool while mapped
     assert pool(P1G) == 2

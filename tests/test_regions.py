@@ -19,9 +19,23 @@ def test_region_table_with_a_fake_os(tmp_path):
     if not cc:
         pytest.skip("no C compiler")
     exe = tmp_path / "test_regions"
-    subprocess.run([cc, "-O1", "-g", "-std=gnu11", "-Wall", "-Werror", "-I", str(REPO / "csrc/preload"),
-                    str(REPO / "tests/native/test_regions.c"), str(REPO / "csrc/preload/regions.c"), "-o", str(exe)],
-                   check=True)
+    subprocess.run(
+        [
+            cc,
+            "-O1",
+            "-g",
+            "-std=gnu11",
+            "-Wall",
+            "-Werror",
+            "-I",
+            str(REPO / "csrc/preload"),
+            str(REPO / "tests/native/test_regions.c"),
+            str(REPO / "csrc/preload/regions.c"),
+            "-o",
+            str(exe),
+        ],
+        check=True,
+    )
     r = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "PASSED" in r.stdout, r.stdout + r.stderr
     assert r.stdout.count("\nok ") + r.stdout.startswith("ok ") >= 7, r.stdout

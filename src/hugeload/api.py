@@ -79,7 +79,7 @@ def _vma(address: int):
     for i, h in enumerate(heads):
         if int(h.group(1), 16) <= address < int(h.group(2), 16):
             end = heads[i + 1].start() if i + 1 < len(heads) else len(text)
-            found = parse_smaps(text[h.start():end])
+            found = parse_smaps(text[h.start() : end])
             return found[0] if found else None
     return None
 
@@ -110,7 +110,7 @@ def page_size_of(obj) -> int | None:
 
 
 def _parse_page_size(page_size: str) -> str:
-    """"auto" or a backing name; page sizes in any spelling hugeload.pages accepts."""
+    """ "auto" or a backing name; page sizes in any spelling hugeload.pages accepts."""
     t = str(page_size).strip().lower()
     if t in ("auto", "thp"):
         return t
@@ -147,7 +147,7 @@ def _thp_mode() -> str | None:
     except OSError:
         return None
     start, end = text.find("["), text.find("]")
-    return text[start + 1:end] if 0 <= start < end else None
+    return text[start + 1 : end] if 0 <= start < end else None
 
 
 def _pool_note(name: str, kb: int, need: int) -> str:
@@ -155,8 +155,9 @@ def _pool_note(name: str, kb: int, need: int) -> str:
         pool = probe_pools.system_pool("/", kb)
     except Exception:  # the message is a hint; never fail while building it
         return f"the {name.upper()} pool cannot provide {need} pages"
-    return (f"the {name.upper()} pool has {max(0, pool.available)} unclaimed free pages "
-            f"({pool.total} total), {need} needed")
+    return (
+        f"the {name.upper()} pool has {max(0, pool.available)} unclaimed free pages ({pool.total} total), {need} needed"
+    )
 
 
 class _Anon(NamedTuple):
@@ -182,15 +183,18 @@ def _map_anon(backing: str, nbytes: int) -> _Anon:
         except OSError as e:
             need = length // (kb * 1024)
             if e.errno == errno.ENOMEM:
-                raise PoolError(f"{_pool_note(backing, kb, need)}; reserve them first: "
-                                f"`{RESERVE_HINT.format(name=backing, count=need)}` (as root)") from None
+                raise PoolError(
+                    f"{_pool_note(backing, kb, need)}; reserve them first: "
+                    f"`{RESERVE_HINT.format(name=backing, count=need)}` (as root)"
+                ) from None
             raise PoolError(f"mapping {format_bytes(length)} in {backing.upper()} pages failed: {e.strerror}") from None
         return _Anon(mm, 0, backing)
     if backing == "thp":
         mode = _thp_mode()
         if mode is None or mode == "never":
-            raise PoolError(f"transparent huge pages are {'unavailable' if mode is None else 'disabled (never)'} "
-                            f"in {THP_ENABLED}")
+            raise PoolError(
+                f"transparent huge pages are {'unavailable' if mode is None else 'disabled (never)'} in {THP_ENABLED}"
+            )
         align = THP_KB * 1024
         length = _round_up(nbytes, align)
         mm = mmap.mmap(-1, length, flags=base, prot=prot)
@@ -230,6 +234,7 @@ def _map_cascade(order: list[str], nbytes: int, what: str) -> tuple[_Anon, list[
 
 # --------------------------------------------------------------------------- HugeMapping
 
+
 class HugeMapping:
     """Memory in huge pages, holding a file's bytes (map_file) or zeros (alloc).
 
@@ -241,8 +246,19 @@ class HugeMapping:
     close, never leaves a view pointing at unmapped memory.
     """
 
-    def __init__(self, mm: mmap.mmap, offset: int, size: int, backing: str, *, path: str | None = None,
-                 staged: bool = False, writable: bool = False, fallbacks=(), requested: str = "auto"):
+    def __init__(
+        self,
+        mm: mmap.mmap,
+        offset: int,
+        size: int,
+        backing: str,
+        *,
+        path: str | None = None,
+        staged: bool = False,
+        writable: bool = False,
+        fallbacks=(),
+        requested: str = "auto",
+    ):
         self._mm = mm
         self._mm_ref = weakref.ref(mm)
         self._lock = threading.Lock()
@@ -250,8 +266,8 @@ class HugeMapping:
         self._offset = offset
         self._address = _buffer_address(mm) + offset
         full = memoryview(mm)
-        self._rw = full[offset:offset + size] if not full.readonly else None
-        self._ro = full[offset:offset + size].toreadonly()
+        self._rw = full[offset : offset + size] if not full.readonly else None
+        self._ro = full[offset : offset + size].toreadonly()
         full.release()
         self.backing = backing
         self.path = path
@@ -364,6 +380,7 @@ class HugeMapping:
 
 # --------------------------------------------------------------------------- filling
 
+
 def _fill(fd: int, dest: memoryview, size: int, path: str, threads: int | None = None) -> None:
     """Read bytes [0, size) of fd into dest with a few threads of positioned reads."""
     if size == 0:
@@ -378,12 +395,14 @@ def _fill(fd: int, dest: memoryview, size: int, path: str, threads: int | None =
             while pos < hi and not errors:
                 n = min(READ_CHUNK, hi - pos)
                 try:
-                    got = os.preadv(fd, [dest[pos:pos + n]], pos)
+                    got = os.preadv(fd, [dest[pos : pos + n]], pos)
                 except InterruptedError:
                     continue
                 if got == 0:
-                    raise FileChanged(f"{path} ended at byte {pos} while being read ({size} expected): "
-                                      "it was truncated or replaced; try again once it is complete")
+                    raise FileChanged(
+                        f"{path} ended at byte {pos} while being read ({size} expected): "
+                        "it was truncated or replaced; try again once it is complete"
+                    )
                 pos += got
         except BaseException as e:  # reported by the caller
             errors.append(e)
@@ -406,6 +425,7 @@ def _identity(st: os.stat_result) -> tuple:
 
 
 # --------------------------------------------------------------------------- staged files
+
 
 class Staged(NamedTuple):
     path: str  # the staged hugetlbfs file
@@ -444,20 +464,26 @@ def _map_staged(manifest: Staged, path: str) -> HugeMapping | None:
     try:
         file_size = os.fstat(fd).st_size
         if file_size < size:
-            raise FormatError(f"staged copy {manifest.path} holds {file_size} bytes, fewer than the "
-                              f"{size} of {path}: stage it again (hugeload stage)")
+            raise FormatError(
+                f"staged copy {manifest.path} holds {file_size} bytes, fewer than the "
+                f"{size} of {path}: stage it again (hugeload stage)"
+            )
         length = min(file_size, _round_up(size, kb * 1024))
         # MAP_SHARED and read-only: MAP_PRIVATE would reserve a second set of pages.
         mm = mmap.mmap(fd, length, access=mmap.ACCESS_READ)
     finally:
         os.close(fd)
-    return HugeMapping(mm, 0, size, pages.by_kb(kb).name if kb in (p.kb for p in pages.HUGE) else "4k", path=path, staged=True)
+    return HugeMapping(
+        mm, 0, size, pages.by_kb(kb).name if kb in (p.kb for p in pages.HUGE) else "4k", path=path, staged=True
+    )
 
 
 # --------------------------------------------------------------------------- public
 
-def map_file(path, page_size: str = "auto", staged: bool = True, fallback: bool | None = None,
-             threads: int | None = None) -> HugeMapping:
+
+def map_file(
+    path, page_size: str = "auto", staged: bool = True, fallback: bool | None = None, threads: int | None = None
+) -> HugeMapping:
     """The bytes of `path` in huge pages, read-only.
 
     If hugeload's store has staged the file (and `staged`), its hugetlbfs copy is
@@ -479,7 +505,9 @@ def map_file(path, page_size: str = "auto", staged: bool = True, fallback: bool 
     kind = _parse_page_size(page_size)
     if staged:
         manifest = _find_staged(path)
-        if manifest is not None and (kind == "auto" or (kind in BACKINGS and pages.Backing(kind).page.kb == int(manifest.page_size_kb))):
+        if manifest is not None and (
+            kind == "auto" or (kind in BACKINGS and pages.Backing(kind).page.kb == int(manifest.page_size_kb))
+        ):
             mapping = _map_staged(manifest, path)
             if mapping is not None:
                 return mapping
@@ -494,8 +522,7 @@ def map_file(path, page_size: str = "auto", staged: bool = True, fallback: bool 
         size = before.st_size
         order = _cascade(kind, size, fallback)
         anon, fallbacks = _map_cascade(order, size, f"{path} ({format_bytes(size)})")
-        mapping = HugeMapping(anon.mm, anon.offset, size, anon.backing, path=path, fallbacks=fallbacks,
-                              requested=kind)
+        mapping = HugeMapping(anon.mm, anon.offset, size, anon.backing, path=path, fallbacks=fallbacks, requested=kind)
         try:
             try:
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
@@ -504,9 +531,11 @@ def map_file(path, page_size: str = "auto", staged: bool = True, fallback: bool 
             _fill(fd, mapping._rw, size, path, threads)
             after = os.fstat(fd)
             if _identity(after) != _identity(before):
-                raise FileChanged(f"{path} changed while it was being read (size {before.st_size} -> "
-                                  f"{after.st_size}, mtime changed: {after.st_mtime_ns != before.st_mtime_ns}); "
-                                  "try again once it is complete")
+                raise FileChanged(
+                    f"{path} changed while it was being read (size {before.st_size} -> "
+                    f"{after.st_size}, mtime changed: {after.st_mtime_ns != before.st_mtime_ns}); "
+                    "try again once it is complete"
+                )
         except BaseException:
             mapping.close()
             raise
@@ -526,8 +555,15 @@ def alloc(nbytes: int, page_size: str = "auto", fallback: bool | None = None) ->
         raise UsageError(f"cannot allocate a negative size: {nbytes}")
     order = _cascade(page_size, nbytes, fallback)
     anon, fallbacks = _map_cascade(order, nbytes, format_bytes(nbytes))
-    return HugeMapping(anon.mm, anon.offset, nbytes, anon.backing, writable=True, fallbacks=fallbacks,
-                       requested=_parse_page_size(page_size))
+    return HugeMapping(
+        anon.mm,
+        anon.offset,
+        nbytes,
+        anon.backing,
+        writable=True,
+        fallbacks=fallbacks,
+        requested=_parse_page_size(page_size),
+    )
 
 
 if sys.version_info < (3, 12):  # the buffer protocol from Python code needs PEP 688

@@ -65,8 +65,18 @@ def _from_json_record(rec: dict) -> dict:
         "tokens_per_s": float(rec["avg_ts"]),
         "stddev": float(rec.get("stddev_ts", 0.0)),
     }
-    for k in ("model_type", "model_size", "model_n_params", "n_threads", "backends", "samples_ts", "repack",
-              "load_mode", "build_commit", "build_number"):
+    for k in (
+        "model_type",
+        "model_size",
+        "model_n_params",
+        "n_threads",
+        "backends",
+        "samples_ts",
+        "repack",
+        "load_mode",
+        "build_commit",
+        "build_number",
+    ):
         if k in rec:
             out[k] = rec[k]
     return out
@@ -97,8 +107,14 @@ def _parse_markdown(output: str) -> list[dict]:
         n_prompt = int(t.group(1) or 0) if t else 0
         n_gen = int(t.group(2) or 0) if t else 0
         n_depth = int(t.group(3) or 0) if t else 0
-        rec = {"test": row["test"], "n_prompt": n_prompt, "n_gen": n_gen, "n_depth": n_depth,
-               "tokens_per_s": float(m.group(1)), "stddev": float(m.group(2))}
+        rec = {
+            "test": row["test"],
+            "n_prompt": n_prompt,
+            "n_gen": n_gen,
+            "n_depth": n_depth,
+            "tokens_per_s": float(m.group(1)),
+            "stddev": float(m.group(2)),
+        }
         if "model" in row:
             rec["model_type"] = row["model"]
         if "threads" in row and row["threads"].isdigit():
@@ -120,7 +136,7 @@ def parse_llama_bench(output: str) -> list[dict]:
     start, end = output.find("["), output.rfind("]")
     if 0 <= start < end:
         try:
-            data = json.loads(output[start:end + 1])
+            data = json.loads(output[start : end + 1])
         except ValueError:
             data = None
         if isinstance(data, list) and all(isinstance(r, dict) and "avg_ts" in r for r in data):
@@ -183,7 +199,8 @@ def model_tensors(path: str | os.PathLike):
         return None
     try:
         reader = GGUFReader(os.fspath(path), "r")
-        return [Tensor(t.name, t.tensor_type.name, tuple(int(n) for n in t.shape), int(t.n_bytes))
-                for t in reader.tensors]
+        return [
+            Tensor(t.name, t.tensor_type.name, tuple(int(n) for n in t.shape), int(t.n_bytes)) for t in reader.tensors
+        ]
     except (ValueError, KeyError, IndexError, TypeError, OverflowError, UnicodeDecodeError, OSError):
         return None

@@ -50,8 +50,8 @@ def _read(path: str) -> bytes | None:
 def _status_fields(text: bytes) -> tuple[str, int]:
     """Name and HugetlbPages (kB) of a /proc/PID/status."""
     i = text.find(b"HugetlbPages:")
-    kb = int(text[i + 13:text.index(b"kB", i)]) if i >= 0 else 0
-    name = text[6:text.find(b"\n")].strip().decode(errors="replace") if text.startswith(b"Name:") else ""
+    kb = int(text[i + 13 : text.index(b"kB", i)]) if i >= 0 else 0
+    name = text[6 : text.find(b"\n")].strip().decode(errors="replace") if text.startswith(b"Name:") else ""
     return name, kb
 
 
@@ -138,8 +138,11 @@ class Agent:
 
     def sample(self, now: float | None = None) -> plan_pressure.Sample:
         p = read_pressure(self.root)
-        s = plan_pressure.Sample(time.time() if now is None else now, p.some_avg10 if p else None,
-                                 read_meminfo(self.root).get("MemAvailable", 0))
+        s = plan_pressure.Sample(
+            time.time() if now is None else now,
+            p.some_avg10 if p else None,
+            read_meminfo(self.root).get("MemAvailable", 0),
+        )
         self.history = [h for h in self.history if s.time - h.time <= self.window_s] + [s]
         return s
 
@@ -157,8 +160,15 @@ class Agent:
                     self.released[page_size_name(r.page_size_kb)] += r.released
                     self.releases += 1
                     done.append(r)
-                    log.warning("memory pressure (%s): released %d x %s pages of %r (pool %d -> %d)",
-                                reason, r.released, page_size_name(r.page_size_kb), o, r.before, r.after)
+                    log.warning(
+                        "memory pressure (%s): released %d x %s pages of %r (pool %d -> %d)",
+                        reason,
+                        r.released,
+                        page_size_name(r.page_size_kb),
+                        o,
+                        r.before,
+                        r.after,
+                    )
         return done
 
 
@@ -169,17 +179,33 @@ def collector(root="/", state_dir=None, agent: Agent | None = None):
     class Collector:
         def collect(self):
             snap = snapshot(root, state_dir)
-            pool = GaugeMetricFamily("hugeload_pool_pages", "Huge pages per pool, by state (total, free, reserved = promised to a mapping, surplus)",
-                                     labels=["page_size", "node", "state"])
+            pool = GaugeMetricFamily(
+                "hugeload_pool_pages",
+                "Huge pages per pool, by state (total, free, reserved = promised to a mapping, surplus)",
+                labels=["page_size", "node", "state"],
+            )
             for p in snap.pools:
                 node = "all" if p.node is None else str(p.node)
-                for state, v in (("total", p.total), ("free", p.free), ("reserved", p.reserved), ("surplus", p.surplus)):
+                for state, v in (
+                    ("total", p.total),
+                    ("free", p.free),
+                    ("reserved", p.reserved),
+                    ("surplus", p.surplus),
+                ):
                     if v is not None:
                         pool.add_metric([page_size_name(p.page_size_kb), node, state], v)
             yield pool
-            pages = GaugeMetricFamily("hugeload_model_pages", "Huge pages a staged model holds", labels=["model", "page_size", "node"])
-            ready = GaugeMetricFamily("hugeload_model_ready", "1 when the staged model is complete and current", labels=["model"])
-            mappers = GaugeMetricFamily("hugeload_model_mappers", "Processes (containers included) mapping the staged model's pages", labels=["model"])
+            pages = GaugeMetricFamily(
+                "hugeload_model_pages", "Huge pages a staged model holds", labels=["model", "page_size", "node"]
+            )
+            ready = GaugeMetricFamily(
+                "hugeload_model_ready", "1 when the staged model is complete and current", labels=["model"]
+            )
+            mappers = GaugeMetricFamily(
+                "hugeload_model_mappers",
+                "Processes (containers included) mapping the staged model's pages",
+                labels=["model"],
+            )
             for m in snap.models:
                 pages.add_metric([m.name, page_size_name(m.page_size_kb), str(m.node)], m.pages)
                 ready.add_metric([m.name], 1 if m.ready else 0)
@@ -187,19 +213,30 @@ def collector(root="/", state_dir=None, agent: Agent | None = None):
             yield pages
             yield ready
             yield mappers
-            proc = GaugeMetricFamily("hugeload_process_hugetlb_bytes", "hugetlb memory a process maps (HugetlbPages)", labels=["pid", "comm"])
+            proc = GaugeMetricFamily(
+                "hugeload_process_hugetlb_bytes", "hugetlb memory a process maps (HugetlbPages)", labels=["pid", "comm"]
+            )
             for p in snap.procs:
                 proc.add_metric([str(p.pid), p.comm], p.hugetlb_kb * KiB)
             yield proc
-            yield GaugeMetricFamily("hugeload_scrape_duration_seconds", "Time this scrape took to read /proc and /sys", value=snap.seconds)
+            yield GaugeMetricFamily(
+                "hugeload_scrape_duration_seconds", "Time this scrape took to read /proc and /sys", value=snap.seconds
+            )
             if agent is not None:
-                rel = CounterMetricFamily("hugeload_pressure_released_pages", "Pages given back under memory pressure", labels=["page_size"])
+                rel = CounterMetricFamily(
+                    "hugeload_pressure_released_pages", "Pages given back under memory pressure", labels=["page_size"]
+                )
                 for size in ("2M", "1G"):
                     rel.add_metric([size], agent.released.get(size, 0))
                 yield rel
-                yield CounterMetricFamily("hugeload_pressure_releases", "Releases made under memory pressure", value=agent.releases)
-                yield GaugeMetricFamily("hugeload_memory_pressure", "1 while the agent counts memory as under pressure",
-                                        value=1 if agent.history and plan_pressure.under_pressure(agent.history[-1], agent.t) else 0)
+                yield CounterMetricFamily(
+                    "hugeload_pressure_releases", "Releases made under memory pressure", value=agent.releases
+                )
+                yield GaugeMetricFamily(
+                    "hugeload_memory_pressure",
+                    "1 while the agent counts memory as under pressure",
+                    value=1 if agent.history and plan_pressure.under_pressure(agent.history[-1], agent.t) else 0,
+                )
 
     return Collector()
 

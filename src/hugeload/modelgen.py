@@ -89,15 +89,25 @@ QTYPES = ("F16", "Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K", "Q4_K_M", "Q5_K_M")
 
 # ggml type -> (values per block, bytes per block); checked against gguf.GGML_QUANT_SIZES in the tests
 QUANT_SIZES = {
-    "F32": (1, 4), "F16": (1, 2), "Q8_0": (32, 34), "Q4_0": (32, 18),
-    "Q4_K": (256, 144), "Q5_K": (256, 176), "Q6_K": (256, 210),
+    "F32": (1, 4),
+    "F16": (1, 2),
+    "Q8_0": (32, 34),
+    "Q4_0": (32, 18),
+    "Q4_K": (256, 144),
+    "Q5_K": (256, 176),
+    "Q6_K": (256, 210),
 }
 
 # model type -> (base ggml type, llama_ftype name written as general.file_type)
 _MODEL_TYPES = {
-    "F16": ("F16", "MOSTLY_F16"), "Q8_0": ("Q8_0", "MOSTLY_Q8_0"), "Q4_0": ("Q4_0", "MOSTLY_Q4_0"),
-    "Q4_K": ("Q4_K", "MOSTLY_Q4_K_S"), "Q5_K": ("Q5_K", "MOSTLY_Q5_K_S"), "Q6_K": ("Q6_K", "MOSTLY_Q6_K"),
-    "Q4_K_M": ("Q4_K", "MOSTLY_Q4_K_M"), "Q5_K_M": ("Q5_K", "MOSTLY_Q5_K_M"),
+    "F16": ("F16", "MOSTLY_F16"),
+    "Q8_0": ("Q8_0", "MOSTLY_Q8_0"),
+    "Q4_0": ("Q4_0", "MOSTLY_Q4_0"),
+    "Q4_K": ("Q4_K", "MOSTLY_Q4_K_S"),
+    "Q5_K": ("Q5_K", "MOSTLY_Q5_K_S"),
+    "Q6_K": ("Q6_K", "MOSTLY_Q6_K"),
+    "Q4_K_M": ("Q4_K", "MOSTLY_Q4_K_M"),
+    "Q5_K_M": ("Q5_K", "MOSTLY_Q5_K_M"),
 }
 MIXES = ("Q4_K_M", "Q5_K_M")
 
@@ -240,31 +250,39 @@ def _layer(s: Shape, qtype: str, i: int) -> list[Tensor]:
     def w(name: str, shape: tuple[int, ...]) -> Tensor:
         return Tensor(b + name, shape, tensor_type(qtype, b + name, s.n_layer, s.n_expert))
 
-    out = [Tensor(b + "attn_norm.weight", (e,), "F32"),
-           w("attn_q.weight", (q_dim, e)),
-           w("attn_k.weight", (kv_dim, e)),
-           w("attn_v.weight", (kv_dim, e)),
-           w("attn_output.weight", (e, q_dim))]
+    out = [
+        Tensor(b + "attn_norm.weight", (e,), "F32"),
+        w("attn_q.weight", (q_dim, e)),
+        w("attn_k.weight", (kv_dim, e)),
+        w("attn_v.weight", (kv_dim, e)),
+        w("attn_output.weight", (e, q_dim)),
+    ]
     if s.n_expert:
         n = s.n_expert
-        return out + [Tensor(b + "attn_q_norm.weight", (hd,), "F32"),
-                      Tensor(b + "attn_k_norm.weight", (hd,), "F32"),
-                      Tensor(b + "ffn_norm.weight", (e,), "F32"),
-                      Tensor(b + "ffn_gate_inp.weight", (n, e), "F32"),
-                      w("ffn_gate_exps.weight", (n, ff, e)),
-                      w("ffn_down_exps.weight", (n, e, ff)),
-                      w("ffn_up_exps.weight", (n, ff, e))]
-    return out + [Tensor(b + "ffn_norm.weight", (e,), "F32"),
-                  w("ffn_gate.weight", (ff, e)),
-                  w("ffn_up.weight", (ff, e)),
-                  w("ffn_down.weight", (e, ff))]
+        return out + [
+            Tensor(b + "attn_q_norm.weight", (hd,), "F32"),
+            Tensor(b + "attn_k_norm.weight", (hd,), "F32"),
+            Tensor(b + "ffn_norm.weight", (e,), "F32"),
+            Tensor(b + "ffn_gate_inp.weight", (n, e), "F32"),
+            w("ffn_gate_exps.weight", (n, ff, e)),
+            w("ffn_down_exps.weight", (n, e, ff)),
+            w("ffn_up_exps.weight", (n, ff, e)),
+        ]
+    return out + [
+        Tensor(b + "ffn_norm.weight", (e,), "F32"),
+        w("ffn_gate.weight", (ff, e)),
+        w("ffn_up.weight", (ff, e)),
+        w("ffn_down.weight", (e, ff)),
+    ]
 
 
 def _ends(s: Shape, qtype: str) -> tuple[list[Tensor], list[Tensor]]:
     e = s.n_embd
     head = [Tensor("token_embd.weight", (s.n_vocab, e), tensor_type(qtype, "token_embd.weight", s.n_layer))]
-    tail = [Tensor("output_norm.weight", (e,), "F32"),
-            Tensor("output.weight", (s.n_vocab, e), tensor_type(qtype, "output.weight", s.n_layer))]
+    tail = [
+        Tensor("output_norm.weight", (e,), "F32"),
+        Tensor("output.weight", (s.n_vocab, e), tensor_type(qtype, "output.weight", s.n_layer)),
+    ]
     return head, tail
 
 
@@ -284,6 +302,7 @@ def estimate_bytes(s: Shape, qtype: str, align: int = _ALIGN) -> int:
     Layers differ only in whether use_more_bits holds (for the mixes), so two layers are summed
     and multiplied: the planner calls this a few thousand times.
     """
+
     def size(ts: list[Tensor]) -> tuple[int, int]:
         return sum(_pad(t.nbytes, align) for t in ts), sum(len(t.name) + 48 for t in ts)
 
@@ -348,9 +367,17 @@ def _check(qtype: str, n_expert: int, n_expert_used: int) -> None:
         raise ValueError("experts-used needs experts (a mixture-of-experts model)")
 
 
-def plan(size_bytes: int | None, qtype: str = "Q8_0", n_vocab: int = 1024, n_layer: int | None = None,
-         n_embd: int | None = None, n_ff: int | None = None, n_expert: int = 0, n_expert_used: int = 0,
-         align: int = _ALIGN) -> Shape:
+def plan(
+    size_bytes: int | None,
+    qtype: str = "Q8_0",
+    n_vocab: int = 1024,
+    n_layer: int | None = None,
+    n_embd: int | None = None,
+    n_ff: int | None = None,
+    n_expert: int = 0,
+    n_expert_used: int = 0,
+    align: int = _ALIGN,
+) -> Shape:
     """Choose the shape of a model of about size_bytes (n_ff solved from the exact tensor bytes)."""
     _check(qtype, n_expert, n_expert_used)
     step = ff_step(qtype)
@@ -433,12 +460,12 @@ def _kquant_blocks(gtype: str, n_blocks: int, sigma: float, rng):
     sc = rng.integers(16, 32, size=(n_blocks, 8 if gtype != "Q6_K" else 16), dtype=np.uint8)
     mean_sc = 23.5
     if gtype == "Q6_K":
-        d = np.float16(sigma / (mean_sc * math.sqrt((64 ** 2 - 1) / 12)))
+        d = np.float16(sigma / (mean_sc * math.sqrt((64**2 - 1) / 12)))
         blocks[:, 192:208] = sc  # int8 scales, all positive here
         blocks[:, 208:210] = np.full(n_blocks, d, dtype=np.float16).view(np.uint8).reshape(n_blocks, 2)
         return blocks
     levels = 16 if gtype == "Q4_K" else 32
-    d = np.float16(sigma / (mean_sc * math.sqrt((levels ** 2 - 1) / 12)))
+    d = np.float16(sigma / (mean_sc * math.sqrt((levels**2 - 1) / 12)))
     dmin = np.float16(float(d) * (levels - 1) / 2)
     head = np.empty((n_blocks, 2), dtype=np.float16)
     head[:, 0], head[:, 1] = d, dmin
@@ -481,15 +508,25 @@ class _Pool:
         nb = n_values // self.bv
         off = int(self.rng.integers(0, self.n_blocks))
         if nb <= self.n_blocks:
-            return self.flat2[off * self.bs:(off + nb) * self.bs]
+            return self.flat2[off * self.bs : (off + nb) * self.bs]
         reps = -(-(off + nb) // self.n_blocks)
-        return np.tile(self.flat, reps)[off * self.bs:(off + nb) * self.bs]
+        return np.tile(self.flat, reps)[off * self.bs : (off + nb) * self.bs]
 
 
-def make_model(path: os.PathLike | str, size_bytes: int | None, qtype: str = "Q8_0", seed: int = 0,
-               n_vocab: int = 1024, n_layer: int | None = None, n_embd: int | None = None,
-               n_ff: int | None = None, n_ctx_train: int = 2048, alignment: int | None = None,
-               n_expert: int = 0, n_expert_used: int = 0) -> ModelInfo:
+def make_model(
+    path: os.PathLike | str,
+    size_bytes: int | None,
+    qtype: str = "Q8_0",
+    seed: int = 0,
+    n_vocab: int = 1024,
+    n_layer: int | None = None,
+    n_embd: int | None = None,
+    n_ff: int | None = None,
+    n_ctx_train: int = 2048,
+    alignment: int | None = None,
+    n_expert: int = 0,
+    n_expert_used: int = 0,
+) -> ModelInfo:
     """Write a random-weight GGUF of about ``size_bytes`` to ``path``.
 
     qtype: one of QTYPES. n_expert/n_expert_used: a qwen3moe mixture-of-experts model (0: a
@@ -558,8 +595,9 @@ def make_model(path: os.PathLike | str, size_bytes: int | None, qtype: str = "Q8
         elif t.gtype == "F16":
             w.add_tensor_info(t.name, t.shape, np.dtype(np.float16), t.nbytes)
         else:
-            w.add_tensor_info(t.name, t.shape, np.dtype(np.float32), t.nbytes,
-                              raw_dtype=gguf.GGMLQuantizationType[t.gtype])
+            w.add_tensor_info(
+                t.name, t.shape, np.dtype(np.float32), t.nbytes, raw_dtype=gguf.GGMLQuantizationType[t.gtype]
+            )
 
     # weights ~ N(0, 1/sqrt(n_embd)) keep activations O(1): no inf/NaN in f16 KV cache or logits
     sigma = 1.0 / math.sqrt(e)
@@ -586,11 +624,25 @@ def make_model(path: os.PathLike | str, size_bytes: int | None, qtype: str = "Q8
         w.close()
         tmp.unlink(missing_ok=True)
         raise
-    return ModelInfo(path=path, file_size=path.stat().st_size, qtype=qtype, n_layer=s.n_layer, n_embd=e,
-                     n_ff=s.n_ff, n_head=s.n_head, n_head_kv=s.n_head_kv, n_vocab=n_vocab, n_ctx_train=n_ctx_train,
-                     n_params=sum(t.n_values for t in order), n_tensors=len(order),
-                     seconds=time.perf_counter() - t0, arch=s.arch, n_expert=s.n_expert,
-                     n_expert_used=s.n_expert_used, tensor_types=dict(sorted(counts.items())))
+    return ModelInfo(
+        path=path,
+        file_size=path.stat().st_size,
+        qtype=qtype,
+        n_layer=s.n_layer,
+        n_embd=e,
+        n_ff=s.n_ff,
+        n_head=s.n_head,
+        n_head_kv=s.n_head_kv,
+        n_vocab=n_vocab,
+        n_ctx_train=n_ctx_train,
+        n_params=sum(t.n_values for t in order),
+        n_tensors=len(order),
+        seconds=time.perf_counter() - t0,
+        arch=s.arch,
+        n_expert=s.n_expert,
+        n_expert_used=s.n_expert_used,
+        tensor_types=dict(sorted(counts.items())),
+    )
 
 
 class _Parser(argparse.ArgumentParser):
@@ -609,13 +661,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """The make-model options; needs neither numpy nor gguf (the CLI shows them in --help)."""
     p.add_argument("out", help="output .gguf path")
     p.add_argument("--size", "-s", help="target file size, e.g. 2G, 512M, 300MiB (binary units)")
-    p.add_argument("--type", "-t", dest="qtype", default="Q8_0", type=_qtype, metavar="TYPE",
-                   help=f"weight type: {', '.join(QTYPES)} (default Q8_0); Q4_K_M/Q5_K_M are llama.cpp's mixes "
-                        "(Q6_K for output and some attn_v/ffn_down)")
-    p.add_argument("--experts", type=int, default=0, metavar="N",
-                   help="a mixture-of-experts model (qwen3moe) with N experts per layer")
-    p.add_argument("--experts-used", type=int, default=None, metavar="K",
-                   help="experts used per token (default 2; needs --experts)")
+    p.add_argument(
+        "--type",
+        "-t",
+        dest="qtype",
+        default="Q8_0",
+        type=_qtype,
+        metavar="TYPE",
+        help=f"weight type: {', '.join(QTYPES)} (default Q8_0); Q4_K_M/Q5_K_M are llama.cpp's mixes "
+        "(Q6_K for output and some attn_v/ffn_down)",
+    )
+    p.add_argument(
+        "--experts",
+        type=int,
+        default=0,
+        metavar="N",
+        help="a mixture-of-experts model (qwen3moe) with N experts per layer",
+    )
+    p.add_argument(
+        "--experts-used",
+        type=int,
+        default=None,
+        metavar="K",
+        help="experts used per token (default 2; needs --experts)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--vocab", type=int, default=1024, help="vocab size (default 1024)")
     p.add_argument("--layers", type=int, help="override n_layer")
@@ -636,10 +705,20 @@ def run_args(a: argparse.Namespace) -> int:
         if size is not None and size < 1:
             raise ValueError("size must be positive")
         used = a.experts_used if a.experts_used is not None else (min(2, a.experts) if a.experts else 0)
-        info = make_model(a.out, size, a.qtype, seed=a.seed, n_vocab=a.vocab, n_layer=a.layers,
-                          n_embd=a.embd, n_ff=a.ff, n_ctx_train=a.ctx,
-                          alignment=parse_size(a.align) if a.align is not None else None,
-                          n_expert=a.experts, n_expert_used=used)
+        info = make_model(
+            a.out,
+            size,
+            a.qtype,
+            seed=a.seed,
+            n_vocab=a.vocab,
+            n_layer=a.layers,
+            n_embd=a.embd,
+            n_ff=a.ff,
+            n_ctx_train=a.ctx,
+            alignment=parse_size(a.align) if a.align is not None else None,
+            n_expert=a.experts,
+            n_expert_used=used,
+        )
     except (ValueError, HugeloadError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
@@ -653,15 +732,19 @@ def run_args(a: argparse.Namespace) -> int:
     else:
         moe = f" experts={info.n_expert}/{info.n_expert_used}" if info.n_expert else ""
         types = ",".join(f"{k}:{v}" for k, v in info.tensor_types.items())
-        print(f"{info.path}: {info.file_size / 2**20:.1f} MiB {info.arch} {info.qtype} n_layer={info.n_layer} "
-              f"n_embd={info.n_embd} n_ff={info.n_ff} n_head={info.n_head}/{info.n_head_kv}{moe} "
-              f"n_vocab={info.n_vocab} params={info.n_params / 1e6:.1f}M tensors={types} in {info.seconds:.1f} s")
+        print(
+            f"{info.path}: {info.file_size / 2**20:.1f} MiB {info.arch} {info.qtype} n_layer={info.n_layer} "
+            f"n_embd={info.n_embd} n_ff={info.n_ff} n_head={info.n_head}/{info.n_head_kv}{moe} "
+            f"n_vocab={info.n_vocab} params={info.n_params / 1e6:.1f}M tensors={types} in {info.seconds:.1f} s"
+        )
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = _Parser(prog="python -m hugeload.modelgen",
-                description="Write a random-weight GGUF model (llama, or qwen3moe with --experts) of a given size.")
+    p = _Parser(
+        prog="python -m hugeload.modelgen",
+        description="Write a random-weight GGUF model (llama, or qwen3moe with --experts) of a given size.",
+    )
     add_arguments(p)
     return run_args(p.parse_args(argv))
 

@@ -1,11 +1,11 @@
 """The two native libraries built by `pip install`.
 
-  _native.so      CPUID and the benchmark loops, for ctypes only (load()).
-  libhugeload.so  the LD_PRELOAD library (library_path()); it exports one
-                  function for Python, hugeload_page_choice_kb (page_choice_kb()),
-                  so a test can check that C applies the page-size rule Python
-                  decided.  Loaded RTLD_LOCAL by ctypes it stays inert: only
-                  LD_PRELOAD makes its interposers active.
+_native.so      CPUID and the benchmark loops, for ctypes only (load()).
+libhugeload.so  the LD_PRELOAD library (library_path()); it exports one
+                function for Python, hugeload_page_choice_kb (page_choice_kb()),
+                so a test can check that C applies the page-size rule Python
+                decided.  Loaded RTLD_LOCAL by ctypes it stays inert: only
+                LD_PRELOAD makes its interposers active.
 """
 
 import ctypes

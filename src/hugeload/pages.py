@@ -46,7 +46,7 @@ class PageSize(NamedTuple):
 
     @property
     def label(self) -> str:
-        """"1G": how tables and messages show it."""
+        """ "1G": how tables and messages show it."""
         return self.name.upper()
 
     @property
@@ -164,6 +164,7 @@ def env_name(page: PageSize | None) -> str:
 
 # --------------------------------------------------------------------------- the size rule
 
+
 class Policy(NamedTuple):
     auto_1g_min: int = 1 * GiB  # bytes; auto never picks 1G below this
     auto_1g_max_waste_ppm: int = 125000  # rounding waste auto accepts, in millionths of the size (1/8)
@@ -226,8 +227,10 @@ def why(sizes: int | list[int], requested: PageSize | None = None, policy: Polic
     if total < policy.auto_1g_min:
         return f"model is under {size_words(policy.auto_1g_min)}"
     waste = waste_1g(sizes)
-    return (f"1G pages would waste {waste * 100 / total:.0f} % (more than {ppm_words(policy.auto_1g_max_waste_ppm)}) "
-            f"of the model")
+    return (
+        f"1G pages would waste {waste * 100 / total:.0f} % (more than {ppm_words(policy.auto_1g_max_waste_ppm)}) "
+        f"of the model"
+    )
 
 
 def policy_env(policy: Policy = DEFAULT_POLICY) -> str:

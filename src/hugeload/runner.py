@@ -90,8 +90,9 @@ def repack_enabled(argv: list[str]) -> bool:
     return True
 
 
-def predict_buffers(model: str, engine: str | None = None, flags=None, repack: bool = True,
-                    root="/") -> buffers.Prediction | None:
+def predict_buffers(
+    model: str, engine: str | None = None, flags=None, repack: bool = True, root="/"
+) -> buffers.Prediction | None:
     """Which buffers `engine` (a llama.cpp executable or the python of a llama-cpp-python
     venv; None: the one engines.find_llama() finds) will read `model`'s weights from, or
     None when the model is not a GGUF file or the gguf package is missing.  `flags`: the
@@ -108,21 +109,31 @@ def predict_buffers(model: str, engine: str | None = None, flags=None, repack: b
     return buffers.predict(tensors, e)
 
 
-def heap_pages(predictions: dict[str, buffers.Prediction | None], requested: PageSize | None,
-               alloc_threshold: int, policy: pages.Policy = pages.DEFAULT_POLICY) -> dict[int, int]:
+def heap_pages(
+    predictions: dict[str, buffers.Prediction | None],
+    requested: PageSize | None,
+    alloc_threshold: int,
+    policy: pages.Policy = pages.DEFAULT_POLICY,
+) -> dict[int, int]:
     """Pages per page size (kB) that the predicted heap copies take under the preload library."""
     out: dict[int, int] = {}
     for p in predictions.values():
-        for b in (p.heap if p else []):
+        for b in p.heap if p else []:
             kb = buffers.alloc_page_kb(b.bytes, requested, alloc_threshold, policy)
             if kb != 4:
                 out[kb] = out.get(kb, 0) + ceil_div(b.bytes, kb * KiB)
     return out
 
 
-def estimate_needs(candidates: list[Candidate], requested: PageSize | None, copy: bool, alloc_threshold: int,
-                   predictions: dict[str, buffers.Prediction | None], root="/",
-                   policy: pages.Policy = pages.DEFAULT_POLICY) -> list[Need]:
+def estimate_needs(
+    candidates: list[Candidate],
+    requested: PageSize | None,
+    copy: bool,
+    alloc_threshold: int,
+    predictions: dict[str, buffers.Prediction | None],
+    root="/",
+    policy: pages.Policy = pages.DEFAULT_POLICY,
+) -> list[Need]:
     """Pages the run may take, per page size: private copies of unstaged files (--copy) and
     the heap copies the engine will make (predicted; a model that cannot be predicted, not
     GGUF or no gguf package, is counted as a copy of its whole size, as before)."""
@@ -163,7 +174,9 @@ def estimate_need(candidates: list[Candidate], kb: int, copy: bool, alloc: bool,
     return Need(kb, pages, max(0, pool.available), candidates)
 
 
-def first_page(candidates: list[Candidate], requested: PageSize | None, policy: pages.Policy = pages.DEFAULT_POLICY) -> PageSize:
+def first_page(
+    candidates: list[Candidate], requested: PageSize | None, policy: pages.Policy = pages.DEFAULT_POLICY
+) -> PageSize:
     """The page size the library will try first for this run's largest model file (it decides
     each mapping on its own, by the same rule); 2M when there is none."""
     return pages.first_page(max((c.size for c in candidates), default=0), requested, policy)
@@ -199,6 +212,7 @@ def run(argv: list[str], env: dict, bind: tuple[int, tuple[int, ...]] | None = N
 
         def preexec():
             numa.bind_process(*bind)
+
     try:
         proc = subprocess.Popen(argv, env=env, preexec_fn=preexec)
     except FileNotFoundError:
@@ -221,6 +235,7 @@ def run(argv: list[str], env: dict, bind: tuple[int, tuple[int, ...]] | None = N
 
 # ---------------------------------------------------------------- the report, after the run
 
+
 def parse_report(text: str) -> list[dict[str, str]]:
     """The preload library's `hugeload: region ...` lines as dicts (format: csrc header)."""
     out = []
@@ -242,8 +257,12 @@ def _mib(n: int) -> str:
     return f"{n / MiB:.2f} MiB"
 
 
-def read_summary(candidates: list[Candidate], predictions: dict[str, buffers.Prediction | None],
-                 regions: list[dict[str, str]], alloc_threshold: int) -> list[str]:
+def read_summary(
+    candidates: list[Candidate],
+    predictions: dict[str, buffers.Prediction | None],
+    regions: list[dict[str, str]],
+    alloc_threshold: int,
+) -> list[str]:
     """One line per model: whether inference read the mapping or a heap copy, and the page
     size of each, from the report's regions (the mapping: the region named after the
     file; a heap copy: the allocation of the predicted size)."""
@@ -265,7 +284,12 @@ def read_summary(candidates: list[Candidate], predictions: dict[str, buffers.Pre
         for b in p.heap:
             found = None
             for i, r in enumerate(regions):
-                if i not in used and r.get("fill") == "alloc" and r.get("bytes", "").isdigit()                         and abs(int(r["bytes"]) - b.bytes) <= max(BYTES_SLACK, b.bytes // 1000):
+                if (
+                    i not in used
+                    and r.get("fill") == "alloc"
+                    and r.get("bytes", "").isdigit()
+                    and abs(int(r["bytes"]) - b.bytes) <= max(BYTES_SLACK, b.bytes // 1000)
+                ):
                     found = i
                     break
             if found is not None:
@@ -292,5 +316,7 @@ BYTES_SLACK = 4096
 
 def describe_need(need: Need) -> str:
     name = pages.name(need.page_size_kb)
-    return (f"this run may take {need.pages} x {name} pages and {need.available} are free: "
-            f"hugeload reserve --count {need.missing} --page-size {name.lower()}")
+    return (
+        f"this run may take {need.pages} x {name} pages and {need.available} are free: "
+        f"hugeload reserve --count {need.missing} --page-size {name.lower()}"
+    )

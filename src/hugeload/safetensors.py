@@ -32,16 +32,38 @@ MAX_HEADER = 100_000_000  # the reference implementation's limit
 
 # dtype -> (bytes per element, NumPy dtype holding it: the bits for BF16/F8)
 DTYPES = {
-    "F64": (8, "<f8"), "F32": (4, "<f4"), "F16": (2, "<f2"), "BF16": (2, "<u2"),
-    "I64": (8, "<i8"), "I32": (4, "<i4"), "I16": (2, "<i2"), "I8": (1, "i1"),
-    "U64": (8, "<u8"), "U32": (4, "<u4"), "U16": (2, "<u2"), "U8": (1, "u1"),
-    "BOOL": (1, "?"), "F8_E4M3": (1, "u1"), "F8_E5M2": (1, "u1"),
+    "F64": (8, "<f8"),
+    "F32": (4, "<f4"),
+    "F16": (2, "<f2"),
+    "BF16": (2, "<u2"),
+    "I64": (8, "<i8"),
+    "I32": (4, "<i4"),
+    "I16": (2, "<i2"),
+    "I8": (1, "i1"),
+    "U64": (8, "<u8"),
+    "U32": (4, "<u4"),
+    "U16": (2, "<u2"),
+    "U8": (1, "u1"),
+    "BOOL": (1, "?"),
+    "F8_E4M3": (1, "u1"),
+    "F8_E5M2": (1, "u1"),
 }
 _TORCH_DTYPES = {
-    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
-    "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8",
-    "U64": "uint64", "U32": "uint32", "U16": "uint16", "U8": "uint8",
-    "BOOL": "bool", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U64": "uint64",
+    "U32": "uint32",
+    "U16": "uint16",
+    "U8": "uint8",
+    "BOOL": "bool",
+    "F8_E4M3": "float8_e4m3fn",
+    "F8_E5M2": "float8_e5m2",
 }
 _ENTRY_KEYS = {"dtype", "shape", "data_offsets"}
 
@@ -95,7 +117,7 @@ def parse_header(data: bytes | memoryview, file_size: int) -> Header:
     `data` holds the file's first bytes (at least 8 + header length of them,
     fewer only if the file is that short); `file_size` is the whole file's size.
     Raises FormatError for anything but a well-formed file; never anything else."""
-    data = bytes(data[:8 + MAX_HEADER])
+    data = bytes(data[: 8 + MAX_HEADER])
     if file_size < 8 or len(data) < 8:
         _fail(f"{file_size} bytes is too short for the 8-byte header length")
     (n,) = struct.unpack_from("<Q", data)
@@ -105,7 +127,7 @@ def parse_header(data: bytes | memoryview, file_size: int) -> Header:
         _fail(f"header length {n} runs past the end of the {file_size}-byte file")
     if len(data) < 8 + n:
         _fail(f"header truncated: {len(data) - 8} of {n} bytes")
-    raw = data[8:8 + n]
+    raw = data[8 : 8 + n]
     if not raw.startswith(b"{"):
         _fail("the header does not start with '{'")
     try:
@@ -201,8 +223,9 @@ def _numpy_views(mapping: HugeMapping, header: Header, buf) -> dict:
             a = np.empty(t.shape, dt)
             a.flags.writeable = False
         else:
-            a = np.frombuffer(buf, dtype=dt, count=t.nbytes // dt.itemsize,
-                              offset=header.data_start + t.begin).reshape(t.shape)
+            a = np.frombuffer(buf, dtype=dt, count=t.nbytes // dt.itemsize, offset=header.data_start + t.begin).reshape(
+                t.shape
+            )
         out[t.name] = a
     return out
 
@@ -236,8 +259,9 @@ def _torch_views(mapping: HugeMapping, header: Header) -> dict:
     return out
 
 
-def load(path, framework: str = "numpy", page_size: str = "auto", fallback: bool | None = None,
-         staged: bool = True) -> Tensors:
+def load(
+    path, framework: str = "numpy", page_size: str = "auto", fallback: bool | None = None, staged: bool = True
+) -> Tensors:
     """Every tensor of a safetensors file, as views into one huge page mapping.
 
     `framework`: "numpy"/"np" (read-only arrays) or "pt"/"torch" (tensors; a
@@ -252,7 +276,10 @@ def load(path, framework: str = "numpy", page_size: str = "auto", fallback: bool
     mapping = map_file(path, page_size=page_size, staged=staged, fallback=fallback)
     try:
         # The header read above must be the one mapped (the file may have changed in between).
-        if len(mapping) < header.data_start or parse_header(mapping.buffer[:header.data_start], len(mapping)) != header:
+        if (
+            len(mapping) < header.data_start
+            or parse_header(mapping.buffer[: header.data_start], len(mapping)) != header
+        ):
             from hugeload.api import FileChanged
 
             raise FileChanged(f"{path} changed between reading its header and mapping it; try again")

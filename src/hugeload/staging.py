@@ -23,15 +23,24 @@ class StagedModel(NamedTuple):
     source: str
 
 
-def stage(path: str, page_size: str = "auto", reserve: bool = False, name: str | None = None,
-          verify: bool = False, persist: bool = False, state_dir=None, config_dir=None) -> StagedModel:
+def stage(
+    path: str,
+    page_size: str = "auto",
+    reserve: bool = False,
+    name: str | None = None,
+    verify: bool = False,
+    persist: bool = False,
+    state_dir=None,
+    config_dir=None,
+) -> StagedModel:
     """Stage `path` into huge pages (see `hugeload stage`); instant when already staged.
     `persist` also lists it in models.json (`config_dir`, default $HUGELOAD_CONFIG_DIR or
     /etc/hugeload) so that `hugeload restore` re-stages it at boot."""
     from hugeload.act import store
 
-    options = store.StageOptions(page_size=pages.parse(page_size, ("1g", "2m")), name=name, reserve=reserve,
-                                 verify=verify, persist=persist)
+    options = store.StageOptions(
+        page_size=pages.parse(page_size, ("1g", "2m")), name=name, reserve=reserve, verify=verify, persist=persist
+    )
     m = store.stage(str(path), options, state_dir=state_dir, config_dir=config_dir).manifest
     return StagedModel(m.name, m.path, m.page_size_kb, m.size, m.pages, m.source)
 

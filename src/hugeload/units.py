@@ -12,6 +12,7 @@ TiB = 1024 * GiB
 _SUFFIX = {"": 1, "b": 1, "k": KiB, "m": MiB, "g": GiB, "t": TiB}
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
 
+
 def parse_size(text: str | int) -> int:
     """Parse `30G`, `30GiB`, `30GB`, `512M`, `4096` into bytes (binary units throughout).
 

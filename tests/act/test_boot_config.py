@@ -26,8 +26,9 @@ def test_apply_twice_gives_the_same_files(hugeload_cli, tmp_path):
     first = (grub.read_text(), fstab.read_text())
     assert hugeload_cli(*args).returncode == 0
     assert (grub.read_text(), fstab.read_text()) == first
-    assert first[0].splitlines()[1] == ('GRUB_CMDLINE_LINUX="quiet splash hugepagesz=1G hugepages=32 '
-                                        'hugepagesz=2M hugepages=512 default_hugepagesz=1G"')
+    assert first[0].splitlines()[1] == (
+        'GRUB_CMDLINE_LINUX="quiet splash hugepagesz=1G hugepages=32 hugepagesz=2M hugepages=512 default_hugepagesz=1G"'
+    )
     lines = first[1].splitlines()
     assert lines[0] == "UUID=abc / ext4 defaults 0 1"
     assert sum("/mnt/hugepages-1gb" in x for x in lines) == 1

@@ -41,7 +41,10 @@ def test_reserve_two_1g_pages_and_release_back(hugeload_cli, state_dir):
     assert count(GB) == before
     assert ledger.share(ledger.load(state_dir), GB, None) == 0
     events = ledger.load(state_dir)["events"]
-    assert [(e["action"], e["before"], e["after"]) for e in events] == [("reserve", before, before + 2), ("release", before + 2, before)]
+    assert [(e["action"], e["before"], e["after"]) for e in events] == [
+        ("reserve", before, before + 2),
+        ("release", before + 2, before),
+    ]
 
 
 def test_reserve_2m_by_size(hugeload_cli):
@@ -116,14 +119,17 @@ def test_release_keeps_pages_in_use(state_dir):
     assert results[0].released == 2 and count(MB2) == before
 
 
-@pytest.mark.parametrize("args, message", [
-    (["reserve", "--count", "0", "--page-size", "1g"], "positive"),
-    (["reserve", "--count", "-2", "--page-size", "1g"], "positive"),
-    (["reserve", "--count", "1", "--page-size", "3m"], "unknown page size"),
-    (["reserve", "--count", "1", "--page-size", "1g", "--node", "99"], "node 99 does not exist"),
-    (["reserve", "--size", "3M", "--page-size", "2m"], "not a multiple"),
-    (["reserve", "--size", "lots", "--page-size", "2m"], "cannot parse size"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["reserve", "--count", "0", "--page-size", "1g"], "positive"),
+        (["reserve", "--count", "-2", "--page-size", "1g"], "positive"),
+        (["reserve", "--count", "1", "--page-size", "3m"], "unknown page size"),
+        (["reserve", "--count", "1", "--page-size", "1g", "--node", "99"], "node 99 does not exist"),
+        (["reserve", "--size", "3M", "--page-size", "2m"], "not a multiple"),
+        (["reserve", "--size", "lots", "--page-size", "2m"], "cannot parse size"),
+    ],
+)
 def test_bad_input_is_one_line_and_changes_nothing(hugeload_cli, args, message):
     before = (count(GB), count(MB2))
     out = hugeload_cli(*args)
@@ -138,10 +144,12 @@ def test_not_root_names_the_file(tmp_path):
     import sys
 
     # Import first: the interpreter may live where nobody cannot read.
-    code = ("import os, argparse, json, tempfile, fcntl; from hugeload.cli import main, build_parser; build_parser();"
-            "import hugeload.cli.cmd_pools, hugeload.act.ledger, rich.console;"
-            "os.setgid(65534); os.setuid(65534);"
-            "raise SystemExit(main(['reserve','--count','1','--page-size','2m','--force']))")
+    code = (
+        "import os, argparse, json, tempfile, fcntl; from hugeload.cli import main, build_parser; build_parser();"
+        "import hugeload.cli.cmd_pools, hugeload.act.ledger, rich.console;"
+        "os.setgid(65534); os.setuid(65534);"
+        "raise SystemExit(main(['reserve','--count','1','--page-size','2m','--force']))"
+    )
     env = dict(os.environ, HUGELOAD_STATE_DIR=str(tmp_path / "s"))
     tmp_path.chmod(0o777)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)

@@ -48,4 +48,6 @@ def test_list_models_with_plan(hugeload_cli, tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     data = json.loads(hugeload_cli("list", tmp_path, "--json").stdout)["models"]
     assert [(os.path.basename(m["path"]), m["recommended_page_size_kb"], m["pages"]) for m in data] == [
-        ("a.gguf", 2048, 2), ("b.safetensors", 2048, 1)]
+        ("a.gguf", 2048, 2),
+        ("b.safetensors", 2048, 1),
+    ]

@@ -50,14 +50,19 @@ def model(tmp_path):
         with open(p, "wb") as f:
             f.write(os.urandom(1 * MiB) * (size // MiB) + os.urandom(size % MiB))
         return p
+
     return make
 
 
 def mapper(path):
     """A process that maps the staged file read-only MAP_SHARED, as llama.cpp does, and waits."""
-    code = ("import mmap,os,sys; f=open(sys.argv[1],'rb'); m=mmap.mmap(f.fileno(),0,flags=mmap.MAP_SHARED,prot=mmap.PROT_READ);"
-            "s=sum(m[i] for i in range(0,len(m),1<<21)); print('ready',flush=True); sys.stdin.read()")
-    p = subprocess.Popen([sys.executable, "-c", code, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    code = (
+        "import mmap,os,sys; f=open(sys.argv[1],'rb'); m=mmap.mmap(f.fileno(),0,flags=mmap.MAP_SHARED,prot=mmap.PROT_READ);"
+        "s=sum(m[i] for i in range(0,len(m),1<<21)); print('ready',flush=True); sys.stdin.read()"
+    )
+    p = subprocess.Popen(
+        [sys.executable, "-c", code, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     assert p.stdout.readline().strip() == "ready"
     return p
 
@@ -81,7 +86,9 @@ def test_stage_map_unload(hugeload_cli, model, page, kb, state_dir):
     finally:
         os.close(fd)
     listed = json.loads(hugeload_cli("loaded", "--json").stdout)["models"]
-    assert [(m["name"], m["state"], m["page_size_kb"], m["path"]) for m in listed] == [("model", "ready", kb, str(staged))]
+    assert [(m["name"], m["state"], m["page_size_kb"], m["path"]) for m in listed] == [
+        ("model", "ready", kb, str(staged))
+    ]
     p = mapper(staged)
     try:
         assert procs.mapping_page_sizes("/", p.pid, str(staged)) == {kb}
@@ -116,10 +123,13 @@ def test_auto_falls_back_to_2m_when_the_1g_pool_cannot_hold_it(hugeload_cli, mod
     out = hugeload_cli("load", src)
     assert out.returncode == 3 and "2M pool" in out.stderr  # falls back to 2M, whose pool is empty too
     from hugeload.act.store import choose_page_size
+
     kb, reason = choose_page_size(src.stat().st_size, None, False)
     assert kb == MB2 and "1G pool cannot hold 2 page(s)" in reason
     assert choose_page_size(src.stat().st_size, None, True) == (
-        GB, "model is at least 1 GiB and 1G pages waste at most 1/8, and the 1G pool can hold it")
+        GB,
+        "model is at least 1 GiB and 1G pages waste at most 1/8, and the 1G pool can hold it",
+    )
 
 
 def test_split_gguf_parts_are_staged_side_by_side(hugeload_cli, tmp_path):
@@ -158,8 +168,11 @@ def test_kill_in_the_middle_leaves_nothing_ready_and_gc_frees_every_page(hugeloa
     src = model(1024 * MiB)
     before = count(MB2)
     exe = Path(sys.executable).with_name("hugeload")
-    p = subprocess.Popen([str(exe), "load", str(src), "--page-size", "2m", "--reserve", "--json"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p = subprocess.Popen(
+        [str(exe), "load", str(src), "--page-size", "2m", "--reserve", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.time() + 60
     while time.time() < deadline and not store.staging_dirs(state_dir):
         time.sleep(0.01)
@@ -200,14 +213,17 @@ def test_a_file_that_changes_while_copying_is_not_staged(model, state_dir):
     assert store.staged(state_dir) == [] and not store.staging_dirs(state_dir)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["load", "/nonexistent/model.gguf"], "no such file"),
-    (["load", "/tmp"], "is a directory"),
-    (["load", "__SRC__", "--name", "a/b"], "not allowed"),
-    (["load", "__SRC__", "--page-size", "3m"], "unknown page size"),
-    (["load", "__SRC__", "--page-size", "2m"], "hugeload reserve --count"),
-    (["unload", "nothing-here"], "no staged model"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["load", "/nonexistent/model.gguf"], "no such file"),
+        (["load", "/tmp"], "is a directory"),
+        (["load", "__SRC__", "--name", "a/b"], "not allowed"),
+        (["load", "__SRC__", "--page-size", "3m"], "unknown page size"),
+        (["load", "__SRC__", "--page-size", "2m"], "hugeload reserve --count"),
+        (["unload", "nothing-here"], "no staged model"),
+    ],
+)
 def test_bad_input(hugeload_cli, model, args, message):
     src = model(5 * MiB)
     pools = (count(GB), count(MB2))
@@ -225,8 +241,26 @@ def test_gc_frees_the_pages_of_a_killed_run(hugeload_cli, tmp_path, state_dir):
     exe = Path(sys.executable).with_name("hugeload")
     # --copy: the 4 MiB file's private copy is what is reserved (a file this small makes no heap
     # copy of 64 MiB or more, so without it nothing would be).
-    p = subprocess.Popen([str(exe), "run", "--page-size", "2m", "--copy", "--reserve", "--files", "*.bin", "--",
-                          "sh", "-c", "exec sleep 60", "sh", str(f)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p = subprocess.Popen(
+        [
+            str(exe),
+            "run",
+            "--page-size",
+            "2m",
+            "--copy",
+            "--reserve",
+            "--files",
+            "*.bin",
+            "--",
+            "sh",
+            "-c",
+            "exec sleep 60",
+            "sh",
+            str(f),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     engine = []
     try:
         deadline = time.time() + 30

@@ -55,8 +55,20 @@ def test_skips_backing_without_pages():
 
 
 def test_cli_json(hugeload_cli):
-    r = hugeload_cli("bench", "tensors", "--size", "2M", "--rounds", "2", "--reps", "1",
-                     "--backings", "4k,2m", "--json", *([] if os.geteuid() == 0 else ["--no-reserve"]))
+    r = hugeload_cli(
+        "bench",
+        "tensors",
+        "--size",
+        "2M",
+        "--rounds",
+        "2",
+        "--reps",
+        "1",
+        "--backings",
+        "4k,2m",
+        "--json",
+        *([] if os.geteuid() == 0 else ["--no-reserve"]),
+    )
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
     assert [x["backing"] for x in data["results"]] == ["4k", "2m"]
@@ -64,8 +76,9 @@ def test_cli_json(hugeload_cli):
 
 
 def test_cli_table_and_group(hugeload_cli):
-    r = hugeload_cli("bench", "tensors", "--size", "2M", "--rounds", "2", "--reps", "1", "--backings", "4k,thp",
-                     "--no-reserve")
+    r = hugeload_cli(
+        "bench", "tensors", "--size", "2M", "--rounds", "2", "--reps", "1", "--backings", "4k,thp", "--no-reserve"
+    )
     assert r.returncode == 0, r.stderr
     assert "vs 4K" in r.stdout and "measured" in r.stdout
     r = hugeload_cli("bench")

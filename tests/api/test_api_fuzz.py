@@ -31,7 +31,7 @@ def test_random_bytes(data, extra):
 
 dtypes = st.sampled_from(sorted(hs.DTYPES))
 json_junk = st.recursive(
-    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False) | st.text(max_size=5),
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | st.text(max_size=5),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
     max_leaves=8,
 )
@@ -80,12 +80,12 @@ def files(draw):
     out = struct.pack("<Q", length) + raw + b"".join(blobs)
     cut = draw(st.integers(0, 12))
     if cut == 1:
-        out = out[:draw(st.integers(0, len(out)))]
+        out = out[: draw(st.integers(0, len(out)))]
     elif cut == 2:
         out += draw(st.binary(min_size=1, max_size=8))
     elif cut == 3 and len(out) > 8:
         i = draw(st.integers(0, len(out) - 1))
-        out = out[:i] + bytes([draw(st.integers(0, 255))]) + out[i + 1:]
+        out = out[:i] + bytes([draw(st.integers(0, 255))]) + out[i + 1 :]
     return out
 
 
@@ -106,7 +106,7 @@ def test_structured_files(content):
         for name, t in header.tensors.items():
             start = header.data_start + t.begin
             assert start + t.nbytes <= len(content)
-            assert out[name].tobytes() == content[start:start + t.nbytes]
+            assert out[name].tobytes() == content[start : start + t.nbytes]
         out.mapping.close()
     finally:
         os.unlink(path)

@@ -14,11 +14,13 @@ def test_import_does_not_load_numpy_or_torch():
 
 
 def test_api_and_mapping_do_not_load_numpy():
-    r = run_py("import hugeload, sys\n"
-               "m = hugeload.alloc(4096, '4k'); m.buffer[0] = 1; m.close()\n"
-               "hugeload.map_file(sys.executable, '4k').close()\n"
-               "assert callable(hugeload.safetensors.read_header)\n"
-               "assert 'numpy' not in sys.modules and 'torch' not in sys.modules, sorted(sys.modules)")
+    r = run_py(
+        "import hugeload, sys\n"
+        "m = hugeload.alloc(4096, '4k'); m.buffer[0] = 1; m.close()\n"
+        "hugeload.map_file(sys.executable, '4k').close()\n"
+        "assert callable(hugeload.safetensors.read_header)\n"
+        "assert 'numpy' not in sys.modules and 'torch' not in sys.modules, sorted(sys.modules)"
+    )
     assert r.returncode == 0, r.stderr
 
 

@@ -22,6 +22,7 @@ def data_file(tmp_path):
 
 # --------------------------------------------------------------------------- basics (no pools needed)
 
+
 def test_map_file_4k_holds_the_file(data_file):
     with hugeload.map_file(data_file, page_size="4k") as m:
         assert len(m) == data_file.stat().st_size
@@ -98,6 +99,7 @@ def test_short_reads_and_eintr_are_retried(data_file, monkeypatch):
 
 # --------------------------------------------------------------------------- lifetime
 
+
 def test_close_with_live_numpy_views_defers_and_never_crashes(data_file):
     m = hugeload.map_file(data_file, page_size="4k")
     view = np.frombuffer(m.buffer, dtype=np.uint8)[10:20]
@@ -132,6 +134,7 @@ def test_garbage_collection_releases(data_file):
 
 
 # --------------------------------------------------------------------------- real pools (root)
+
 
 def test_2m_pages_are_used_and_given_back(reserve, data_file):
     need = -(-data_file.stat().st_size // (2 * MiB))
@@ -174,6 +177,7 @@ def test_auto_uses_2m_for_small_files(reserve, data_file):
 
 
 # --------------------------------------------------------------------------- files that change
+
 
 def _patch_first_read(monkeypatch, action):
     real = os.preadv
@@ -227,6 +231,7 @@ def test_file_changing_frees_huge_pages(reserve, data_file, monkeypatch):
 
 
 # --------------------------------------------------------------------------- staged files (the store)
+
 
 @pytest.fixture
 def stage(needs_root, state_dir, tmp_path):

@@ -21,7 +21,7 @@ def numpy_tensors(seed=0):
         "embed": rng.standard_normal((256, 64)).astype(np.float32),
         "w64": rng.standard_normal((3, 5)),
         "half": rng.standard_normal((17,)).astype(np.float16),
-        "ids": rng.integers(-2**40, 2**40, (4, 4), dtype=np.int64),
+        "ids": rng.integers(-(2**40), 2**40, (4, 4), dtype=np.int64),
         "i32": rng.integers(-9, 9, (7,), dtype=np.int32),
         "i16": rng.integers(-9, 9, (2, 3), dtype=np.int16),
         "i8": rng.integers(-9, 9, (5,), dtype=np.int8),
@@ -166,13 +166,16 @@ def test_in_1g_pages_per_smaps(reserve, tmp_path):
 
 # --------------------------------------------------------------------------- malformed files
 
+
 def build(header: dict | bytes, data: bytes = b"", length: int | None = None) -> bytes:
     raw = header if isinstance(header, bytes) else json.dumps(header).encode()
     return struct.pack("<Q", len(raw) if length is None else length) + raw + data
 
 
-GOOD = {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
-        "b": {"dtype": "U8", "shape": [4], "data_offsets": [8, 12]}}
+GOOD = {
+    "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+    "b": {"dtype": "U8", "shape": [4], "data_offsets": [8, 12]},
+}
 
 
 def entry(**kw):
@@ -189,9 +192,11 @@ BAD = {
     "not UTF-8": build(b'{"\xff": 1}'),
     "not an object": build(b"[1, 2]"),
     "NaN": build(b'{"a": NaN}'),
-    "duplicate key": build(b'{"a": {"dtype": "U8", "shape": [0], "data_offsets": [0, 0]}, '
-                           b'"a": {"dtype": "U8", "shape": [0], "data_offsets": [0, 0]}}'),
-    "deep nesting": build(b"{\"a\": " + b"[" * 100_000 + b"]" * 100_000 + b"}"),
+    "duplicate key": build(
+        b'{"a": {"dtype": "U8", "shape": [0], "data_offsets": [0, 0]}, '
+        b'"a": {"dtype": "U8", "shape": [0], "data_offsets": [0, 0]}}'
+    ),
+    "deep nesting": build(b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"),
     "unknown dtype": build({"a": entry(dtype="F33")}, b"\0" * 8),
     "dtype not a string": build({"a": entry(dtype=4)}, b"\0" * 8),
     "missing key": build({"a": {"dtype": "F32", "shape": [2]}}, b"\0" * 8),

@@ -22,8 +22,27 @@ def small_model(tmp_path_factory):
 
 @pytest.mark.skipif(BENCH is None, reason="llama.cpp not built (scripts/get-llama.sh)")
 def test_engine_table_with_verified_page_sizes(hugeload_cli, small_model, needs_root):
-    out = hugeload_cli("bench", "engine", "--model", small_model, "--rounds", 2, "--backings", "default,2m,2m+alloc",
-                       "--json", "--", BENCH, "-p", 8, "-n", 4, "-r", 1, "-t", 2)
+    out = hugeload_cli(
+        "bench",
+        "engine",
+        "--model",
+        small_model,
+        "--rounds",
+        2,
+        "--backings",
+        "default,2m,2m+alloc",
+        "--json",
+        "--",
+        BENCH,
+        "-p",
+        8,
+        "-n",
+        4,
+        "-r",
+        1,
+        "-t",
+        2,
+    )
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     by = {r["backing"]: r for r in data["results"]}
@@ -52,7 +71,9 @@ def test_a_backing_that_cannot_be_had_is_skipped_not_timed(small_model, needs_ro
 
     real = store.ensure_pages
     monkeypatch.setattr(store, "ensure_pages", lambda kb, *a, **k: refuse() if kb == 1048576 else real(kb, *a, **k))
-    data = engine.run(str(small_model), [str(BENCH), "-p", "8", "-n", "4", "-r", "1", "-t", "2"], ["default", "1g"], rounds=1)
+    data = engine.run(
+        str(small_model), [str(BENCH), "-p", "8", "-n", "4", "-r", "1", "-t", "2"], ["default", "1g"], rounds=1
+    )
     by = {r["backing"]: r for r in data["results"]}
     assert by["1g"]["status"] == "skipped" and "cannot grow" in by["1g"]["reason"]
     assert by["default"]["status"] == "ok"
@@ -65,10 +86,13 @@ def test_rates_from_other_engines():
     assert engine.command_for(["llama-bench", "-p", "8"], "/m") == ["llama-bench", "-m", "/m", "-p", "8"]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--backings", "default,5g"], "unknown backing"),
-    (["--rounds", "0"], "at least 1"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--backings", "default,5g"], "unknown backing"),
+        (["--rounds", "0"], "at least 1"),
+    ],
+)
 def test_bad_input(hugeload_cli, small_model, args, message):
     out = hugeload_cli("bench", "engine", "--model", small_model, *args, "--", "true")
     assert out.returncode == 2 and message in out.stderr and len(out.stderr.strip().splitlines()) == 1
@@ -82,9 +106,15 @@ def test_missing_model(hugeload_cli):
 def test_plot_draws_every_test(tmp_path):
     pytest.importorskip("matplotlib")
     m = {"median": 10.0, "low": 9.0, "high": 11.0}
-    data = {"model": "/m.gguf", "rounds": 2, "hypervisor": True, "results": [
-        {"backing": "default", "metrics": {"tg4": m, "startup_s": m}},
-        {"backing": "1g", "metrics": {"tg4": m, "startup_s": m}},
-        {"backing": "2m", "status": "skipped", "metrics": None}]}
+    data = {
+        "model": "/m.gguf",
+        "rounds": 2,
+        "hypervisor": True,
+        "results": [
+            {"backing": "default", "metrics": {"tg4": m, "startup_s": m}},
+            {"backing": "1g", "metrics": {"tg4": m, "startup_s": m}},
+            {"backing": "2m", "status": "skipped", "metrics": None},
+        ],
+    }
     engine.plot(data, str(tmp_path / "p.png"))
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

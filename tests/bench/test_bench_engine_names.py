@@ -28,9 +28,13 @@ def test_a_placed_backing_keeps_its_base_and_needs_its_own_copy():
     assert engine._stage_name("stage-1048576@local") == "bench-1048576-local"
 
 
-@pytest.mark.parametrize("text, message", [
-    ("far", "unknown node placement far"), ("", "unknown node placement (none)"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("far", "unknown node placement far"),
+        ("", "unknown node placement (none)"),
+    ],
+)
 def test_unknown_placements_are_refused(text, message):
     with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
         engine.parse_placements(text)
@@ -72,8 +76,11 @@ def test_an_alloc_backing_whose_heap_fell_back_is_not_timed():
 
 
 def test_1g_is_paired_with_the_2m_backing_that_differs_only_in_page_size():
-    runs = [engine.Run(name, r, 0, 1.0, None, {"tg8": rate}) for r in range(4)
-            for name, rate in (("alloc-1g", 2.0), ("alloc-2m", 1.0), ("1g", 3.0), ("2m", 3.0), ("1g#2", 5.0))]
+    runs = [
+        engine.Run(name, r, 0, 1.0, None, {"tg8": rate})
+        for r in range(4)
+        for name, rate in (("alloc-1g", 2.0), ("alloc-2m", 1.0), ("1g", 3.0), ("2m", 3.0), ("1g#2", 5.0))
+    ]
     results = [{"backing": n, "status": "ok"} for n in ("alloc-1g", "alloc-2m", "1g", "2m", "1g#2")]
     pairs = engine.gigantic_vs_huge(results, runs, ["tg8"])
     assert set(pairs) == {"alloc-1g vs alloc-2m", "1g vs 2m"}

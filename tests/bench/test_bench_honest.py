@@ -77,6 +77,7 @@ def test_no_proc_reads_while_a_run_is_timed(small_file, opens, monkeypatch, stat
 def _slow_sampler_init(init):
     def wrapped(self, pid, paths, interval=0.05):
         init(self, pid, paths, 0.005)  # sample often, so a short fake engine is seen
+
     return wrapped
 
 
@@ -100,9 +101,24 @@ def test_backings_named_twice_are_the_aa_check():
     assert engine.parse_backings("default,1g,default") == ["default", "1g", "default#2"]
     b = engine.backing("default#2")
     assert b.kind == "default" and not b.hugeload
-    assert set(engine.ALTERNATIVES) == {"default", "pagecache-4k", "mlock", "private", "thp", "glibc-hugetlb1",
-                                        "glibc-hugetlb2"}
-    assert engine.command_for(["llama-bench", "-p", "8"], "/m", "none") == ["llama-bench", "-m", "/m", "-p", "8", "-lm", "none"]
+    assert set(engine.ALTERNATIVES) == {
+        "default",
+        "pagecache-4k",
+        "mlock",
+        "private",
+        "thp",
+        "glibc-hugetlb1",
+        "glibc-hugetlb2",
+    }
+    assert engine.command_for(["llama-bench", "-p", "8"], "/m", "none") == [
+        "llama-bench",
+        "-m",
+        "/m",
+        "-p",
+        "8",
+        "-lm",
+        "none",
+    ]
 
 
 def test_paired_ratio_cancels_round_drift():
@@ -115,8 +131,11 @@ def test_paired_ratio_cancels_round_drift():
 
 
 def test_best_hugeload_against_best_alternative():
-    runs = [engine.Run(name, r, 0, 1.0, None, {"tg8": v * (1 + r / 10)})
-            for r in range(3) for name, v in (("default", 10.0), ("mlock", 12.0), ("2m", 11.0), ("1g", 12.6))]
+    runs = [
+        engine.Run(name, r, 0, 1.0, None, {"tg8": v * (1 + r / 10)})
+        for r in range(3)
+        for name, v in (("default", 10.0), ("mlock", 12.0), ("2m", 11.0), ("1g", 12.6))
+    ]
     chosen = [engine.backing(n) for n in ("default", "mlock", "2m", "1g")]
     data = engine.summarize("/m", 1, ["x"], chosen, runs, {}, 3)
     best = data["best"]["tg8"]
@@ -128,14 +147,19 @@ def test_fallback_rules():
     v = engine.Verification(weights_kb={4}, file_pmd_kb=2048)
     assert "PMDs" in engine._fell_back(engine.backing("pagecache-4k"), v, 1 << 30)
     assert engine._fell_back(engine.backing("pagecache-4k"), engine.Verification(weights_kb={4}), 1 << 30) is None
-    assert "expected 1048576" in engine._fell_back(engine.backing("1g"), engine.Verification(weights_kb={2048}), 1 << 30)
+    assert "expected 1048576" in engine._fell_back(
+        engine.backing("1g"), engine.Verification(weights_kb={2048}), 1 << 30
+    )
     assert "locked" in engine._fell_back(engine.backing("mlock"), engine.Verification(vmlck_kb=10), 1 << 30)
-    assert "transparent" in engine._fell_back(engine.backing("thp"), engine.Verification(anon_kb=1000, thp_kb=100), 1 << 30)
+    assert "transparent" in engine._fell_back(
+        engine.backing("thp"), engine.Verification(anon_kb=1000, thp_kb=100), 1 << 30
+    )
 
 
 def test_copies_that_do_not_fit_are_skipped_others_run(small_file, state_dir):
-    data = engine.run(str(small_file), FAKE, ["default", "pagecache-4k", "1g"], rounds=1, bandwidth=False,
-                      memory_limit=4 << 20)
+    data = engine.run(
+        str(small_file), FAKE, ["default", "pagecache-4k", "1g"], rounds=1, bandwidth=False, memory_limit=4 << 20
+    )
     by = {r["backing"]: r for r in data["results"]}
     assert by["default"]["status"] == "ok"
     for name in ("pagecache-4k", "1g"):
@@ -144,8 +168,11 @@ def test_copies_that_do_not_fit_are_skipped_others_run(small_file, state_dir):
 
 
 def test_an_engine_that_crashes_under_one_backing(small_file, state_dir):
-    crash = ["sh", "-c", 'case "$GLIBC_TUNABLES" in *hugetlb=1*) echo boom; exit 3;; esac; '
-                         "echo '9 tokens per second' # {model}"]
+    crash = [
+        "sh",
+        "-c",
+        "case \"$GLIBC_TUNABLES\" in *hugetlb=1*) echo boom; exit 3;; esac; echo '9 tokens per second' # {model}",
+    ]
     data = engine.run(str(small_file), crash, ["default", "glibc-hugetlb1"], rounds=2, bandwidth=False)
     by = {r["backing"]: r for r in data["results"]}
     assert by["default"]["status"] == "ok"
@@ -165,9 +192,28 @@ def test_gc_cleans_up_after_a_killed_bench(hugeload_cli, tmp_path, state_dir, ne
     model = tmp_path / "m.bin"
     model.write_bytes(os.urandom(5 << 20))
     exe = os.path.join(os.path.dirname(sys.executable), "hugeload")
-    proc = subprocess.Popen([exe, "bench", "engine", "--model", str(model), "--backings", "2m,pagecache-4k",
-                             "--no-startup", "--no-bandwidth", "--rounds", "50", "--", "sh", "-c", "sleep 0.2 # {model}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            exe,
+            "bench",
+            "engine",
+            "--model",
+            str(model),
+            "--backings",
+            "2m,pagecache-4k",
+            "--no-startup",
+            "--no-bandwidth",
+            "--rounds",
+            "50",
+            "--",
+            "sh",
+            "-c",
+            "sleep 0.2 # {model}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 60
         shm = f"/dev/shm/hugeload-bench-{proc.pid}"
@@ -191,11 +237,15 @@ def _hugetlbfs_mounts():
 
 # --------------------------------------------------------------------------- TLB counters
 
+
 def test_counter_decoding_with_a_fake_reader():
     reads = {3: struct.pack("=QQQ", 1_000_000, 10, 10), 4: struct.pack("=QQQ", 500, 10, 5), 5: b""}
     calls = []
-    c = perf.Counters({"dtlb_loads": 3, "dtlb_load_misses": 4, "walks_completed": 5}, reader=reads.__getitem__,
-                      ioctl=lambda fd, req: calls.append((fd, req)))
+    c = perf.Counters(
+        {"dtlb_loads": 3, "dtlb_load_misses": 4, "walks_completed": 5},
+        reader=reads.__getitem__,
+        ioctl=lambda fd, req: calls.append((fd, req)),
+    )
     c.start()
     got = c.stop()
     assert got["dtlb_loads"] == 1_000_000
@@ -228,6 +278,7 @@ def test_counters_here_match_what_the_kernel_offers():
 
 
 # --------------------------------------------------------------------------- real engine
+
 
 @pytest.fixture(scope="module")
 def q8_model(tmp_path_factory):
@@ -289,8 +340,14 @@ def test_fleet_counts_memory_once(q8_model, state_dir, needs_root):
 def test_copies_that_fit_one_at_a_time_are_swapped(small_file, state_dir, needs_root):
     size = os.path.getsize(small_file)
     limit = size + (512 << 20) + (4 << 20) + (1 << 20)  # the engine plus one copy, not two
-    data = engine.run(str(small_file), FAKE, ["default", "pagecache-4k", "glibc-hugetlb2"], rounds=3, bandwidth=False,
-                      memory_limit=limit)
+    data = engine.run(
+        str(small_file),
+        FAKE,
+        ["default", "pagecache-4k", "glibc-hugetlb2"],
+        rounds=3,
+        bandwidth=False,
+        memory_limit=limit,
+    )
     by = {r["backing"]: r for r in data["results"]}
     assert all(r["status"] == "ok" for r in by.values()), by
     assert "oldest torn down" in data["copies_held"]

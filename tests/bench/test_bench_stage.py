@@ -64,21 +64,39 @@ def test_cli_json(hugeload_cli, needs_root, tmp_path):
     r = hugeload_cli("bench", "stage", "--size", "64M", "--rounds", "1", "--dir", tmp_path, "--json")
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
-    assert {"size", "page_size_kb", "page_size_reason", "rounds", "threads", "filesystem", "memcpy_bytes",
-            "confidence", "note", "notes", "hypervisor", "vm_note", "results", "reservations", "pools_restored",
-            "cleaned"} <= set(data)
+    assert {
+        "size",
+        "page_size_kb",
+        "page_size_reason",
+        "rounds",
+        "threads",
+        "filesystem",
+        "memcpy_bytes",
+        "confidence",
+        "note",
+        "notes",
+        "hypervisor",
+        "vm_note",
+        "results",
+        "reservations",
+        "pools_restored",
+        "cleaned",
+    } <= set(data)
     by = check(data)
     assert positive(by["cold"]["vs_memcpy"]["median"]) and positive(by["warm"]["vs_memcpy"]["median"])
     assert positive(by["memcpy"]["gbps"]["median"])
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--size", "lots"], "cannot parse size"),
-    (["--page-size", "4k"], "unknown page size"),
-    (["--dir", "/nonexistent/hugeload"], "is not a directory"),
-    (["--size", "64T"], "memory"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--size", "lots"], "cannot parse size"),
+        (["--page-size", "4k"], "unknown page size"),
+        (["--dir", "/nonexistent/hugeload"], "is not a directory"),
+        (["--size", "64T"], "memory"),
+    ],
+)
 def test_cli_bad_input(hugeload_cli, args, message):
     r = hugeload_cli("bench", "stage", *args)
     assert r.returncode == 2 and message in r.stderr, r.stderr

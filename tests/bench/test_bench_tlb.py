@@ -64,8 +64,10 @@ class _Interrupting:
 
     def __getattr__(self, name):
         if name == "hugeload_chase_ns":
+
             def chase(*args):
                 raise KeyboardInterrupt
+
             return chase
         return getattr(self._lib, name)
 
@@ -80,12 +82,37 @@ def test_pools_given_back_on_ctrl_c(needs_root, monkeypatch):
 
 
 def test_cli_json(hugeload_cli, no1g_root):
-    r = hugeload_cli("--root", no1g_root, "bench", "tlb", "--size", "64M", "--rounds", "2", "--accesses", "100000",
-                     "--backings", "4k,2m", "--no-reserve", "--json")
+    r = hugeload_cli(
+        "--root",
+        no1g_root,
+        "bench",
+        "tlb",
+        "--size",
+        "64M",
+        "--rounds",
+        "2",
+        "--accesses",
+        "100000",
+        "--backings",
+        "4k,2m",
+        "--no-reserve",
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
-    assert {"size", "rounds", "accesses", "stride", "confidence", "note", "hypervisor", "vm_note", "results",
-            "reservations", "pools_restored"} <= set(data)
+    assert {
+        "size",
+        "rounds",
+        "accesses",
+        "stride",
+        "confidence",
+        "note",
+        "hypervisor",
+        "vm_note",
+        "results",
+        "reservations",
+        "pools_restored",
+    } <= set(data)
     assert data["size"] == 64 * MiB and data["rounds"] == 2 and data["pools_restored"] is True
     r4, r2 = data["results"]
     assert r4["backing"] == "4k" and r4["status"] == "ok" and r4["page_size_kb"] == 4
@@ -104,13 +131,16 @@ def test_cli_table_with_ratios(hugeload_cli, needs_root):
         assert "random vs 4K" in r.stdout
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--backings", "4k,8k"], "unknown backing '8k'"),
-    (["--size", "12X"], "cannot parse size"),
-    (["--size", "1M"], "too small"),
-    (["--rounds", "0"], "at least 1"),
-    (["--size", "64T"], "exceed the memory available"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--backings", "4k,8k"], "unknown backing '8k'"),
+        (["--size", "12X"], "cannot parse size"),
+        (["--size", "1M"], "too small"),
+        (["--rounds", "0"], "at least 1"),
+        (["--size", "64T"], "exceed the memory available"),
+    ],
+)
 def test_cli_bad_input(hugeload_cli, args, message):
     r = hugeload_cli("bench", "tlb", *args)
     assert r.returncode == 2 and message in r.stderr
@@ -119,8 +149,23 @@ def test_cli_bad_input(hugeload_cli, args, message):
 
 def test_cli_plot(hugeload_cli, tmp_path, no1g_root):
     out = tmp_path / "tlb.png"
-    r = hugeload_cli("--root", no1g_root, "bench", "tlb", "--size", "64M", "--rounds", "2", "--accesses", "100000",
-                     "--backings", "4k", "--no-reserve", "--plot", out)
+    r = hugeload_cli(
+        "--root",
+        no1g_root,
+        "bench",
+        "tlb",
+        "--size",
+        "64M",
+        "--rounds",
+        "2",
+        "--accesses",
+        "100000",
+        "--backings",
+        "4k",
+        "--no-reserve",
+        "--plot",
+        out,
+    )
     try:
         import matplotlib  # noqa: F401
     except ImportError:

@@ -15,12 +15,16 @@ import pytest
 
 from hugeload.plan import container as plan
 
-kv = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate is in the test extra: pip install -e '.[test]'")
+kv = pytest.importorskip(
+    "kubernetes_validate", reason="kubernetes-validate is in the test extra: pip install -e '.[test]'"
+)
 yaml = pytest.importorskip("yaml", reason="PyYAML comes with kubernetes-validate")
 
 MODEL = plan.StagedModel("Tiny_Q4.0", 1048576, 1, "/run/hugeload/store/mnt-1g", ("tiny.gguf",))
-OPTS = plan.Options(host_lib="/usr/lib/hugeload/libhugeload.so",
-                    env=(("HUGELOAD_PAGE_SIZE", "auto"), ("HUGELOAD_STATE_DIR", "/tmp/x"), ("PATH", "/bin")))
+OPTS = plan.Options(
+    host_lib="/usr/lib/hugeload/libhugeload.so",
+    env=(("HUGELOAD_PAGE_SIZE", "auto"), ("HUGELOAD_STATE_DIR", "/tmp/x"), ("PATH", "/bin")),
+)
 
 
 def validate(doc: dict) -> None:
@@ -47,8 +51,15 @@ def test_k8s_manifests_validate(kind, heap):
     assert res["requests"] == res["limits"]
     huge = {k: v for k, v in res["requests"].items() if k.startswith("hugepages-")}
     # The staged model (1 x 1G page) is never requested; the heap copy is, in its own page size.
-    assert huge == {0: {}, 300 << 20: {"hugepages-2Mi": "300Mi"}, (1 << 30) + (64 << 20): {"hugepages-2Mi": "1088Mi"},
-                    3 << 30: {"hugepages-1Gi": "3Gi"}}[heap]
+    assert (
+        huge
+        == {
+            0: {},
+            300 << 20: {"hugepages-2Mi": "300Mi"},
+            (1 << 30) + (64 << 20): {"hugepages-2Mi": "1088Mi"},
+            3 << 30: {"hugepages-1Gi": "3Gi"},
+        }[heap]
+    )
 
 
 def test_k8s_engine_environment_and_mounts():
@@ -60,8 +71,10 @@ def test_k8s_engine_environment_and_mounts():
     assert c["args"][:2] == ["-m", "/models/hugeload/Tiny_Q4.0/tiny.gguf"]
     assert all(m["readOnly"] for m in c["volumeMounts"])
     paths = {v["name"]: v["hostPath"] for v in pod["spec"]["volumes"]}
-    assert paths == {"hugeload-models": {"path": MODEL.mount_dir, "type": "Directory"},
-                     "hugeload-lib": {"path": OPTS.host_lib, "type": "File"}}
+    assert paths == {
+        "hugeload-models": {"path": MODEL.mount_dir, "type": "Directory"},
+        "hugeload-lib": {"path": OPTS.host_lib, "type": "File"},
+    }
     assert pod["metadata"]["name"] == "llama-tiny-q4-0"
 
 
@@ -84,7 +97,7 @@ def test_run_args_and_compose():
     assert f"{MODEL.mount_dir}:{plan.MODELS_INSIDE}:ro" in argv and f"{OPTS.host_lib}:{plan.LIB_INSIDE}:ro" in argv
     assert f"LD_PRELOAD={plan.LIB_INSIDE}" in argv and "HUGELOAD_STATE_DIR=/tmp/x" not in " ".join(argv)
     i = argv.index(OPTS.image)
-    assert argv[i + 1:i + 3] == ["llama-server", "-m"]
+    assert argv[i + 1 : i + 3] == ["llama-server", "-m"]
     own = plan.run_args(MODEL, plan.Options(**{**OPTS.__dict__, "args": ("--host", "/s/x.sock")}))
     assert "-p" not in own and own[-2:] == ["--host", "/s/x.sock"]
     svc = yaml.safe_load(plan.to_yaml([plan.compose(MODEL, OPTS)]))
@@ -93,10 +106,20 @@ def test_run_args_and_compose():
 
 def test_yaml_quotes_what_yaml_would_retype():
     text = plan.to_yaml([{"a": "yes", "b": "8080", "c": "x: y", "d": True, "e": 3, "f": [], "g": {}, "h": "0.0.0.0:1"}])
-    assert yaml.safe_load(text) == {"a": "yes", "b": "8080", "c": "x: y", "d": True, "e": 3, "f": [], "g": {}, "h": "0.0.0.0:1"}
+    assert yaml.safe_load(text) == {
+        "a": "yes",
+        "b": "8080",
+        "c": "x: y",
+        "d": True,
+        "e": 3,
+        "f": [],
+        "g": {},
+        "h": "0.0.0.0:1",
+    }
 
 
 # ---------------------------------------------------------------- the command, on a staged model
+
 
 @pytest.fixture
 def staged(needs_root, state_dir, hugeload_cli, tmp_path):
@@ -146,11 +169,14 @@ def test_cli_notes_a_missing_runtime_or_image(staged, hugeload_cli, tmp_path):
 
 
 @pytest.mark.kernel
-@pytest.mark.parametrize("argv,needle", [
-    (["nope"], "no staged model named"),
-    (["c", "--engine", "k8s", "--heap-copy", "lots"], "lots"),
-    (["c", "--port", "0"], "not a TCP port"),
-])
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["nope"], "no staged model named"),
+        (["c", "--engine", "k8s", "--heap-copy", "lots"], "lots"),
+        (["c", "--port", "0"], "not a TCP port"),
+    ],
+)
 def test_cli_bad_input(staged, hugeload_cli, argv, needle):
     out = hugeload_cli("container-args", *argv)
     assert out.returncode != 0 and needle in out.stderr

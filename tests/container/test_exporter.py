@@ -52,6 +52,7 @@ def sys_int(p: Path) -> int:
 
 # ---------------------------------------------------------------- pure decisions
 
+
 def test_pressure_must_hold():
     t = plan_pressure.Thresholds(some_avg10=10, min_available_kb=0, hold_s=30)
     hist = [plan_pressure.Sample(0, 50, 1 << 20), plan_pressure.Sample(20, 50, 1 << 20)]
@@ -71,16 +72,23 @@ def test_releasable_owners_never_models_or_live_runs():
 
 # ---------------------------------------------------------------- a fixture tree
 
+
 def fixture_tree(tmp_path: Path, psi_avg10: float, pool_total=10, pool_free=10) -> Path:
     root = tmp_path / "root"
     d = root / "sys/kernel/mm/hugepages/hugepages-2048kB"
     d.mkdir(parents=True)
-    for k, v in {"nr_hugepages": pool_total, "free_hugepages": pool_free, "resv_hugepages": 0,
-                 "surplus_hugepages": 0, "nr_overcommit_hugepages": 0}.items():
+    for k, v in {
+        "nr_hugepages": pool_total,
+        "free_hugepages": pool_free,
+        "resv_hugepages": 0,
+        "surplus_hugepages": 0,
+        "nr_overcommit_hugepages": 0,
+    }.items():
         (d / k).write_text(f"{v}\n")
     (root / "proc/pressure").mkdir(parents=True)
     (root / "proc/pressure/memory").write_text(
-        f"some avg10={psi_avg10:.2f} avg60=1.00 avg300=0.50 total=123\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n")
+        f"some avg10={psi_avg10:.2f} avg60=1.00 avg300=0.50 total=123\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n"
+    )
     (root / "proc/meminfo").write_text("MemTotal: 24000000 kB\nMemAvailable: 20000000 kB\n")
     return root
 
@@ -96,9 +104,25 @@ def test_agent_on_fixture_psi(tmp_path, psi, released, capsys):
     root = fixture_tree(tmp_path, psi, pool_total=10, pool_free=6)
     state = tmp_path / "state"
     write_ledger(state, {"reserve": 6, "model:m": 4})
-    out = subprocess.run([*exe(), "--root", str(root), "exporter", "--once", "--release-under-pressure",
-                          "--hold", "0", "--psi-threshold", "10", "--state-dir", str(state)],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [
+            *exe(),
+            "--root",
+            str(root),
+            "exporter",
+            "--once",
+            "--release-under-pressure",
+            "--hold",
+            "0",
+            "--psi-threshold",
+            "10",
+            "--state-dir",
+            str(state),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     pool = root / "sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"
     assert sys_int(pool) == 10 - released
@@ -106,18 +130,24 @@ def test_agent_on_fixture_psi(tmp_path, psi, released, capsys):
     assert value(m, "hugeload_pressure_released_pages_total", page_size="2M") == released
     assert value(m, "hugeload_memory_pressure") == (1 if released else 0)
     if released:
-        assert "memory pressure (memory PSI some avg10=55.00%" in out.stderr and "released 6 x 2M pages of 'reserve'" in out.stderr
+        assert (
+            "memory pressure (memory PSI some avg10=55.00%" in out.stderr
+            and "released 6 x 2M pages of 'reserve'" in out.stderr
+        )
     shares = json.loads((state / "ledger.json").read_text())["shares"]
     assert shares["2048:all"] == ({"model:m": 4} if released else {"reserve": 6, "model:m": 4})
 
 
 # ---------------------------------------------------------------- the live machine
 
+
 @pytest.fixture
 def staged_2m(needs_root, state_dir, tmp_path):
     src = tmp_path / "e.gguf"
     src.write_bytes(os.urandom(5 << 20))
-    r = subprocess.run([*exe(), "load", str(src), "--page-size", "2m", "--reserve", "--json"], capture_output=True, text=True)
+    r = subprocess.run(
+        [*exe(), "load", str(src), "--page-size", "2m", "--reserve", "--json"], capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stderr
     yield json.loads(r.stdout)
     subprocess.run([*exe(), "clear", "--force"], capture_output=True)
@@ -145,11 +175,21 @@ def test_exporter_serves_what_sys_and_proc_say(staged_2m):
         assert value(m, "hugeload_model_mappers", model="e") == 1
         status = Path(f"/proc/{os.getpid()}/status").read_text()
         hugetlb_kb = int(next(line for line in status.splitlines() if line.startswith("HugetlbPages:")).split()[1])
-        assert value(m, "hugeload_process_hugetlb_bytes", pid=str(os.getpid()), comm=Path("/proc/self/comm").read_text().strip()) \
-            == hugetlb_kb * 1024 == 6 << 20
+        assert (
+            value(
+                m,
+                "hugeload_process_hugetlb_bytes",
+                pid=str(os.getpid()),
+                comm=Path("/proc/self/comm").read_text().strip(),
+            )
+            == hugetlb_kb * 1024
+            == 6 << 20
+        )
         assert value(m, "hugeload_scrape_duration_seconds") < scrape_s + 0.5
         # A second exporter on the same port: one line, no traceback, nothing left running.
-        dup = subprocess.run([*exe(), "exporter", "--listen", f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=30)
+        dup = subprocess.run(
+            [*exe(), "exporter", "--listen", f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=30
+        )
         assert dup.returncode == 2 and len(dup.stderr.strip().splitlines()) == 1 and "cannot listen" in dup.stderr
     finally:
         srv.terminate()
@@ -195,16 +235,36 @@ def test_agent_releases_idle_pages_under_a_real_memory_hog(needs_root, state_dir
     hog = agent = None
     try:
         threshold_kb = avail_kb - (1 << 20)
-        agent = subprocess.Popen([*exe(), "exporter", "--listen", f"127.0.0.1:{free_port()}", "--release-under-pressure",
-                                  "--min-available", f"{threshold_kb}K", "--hold", "1", "--interval", "0.3"],
-                                 stderr=subprocess.PIPE, text=True)
+        agent = subprocess.Popen(
+            [
+                *exe(),
+                "exporter",
+                "--listen",
+                f"127.0.0.1:{free_port()}",
+                "--release-under-pressure",
+                "--min-available",
+                f"{threshold_kb}K",
+                "--hold",
+                "1",
+                "--interval",
+                "0.3",
+            ],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         assert "serving" in agent.stderr.readline()
         time.sleep(1)
         assert sys_int(P2M / "nr_hugepages") == before, "released without pressure"
-        hog = subprocess.Popen([sys.executable, "-c",
-                                "import mmap,time\nm=mmap.mmap(-1,2<<30)\n"
-                                "for i in range(0,len(m),4096): m[i]=1\nprint('full',flush=True); time.sleep(60)"],
-                               stdout=subprocess.PIPE, text=True)
+        hog = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import mmap,time\nm=mmap.mmap(-1,2<<30)\n"
+                "for i in range(0,len(m),4096): m[i]=1\nprint('full',flush=True); time.sleep(60)",
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert hog.stdout.readline().strip() == "full"
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and sys_int(P2M / "nr_hugepages") > before - 64:

@@ -62,8 +62,12 @@ class UnixHTTP(http.client.HTTPConnection):
 def request(sock: str, path: str, body: dict | None = None, timeout: float = 60) -> dict:
     conn = UnixHTTP(sock, timeout)
     try:
-        conn.request("POST" if body is not None else "GET", path, json.dumps(body) if body is not None else None,
-                     {"Content-Type": "application/json"})
+        conn.request(
+            "POST" if body is not None else "GET",
+            path,
+            json.dumps(body) if body is not None else None,
+            {"Content-Type": "application/json"},
+        )
         r = conn.getresponse()
         return json.loads(r.read() or b"{}")
     finally:
@@ -109,8 +113,12 @@ def image():
     if SERVER is None:
         pytest.skip("llama-server not found: build it with scripts/get-llama.sh")
     tag = f"localhost/hugeload-test-{uuid.uuid4().hex[:8]}:local"
-    r = subprocess.run([str(REPO / "scripts/container-image.sh"), "--tag", tag, "--llama-bin", str(SERVER.parent)],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [str(REPO / "scripts/container-image.sh"), "--tag", tag, "--llama-bin", str(SERVER.parent)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if r.returncode:
         pytest.skip(f"cannot build the image with podman here: {r.stderr.strip().splitlines()[-1:]}")
     try:
@@ -154,21 +162,55 @@ def test_llama_server_in_podman_on_staged_1g_pages(needs_root, state_dir, image,
             assert r.returncode == 0, r.stderr
             reserved_2m = True
         # A host process maps and touches the staged page first.
-        host_proc = subprocess.Popen([sys.executable, "-c", (
-            "import mmap,os,sys,time\n"
-            "f=os.open(sys.argv[1],os.O_RDONLY); m=mmap.mmap(f,0,mmap.MAP_SHARED,mmap.PROT_READ)\n"
-            "s=sum(m[i] for i in range(0,len(m),1<<21)); print('ready',flush=True); time.sleep(600)"), staged],
-            stdout=subprocess.PIPE, text=True)
+        host_proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                (
+                    "import mmap,os,sys,time\n"
+                    "f=os.open(sys.argv[1],os.O_RDONLY); m=mmap.mmap(f,0,mmap.MAP_SHARED,mmap.PROT_READ)\n"
+                    "s=sum(m[i] for i in range(0,len(m),1<<21)); print('ready',flush=True); time.sleep(600)"
+                ),
+                staged,
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert host_proc.stdout.readline().strip() == "ready"
         free_1g, free_2m = free(P1G), free(P2M)
 
-        out = hugeload_cli("container-args", "--engine", "podman", "--image", image, "tiny", "--",
-                           "--host", "/run/llama/llama.sock", "-t", "2", "-c", "256", "-np", "1")
+        out = hugeload_cli(
+            "container-args",
+            "--engine",
+            "podman",
+            "--image",
+            image,
+            "tiny",
+            "--",
+            "--host",
+            "/run/llama/llama.sock",
+            "-t",
+            "2",
+            "-c",
+            "256",
+            "-np",
+            "1",
+        )
         assert out.returncode == 0, out.stderr
         argv = shlex.split(out.stdout)
         assert argv[:2] == ["podman", "run"] and "--read-only" in argv
-        cmd = ["run", "-d", "--name", name, *RUN_OPTS, "-v", f"{sockdir}:/run/llama",
-               "-e", "HUGELOAD_REPORT=/run/llama/report", *argv[2:]]
+        cmd = [
+            "run",
+            "-d",
+            "--name",
+            name,
+            *RUN_OPTS,
+            "-v",
+            f"{sockdir}:/run/llama",
+            "-e",
+            "HUGELOAD_REPORT=/run/llama/report",
+            *argv[2:],
+        ]
         podman(*cmd)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -179,7 +221,9 @@ def test_llama_server_in_podman_on_staged_1g_pages(needs_root, state_dir, image,
             assert state in ("running", "created", "configured"), podman("logs", name, check=False).stderr[-3000:]
             time.sleep(0.3)
         else:
-            raise AssertionError(f"llama-server not healthy in 120 s\n{podman('logs', name, check=False).stderr[-3000:]}")
+            raise AssertionError(
+                f"llama-server not healthy in 120 s\n{podman('logs', name, check=False).stderr[-3000:]}"
+            )
         done = request(sock, "/completion", {"prompt": "Hello", "n_predict": 4})
         assert done.get("tokens_predicted") == 4 and isinstance(done.get("content"), str), done
 
@@ -197,7 +241,11 @@ def test_llama_server_in_podman_on_staged_1g_pages(needs_root, state_dir, image,
         assert host_maps and host_maps[0]["KernelPageSize"] == 1048576 and hugetlb(host_maps[0]) == 1048576
         # Both map the page: the kernel counts it as shared in each (Shared_Hugetlb), never private.
         assert sum(m.get("Shared_Hugetlb", 0) for m in model_maps) == 1048576, model_maps
-        heap = [m for m in maps if m["path"] in ("", "[anon]") or m["path"].startswith(("/anon_hugepage", "/memfd:hugeload:"))]
+        heap = [
+            m
+            for m in maps
+            if m["path"] in ("", "[anon]") or m["path"].startswith(("/anon_hugepage", "/memfd:hugeload:"))
+        ]
         huge_heap = [m for m in heap if m.get("KernelPageSize", 4) in (2048, 1048576) and m["size"] >= 64 << 20]
         if "avx2" in flags:
             # llama.cpp repacks Q4_0 on AVX2: the copy is the preload library's huge page allocation.
@@ -211,8 +259,11 @@ def test_llama_server_in_podman_on_staged_1g_pages(needs_root, state_dir, image,
         report = (sockdir / "report").read_text() if (sockdir / "report").exists() else ""
         # The library's own account, written inside the container at exit: the model mapped
         # as it is (direct, 1G), the repack copy from the allocation path in huge pages.
-        regions = [dict(kv.split("=", 1) for kv in line.split()[2:] if "=" in kv)
-                   for line in report.splitlines() if line.startswith("hugeload: region ")]
+        regions = [
+            dict(kv.split("=", 1) for kv in line.split()[2:] if "=" in kv)
+            for line in report.splitlines()
+            if line.startswith("hugeload: region ")
+        ]
         model_regions = [g for g in regions if g.get("what") == q4_model.name]
         assert model_regions and all((g["page"], g["fill"]) == ("1G", "direct") for g in model_regions), report
         if "avx2" in flags:

@@ -17,8 +17,11 @@ from hugeload.plan import buffers
 from hugeload.probe import cpu
 
 BENCH = engines.find_llama("llama-bench")
-pytestmark = [pytest.mark.llama, pytest.mark.slow,
-              pytest.mark.skipif(BENCH is None, reason="llama-bench not found: build it with scripts/get-llama.sh")]
+pytestmark = [
+    pytest.mark.llama,
+    pytest.mark.slow,
+    pytest.mark.skipif(BENCH is None, reason="llama-bench not found: build it with scripts/get-llama.sh"),
+]
 BUFFER_LINE = re.compile(r"(\w+) model buffer size =\s+([\d.]+) MiB")
 
 
@@ -35,8 +38,12 @@ def models(tmp_path_factory):
 
 
 def llama_buffers(model) -> dict[str, float]:
-    r = subprocess.run([str(BENCH), "-m", str(model), "-p", "0", "-n", "1", "-r", "1", "-t", "2", "-v"],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [str(BENCH), "-m", str(model), "-p", "0", "-n", "1", "-r", "1", "-t", "2", "-v"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return {m.group(1): float(m.group(2)) for m in BUFFER_LINE.finditer(r.stderr + r.stdout)}
 
@@ -61,8 +68,27 @@ def test_run_summary_names_the_heap_copy(models, hugeload_cli, state_dir, tmp_pa
     model = models["Q4_0"]
     p = runner.predict_buffers(str(model), str(BENCH))
     report = tmp_path / "report.txt"
-    r = hugeload_cli("run", "--files", "*.gguf", "--alloc-threshold", "8M", "--report", report, "--",
-                     BENCH, "-m", model, "-p", "0", "-n", "1", "-r", "1", "-t", "2")
+    r = hugeload_cli(
+        "run",
+        "--files",
+        "*.gguf",
+        "--alloc-threshold",
+        "8M",
+        "--report",
+        report,
+        "--",
+        BENCH,
+        "-m",
+        model,
+        "-p",
+        "0",
+        "-n",
+        "1",
+        "-r",
+        "1",
+        "-t",
+        "2",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     line = next(x for x in r.stderr.splitlines() if x.startswith(f"hugeload: {model.name}: inference reads"))
     regions = runner.parse_report(report.read_text())
@@ -72,8 +98,10 @@ def test_run_summary_names_the_heap_copy(models, hugeload_cli, state_dir, tmp_pa
         return
     (copy,) = p.heap
     alloc = next(g for g in regions if g["fill"] == "alloc" and int(g["bytes"]) == copy.bytes)
-    assert f"a {copy.buffer} heap copy ({copy.bytes / 2**20:.2f} MiB, {copy.tensors} tensors, " \
-           f"what={alloc['what']}, page={alloc['page']})" in line, line
+    assert (
+        f"a {copy.buffer} heap copy ({copy.bytes / 2**20:.2f} MiB, {copy.tensors} tensors, "
+        f"what={alloc['what']}, page={alloc['page']})" in line
+    ), line
     assert f"from the mapping (fill={mapping['fill']}, page={mapping['page']})" in line, line
 
 

@@ -42,7 +42,8 @@ pytestmark = [pytest.mark.llama, pytest.mark.kernel, pytest.mark.slow]
 needs_engines = pytest.mark.skipif(
     BENCH is None or SERVER is None,
     reason="llama.cpp not found (llama-bench and llama-server; looked in $HUGELOAD_LLAMA_BIN, "
-           "$HUGELOAD_LLAMA_DIR/bin, .cache/llama/bin and $PATH): build it with scripts/get-llama.sh")
+    "$HUGELOAD_LLAMA_DIR/bin, .cache/llama/bin and $PATH): build it with scripts/get-llama.sh",
+)
 
 REPO = Path(__file__).resolve().parents[2]
 HUGEPAGES = Path("/sys/kernel/mm/hugepages")
@@ -73,8 +74,11 @@ def machine_state() -> dict:
 
 
 def parse_report(text: str) -> list[dict[str, str]]:
-    return [dict(kv.split("=", 1) for kv in line.split()[2:])
-            for line in text.splitlines() if line.startswith("hugeload: region ")]
+    return [
+        dict(kv.split("=", 1) for kv in line.split()[2:])
+        for line in text.splitlines()
+        if line.startswith("hugeload: region ")
+    ]
 
 
 def smaps(pid: int) -> list[dict]:
@@ -84,8 +88,14 @@ def smaps(pid: int) -> list[dict]:
         for line in f:
             m = re.match(r"^([0-9a-f]+)-([0-9a-f]+) (\S+) \S+ \S+ \S+\s*(.*)$", line)
             if m:
-                out.append({"start": int(m.group(1), 16), "end": int(m.group(2), 16), "perms": m.group(3),
-                            "path": m.group(4).strip()})
+                out.append(
+                    {
+                        "start": int(m.group(1), 16),
+                        "end": int(m.group(2), 16),
+                        "perms": m.group(3),
+                        "path": m.group(4).strip(),
+                    }
+                )
             elif out and line.rstrip().endswith(" kB"):
                 key, value = line.split(":", 1)
                 out[-1][key] = int(value.split()[0])
@@ -122,9 +132,27 @@ class Server:
     def start(self, deadline_s: float = 90) -> "Server":
         for _attempt in range(3):  # another process may take the port between free_port() and bind
             self.port = free_port()
-            cmd = [*hugeload_exe(), "run", *self.run_opts, "--report", str(self.report), "--",
-                   str(SERVER), "-m", str(self.model), "-t", THREADS, "-c", "256", "-np", "1",
-                   "--host", "127.0.0.1", "--port", str(self.port)]
+            cmd = [
+                *hugeload_exe(),
+                "run",
+                *self.run_opts,
+                "--report",
+                str(self.report),
+                "--",
+                str(SERVER),
+                "-m",
+                str(self.model),
+                "-t",
+                THREADS,
+                "-c",
+                "256",
+                "-np",
+                "1",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+            ]
             with open(self.log, "w") as log:
                 self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
             deadline = time.monotonic() + deadline_s
@@ -237,10 +265,32 @@ def staged(needs_root, state_dir, hugeload_cli, model_file):
 
 def run_bench(hugeload_cli, tmp_path, model, *run_opts):
     report = tmp_path / "report.txt"
-    r = hugeload_cli("run", *run_opts, "--report", report, "--",
-                     BENCH, "-v", "-m", model, "-p", "16", "-n", "8", "-r", "1", "-t", THREADS, timeout=180)
+    r = hugeload_cli(
+        "run",
+        *run_opts,
+        "--report",
+        report,
+        "--",
+        BENCH,
+        "-v",
+        "-m",
+        model,
+        "-p",
+        "16",
+        "-n",
+        "8",
+        "-r",
+        "1",
+        "-t",
+        THREADS,
+        timeout=180,
+    )
     text = report.read_text() if report.exists() else ""
-    return r, parse_report(text), f"rc={r.returncode}\n--- stdout\n{r.stdout[-3000:]}\n--- stderr\n{r.stderr[-6000:]}\n--- report\n{text}"
+    return (
+        r,
+        parse_report(text),
+        f"rc={r.returncode}\n--- stdout\n{r.stdout[-3000:]}\n--- stderr\n{r.stderr[-6000:]}\n--- report\n{text}",
+    )
 
 
 def region(regions, what):
@@ -282,8 +332,13 @@ def test_bench_staged_weights_in_1g_pages(staged, hugeload_cli, tmp_path, model_
 def test_control_engine_on_staged_path_without_hugeload(staged, tmp_path):
     """Without the library, the engine on the hugetlbfs file warns on every 4 KB munmap."""
     env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD" and not k.startswith("HUGELOAD_")}
-    r = subprocess.run([str(BENCH), "-v", "-m", staged.path, "-p", "0", "-n", "1", "-r", "1", "-t", THREADS],
-                       capture_output=True, text=True, env=env, timeout=180)
+    r = subprocess.run(
+        [str(BENCH), "-v", "-m", staged.path, "-p", "0", "-n", "1", "-r", "1", "-t", THREADS],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
+    )
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-4000:]
     assert "munmap failed: Invalid argument" in out, out[-4000:]
@@ -323,8 +378,9 @@ def test_server_completion_and_smaps(staged, tmp_path):
         assert model_maps, f"the engine does not map {staged.path}\n{srv.text()[-3000:]}"
         for m in model_maps:
             assert m["KernelPageSize"] == GIB_KB and m["perms"][3] == "s", m
-        answer = http(srv.port, "/completion", {"prompt": "hello", "n_predict": 4, "ignore_eos": True,
-                                                 "temperature": 0})
+        answer = http(
+            srv.port, "/completion", {"prompt": "hello", "n_predict": 4, "ignore_eos": True, "temperature": 0}
+        )
         assert answer["tokens_predicted"] == 4 and isinstance(answer["content"], str), answer
         srv.stop()
         text = srv.text()
@@ -366,8 +422,10 @@ def test_two_servers_share_one_set_of_pages(staged, hugeload_cli, tmp_path):
                     assert m["KernelPageSize"] == GIB_KB and m["perms"][3] == "s", m
                     assert m.get("Private_Hugetlb", 0) == 0, m
             if before["free"] == 0:
-                pytest.skip(f"the kernel gave no spare 1 GB page ({spare.stderr.strip()}); the pool check "
-                            "would be vacuous (the mappings are shared, as asserted)")
+                pytest.skip(
+                    f"the kernel gave no spare 1 GB page ({spare.stderr.strip()}); the pool check "
+                    "would be vacuous (the mappings are shared, as asserted)"
+                )
             if after["nr"] == before["nr"]:  # another user of the machine resized the pool: counters not comparable
                 assert after["free"] == before["free"] and after["resv"] == before["resv"], (before, after)
             for srv in (a, b):
@@ -445,7 +503,7 @@ def run_llama_cpp_python(model_file: Path, preload: bool) -> dict:
     if preload:
         cmd = [*hugeload_exe(), "run", "--alloc-threshold", "0", "--", *cmd]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
-    results = [json.loads(line[len("RESULT "):]) for line in r.stdout.splitlines() if line.startswith("RESULT ")]
+    results = [json.loads(line[len("RESULT ") :]) for line in r.stdout.splitlines() if line.startswith("RESULT ")]
     if r.returncode != 0 and "kernel gave" in r.stderr:
         pytest.skip(f"the kernel gave no 1 GB page to stage the model: {r.stderr.strip()[-300:]}")
     assert r.returncode == 0 and results, f"rc={r.returncode}\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}"
@@ -453,9 +511,11 @@ def run_llama_cpp_python(model_file: Path, preload: bool) -> dict:
 
 
 @pytest.mark.llamacpp_python
-@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
-                    reason="llama-cpp-python is not installed: scripts/get-llama-cpp-python.sh builds it from the "
-                           "PyPI sdist (~5 min on 2 cores; .ci/run does unless HUGELOAD_CI_LLAMA_CPP_PYTHON=0)")
+@pytest.mark.skipif(
+    importlib.util.find_spec("llama_cpp") is None,
+    reason="llama-cpp-python is not installed: scripts/get-llama-cpp-python.sh builds it from the "
+    "PyPI sdist (~5 min on 2 cores; .ci/run does unless HUGELOAD_CI_LLAMA_CPP_PYTHON=0)",
+)
 def test_llama_cpp_python(needs_root, state_dir, hugeload_cli, model_file):
     """Python code: llama_cpp.Llama(model_path=hugeload.stage(p).path) on 1 GB pages."""
     before = machine_state()

@@ -32,10 +32,15 @@ from hugeload.engines import find_llama, parse_llama_bench
 from hugeload.plan import buffers
 
 BENCH, SERVER = find_llama("llama-bench"), find_llama("llama-server")
-pytestmark = [pytest.mark.llama, pytest.mark.kernel, pytest.mark.slow,
-              pytest.mark.skipif(BENCH is None or SERVER is None,
-                                 reason="llama.cpp not found (llama-bench and llama-server): build it with "
-                                        "scripts/get-llama.sh")]
+pytestmark = [
+    pytest.mark.llama,
+    pytest.mark.kernel,
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        BENCH is None or SERVER is None,
+        reason="llama.cpp not found (llama-bench and llama-server): build it with scripts/get-llama.sh",
+    ),
+]
 HAS_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None
 
 REPO = Path(__file__).resolve().parents[2]
@@ -78,7 +83,9 @@ def machine_state() -> dict:
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
-    from hugeload.modelgen import make_model  # what `hugeload make-model OUT --size S --type T [--experts N ...]` writes
+    from hugeload.modelgen import (
+        make_model,
+    )  # what `hugeload make-model OUT --size S --type T [--experts N ...]` writes
 
     d = tmp_path_factory.mktemp("model-types")
     out = {}
@@ -128,8 +135,10 @@ def check_report(report: Path, model: Path, prediction, requested: pages.PageSiz
         assert found, f"no allocation region of {copy.bytes} bytes for the {copy.buffer} heap copy\n{log}"
         short = re.search(r"the kernel gave \d+ of the \d+ missing 1G pages", log)
         if found[0]["page"] != pages.name(kb).upper() and kb == pages.PAGE_1G.kb and short:
-            pytest.skip(f"{short.group(0)} for the {copy.buffer} heap copy (fragmented memory); "
-                        f"it fell back to {found[0]['page']}, as it must")
+            pytest.skip(
+                f"{short.group(0)} for the {copy.buffer} heap copy (fragmented memory); "
+                f"it fell back to {found[0]['page']}, as it must"
+            )
         assert found[0]["page"] == pages.name(kb).upper(), log
 
 
@@ -142,8 +151,28 @@ def run_opts(case: str) -> tuple[list[str], pages.PageSize | None]:
 def bench(cli, model: Path, tmp: Path, case: str, prediction) -> None:
     opts, requested = run_opts(case)
     report = tmp / "bench-report.txt"
-    r = cli("run", *opts, "--reserve", "--alloc-threshold", ALLOC_THRESHOLD, "--report", report, "--",
-            BENCH, "-m", model, "-p", "16", "-n", "8", "-r", "1", "-t", THREADS, timeout=240)
+    r = cli(
+        "run",
+        *opts,
+        "--reserve",
+        "--alloc-threshold",
+        ALLOC_THRESHOLD,
+        "--report",
+        report,
+        "--",
+        BENCH,
+        "-m",
+        model,
+        "-p",
+        "16",
+        "-n",
+        "8",
+        "-r",
+        "1",
+        "-t",
+        THREADS,
+        timeout=240,
+    )
     log = f"llama-bench rc={r.returncode}\n--- stdout\n{r.stdout[-3000:]}\n--- stderr\n{r.stderr[-5000:]}"
     if r.returncode != 0 and "the kernel gave" in r.stderr:
         pytest.skip(f"the kernel gave no page for the heap copy of {model.name}: {r.stderr.strip()[-300:]}")
@@ -161,9 +190,29 @@ def server(model: Path, tmp: Path, prediction) -> None:
     try:
         for _attempt in range(3):  # the port may be taken between free_port() and bind
             port = free_port()
-            cmd = [*hugeload_exe(), "run", "--reserve", "--alloc-threshold", str(ALLOC_THRESHOLD),
-                   "--report", str(report), "--", str(SERVER), "-m", str(model), "-t", THREADS, "-c", "128",
-                   "-np", "1", "--host", "127.0.0.1", "--port", str(port)]
+            cmd = [
+                *hugeload_exe(),
+                "run",
+                "--reserve",
+                "--alloc-threshold",
+                str(ALLOC_THRESHOLD),
+                "--report",
+                str(report),
+                "--",
+                str(SERVER),
+                "-m",
+                str(model),
+                "-t",
+                THREADS,
+                "-c",
+                "128",
+                "-np",
+                "1",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ]
             with open(logfile, "w") as log:
                 proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
             deadline = time.monotonic() + 90
@@ -174,8 +223,12 @@ def server(model: Path, tmp: Path, prediction) -> None:
                 if not healthy:
                     time.sleep(0.2)
             if healthy:
-                answer = http(port, "/completion", {"prompt": "hello", "n_predict": 4, "ignore_eos": True,
-                                                     "temperature": 0}, timeout=60)
+                answer = http(
+                    port,
+                    "/completion",
+                    {"prompt": "hello", "n_predict": 4, "ignore_eos": True, "temperature": 0},
+                    timeout=60,
+                )
                 break
             if proc.poll() is None or "bind" not in logfile.read_text(errors="replace"):
                 break
@@ -197,12 +250,24 @@ def server(model: Path, tmp: Path, prediction) -> None:
 def python_engine(model: Path, tmp: Path) -> None:
     prediction = runner.predict_buffers(str(model), sys.executable)
     report = tmp / "python-report.txt"
-    cmd = [*hugeload_exe(), "run", "--reserve", "--alloc-threshold", str(ALLOC_THRESHOLD), "--report", str(report),
-           "--", sys.executable, "-c", PY_SCRIPT, str(model)]
+    cmd = [
+        *hugeload_exe(),
+        "run",
+        "--reserve",
+        "--alloc-threshold",
+        str(ALLOC_THRESHOLD),
+        "--report",
+        str(report),
+        "--",
+        sys.executable,
+        "-c",
+        PY_SCRIPT,
+        str(model),
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     log = f"llama-cpp-python rc={r.returncode}\n--- stdout\n{r.stdout[-2000:]}\n--- stderr\n{r.stderr[-5000:]}"
     assert r.returncode == 0, log
-    results = [json.loads(x[len("RESULT "):]) for x in r.stdout.splitlines() if x.startswith("RESULT ")]
+    results = [json.loads(x[len("RESULT ") :]) for x in r.stdout.splitlines() if x.startswith("RESULT ")]
     assert results, log
     out = results[0]
     assert len(out["tokens"]) == 4 and out["n_logits"] > 0 and out["finite"], (out, log)
@@ -220,8 +285,10 @@ def test_engines_run_model_type_on_1g_pages(case, models, needs_root, state_dir,
         if HAS_LLAMA_CPP:
             python_engine(model, tmp_path)
     if not HAS_LLAMA_CPP:
-        pytest.skip("llama-bench and llama-server passed; llama-cpp-python is not installed "
-                    "(scripts/get-llama-cpp-python.sh builds it)")
+        pytest.skip(
+            "llama-bench and llama-server passed; llama-cpp-python is not installed "
+            "(scripts/get-llama-cpp-python.sh builds it)"
+        )
 
 
 def test_big_case_has_a_1g_heap_copy_where_the_cpu_repacks(models):
@@ -230,5 +297,6 @@ def test_big_case_has_a_1g_heap_copy_where_the_cpu_repacks(models):
     prediction = runner.predict_buffers(str(models[BIG]), str(BENCH))
     if not prediction.heap:
         pytest.skip(f"this CPU reads {BIG} from the mapping ({prediction.summary()}): no heap copy to put in 1 GB")
-    assert any(buffers.alloc_page_kb(c.bytes, pages.by_name("1g"), ALLOC_THRESHOLD) == 1048576
-               for c in prediction.heap), prediction.summary()
+    assert any(
+        buffers.alloc_page_kb(c.bytes, pages.by_name("1g"), ALLOC_THRESHOLD) == 1048576 for c in prediction.heap
+    ), prediction.summary()

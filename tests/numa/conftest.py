@@ -24,8 +24,11 @@ def nodes_with_memory() -> list[int]:
 def pytest_collection_modifyitems(config, items):
     if len(nodes_with_memory()) >= 2 and os.geteuid() == 0:
         return
-    why = ("needs two NUMA nodes with memory and root: run scripts/numa-vm.sh (a two-node guest)"
-           if os.environ.get("HUGELOAD_NUMA_GUEST") != "1" else None)
+    why = (
+        "needs two NUMA nodes with memory and root: run scripts/numa-vm.sh (a two-node guest)"
+        if os.environ.get("HUGELOAD_NUMA_GUEST") != "1"
+        else None
+    )
     for item in items:
         if "tests/numa/" in str(item.fspath).replace(os.sep, "/"):
             if why:

@@ -17,7 +17,7 @@ def node_count(node: int, kb: int = 2048) -> int:
     return int((NODES / f"node{node}/hugepages/hugepages-{kb}kB/nr_hugepages").read_text())
 
 
-MAPPER = r'''
+MAPPER = r"""
 import mmap, os, sys, json
 path, kb = sys.argv[1], int(sys.argv[2])
 fd = os.open(path, os.O_RDONLY)
@@ -28,7 +28,7 @@ for off in range(0, size, kb * 1024):
 mapped = [p[5].rstrip("\n") for p in (l.split(None, 5) for l in open("/proc/self/maps")) if len(p) == 6]
 print(json.dumps({"numa_maps": open("/proc/self/numa_maps").read(), "maps": mapped,
                   "env_node": os.environ.get("HUGELOAD_NODE"), "cpus": sorted(os.sched_getaffinity(0))}))
-'''
+"""
 
 
 def pages_on_nodes(numa_maps_text: str, path: str) -> dict[int, int]:

@@ -116,11 +116,14 @@ def test_without_free_pages_on_the_node_load_refuses_before_touching_anything(hu
     assert counts() == before
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--node", "7"], "NUMA node 7 does not exist"),
-    (["--nodes", "0,9"], "NUMA node 9 does not exist"),
-    (["--node", "0", "--interleave"], "do not combine"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--node", "7"], "NUMA node 7 does not exist"),
+        (["--nodes", "0,9"], "NUMA node 9 does not exist"),
+        (["--node", "0", "--interleave"], "do not combine"),
+    ],
+)
 def test_bad_nodes_fail_in_one_line(hugeload_cli, state_dir, model, args, message):
     before = counts()
     r = hugeload_cli("load", model, *args, "--reserve")
@@ -142,10 +145,12 @@ def test_gc_gives_back_every_nodes_pages_after_an_interrupted_replicated_load(hu
 
 
 def test_run_node_binds_cpus_and_memory_like_numactl(hugeload_cli, state_dir):
-    code = ("import ctypes, os, json; libc = ctypes.CDLL(None, use_errno=True); mode = ctypes.c_int(); "
-            "mask = (ctypes.c_ulong * 16)(); libc.syscall(239, ctypes.byref(mode), mask, 1025, None, 0); "
-            "print(json.dumps({'cpus': sorted(os.sched_getaffinity(0)), 'mode': mode.value, 'mask': mask[0], "
-            "'node': os.environ.get('HUGELOAD_NODE')}))")
+    code = (
+        "import ctypes, os, json; libc = ctypes.CDLL(None, use_errno=True); mode = ctypes.c_int(); "
+        "mask = (ctypes.c_ulong * 16)(); libc.syscall(239, ctypes.byref(mode), mask, 1025, None, 0); "
+        "print(json.dumps({'cpus': sorted(os.sched_getaffinity(0)), 'mode': mode.value, 'mask': mask[0], "
+        "'node': os.environ.get('HUGELOAD_NODE')}))"
+    )
     for node in (0, 1):
         r = hugeload_cli("run", "--node", node, "--quiet", "--", sys.executable, "-c", code)
         assert r.returncode == 0, r.stderr
@@ -174,13 +179,27 @@ def test_large_allocations_under_run_node_come_from_that_nodes_pages(hugeload_cl
     on whichever node read them first."""
     size = 64 << 20
     assert hugeload_cli("reserve", "--node", 1, "--count", 40, "--page-size", "2m").returncode == 0
-    code = ("import ctypes, json; libc = ctypes.CDLL(None); libc.malloc.restype = ctypes.c_void_p; "
-            f"p = libc.malloc({size}); ctypes.memset(p, 1, {size}); "
-            "print(json.dumps({'p': p, 'maps': open('/proc/self/maps').read(), "
-            "'numa_maps': open('/proc/self/numa_maps').read()}))")
+    code = (
+        "import ctypes, json; libc = ctypes.CDLL(None); libc.malloc.restype = ctypes.c_void_p; "
+        f"p = libc.malloc({size}); ctypes.memset(p, 1, {size}); "
+        "print(json.dumps({'p': p, 'maps': open('/proc/self/maps').read(), "
+        "'numa_maps': open('/proc/self/numa_maps').read()}))"
+    )
     try:
-        r = hugeload_cli("run", "--node", 1, "--page-size", "2m", "--alloc-threshold", "32M", "--quiet", "--",
-                         sys.executable, "-c", code)
+        r = hugeload_cli(
+            "run",
+            "--node",
+            1,
+            "--page-size",
+            "2m",
+            "--alloc-threshold",
+            "32M",
+            "--quiet",
+            "--",
+            sys.executable,
+            "-c",
+            code,
+        )
         assert r.returncode == 0, r.stderr
         got = json.loads(r.stdout)
         mine = mappings_over(got["maps"], got["numa_maps"], got["p"], got["p"] + size)
@@ -212,7 +231,7 @@ def test_two_engines_pinned_to_nodes_0_and_1_each_map_their_own_nodes_copy(hugel
         assert hugeload_cli("unload", "tiny", "--force").returncode == 0
 
 
-ENGINE = r'''
+ENGINE = r"""
 import json, mmap, os, sys, time
 path, out = sys.argv[1], sys.argv[2]
 fd = os.open(path, os.O_RDONLY)
@@ -228,7 +247,7 @@ with open(out, "a") as f:
     f.write(json.dumps({"path": path, "cpus": sorted(os.sched_getaffinity(0)), "nodes": nodes}) + "\n")
 time.sleep(0.3)  # let the verification run's sampler see the mapping
 print(f"{rate:.1f} t/s")
-'''
+"""
 
 
 def test_bench_engine_node_placement_runs_each_copy_where_it_says(hugeload_cli, state_dir, model, tmp_path):
@@ -238,9 +257,24 @@ def test_bench_engine_node_placement_runs_each_copy_where_it_says(hugeload_cli, 
     engine, seen = tmp_path / "engine.py", tmp_path / "seen.jsonl"
     engine.write_text(ENGINE)
     before = counts()
-    r = hugeload_cli("bench", "engine", "--model", model, "--node-placement", "local,remote,interleave",
-                     "--rounds", 2, "--no-startup", "--no-bandwidth", "--json", "--",
-                     sys.executable, engine, "{model}", seen)
+    r = hugeload_cli(
+        "bench",
+        "engine",
+        "--model",
+        model,
+        "--node-placement",
+        "local,remote,interleave",
+        "--rounds",
+        2,
+        "--no-startup",
+        "--no-bandwidth",
+        "--json",
+        "--",
+        sys.executable,
+        engine,
+        "{model}",
+        seen,
+    )
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
     status = {e["backing"]: e["status"] for e in data["results"]}
@@ -258,7 +292,10 @@ def test_bench_engine_node_placement_runs_each_copy_where_it_says(hugeload_cli, 
     for x in runs:  # the staged copies sit in a directory named after the bench's model
         by_copy.setdefault(Path(x["path"]).parent.name, []).append(x["nodes"])
     assert {k: len(v) for k, v in by_copy.items() if k.startswith("bench-")} == {
-        "bench-2048-local": 3, "bench-2048-remote": 3, "bench-2048-interleave": 3}, by_copy
+        "bench-2048-local": 3,
+        "bench-2048-remote": 3,
+        "bench-2048-interleave": 3,
+    }, by_copy
     assert all(n == {"0": PAGES} for n in by_copy["bench-2048-local"]), by_copy
     assert all(n == {"1": PAGES} for n in by_copy["bench-2048-remote"]), by_copy
     assert all(set(n) == {"0", "1"} for n in by_copy["bench-2048-interleave"]), by_copy
@@ -267,7 +304,9 @@ def test_bench_engine_node_placement_runs_each_copy_where_it_says(hugeload_cli, 
 
 
 def test_bench_engine_node_placement_bad_input_is_one_line(hugeload_cli, state_dir, model):
-    for args, message in ((["--node-placement", "far"], "unknown node placement far"),
-                          (["--node-placement", "local", "--node", 7], "NUMA node 7 does not exist")):
+    for args, message in (
+        (["--node-placement", "far"], "unknown node placement far"),
+        (["--node-placement", "local", "--node", 7], "NUMA node 7 does not exist"),
+    ):
         r = hugeload_cli("bench", "engine", "--model", model, *args, "--", "true")
         assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -50,8 +50,15 @@ def test_capture_contents(tree, capture, tmp_path):
     files = {str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file()}
     assert "sys/kernel/mm/hugepages/hugepages-1048576kB/resv_hugepages" in files
     assert "sys/devices/system/node/node0/hugepages/hugepages-2048kB/nr_hugepages" in files
-    assert {"proc/self/status", "proc/self/cgroup", "proc/1/cgroup", "proc/cmdline", "cpuid.json",
-            "sys/kernel/mm/transparent_hugepage/shmem_enabled", "sys/fs/cgroup/unified/cgroup.controllers"} <= files
+    assert {
+        "proc/self/status",
+        "proc/self/cgroup",
+        "proc/1/cgroup",
+        "proc/cmdline",
+        "cpuid.json",
+        "sys/kernel/mm/transparent_hugepage/shmem_enabled",
+        "sys/fs/cgroup/unified/cgroup.controllers",
+    } <= files
     assert not any(f.startswith("proc/4242") for f in files)  # other processes are not captured
     assert not (dest / ".dockerenv").exists()
 
@@ -117,13 +124,16 @@ def test_container_environ_keeps_only_container(capture):
     assert capture.container_environ("HOME=/root\0") == ""
 
 
-@pytest.mark.parametrize("text,listing,expected", [
-    ("12:hugetlb:/batch\n1:name=systemd:/\n", [], "sys/fs/cgroup/hugetlb/batch"),
-    ("0::/docker/abc\n", ["cgroup.controllers", "docker"], "sys/fs/cgroup/docker/abc"),
-    ("0::/\n", ["cgroup.controllers"], "sys/fs/cgroup"),
-    ("4:memory:/x\n0::/\n", ["memory", "unified"], "sys/fs/cgroup/unified"),
-    ("4:memory:/x\n", ["memory"], None),
-])
+@pytest.mark.parametrize(
+    "text,listing,expected",
+    [
+        ("12:hugetlb:/batch\n1:name=systemd:/\n", [], "sys/fs/cgroup/hugetlb/batch"),
+        ("0::/docker/abc\n", ["cgroup.controllers", "docker"], "sys/fs/cgroup/docker/abc"),
+        ("0::/\n", ["cgroup.controllers"], "sys/fs/cgroup"),
+        ("4:memory:/x\n0::/\n", ["memory", "unified"], "sys/fs/cgroup/unified"),
+        ("4:memory:/x\n", ["memory"], None),
+    ],
+)
 def test_own_cgroup_dir(capture, text, listing, expected):
     assert capture.own_cgroup_dir(text, listing) == expected
 

@@ -32,6 +32,7 @@ def assert_one_line_error(err: str):
 
 # --- status ----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", TREES)
 def test_status_json_contract(tree, capsys, name):
     rc, data = run_json(capsys, ["--root", tree(name), "status", "--json"])
@@ -54,7 +55,9 @@ def test_status_json_values(tree, capsys):
     node_1g = next(p for p in data["pools"] if p["page_size_kb"] == G and p["node"] == 0)
     assert node_1g["reserved"] is None
     assert [(m["path"], m["page_size_kb"], m["size_bytes"]) for m in data["mounts"]] == [
-        ("/mnt/hugepages-1gb", G, 4 * GiB), ("/mnt/hugepages-2mb", M, None)]
+        ("/mnt/hugepages-1gb", G, 4 * GiB),
+        ("/mnt/hugepages-2mb", M, None),
+    ]
     assert [p["pid"] for p in data["processes"]] == [4242, 4300]  # hugetlb user, THP user
     assert data["processes"][0]["hugetlb_kb"] == 2097152
 
@@ -62,7 +65,10 @@ def test_status_json_values(tree, capsys):
 def test_status_numa_nodes(tree, capsys):
     _, data = run_json(capsys, ["--root", tree("numa2-1g"), "status", "--json"])
     assert sorted((p["node"] is None, p["node"] or 0) for p in data["pools"] if p["page_size_kb"] == G) == [
-        (False, 0), (False, 1), (True, 0)]
+        (False, 0),
+        (False, 1),
+        (True, 0),
+    ]
 
 
 def test_status_pid(tree, capsys):
@@ -99,6 +105,7 @@ def test_status_table_keeps_bracketed_mapping_names(tree, capsys):
 
 
 # --- plan ------------------------------------------------------------------------------
+
 
 def options_by_size(data):
     return {o["page_size_kb"]: o for o in data["options"]}
@@ -147,12 +154,15 @@ def test_plan_files_round_separately(tree, capsys, tmp_path):
     assert options_by_size(data)[G]["pages"] == 4
 
 
-@pytest.mark.parametrize("args,recommended,reason", [
-    (["--page-size", "2m"], M, "2M requested"),
-    (["--page-size", "4k"], K, "4K requested"),
-    (["--page-size", "1G"], G, "1G requested"),
-    (["--threshold-1g", "64G"], M, "model is under 64 GiB; 2M pages are obtainable"),
-])
+@pytest.mark.parametrize(
+    "args,recommended,reason",
+    [
+        (["--page-size", "2m"], M, "2M requested"),
+        (["--page-size", "4k"], K, "4K requested"),
+        (["--page-size", "1G"], G, "1G requested"),
+        (["--threshold-1g", "64G"], M, "model is under 64 GiB; 2M pages are obtainable"),
+    ],
+)
 def test_plan_page_size_and_threshold(tree, capsys, args, recommended, reason):
     _, data = run_json(capsys, ["--root", tree("zen-vm"), "plan", "--size", "30G", *args, "--json"])
     assert (data["recommended_page_size_kb"], data["reason"]) == (recommended, reason)
@@ -171,6 +181,7 @@ def test_plan_table(tree, capsys):
 
 
 # --- doctor ----------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name,rc", [("zen-vm", 0), ("numa2-1g", 0), ("no1g", 1), ("container-v2", 1)])
 def test_doctor_json_contract(tree, capsys, name, rc):
@@ -208,13 +219,17 @@ def test_doctor_table(tree, capsys, name, verdict):
 
 # --- bad input: exit 2, one line on stderr ---------------------------------------------
 
-@pytest.mark.parametrize("argv", [
-    ["plan", "--size", "thirty"],
-    ["plan", "--size", "30G", "--threshold-1g", "big"],
-    ["plan", "/nonexistent/model.gguf"],
-    ["plan"],
-    ["plan", "--size", "30G", "extra-file"],
-])
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["plan", "--size", "thirty"],
+        ["plan", "--size", "30G", "--threshold-1g", "big"],
+        ["plan", "/nonexistent/model.gguf"],
+        ["plan"],
+        ["plan", "--size", "30G", "extra-file"],
+    ],
+)
 def test_bad_input_exits_2(tree, capsys, argv):
     assert main(["--root", tree("zen-vm"), *argv]) == 2
     _, err = capsys.readouterr()
@@ -223,8 +238,12 @@ def test_bad_input_exits_2(tree, capsys, argv):
 
 def test_argparse_errors_exit_2(tree, capsys):
     # page sizes are checked at parse time (an argparse type=), so they exit here too
-    for argv in (["status", "--bogus"], ["nosuchcommand"], ["status", "--pid", "abc"],
-                 ["plan", "--size", "30G", "--page-size", "16m"]):
+    for argv in (
+        ["status", "--bogus"],
+        ["nosuchcommand"],
+        ["status", "--pid", "abc"],
+        ["plan", "--size", "30G", "--page-size", "16m"],
+    ):
         with pytest.raises(SystemExit) as e:
             main(["--root", tree("zen-vm"), *argv])
         assert e.value.code == 2
@@ -236,8 +255,9 @@ def test_directory_is_not_a_model(tree, capsys, tmp_path):
     assert_one_line_error(capsys.readouterr().err)
 
 
-@pytest.mark.parametrize("argv", [["status"], ["status", "--json"], ["doctor"], ["doctor", "--json"],
-                                  ["plan", "--size", "30G"]])
+@pytest.mark.parametrize(
+    "argv", [["status"], ["status", "--json"], ["doctor"], ["doctor", "--json"], ["plan", "--size", "30G"]]
+)
 def test_root_without_hugepages_exits_2(capsys, tmp_path, argv):
     (tmp_path / "proc").mkdir()
     assert main(["--root", str(tmp_path), *argv]) == 2
@@ -252,6 +272,7 @@ def test_no_command_prints_help(capsys):
 
 
 # --- the installed script --------------------------------------------------------------
+
 
 def hugeload_script():
     exe = Path(sys.executable).parent / "hugeload"
@@ -287,12 +308,15 @@ def test_script_plan_and_doctor(tree):
     assert {c["name"]: c["status"] for c in json.loads(r.stdout)["checks"]}["cpu_1g"] == "fail"
 
 
-@pytest.mark.parametrize("args", [
-    ["plan", "--size", "30G", "--page-size", "16m"],
-    ["plan", "--size", "30Q"],
-    ["plan", "/nonexistent/model.gguf"],
-    ["status", "--bogus"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["plan", "--size", "30G", "--page-size", "16m"],
+        ["plan", "--size", "30Q"],
+        ["plan", "/nonexistent/model.gguf"],
+        ["status", "--bogus"],
+    ],
+)
 def test_script_bad_input(tree, args):
     r = run_script("--root", tree("zen-vm"), *args)
     assert r.returncode == 2

@@ -39,7 +39,8 @@ def test_numa_maps_pages_per_node(tmp_path):
     (tmp_path / "proc/42/numa_maps").write_text(
         "7f0000000000 bind:1 file=/run/hugeload/store/mnt-2m/m/m.gguf huge dirty=10 N1=10 kernelpagesize_kB=2048\n"
         "7f1000000000 interleave:0-1 file=/x/y.gguf huge dirty=5 N0=3 N1=2 kernelpagesize_kB=2048\n"
-        "7f2000000000 default anon=3 dirty=3 N0=3 kernelpagesize_kB=4\n")
+        "7f2000000000 default anon=3 dirty=3 N0=3 kernelpagesize_kB=4\n"
+    )
     maps = probe_numa.read_numa_maps(tmp_path, 42)
     assert maps[0].policy == "bind:1" and maps[0].page_kb == 2048
     assert probe_numa.pages_by_node(maps, "/x/y.gguf") == {0: 3, 1: 2}
@@ -52,7 +53,8 @@ def test_numa_maps_file_names_are_decoded_and_matched_whole():
     maps = probe_numa.parse_numa_maps(
         "7f0000000000 default file=/m/a\\040b\\075c.gguf huge dirty=2 N0=2 kernelpagesize_kB=2048\n"
         "7f1000000000 default file=/m/a.gguf.bak huge dirty=4 N1=4 kernelpagesize_kB=2048\n"
-        "7f2000000000 default file=/m/a.gguf huge dirty=1 N1=1 kernelpagesize_kB=2048\n")
+        "7f2000000000 default file=/m/a.gguf huge dirty=1 N1=1 kernelpagesize_kB=2048\n"
+    )
     assert maps[0].path == "/m/a b=c.gguf"
     assert probe_numa.pages_by_node(maps, "/m/a b=c.gguf") == {0: 2}
     assert probe_numa.pages_by_node(maps, "/m/a.gguf") == {1: 1}

@@ -15,10 +15,27 @@ G, M, K = 1048576, 2048, 4
 
 # --- vocabulary ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("text,kb", [
-    ("1g", G), ("1G", G), ("1GB", G), ("1GiB", G), ("1048576kB", G), ("1073741824", G),
-    ("2m", M), ("2M", M), ("2MB", M), ("2048k", M), ("2048kB", M), ("4k", K), ("4K", K), ("4096", K), (" 2m ", M),
-])
+
+@pytest.mark.parametrize(
+    "text,kb",
+    [
+        ("1g", G),
+        ("1G", G),
+        ("1GB", G),
+        ("1GiB", G),
+        ("1048576kB", G),
+        ("1073741824", G),
+        ("2m", M),
+        ("2M", M),
+        ("2MB", M),
+        ("2048k", M),
+        ("2048kB", M),
+        ("4k", K),
+        ("4K", K),
+        ("4096", K),
+        (" 2m ", M),
+    ],
+)
 def test_parse(text, kb):
     assert pages.parse(text).kb == kb
     assert pages.parse(text, auto=False).kb == kb
@@ -52,8 +69,9 @@ def test_arg_type_parses_at_parse_time():
         p.parse_args(["--page-size", "4k"])
 
 
-@pytest.mark.parametrize("kb,name", [(4, "4K"), (2048, "2M"), (1048576, "1G"), (16, "16K"), (16384, "16M"),
-                                     (2097152, "2G"), (3, "3K")])
+@pytest.mark.parametrize(
+    "kb,name", [(4, "4K"), (2048, "2M"), (1048576, "1G"), (16, "16K"), (16384, "16M"), (2097152, "2G"), (3, "3K")]
+)
 def test_name(kb, name):
     assert pages.name(kb) == name
 
@@ -83,6 +101,7 @@ def test_backings_in_fallback_order():
 
 
 # --- the size rule ---------------------------------------------------------------------
+
 
 def first_1g_size(n: int, policy: Policy = pages.DEFAULT_POLICY) -> int:
     """The smallest size that rounds up to n x 1 GiB and that auto puts in 1G pages."""

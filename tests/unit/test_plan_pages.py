@@ -61,7 +61,9 @@ BOTH = {M: True, G: True}
 def test_recommend_1g_for_large_model():
     r = pages.recommend(30 * GiB, [M, G], True, BOTH)
     assert r.page_size_kb == G
-    assert r.reason == "model is at least 1 GiB and 1G pages waste at most 1/8, and 1G pages are supported and obtainable"
+    assert (
+        r.reason == "model is at least 1 GiB and 1G pages waste at most 1/8, and 1G pages are supported and obtainable"
+    )
 
 
 def test_recommend_2m_under_threshold():
@@ -80,7 +82,9 @@ def test_recommend_threshold_parameter():
 
 def test_recommend_waste_rule():
     r = pages.recommend(int(1.5 * GiB), [M, G], True, BOTH)
-    assert r == pages.Recommendation(M, "1G pages would waste 33 % (more than 1/8) of the model; 2M pages are obtainable")
+    assert r == pages.Recommendation(
+        M, "1G pages would waste 33 % (more than 1/8) of the model; 2M pages are obtainable"
+    )
     assert pages.recommend(2 * GiB, [M, G], True, BOTH).page_size_kb == G
     assert pages.recommend([GiB, GiB], [M, G], True, BOTH).page_size_kb == G
     assert pages.recommend([GiB, 1], [M, G], True, BOTH).page_size_kb == M  # each file rounds up on its own
@@ -108,12 +112,15 @@ def test_recommend_falls_back_to_4k():
     assert pages.recommend(30 * GiB, [], False, {}).page_size_kb == K
 
 
-@pytest.mark.parametrize("requested,sizes,expected,reason", [
-    (K, [M, G], K, "4K requested"),
-    (M, [M, G], M, "2M requested"),
-    (G, [M, G], G, "1G requested"),
-    (G, [M], K, "1G requested but the kernel offers no such pages; 4K"),
-])
+@pytest.mark.parametrize(
+    "requested,sizes,expected,reason",
+    [
+        (K, [M, G], K, "4K requested"),
+        (M, [M, G], M, "2M requested"),
+        (G, [M, G], G, "1G requested"),
+        (G, [M], K, "1G requested but the kernel offers no such pages; 4K"),
+    ],
+)
 def test_recommend_forced_size(requested, sizes, expected, reason):
     # a forced size wins over threshold and obtainability
     r = pages.recommend(GiB, sizes, False, {}, requested_kb=requested)
@@ -136,9 +143,16 @@ def test_obtainable_from_memory():
 
 # --- make_plan over fixture machines ---------------------------------------------------
 
-@pytest.mark.parametrize("name,recommended,source", [
-    ("zen-vm", G, "cpuid"), ("numa2-1g", G, "cpuid"), ("no1g", M, "cpuinfo"), ("container-v2", G, "cpuid"),
-])
+
+@pytest.mark.parametrize(
+    "name,recommended,source",
+    [
+        ("zen-vm", G, "cpuid"),
+        ("numa2-1g", G, "cpuid"),
+        ("no1g", M, "cpuinfo"),
+        ("container-v2", G, "cpuid"),
+    ],
+)
 def test_make_plan_30g(tree, name, recommended, source):
     plan = make_plan(read_machine(tree(name)), [30 * GiB], None, GiB)
     assert plan["recommended_page_size_kb"] == recommended

@@ -33,7 +33,9 @@ def test_no1g_v1_only_the_sizes_present(tree):
 
 @pytest.mark.parametrize("name", ["numa2-1g", "no1g"])
 def test_v1_default_limit_reads_as_unlimited(tree, name):
-    assert [x.limit_bytes for x in cgroup.read_cgroup(tree(name)).limits] == [None] * len(cgroup.read_cgroup(tree(name)).limits)
+    assert [x.limit_bytes for x in cgroup.read_cgroup(tree(name)).limits] == [None] * len(
+        cgroup.read_cgroup(tree(name)).limits
+    )
 
 
 def test_container_v2_limits(tree):
@@ -50,16 +52,25 @@ def test_other_pid(tree):
     assert info.version == 1  # pid 1 is in the same hugetlb cgroup
 
 
-@pytest.mark.parametrize("kb,name", [(4, "4KB"), (64, "64KB"), (2048, "2MB"), (32768, "32MB"), (1048576, "1GB"),
-                                     (16777216, "16GB")])
+@pytest.mark.parametrize(
+    "kb,name", [(4, "4KB"), (64, "64KB"), (2048, "2MB"), (32768, "32MB"), (1048576, "1GB"), (16777216, "16GB")]
+)
 def test_cgroup_size_name(kb, name):
     assert cgroup.cgroup_size_name(kb) == name
 
 
-@pytest.mark.parametrize("text,value", [
-    ("max\n", None), (None, None), ("", None), ("junk", None), ("2147483648\n", 2147483648), ("0", 0),
-    (str(0x7FFFFFFFFFFFF000), None),  # v1 before 4.7: PAGE_COUNTER_MAX pages
-])
+@pytest.mark.parametrize(
+    "text,value",
+    [
+        ("max\n", None),
+        (None, None),
+        ("", None),
+        ("junk", None),
+        ("2147483648\n", 2147483648),
+        ("0", 0),
+        (str(0x7FFFFFFFFFFFF000), None),  # v1 before 4.7: PAGE_COUNTER_MAX pages
+    ],
+)
 def test_parse_limit(text, value):
     assert cgroup._parse_limit(text) == value
 
@@ -77,8 +88,9 @@ def test_v1_explicit_limit(tmp_path):
     _write(tmp_path, "sys/fs/cgroup/hugetlb/batch/job7/hugetlb.1GB.rsvd.limit_in_bytes", "4294967296\n")
     info = cgroup.read_cgroup(tmp_path)
     assert (info.version, info.path) == (1, "/batch/job7")
-    assert info.limits == [HugetlbLimit(G, 4 * GiB, 4 * GiB, GiB, 1,
-                                        "sys/fs/cgroup/hugetlb/batch/job7/hugetlb.1GB.limit_in_bytes")]
+    assert info.limits == [
+        HugetlbLimit(G, 4 * GiB, 4 * GiB, GiB, 1, "sys/fs/cgroup/hugetlb/batch/job7/hugetlb.1GB.limit_in_bytes")
+    ]
 
 
 def test_pure_v2_with_cgroup_namespace(tmp_path):
@@ -95,21 +107,25 @@ def test_no_cgroup_file(tmp_path):
     assert cgroup.read_cgroup(tmp_path) == cgroup.CgroupInfo(None, None, [], None)
 
 
-@pytest.mark.parametrize("rel,text,expected", [
-    (".dockerenv", "", "docker"),
-    ("run/.containerenv", "engine=\"podman-4.9\"\n", "podman"),
-    ("proc/1/environ", "PATH=/bin\0container=lxc\0HOME=/\0", "lxc"),
-    ("proc/1/environ", "container=\0", "container"),
-    ("proc/1/cgroup", "0::/kubepods.slice/kubepods-burstable.slice/cri-containerd-1.scope\n", "kubernetes"),
-    ("proc/1/cgroup", "0::/machine.slice/libpod-0123.scope\n", "podman"),
-    ("proc/1/cgroup", "0::/init.scope\n", None),
-])
+@pytest.mark.parametrize(
+    "rel,text,expected",
+    [
+        (".dockerenv", "", "docker"),
+        ("run/.containerenv", 'engine="podman-4.9"\n', "podman"),
+        ("proc/1/environ", "PATH=/bin\0container=lxc\0HOME=/\0", "lxc"),
+        ("proc/1/environ", "container=\0", "container"),
+        ("proc/1/cgroup", "0::/kubepods.slice/kubepods-burstable.slice/cri-containerd-1.scope\n", "kubernetes"),
+        ("proc/1/cgroup", "0::/machine.slice/libpod-0123.scope\n", "podman"),
+        ("proc/1/cgroup", "0::/init.scope\n", None),
+    ],
+)
 def test_detect_container(tmp_path, rel, text, expected):
     _write(tmp_path, rel, text)
     assert cgroup.detect_container(tmp_path) == expected
 
 
-@pytest.mark.parametrize("name,expected", [("zen-vm", None), ("numa2-1g", None), ("no1g", None),
-                                           ("container-v2", "docker")])
+@pytest.mark.parametrize(
+    "name,expected", [("zen-vm", None), ("numa2-1g", None), ("no1g", None), ("container-v2", "docker")]
+)
 def test_detect_container_per_tree(tree, name, expected):
     assert cgroup.detect_container(tree(name)) == expected

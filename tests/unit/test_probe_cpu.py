@@ -10,15 +10,18 @@ from hugeload.probe.cpu import TlbLevel
 K4, M2, G1 = 4, 2048, 1048576
 
 
-@pytest.mark.parametrize("name,vendor,family,model,model_name,hypervisor,pdpe1gb", [
-    ("zen-vm", "AuthenticAMD", 25, 17, "AMD EPYC", True, True),
-    ("numa2-1g", "GenuineIntel", 6, 106, "Intel(R) Xeon(R) Gold 6338 CPU @ 2.00GHz", False, True),
-    ("no1g", "AuthenticAMD", 23, 49, "AMD EPYC 7402P 24-Core Processor", True, False),
-    ("container-v2", "AuthenticAMD", 25, 1, "AMD EPYC 7763 64-Core Processor", False, True),
-    ("intel-spr-vm", "GenuineIntel", 6, 167, "Intel(R) Xeon(R) Processor", True, True),
-    ("intel-spr", "GenuineIntel", 6, 143, "Intel(R) Xeon(R) Platinum 8480+", False, True),
-    ("intel-snb", "GenuineIntel", 6, 45, "Intel(R) Xeon(R) CPU E5-2670 0 @ 2.60GHz", False, True),
-])
+@pytest.mark.parametrize(
+    "name,vendor,family,model,model_name,hypervisor,pdpe1gb",
+    [
+        ("zen-vm", "AuthenticAMD", 25, 17, "AMD EPYC", True, True),
+        ("numa2-1g", "GenuineIntel", 6, 106, "Intel(R) Xeon(R) Gold 6338 CPU @ 2.00GHz", False, True),
+        ("no1g", "AuthenticAMD", 23, 49, "AMD EPYC 7402P 24-Core Processor", True, False),
+        ("container-v2", "AuthenticAMD", 25, 1, "AMD EPYC 7763 64-Core Processor", False, True),
+        ("intel-spr-vm", "GenuineIntel", 6, 167, "Intel(R) Xeon(R) Processor", True, True),
+        ("intel-spr", "GenuineIntel", 6, 143, "Intel(R) Xeon(R) Platinum 8480+", False, True),
+        ("intel-snb", "GenuineIntel", 6, 45, "Intel(R) Xeon(R) CPU E5-2670 0 @ 2.60GHz", False, True),
+    ],
+)
 def test_identity_and_flags(tree, name, vendor, family, model, model_name, hypervisor, pdpe1gb):
     c = cpu.read_cpu(tree(name))
     assert (c.vendor, c.family, c.model, c.model_name) == (vendor, family, model, model_name)
@@ -28,23 +31,26 @@ def test_identity_and_flags(tree, name, vendor, family, model, model_name, hyper
     assert {"fpu", "pae", "lm"} <= c.flags
 
 
-@pytest.mark.parametrize("name,source,by_size", [
-    # AMD EPYC VM: 0x80000005/6 are passed through, 0x80000019 (1G TLB) reads as zeros.
-    ("zen-vm", "cpuid", {K4: {1: 72, 2: 3072}, M2: {1: 72, 2: 3072}, G1: {}}),
-    # Intel leaf 0x18: L1 DTLB 64 x 4K, 32 x 2M/4M, 8 x 1G; STLB 2048 x 4K/2M, 1024 x 1G.
-    ("numa2-1g", "cpuid", {K4: {1: 64, 2: 2048}, M2: {1: 32, 2: 2048}, G1: {1: 8, 2: 1024}}),
-    # No cpuid.json: cpuinfo's "TLB size : 2560 4K pages" (the L2, data and instruction together).
-    ("no1g", "cpuinfo", {K4: {2: 2560}, M2: {}, G1: {}}),
-    # Bare-metal Zen 3: 0x80000019 reports 64 L1 data entries for 1G pages.
-    ("container-v2", "cpuid", {K4: {1: 64, 2: 2048}, M2: {1: 64, 2: 2048}, G1: {1: 64}}),
-    # Intel VM: leaf 0x18 all zeros, leaf 2 only 0xFF, no TLB line in cpuinfo: nothing to report.
-    ("intel-spr-vm", "none", {K4: {}, M2: {}, G1: {}}),
-    # Sapphire Rapids leaf 0x18: load-only L1 (96 x 4K, 32 x 2M, 8 x 1G) beside a store-only one
-    # (16 of every size), STLB 2048 x 4K/2M and 1024 x 1G.
-    ("intel-spr", "cpuid", {K4: {1: 96, 2: 2048}, M2: {1: 32, 2: 2048}, G1: {1: 8, 2: 1024}}),
-    # Sandy Bridge: no leaf 0x18 (highest basic leaf 0xd); leaf 2 descriptors 0x03, 0x5A, 0xCA.
-    ("intel-snb", "cpuid", {K4: {1: 64, 2: 512}, M2: {1: 32}, G1: {}}),
-])
+@pytest.mark.parametrize(
+    "name,source,by_size",
+    [
+        # AMD EPYC VM: 0x80000005/6 are passed through, 0x80000019 (1G TLB) reads as zeros.
+        ("zen-vm", "cpuid", {K4: {1: 72, 2: 3072}, M2: {1: 72, 2: 3072}, G1: {}}),
+        # Intel leaf 0x18: L1 DTLB 64 x 4K, 32 x 2M/4M, 8 x 1G; STLB 2048 x 4K/2M, 1024 x 1G.
+        ("numa2-1g", "cpuid", {K4: {1: 64, 2: 2048}, M2: {1: 32, 2: 2048}, G1: {1: 8, 2: 1024}}),
+        # No cpuid.json: cpuinfo's "TLB size : 2560 4K pages" (the L2, data and instruction together).
+        ("no1g", "cpuinfo", {K4: {2: 2560}, M2: {}, G1: {}}),
+        # Bare-metal Zen 3: 0x80000019 reports 64 L1 data entries for 1G pages.
+        ("container-v2", "cpuid", {K4: {1: 64, 2: 2048}, M2: {1: 64, 2: 2048}, G1: {1: 64}}),
+        # Intel VM: leaf 0x18 all zeros, leaf 2 only 0xFF, no TLB line in cpuinfo: nothing to report.
+        ("intel-spr-vm", "none", {K4: {}, M2: {}, G1: {}}),
+        # Sapphire Rapids leaf 0x18: load-only L1 (96 x 4K, 32 x 2M, 8 x 1G) beside a store-only one
+        # (16 of every size), STLB 2048 x 4K/2M and 1024 x 1G.
+        ("intel-spr", "cpuid", {K4: {1: 96, 2: 2048}, M2: {1: 32, 2: 2048}, G1: {1: 8, 2: 1024}}),
+        # Sandy Bridge: no leaf 0x18 (highest basic leaf 0xd); leaf 2 descriptors 0x03, 0x5A, 0xCA.
+        ("intel-snb", "cpuid", {K4: {1: 64, 2: 512}, M2: {1: 32}, G1: {}}),
+    ],
+)
 def test_data_tlb_entries(tree, name, source, by_size):
     c = cpu.read_cpu(tree(name))
     assert c.tlb_source == source
@@ -69,16 +75,20 @@ def test_amd_1g_instruction_entries(tree):
 
 def test_intel_leaf_18_subleaves(tree):
     tlb = cpu.read_cpu(tree("numa2-1g")).tlb
-    assert sorted(tlb) == sorted([
-        # sub-leaf 0: L1 ITLB 4K/2M/4M, 8 ways x 16 sets (4M has no level of its own here)
-        TlbLevel(1, "instruction", K4, 128), TlbLevel(1, "instruction", M2, 128),
-        TlbLevel(1, "data", K4, 64),
-        TlbLevel(1, "data", M2, 32),
-        TlbLevel(1, "data", G1, 8),
-        # sub-leaf 4 is null (type 0) and is skipped
-        TlbLevel(2, "unified", K4, 2048), TlbLevel(2, "unified", M2, 2048),
-        TlbLevel(2, "unified", G1, 1024),
-    ])
+    assert sorted(tlb) == sorted(
+        [
+            # sub-leaf 0: L1 ITLB 4K/2M/4M, 8 ways x 16 sets (4M has no level of its own here)
+            TlbLevel(1, "instruction", K4, 128),
+            TlbLevel(1, "instruction", M2, 128),
+            TlbLevel(1, "data", K4, 64),
+            TlbLevel(1, "data", M2, 32),
+            TlbLevel(1, "data", G1, 8),
+            # sub-leaf 4 is null (type 0) and is skipped
+            TlbLevel(2, "unified", K4, 2048),
+            TlbLevel(2, "unified", M2, 2048),
+            TlbLevel(2, "unified", G1, 1024),
+        ]
+    )
 
 
 def test_numa2_cpuid_json_encodes_leaf_18_per_sdm(tree):
@@ -118,15 +128,18 @@ def test_intel_without_leaf_18_and_no_tlb_line(tree):
 
 def test_unknown_vendor_has_no_cpuid_tlb(tmp_path):
     (tmp_path / "proc").mkdir()
-    (tmp_path / "proc/cpuinfo").write_text("processor\t: 0\nvendor_id\t: CentaurHauls\ncpu family\t: 6\n\n"
-                                           "processor\t: 1\nvendor_id\t: other\n")
+    (tmp_path / "proc/cpuinfo").write_text(
+        "processor\t: 0\nvendor_id\t: CentaurHauls\ncpu family\t: 6\n\nprocessor\t: 1\nvendor_id\t: other\n"
+    )
     c = cpu.read_cpu(tmp_path, cpuid=lambda leaf, sub=0: (1, 2, 3, 4))
     assert (c.vendor, c.family, c.model, c.tlb_source) == ("CentaurHauls", 6, None, "none")
 
 
 def test_only_the_first_processor_is_read(tmp_path):
     (tmp_path / "proc").mkdir()
-    (tmp_path / "proc/cpuinfo").write_text("\nprocessor\t: 0\nflags\t\t: pse\n\nprocessor\t: 1\nflags\t\t: pse pdpe1gb\n")
+    (tmp_path / "proc/cpuinfo").write_text(
+        "\nprocessor\t: 0\nflags\t\t: pse\n\nprocessor\t: 1\nflags\t\t: pse pdpe1gb\n"
+    )
     c = cpu.read_cpu(tmp_path)
     assert c.flags == frozenset({"pse"})
     assert not c.pdpe1gb
@@ -182,13 +195,15 @@ def test_intel_load_and_store_tlbs(tree):
 
 def test_intel_sandy_bridge_leaf_2(tree):
     tlb = cpu.read_cpu(tree("intel-snb")).tlb
-    assert sorted(tlb) == sorted([
-        TlbLevel(1, "data", M2, 32),  # 0x5A
-        TlbLevel(1, "data", K4, 64),  # 0x03
-        TlbLevel(1, "instruction", M2, 8),  # 0x76
-        TlbLevel(1, "instruction", K4, 64),  # 0xB2
-        TlbLevel(2, "unified", K4, 512),  # 0xCA
-    ])  # 0xFF (see leaf 4) and 0xF0 (prefetch) are not TLBs
+    assert sorted(tlb) == sorted(
+        [
+            TlbLevel(1, "data", M2, 32),  # 0x5A
+            TlbLevel(1, "data", K4, 64),  # 0x03
+            TlbLevel(1, "instruction", M2, 8),  # 0x76
+            TlbLevel(1, "instruction", K4, 64),  # 0xB2
+            TlbLevel(2, "unified", K4, 512),  # 0xCA
+        ]
+    )  # 0xFF (see leaf 4) and 0xF0 (prefetch) are not TLBs
 
 
 def regs_of(table):
@@ -217,8 +232,12 @@ def test_leaf18_beyond_the_highest_leaf_is_not_read():
 
 
 def test_leaf18_null_subleaf_is_a_hole_not_the_end():
-    table = {(0, 0): (0x20, 0, 0, 0), (0x18, 0): (2, 0, 0, 0), (0x18, 1): (0, 0, 0, 0),
-             (0x18, 2): (0, 0x00040002, 0x8, 0x21)}
+    table = {
+        (0, 0): (0x20, 0, 0, 0),
+        (0x18, 0): (2, 0, 0, 0),
+        (0x18, 1): (0, 0, 0, 0),
+        (0x18, 2): (0, 0x00040002, 0x8, 0x21),
+    }
     assert cpu._intel_leaf18(regs_of(table)) == [TlbLevel(1, "data", M2, 32)]
 
 

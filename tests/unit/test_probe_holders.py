@@ -12,7 +12,7 @@ from hugeload.probe.procs import Holder
 MODEL = "/mnt/hugepages-1gb/model.gguf"  # what pid 4242 of the zen-vm tree maps from 1G pages
 
 
-def maps_line(path: str, start: int = 0x7f0000000000) -> str:
+def maps_line(path: str, start: int = 0x7F0000000000) -> str:
     return f"{start:x}-{start + 0x1000:x} r--s 00000000 00:2d 12345                      {path}\n"
 
 
@@ -20,7 +20,7 @@ def make_proc(root, pid: int, comm: str, maps: list[str] = (), fds: list[str] = 
     d = root / "proc" / str(pid)
     (d / "fd").mkdir(parents=True)
     (d / "comm").write_text(comm + "\n")
-    (d / "maps").write_text("".join(maps_line(p, 0x7f0000000000 + i * 0x10000) for i, p in enumerate(maps)))
+    (d / "maps").write_text("".join(maps_line(p, 0x7F0000000000 + i * 0x10000) for i, p in enumerate(maps)))
     for i, target in enumerate(fds):
         os.symlink(target, d / "fd" / str(i + 3))
     if status is not None:
@@ -40,9 +40,11 @@ def proc_tree(tmp_path):
 def test_by_paths(tmp_path):
     root = proc_tree(tmp_path)
     found = procs.holders(root, paths=["/store/mnt-2m/a/a.gguf", "/store/mnt-2m/b/b.gguf"])
-    assert found == [Holder(10, "llama-server", "/store/mnt-2m/a/a.gguf", "map"),
-                     Holder(11, "python3", "/store/mnt-2m/b/b.gguf", "fd"),
-                     Holder(12, "both", "/store/mnt-2m/a/a.gguf", "map")]  # once per process and file
+    assert found == [
+        Holder(10, "llama-server", "/store/mnt-2m/a/a.gguf", "map"),
+        Holder(11, "python3", "/store/mnt-2m/b/b.gguf", "fd"),
+        Holder(12, "both", "/store/mnt-2m/a/a.gguf", "map"),
+    ]  # once per process and file
     assert procs.holder_names(found) == ["10 (llama-server)", "11 (python3)", "12 (both)"]
     assert procs.holders(root, paths=["/nothing"]) == [] and procs.holders(root) == []
 
@@ -50,8 +52,11 @@ def test_by_paths(tmp_path):
 def test_by_prefix(tmp_path):
     root = proc_tree(tmp_path)
     found = procs.holders(root, prefix="/store/mnt-2m")
-    assert [(h.pid, h.path) for h in found] == [(10, "/store/mnt-2m/a/a.gguf"), (11, "/store/mnt-2m/b/b.gguf"),
-                                               (12, "/store/mnt-2m/a/a.gguf")]
+    assert [(h.pid, h.path) for h in found] == [
+        (10, "/store/mnt-2m/a/a.gguf"),
+        (11, "/store/mnt-2m/b/b.gguf"),
+        (12, "/store/mnt-2m/a/a.gguf"),
+    ]
     assert procs.holders(root, prefix="/store/mnt-2") == []  # a directory prefix, not a string prefix
     assert [h.pid for h in procs.holders(root, prefix="/store/")] == [10, 11, 12, 12]
 

@@ -7,12 +7,15 @@ from hugeload.probe import machine
 G = 1048576
 
 
-@pytest.mark.parametrize("name,is_root,sizes,nodes,n_mounts", [
-    ("zen-vm", True, [2048, G], [0], 2),
-    ("numa2-1g", True, [2048, G], [0, 1], 2),
-    ("no1g", True, [2048], [0], 1),
-    ("container-v2", False, [2048, G], [0], 0),  # root in a container without CAP_SYS_ADMIN
-])
+@pytest.mark.parametrize(
+    "name,is_root,sizes,nodes,n_mounts",
+    [
+        ("zen-vm", True, [2048, G], [0], 2),
+        ("numa2-1g", True, [2048, G], [0, 1], 2),
+        ("no1g", True, [2048], [0], 1),
+        ("container-v2", False, [2048, G], [0], 0),  # root in a container without CAP_SYS_ADMIN
+    ],
+)
 def test_read_machine(tree, name, is_root, sizes, nodes, n_mounts):
     m = machine.read_machine(tree(name))
     assert m.root == tree(name)
@@ -42,12 +45,15 @@ def test_cgroup_uses_the_kernel_page_sizes(tree):
     assert [x.page_size_kb for x in m.cgroup.limits] == [2048]
 
 
-@pytest.mark.parametrize("cap,expected", [
-    ("0000000000200000", True),   # CAP_SYS_ADMIN alone
-    ("000001ffffdfffff", False),  # everything but CAP_SYS_ADMIN
-    ("0000000000000000", False),
-    ("zz", False),
-])
+@pytest.mark.parametrize(
+    "cap,expected",
+    [
+        ("0000000000200000", True),  # CAP_SYS_ADMIN alone
+        ("000001ffffdfffff", False),  # everything but CAP_SYS_ADMIN
+        ("0000000000000000", False),
+        ("zz", False),
+    ],
+)
 def test_has_admin(tmp_path, cap, expected):
     (tmp_path / "proc/self").mkdir(parents=True)
     (tmp_path / "proc/self/status").write_text(f"Name:\thugeload\nCapEff:\t{cap}\n")

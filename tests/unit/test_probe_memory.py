@@ -8,14 +8,37 @@ from hugeload.probe.memory import BuddyZone, Pressure
 MiB = 1 << 20
 
 
-@pytest.mark.parametrize("name,fields", [
-    ("zen-vm", {"MemTotal": 24684084, "MemAvailable": 18179648, "HugePages_Total": 512, "HugePages_Free": 512,
-                "HugePages_Rsvd": 0, "Hugepagesize": 2048, "Hugetlb": 5242880, "AnonHugePages": 1173504}),
-    ("numa2-1g", {"MemTotal": 527948180, "HugePages_Total": 32, "HugePages_Free": 20, "Hugepagesize": 1048576,
-                  "Hugetlb": 33554432, "DirectMap1G": 513802240}),
-    ("no1g", {"MemAvailable": 7262156, "HugePages_Total": 0, "Hugepagesize": 2048}),
-    ("container-v2", {"HugePages_Total": 8, "HugePages_Free": 6, "Hugepagesize": 1048576}),
-])
+@pytest.mark.parametrize(
+    "name,fields",
+    [
+        (
+            "zen-vm",
+            {
+                "MemTotal": 24684084,
+                "MemAvailable": 18179648,
+                "HugePages_Total": 512,
+                "HugePages_Free": 512,
+                "HugePages_Rsvd": 0,
+                "Hugepagesize": 2048,
+                "Hugetlb": 5242880,
+                "AnonHugePages": 1173504,
+            },
+        ),
+        (
+            "numa2-1g",
+            {
+                "MemTotal": 527948180,
+                "HugePages_Total": 32,
+                "HugePages_Free": 20,
+                "Hugepagesize": 1048576,
+                "Hugetlb": 33554432,
+                "DirectMap1G": 513802240,
+            },
+        ),
+        ("no1g", {"MemAvailable": 7262156, "HugePages_Total": 0, "Hugepagesize": 2048}),
+        ("container-v2", {"HugePages_Total": 8, "HugePages_Free": 6, "Hugepagesize": 1048576}),
+    ],
+)
 def test_meminfo(tree, name, fields):
     got = memory.read_meminfo(tree(name))
     assert {k: got[k] for k in fields} == fields
@@ -58,12 +81,15 @@ def test_buddyinfo_skips_bad_lines(tmp_path):
     assert memory.read_buddyinfo(tmp_path) == [BuddyZone(0, "Normal", (1, 2))]
 
 
-@pytest.mark.parametrize("name,expected", [
-    ("zen-vm", Pressure(0.0, 0.0, 0.0, 0.0)),
-    ("numa2-1g", Pressure(0.0, 0.0, 0.0, 0.0)),
-    ("no1g", None),  # 4.19: no PSI
-    ("container-v2", Pressure(3.52, 1.20, 1.10, 0.38)),
-])
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        ("zen-vm", Pressure(0.0, 0.0, 0.0, 0.0)),
+        ("numa2-1g", Pressure(0.0, 0.0, 0.0, 0.0)),
+        ("no1g", None),  # 4.19: no PSI
+        ("container-v2", Pressure(3.52, 1.20, 1.10, 0.38)),
+    ],
+)
 def test_pressure(tree, name, expected):
     assert memory.read_pressure(tree(name)) == expected
 

@@ -82,6 +82,7 @@ def test_no_proc_mounts(tmp_path):
 
 def test_unescape_keeps_non_ascii(tmp_path):
     (tmp_path / "proc").mkdir()
-    (tmp_path / "proc/mounts").write_text("hugetlbfs /mnt/modèles\\0401g hugetlbfs rw,pagesize=1024M 0 0\n",
-                                          encoding="utf-8")
+    (tmp_path / "proc/mounts").write_text(
+        "hugetlbfs /mnt/modèles\\0401g hugetlbfs rw,pagesize=1024M 0 0\n", encoding="utf-8"
+    )
     assert mounts.read_mounts(tmp_path)[0].path == "/mnt/modèles 1g"

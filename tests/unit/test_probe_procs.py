@@ -16,12 +16,15 @@ def test_status_fields(tree):
     assert s["CapEff"] == "0000000000000000"
 
 
-@pytest.mark.parametrize("name,vmpte,cap_eff", [
-    ("zen-vm", 68, "000001fffeffffff"),
-    ("numa2-1g", 104, "0000003fffffffff"),
-    ("no1g", 96, "0000003fffffffff"),
-    ("container-v2", 100, "00000000a80425fb"),
-])
+@pytest.mark.parametrize(
+    "name,vmpte,cap_eff",
+    [
+        ("zen-vm", 68, "000001fffeffffff"),
+        ("numa2-1g", 104, "0000003fffffffff"),
+        ("no1g", 96, "0000003fffffffff"),
+        ("container-v2", 100, "00000000a80425fb"),
+    ],
+)
 def test_every_tree_has_self_status(tree, name, vmpte, cap_eff):
     s = procs.read_status(tree(name), "self")
     assert s["CapEff"] == cap_eff
@@ -106,6 +109,8 @@ def test_parse_smaps_paths():
 
 
 def test_shared_and_private_hugetlb_add_up():
-    text = ("40000000-c0000000 rw-s 00000000 00:2f 7 /dev/hugepages/w\n"
-            "KernelPageSize:  1048576 kB\nShared_Hugetlb:  1048576 kB\nPrivate_Hugetlb: 1048576 kB\n")
+    text = (
+        "40000000-c0000000 rw-s 00000000 00:2f 7 /dev/hugepages/w\n"
+        "KernelPageSize:  1048576 kB\nShared_Hugetlb:  1048576 kB\nPrivate_Hugetlb: 1048576 kB\n"
+    )
     assert procs.parse_smaps(text)[0].hugetlb_kb == 2097152

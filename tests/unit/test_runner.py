@@ -36,7 +36,9 @@ def test_unstaged_small_file_is_not_a_candidate_without_glob(tmp_path):
     src = tmp_path / "small.gguf"
     src.write_bytes(b"x" * MiB)
     assert runner.model_args([f"--model={src}"], [], state_dir=tmp_path / "state") == []
-    assert [c.path for c in runner.model_args([f"--model={src}"], ["*.gguf"], state_dir=tmp_path / "state")] == [str(src)]
+    assert [c.path for c in runner.model_args([f"--model={src}"], ["*.gguf"], state_dir=tmp_path / "state")] == [
+        str(src)
+    ]
 
 
 # --- heap copies: prediction, pages, summary ------------------------------------------------
@@ -71,15 +73,20 @@ def test_estimate_needs_counts_predicted_heap_copies(tree):
     assert runner.estimate_needs([staged], None, False, 64 << 20, preds, tree("zen-vm")) == []
     # a heap copy of 300 MiB goes to 2M pages under auto, 1G with --page-size 1g
     preds = {staged.path: prediction((buffers.Buffer.CPU_REPACK, 300 << 20))}
-    assert [(n.page_size_kb, n.pages) for n in
-            runner.estimate_needs([staged], None, False, 64 << 20, preds, tree("zen-vm"))] == [(2048, 150)]
-    assert [(n.page_size_kb, n.pages) for n in
-            runner.estimate_needs([staged], PAGE_1G, False, 64 << 20, preds, tree("zen-vm"))] == [(1048576, 1)]
+    assert [
+        (n.page_size_kb, n.pages) for n in runner.estimate_needs([staged], None, False, 64 << 20, preds, tree("zen-vm"))
+    ] == [(2048, 150)]
+    assert [
+        (n.page_size_kb, n.pages)
+        for n in runner.estimate_needs([staged], PAGE_1G, False, 64 << 20, preds, tree("zen-vm"))
+    ] == [(1048576, 1)]
     # under the allocation threshold the copy is the real allocator's
     assert runner.estimate_needs([staged], None, False, 400 << 20, preds, tree("zen-vm")) == []
     # unpredictable (not GGUF): the old estimate, a copy of the whole file
-    assert [(n.page_size_kb, n.pages) for n in
-            runner.estimate_needs([staged], None, False, 64 << 20, {staged.path: None}, tree("zen-vm"))] == [(1048576, 3)]
+    assert [
+        (n.page_size_kb, n.pages)
+        for n in runner.estimate_needs([staged], None, False, 64 << 20, {staged.path: None}, tree("zen-vm"))
+    ] == [(1048576, 3)]
     # --copy of an unstaged file adds its own pages
     plain = staged._replace(staged=False)
     needs = runner.estimate_needs([plain], None, True, 0, {plain.path: None}, tree("zen-vm"))
@@ -104,8 +111,10 @@ def test_read_summary_names_buffers_and_pages():
     assert len(regions) == 3 and regions[0]["what"] == "tiny%20model.gguf"
     c = runner.Candidate("/m/tiny model.gguf", 25334464, True)
     (line,) = runner.read_summary([c], {c.path: prediction((buffers.Buffer.CPU_REPACK, 24827904))}, regions, 8 << 20)
-    assert line == ("tiny model.gguf: inference reads a CPU_REPACK heap copy (23.68 MiB, 40 tensors, "
-                    "what=posix_memalign, page=1G); the other 5 tensors from the mapping (fill=staged, page=2M)")
+    assert line == (
+        "tiny model.gguf: inference reads a CPU_REPACK heap copy (23.68 MiB, 40 tensors, "
+        "what=posix_memalign, page=1G); the other 5 tensors from the mapping (fill=staged, page=2M)"
+    )
     (line,) = runner.read_summary([c], {c.path: prediction()}, regions, 8 << 20)
     assert line == "tiny model.gguf: inference reads the mapping (fill=staged, page=2M)"
     (line,) = runner.read_summary([c], {c.path: prediction((buffers.Buffer.CPU_REPACK, 24827904))}, regions, 64 << 20)

@@ -6,11 +6,27 @@ from hugeload.errors import UsageError
 from hugeload.units import GiB, KiB, MiB, TiB, ceil_div, format_bytes, page_size_name, parse_size
 
 
-@pytest.mark.parametrize("text,value", [
-    ("30G", 30 * GiB), ("30GiB", 30 * GiB), ("30GB", 30 * GiB), ("30g", 30 * GiB), ("30 G", 30 * GiB),
-    ("512M", 512 * MiB), ("512MiB", 512 * MiB), ("4096", 4096), ("4096B", 4096), ("1K", KiB), ("2T", 2 * TiB),
-    ("1.5G", 3 * GiB // 2), (" 7 ", 7), ("0", 0), (4096, 4096), (0, 0),
-])
+@pytest.mark.parametrize(
+    "text,value",
+    [
+        ("30G", 30 * GiB),
+        ("30GiB", 30 * GiB),
+        ("30GB", 30 * GiB),
+        ("30g", 30 * GiB),
+        ("30 G", 30 * GiB),
+        ("512M", 512 * MiB),
+        ("512MiB", 512 * MiB),
+        ("4096", 4096),
+        ("4096B", 4096),
+        ("1K", KiB),
+        ("2T", 2 * TiB),
+        ("1.5G", 3 * GiB // 2),
+        (" 7 ", 7),
+        ("0", 0),
+        (4096, 4096),
+        (0, 0),
+    ],
+)
 def test_parse_size(text, value):
     assert parse_size(text) == value
 
@@ -23,14 +39,24 @@ def test_parse_size_rejects(text):
     assert "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("kb,name", [(4, "4K"), (2048, "2M"), (1048576, "1G"), (16, "16K"), (16384, "16M"),
-                                     (2097152, "2G"), (3, "3K")])
+@pytest.mark.parametrize(
+    "kb,name", [(4, "4K"), (2048, "2M"), (1048576, "1G"), (16, "16K"), (16384, "16M"), (2097152, "2G"), (3, "3K")]
+)
 def test_page_size_name(kb, name):
     assert page_size_name(kb) == name
 
 
-@pytest.mark.parametrize("n,text", [(0, "0 B"), (1023, "1023 B"), (1536, "1.5 KiB"), (30 * GiB, "30.0 GiB"),
-                                    (5 * TiB, "5.0 TiB"), (2048 * TiB, "2048.0 TiB")])
+@pytest.mark.parametrize(
+    "n,text",
+    [
+        (0, "0 B"),
+        (1023, "1023 B"),
+        (1536, "1.5 KiB"),
+        (30 * GiB, "30.0 GiB"),
+        (5 * TiB, "5.0 TiB"),
+        (2048 * TiB, "2048.0 TiB"),
+    ],
+)
 def test_format_bytes(n, text):
     assert format_bytes(n) == text
 

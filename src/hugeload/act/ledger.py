@@ -61,8 +61,17 @@ def record_pool_change(data: dict, kb: int, node: int | None, before: int, after
         del owners[owner]
     if not owners:
         del data["shares"][key]
-    data["events"].append({"time": time.time(), "action": action, "page_size_kb": kb, "node": node,
-                           "before": before, "after": after, "owner": owner})
+    data["events"].append(
+        {
+            "time": time.time(),
+            "action": action,
+            "page_size_kb": kb,
+            "node": node,
+            "before": before,
+            "after": after,
+            "owner": owner,
+        }
+    )
 
 
 def share(data: dict, kb: int, node: int | None, owner: str | None = None) -> int:
@@ -82,8 +91,17 @@ def forget_excess(data: dict, kb: int, node: int | None, pool_total: int) -> Non
         take = min(excess, owners[o])
         owners[o] -= take
         excess -= take
-        data["events"].append({"time": time.time(), "action": "forget", "page_size_kb": kb, "node": node,
-                               "before": owners[o] + take, "after": owners[o], "owner": o})
+        data["events"].append(
+            {
+                "time": time.time(),
+                "action": "forget",
+                "page_size_kb": kb,
+                "node": node,
+                "before": owners[o] + take,
+                "after": owners[o],
+                "owner": o,
+            }
+        )
     for o in [o for o, n in owners.items() if n == 0]:
         del owners[o]
     if not owners:

@@ -51,15 +51,26 @@ class MountResult(NamedTuple):
     changed: bool  # False: it was already mounted (a no-op)
 
 
-def mount(root, kb: int, path: str | None = None, size: int | None = None, uid: int | None = None,
-          gid: int | None = None, mode: int | None = None, owner: str = "mount", state_dir=None) -> MountResult:
+def mount(
+    root,
+    kb: int,
+    path: str | None = None,
+    size: int | None = None,
+    uid: int | None = None,
+    gid: int | None = None,
+    mode: int | None = None,
+    owner: str = "mount",
+    state_dir=None,
+) -> MountResult:
     path = path or default_dir(kb)
     if not hugetlbfs_supported(root):
         raise HugeloadError("this kernel has no hugetlbfs file system (CONFIG_HUGETLBFS)")
     existing = find_mount(root, path)
     if existing:
         if existing.page_size_kb != kb:
-            raise UsageError(f"{path} is already a hugetlbfs mount of {pages.name(existing.page_size_kb)} pages, not {pages.name(kb)}")
+            raise UsageError(
+                f"{path} is already a hugetlbfs mount of {pages.name(existing.page_size_kb)} pages, not {pages.name(kb)}"
+            )
         return MountResult(existing.path, kb, False)
     p = Path(path)
     if p.exists() and not p.is_dir():
@@ -104,8 +115,10 @@ def check_idle(root, path: str) -> None:
         raise HugeloadError(f"{m.path} is in use by {'; '.join(busy[:3])}: stop them first or pass --force")
     files = sorted(os.listdir(m.path))
     if files:
-        raise HugeloadError(f"{m.path} holds {len(files)} file(s) ({', '.join(files[:3])}): "
-                            "unstage the models first (hugeload unstage) or pass --force")
+        raise HugeloadError(
+            f"{m.path} holds {len(files)} file(s) ({', '.join(files[:3])}): "
+            "unstage the models first (hugeload unstage) or pass --force"
+        )
 
 
 def umount(root, path: str, force: bool = False, state_dir=None) -> bool:

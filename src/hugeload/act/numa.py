@@ -122,6 +122,7 @@ def file_pages_by_node(path: str, kb: int, root="/") -> dict[int, int]:
 
 # ---------------------------------------------------------------- staging copies
 
+
 def copy_dir(mnt: Path, name: str, node: int, first: bool) -> Path:
     """The first copy keeps the plain store path; further copies sit beside it as
     <name>@node<N> ('@' is not allowed in model names, so no model can collide)."""
@@ -129,8 +130,9 @@ def copy_dir(mnt: Path, name: str, node: int, first: bool) -> Path:
 
 
 def _same_sources(existing: store.Manifest, files, stats) -> bool:
-    return [(f.source, f.size, f.mtime_ns, f.ino) for f in existing.files] == \
-           [(p, s.st_size, s.st_mtime_ns, s.st_ino) for p, s in zip(files, stats)]
+    return [(f.source, f.size, f.mtime_ns, f.ino) for f in existing.files] == [
+        (p, s.st_size, s.st_mtime_ns, s.st_ino) for p, s in zip(files, stats)
+    ]
 
 
 def stage(path: str, options: "store.StageOptions", state_dir=None, root="/", progress=None) -> "store.StageResult":
@@ -153,16 +155,21 @@ def stage(path: str, options: "store.StageOptions", state_dir=None, root="/", pr
     with store.model_lock(name, state_dir, lock_timeout):
         existing = store.read_manifest(name, state_dir)
         if existing:
-            if _same_sources(existing, files, stats) and all(store.file_state(f) == "ready" for f in existing.all_files) \
-                    and [c.node for c in existing.copies] == [s.node for s in specs] \
-                    and (page_size_kb is None or all(c.page_size_kb == page_size_kb for c in existing.copies)):
+            if (
+                _same_sources(existing, files, stats)
+                and all(store.file_state(f) == "ready" for f in existing.all_files)
+                and [c.node for c in existing.copies] == [s.node for s in specs]
+                and (page_size_kb is None or all(c.page_size_kb == page_size_kb for c in existing.copies))
+            ):
                 return store.StageResult(existing, True, "already staged and unchanged")
             store._remove_model(existing, state_dir, root, release_pages=False)
         by_id = {n.node: n for n in nodes}
         plans = []  # (spec, kb, pages, reason)
         for spec in specs:
-            free_1g = min((by_id[n].pools[plan_numa.GIGANTIC_KB].free if plan_numa.GIGANTIC_KB in by_id[n].pools else 0)
-                          for n in spec.bind) * len(spec.bind)
+            free_1g = min(
+                (by_id[n].pools[plan_numa.GIGANTIC_KB].free if plan_numa.GIGANTIC_KB in by_id[n].pools else 0)
+                for n in spec.bind
+            ) * len(spec.bind)
             kb, reason = plan_numa.choose_page_size(total, page_size_kb, offered, free_1g, reserve)
             pages = sum(max(1, ceil_div(s.st_size, kb * KiB)) for s in stats)
             plan_numa.check_fits(plan_numa.node_needs(spec, kb, pages, nodes), reserve, name)
@@ -197,9 +204,21 @@ def stage(path: str, options: "store.StageOptions", state_dir=None, root="/", pr
                     if verify:
                         sha = store._sha256(src, st.st_size)
                         if store._staged_sha256(str(dst), st.st_size) != sha:
-                            raise HugeloadError(f"verification failed: the staged copy of {src} differs from the source")
-                    staged.append(store.StagedFile(src, str(final / os.path.basename(src)), st.st_size, st.st_dev,
-                                                   st.st_ino, st.st_mtime_ns, sha, st.st_ctime_ns))
+                            raise HugeloadError(
+                                f"verification failed: the staged copy of {src} differs from the source"
+                            )
+                    staged.append(
+                        store.StagedFile(
+                            src,
+                            str(final / os.path.basename(src)),
+                            st.st_size,
+                            st.st_dev,
+                            st.st_ino,
+                            st.st_mtime_ns,
+                            sha,
+                            st.st_ctime_ns,
+                        )
+                    )
                 copies.append((spec, kb, pages, work, final, staged))
             for _, _, _, work, final, _ in copies:
                 if final.exists():
@@ -209,8 +228,16 @@ def stage(path: str, options: "store.StageOptions", state_dir=None, root="/", pr
                 d.rmdir()
             staging_roots = []
             (spec0, kb0, pages0, _, _, files0), rest = copies[0], copies[1:]
-            manifest = store.Manifest(name, kb0, pages0, files0, time.time(), persist, node=spec0.node,
-                                      replicas=[store.Copy(s.node, kb, p, f) for s, kb, p, _, _, f in rest])
+            manifest = store.Manifest(
+                name,
+                kb0,
+                pages0,
+                files0,
+                time.time(),
+                persist,
+                node=spec0.node,
+                replicas=[store.Copy(s.node, kb, p, f) for s, kb, p, _, _, f in rest],
+            )
             state.write_json(store.manifest_path(name, state_dir), manifest.to_json())
         except BaseException as e:
             for d in staging_roots:
@@ -218,8 +245,10 @@ def stage(path: str, options: "store.StageOptions", state_dir=None, root="/", pr
             if reserved:
                 act_pools.release(root, None, owner=owner, state_dir=state_dir)
             if isinstance(e, OSError):
-                raise HugeloadError(f"staging {name} {placement.describe()} failed: {e.strerror or e}"
-                                    f"{' (' + e.filename + ')' if e.filename else ''}; nothing was staged") from None
+                raise HugeloadError(
+                    f"staging {name} {placement.describe()} failed: {e.strerror or e}"
+                    f"{' (' + e.filename + ')' if e.filename else ''}; nothing was staged"
+                ) from None
             raise
         store.write_redirects(state_dir)
         return store.StageResult(manifest, False, f"{plans[0][3]}; {placement.describe()}")
@@ -231,8 +260,10 @@ def _check_nodes(path: str, kb: int, spec: plan_numa.CopySpec, root) -> None:
     wrong = {n: c for n, c in found.items() if n not in spec.bind}
     if wrong or sum(found.values()) != want:
         where = ", ".join(f"{c} on node {n}" for n, c in sorted(found.items())) or "none present"
-        raise PlacementError(f"pages of {os.path.basename(path)} did not land on node(s) "
-                             f"{','.join(map(str, spec.bind))} ({where}, of {want}); nothing was staged")
+        raise PlacementError(
+            f"pages of {os.path.basename(path)} did not land on node(s) "
+            f"{','.join(map(str, spec.bind))} ({where}, of {want}); nothing was staged"
+        )
 
 
 def check_run_node(node: int, root="/") -> probe_numa.Node:
@@ -271,9 +302,11 @@ def check_copies_for_node(node: int, paths: list[str], state_dir=None) -> None:
             continue
         nodes = [c.node for c in m.copies]
         if node not in nodes and plan_numa.INTERLEAVED not in nodes:
-            raise UsageError(f"model {m.name!r} has copies on node(s) {','.join(map(str, nodes))} only, not on node {node}: "
-                             f"stage one there (hugeload load {m.source} --nodes {','.join(map(str, sorted({*nodes, node})))}) "
-                             f"or run on node {nodes[0]}")
+            raise UsageError(
+                f"model {m.name!r} has copies on node(s) {','.join(map(str, nodes))} only, not on node {node}: "
+                f"stage one there (hugeload load {m.source} --nodes {','.join(map(str, sorted({*nodes, node})))}) "
+                f"or run on node {nodes[0]}"
+            )
 
 
 def spanning_note(paths: list[str], state_dir=None, root="/") -> str | None:
@@ -289,6 +322,8 @@ def spanning_note(paths: list[str], state_dir=None, root="/") -> str | None:
             continue
         nodes = {c.node for c in m.copies}
         if plan_numa.INTERLEAVED not in nodes and not set(span) <= nodes:
-            return (f"this engine may run on nodes {','.join(map(str, span))} but {m.name!r} is staged on node(s) "
-                    f"{','.join(map(str, sorted(nodes)))} only; pin it with --node N, or load with --replicate or --interleave")
+            return (
+                f"this engine may run on nodes {','.join(map(str, span))} but {m.name!r} is staged on node(s) "
+                f"{','.join(map(str, sorted(nodes)))} only; pin it with --node N, or load with --replicate or --interleave"
+            )
     return None

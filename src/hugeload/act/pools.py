@@ -19,6 +19,7 @@ from hugeload.probe import procs
 from hugeload.probe.memory import read_buddyinfo, read_meminfo
 from hugeload.probe.mounts import read_mounts
 from hugeload.pages import PAGE_1G, name as page_size_name
+
 MAX_RETRIES = 5
 RETRY_SECONDS = 60.0
 
@@ -65,7 +66,9 @@ def validate(root, kb: int, node: int | None) -> None:
         offered = ", ".join(page_size_name(k) for k in sizes) or "none"
         raise UsageError(f"this kernel has no {page_size_name(kb)} huge pages (offered: {offered})")
     if node is not None and node not in probe_pools.nodes(root):
-        raise UsageError(f"NUMA node {node} does not exist (nodes: {', '.join(map(str, probe_pools.nodes(root))) or 'none'})")
+        raise UsageError(
+            f"NUMA node {node} does not exist (nodes: {', '.join(map(str, probe_pools.nodes(root))) or 'none'})"
+        )
 
 
 class Step(NamedTuple):
@@ -97,8 +100,9 @@ def _free_memory_steps(root):
     yield "compact_memory", lambda: write_text(Path(root) / "proc/sys/vm/compact_memory", "1\n")
 
 
-def grow(root, kb: int, count: int, node: int | None = None, partial: bool = False,
-         retry_seconds: float = RETRY_SECONDS) -> ReserveResult:
+def grow(
+    root, kb: int, count: int, node: int | None = None, partial: bool = False, retry_seconds: float = RETRY_SECONDS
+) -> ReserveResult:
     """Raise the pool by `count` pages.  Short 1 GB results are retried after freeing
     memory while retries still gain pages; a short final result is rolled back to the
     starting count unless `partial`."""
@@ -127,8 +131,17 @@ def grow(root, kb: int, count: int, node: int | None = None, partial: bool = Fal
     return ReserveResult(kb, node, before, count, after, steps, rolled_back)
 
 
-def reserve(root, kb: int, count: int, node: int | None = None, partial: bool = False, owner: str = "reserve",
-            state_dir=None, retry_seconds: float = RETRY_SECONDS, prefault: bool = True) -> ReserveResult:
+def reserve(
+    root,
+    kb: int,
+    count: int,
+    node: int | None = None,
+    partial: bool = False,
+    owner: str = "reserve",
+    state_dir=None,
+    retry_seconds: float = RETRY_SECONDS,
+    prefault: bool = True,
+) -> ReserveResult:
     """grow() and record what was gained in the ledger under `owner`; then fault the new
     pages in once (see prefault())."""
     with ledger.edit(state_dir) as data:
@@ -273,7 +286,9 @@ def release(root, kb: int | None = None, owner: str | None = "reserve", state_di
                     ledger.record_pool_change(data, pkb, node, count, count - take, o, "release")
                     count -= take
             kept = want - released
-            results.append(ReleaseResult(pkb, node, pool.total, after, released, kept, describe_holders(root, pkb) if kept else ""))
+            results.append(
+                ReleaseResult(pkb, node, pool.total, after, released, kept, describe_holders(root, pkb) if kept else "")
+            )
     return results
 
 
@@ -283,5 +298,7 @@ def fragmentation_note(root) -> str:
     free_kb = read_meminfo(root).get("MemFree", 0)
     top = sum(z.free_blocks[-1] for z in zones if z.free_blocks)
     top_mib = (4 << (len(zones[0].free_blocks) - 1)) // 1024 if zones and zones[0].free_blocks else 4
-    return (f"fragmentation: {free_kb // 1024} MiB free, {top} free blocks of {top_mib} MiB (the largest the buddy "
-            f"allocator tracks); each 1 GB page needs {1024 // top_mib} of them contiguous and aligned")
+    return (
+        f"fragmentation: {free_kb // 1024} MiB free, {top} free blocks of {top_mib} MiB (the largest the buddy "
+        f"allocator tracks); each 1 GB page needs {1024 // top_mib} of them contiguous and aligned"
+    )

@@ -64,15 +64,18 @@ def unescape(text: str) -> str:
 def entry_for(source, staged_path, node: int = -1, page_kb: int = 0, st: os.stat_result | None = None) -> RedirectEntry:
     """The entry for a source file as it is now (or as `st` saw it)."""
     st = st or os.stat(source)
-    return RedirectEntry(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, node, page_kb,
-                         str(staged_path))
+    return RedirectEntry(
+        st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, node, page_kb, str(staged_path)
+    )
 
 
 def format_line(e: RedirectEntry) -> str:
     if "\0" in e.staged_path or not e.staged_path:
         raise ValueError(f"staged path {e.staged_path!r} cannot be written to the redirect index")
-    return (f"{e.src_dev} {e.src_ino} {e.src_size} {e.src_mtime_ns} {e.src_ctime_ns} {e.node} {e.page_kb} "
-            f"{escape(e.staged_path)}\n")
+    return (
+        f"{e.src_dev} {e.src_ino} {e.src_size} {e.src_mtime_ns} {e.src_ctime_ns} {e.node} {e.page_kb} "
+        f"{escape(e.staged_path)}\n"
+    )
 
 
 def write(state_dir, entries: Iterable[RedirectEntry]) -> Path:

@@ -124,8 +124,16 @@ class Manifest:
     @classmethod
     def from_json(cls, d: dict) -> "Manifest":
         files = [StagedFile(**f) for f in d["files"]]
-        return cls(d["name"], d["page_size_kb"], d["pages"], files, d["created"], d.get("persist", False),
-                   d.get("node", -1), [Copy.from_json(c) for c in d.get("replicas", [])])
+        return cls(
+            d["name"],
+            d["page_size_kb"],
+            d["pages"],
+            files,
+            d["created"],
+            d.get("persist", False),
+            d.get("node", -1),
+            [Copy.from_json(c) for c in d.get("replicas", [])],
+        )
 
 
 @dataclass(frozen=True)
@@ -156,6 +164,7 @@ class StageResult(NamedTuple):
 
 
 # ---------------------------------------------------------------- paths
+
 
 def store_dir(state_dir=None) -> Path:
     return state.state_dir(state_dir) / "store"
@@ -211,6 +220,7 @@ def source_files(path: str) -> list[str]:
 
 # ---------------------------------------------------------------- reading
 
+
 def read_manifest(name: str, state_dir=None) -> Manifest | None:
     data = state.read_json(manifest_path(name, state_dir), None)
     return Manifest.from_json(data) if data else None
@@ -259,7 +269,7 @@ def staging_dirs(state_dir=None) -> list[Path]:
 
 def staging_name(d: Path) -> str:
     """The model name in '.staging-<name>-<pid>'."""
-    return d.name[len(".staging-"):].rsplit("-", 1)[0]
+    return d.name[len(".staging-") :].rsplit("-", 1)[0]
 
 
 def staged(state_dir=None, root="/") -> list[Manifest]:
@@ -299,6 +309,7 @@ def _mount_kb(path: Path) -> int:
 
 # ---------------------------------------------------------------- locking
 
+
 def _lock_path(name: str, state_dir=None) -> Path:
     return store_dir(state_dir) / "locks" / f"{name}.lock"
 
@@ -325,10 +336,13 @@ def model_lock(name: str, state_dir=None, timeout: float = LOCK_TIMEOUT):
         with state.locked(_lock_path(name, state_dir), timeout=timeout) as fd:
             yield fd
     except TimeoutError:
-        raise HugeloadError(f"model {name!r} is being staged or unstaged by another hugeload; waited {timeout:.0f} s") from None
+        raise HugeloadError(
+            f"model {name!r} is being staged or unstaged by another hugeload; waited {timeout:.0f} s"
+        ) from None
 
 
 # ---------------------------------------------------------------- redirects index
+
 
 def write_redirects(state_dir=None) -> None:
     """The preload library's view of the store: ready files only, one line per copy (a model
@@ -338,15 +352,24 @@ def write_redirects(state_dir=None) -> None:
         for c in m.copies:
             for f in c.files:
                 if file_state(f) == "ready":
-                    entries.append(redirects.RedirectEntry(f.dev, f.ino, f.size, f.mtime_ns, f.ctime_ns, c.node,
-                                                           c.page_size_kb, f.staged))
+                    entries.append(
+                        redirects.RedirectEntry(
+                            f.dev, f.ino, f.size, f.mtime_ns, f.ctime_ns, c.node, c.page_size_kb, f.staged
+                        )
+                    )
     redirects.write(state_dir, entries)
 
 
 # ---------------------------------------------------------------- staging
 
-def choose_page_size(sizes: int | list[int], requested_kb: int | None, reserve: bool, root="/",
-                     policy: pages.Policy = pages.DEFAULT_POLICY) -> tuple[int, str]:
+
+def choose_page_size(
+    sizes: int | list[int],
+    requested_kb: int | None,
+    reserve: bool,
+    root="/",
+    policy: pages.Policy = pages.DEFAULT_POLICY,
+) -> tuple[int, str]:
     """(kB, reason).  A requested size is kept (see hugeload.pages).  auto: the size rule
     (plan.pages.recommend), where 1 GB counts as obtainable when the 1G pool can hold the
     model now or, with `reserve`, can be grown to; else 2 MB."""
@@ -364,8 +387,10 @@ def choose_page_size(sizes: int | list[int], requested_kb: int | None, reserve: 
     if rec.page_size_kb == PAGE_1G.kb:
         return rec.page_size_kb, f"{pages.why(sizes, None, policy)}, and the 1G pool can hold it"
     if pages.first_page(sizes, None, policy) == PAGE_1G and PAGE_1G.kb in offered:
-        return PAGE_2M.kb, (f"the 1G pool cannot hold {need} page(s); using 2M "
-                            f"(hugeload reserve --count {need} --page-size 1g, or --reserve)")
+        return PAGE_2M.kb, (
+            f"the 1G pool cannot hold {need} page(s); using 2M "
+            f"(hugeload reserve --count {need} --page-size 1g, or --reserve)"
+        )
     return PAGE_2M.kb, pages.why(sizes, None, policy) if PAGE_1G.kb in offered else "no 1G pages on this kernel"
 
 
@@ -376,8 +401,10 @@ def ensure_pages(kb: int, n_pages: int, name: str, reserve: bool, root="/", stat
     if missing <= 0:
         return 0
     if not reserve:
-        raise PoolError(f"the {pages.name(kb)} pool has {max(0, pool.available)} free page(s), the model needs {n_pages}: "
-                        f"run `hugeload reserve --count {missing} --page-size {pages.name(kb).lower()}` or stage with --reserve")
+        raise PoolError(
+            f"the {pages.name(kb)} pool has {max(0, pool.available)} free page(s), the model needs {n_pages}: "
+            f"run `hugeload reserve --count {missing} --page-size {pages.name(kb).lower()}` or stage with --reserve"
+        )
     act_pools.reserve(root, kb, missing, owner=owner(name), state_dir=state_dir)
     return missing
 
@@ -394,7 +421,9 @@ def _reserve_extra(extra: dict[int, int], staged_kb: int, staged_pages: int, nam
         if missing <= 0:
             continue
         try:
-            gained += act_pools.reserve(root, kb, missing, partial=True, owner=owner(name), state_dir=state_dir).obtained
+            gained += act_pools.reserve(
+                root, kb, missing, partial=True, owner=owner(name), state_dir=state_dir
+            ).obtained
         except PoolError:  # best effort: the engine's allocation falls back
             continue
     return gained
@@ -405,7 +434,9 @@ def ensure_mount(kb: int, state_dir=None, root="/") -> Path:
     for m in read_mounts(root):
         if m.path == str(d):
             if m.page_size_kb != kb:
-                raise HugeloadError(f"{d} is a hugetlbfs mount of {pages.name(m.page_size_kb)} pages, expected {pages.name(kb)}")
+                raise HugeloadError(
+                    f"{d} is a hugetlbfs mount of {pages.name(m.page_size_kb)} pages, expected {pages.name(kb)}"
+                )
             return d
     state.ensure_dir(d.parent)
     act_mounts.mount(root, kb, str(d), owner="store", state_dir=state_dir)
@@ -431,7 +462,9 @@ def _copy_into(src: str, dst: Path, size: int, kb: int, threads: int, progress) 
             try:
                 mm = mmap.mmap(dfd, padded, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
             except OSError as e:
-                raise PoolError(f"cannot map {padded // page} x {pages.name(kb)} pages for {os.path.basename(src)}: {e.strerror}") from None
+                raise PoolError(
+                    f"cannot map {padded // page} x {pages.name(kb)} pages for {os.path.basename(src)}: {e.strerror}"
+                ) from None
             try:
                 with contextlib.suppress(AttributeError, OSError):
                     os.posix_fadvise(sfd, 0, size, os.POSIX_FADV_SEQUENTIAL)
@@ -486,8 +519,9 @@ def _staged_sha256(path: str, size: int) -> str:
     return _sha256(path, size)
 
 
-def stage(path: str, options: StageOptions = StageOptions(), state_dir=None, root="/", progress=None,
-          config_dir=None) -> StageResult:
+def stage(
+    path: str, options: StageOptions = StageOptions(), state_dir=None, root="/", progress=None, config_dir=None
+) -> StageResult:
     """Stage a model; instant when it is already staged and unchanged.
 
     Atomic: files are copied under a .staging directory that is renamed into place only
@@ -509,10 +543,14 @@ def stage(path: str, options: StageOptions = StageOptions(), state_dir=None, roo
     with model_lock(name, state_dir, options.lock_timeout):
         existing = read_manifest(name, state_dir)
         if existing:
-            same = [(f.source, f.size, f.mtime_ns, f.ino) for f in existing.files] == \
-                   [(p, s.st_size, s.st_mtime_ns, s.st_ino) for p, s in zip(files, stats)]
-            if same and all(file_state(f) == "ready" for f in existing.files) and \
-                    (requested_kb is None or requested_kb == existing.page_size_kb):
+            same = [(f.source, f.size, f.mtime_ns, f.ino) for f in existing.files] == [
+                (p, s.st_size, s.st_mtime_ns, s.st_ino) for p, s in zip(files, stats)
+            ]
+            if (
+                same
+                and all(file_state(f) == "ready" for f in existing.files)
+                and (requested_kb is None or requested_kb == existing.page_size_kb)
+            ):
                 if options.persist and not existing.persist:
                     existing.persist = True
                     state.write_json(manifest_path(name, state_dir), existing.to_json())
@@ -541,8 +579,9 @@ def stage(path: str, options: StageOptions = StageOptions(), state_dir=None, roo
                     sha = _sha256(src, st.st_size)
                     if _staged_sha256(str(dst), st.st_size) != sha:
                         raise HugeloadError(f"verification failed: the staged copy of {src} differs from the source")
-                copied.append(StagedFile(src, str(final), st.st_size, st.st_dev, st.st_ino, st.st_mtime_ns, sha,
-                                         st.st_ctime_ns))
+                copied.append(
+                    StagedFile(src, str(final), st.st_size, st.st_dev, st.st_ino, st.st_mtime_ns, sha, st.st_ctime_ns)
+                )
             final_dir = mnt / name
             if final_dir.exists():
                 shutil.rmtree(final_dir)
@@ -556,8 +595,10 @@ def stage(path: str, options: StageOptions = StageOptions(), state_dir=None, roo
             if reserved:
                 act_pools.release(root, None, owner=owner(name), state_dir=state_dir)
             if isinstance(e, OSError):
-                raise HugeloadError(f"staging {name} failed: {e.strerror or e}"
-                                    f"{' (' + e.filename + ')' if e.filename else ''}; nothing was staged") from None
+                raise HugeloadError(
+                    f"staging {name} failed: {e.strerror or e}"
+                    f"{' (' + e.filename + ')' if e.filename else ''}; nothing was staged"
+                ) from None
             raise
         write_redirects(state_dir)
     if options.persist:
@@ -638,7 +679,9 @@ def restore(state_dir=None, root="/", config_dir=None, progress=None) -> list[Re
     out = []
     for entry in persist.load(config_dir):
         kb = entry.get("page_size_kb")
-        options = StageOptions(page_size=pages.by_kb(kb) if kb else None, name=entry["name"], reserve=True, persist=True)
+        options = StageOptions(
+            page_size=pages.by_kb(kb) if kb else None, name=entry["name"], reserve=True, persist=True
+        )
         try:
             r = stage(entry["source"], options, state_dir, root, progress, config_dir)
             out.append(Restored(r.manifest.name, r.manifest.path, r.already_staged, None))
@@ -683,7 +726,7 @@ def _gc_run_reports(state_dir=None, root="/") -> list[str]:
     removed = []
     top = run_report_path(0, state_dir).parent
     for f in sorted(top.glob("report-*.txt")) if top.is_dir() else []:
-        pid = f.name[len("report-"):-len(".txt")]
+        pid = f.name[len("report-") : -len(".txt")]
         if pid.isdigit() and not _owner_alive(pid, root):
             with contextlib.suppress(OSError):
                 f.unlink()
@@ -752,7 +795,11 @@ def gc(state_dir=None, root="/") -> dict:
     released = []
     for key, owners in list(ledger.load(state_dir)["shares"].items()):
         for o in list(owners):
-            if o.startswith("model:") and o[len("model:"):] not in names and not _lock_held(o[len("model:"):], state_dir):
+            if (
+                o.startswith("model:")
+                and o[len("model:") :] not in names
+                and not _lock_held(o[len("model:") :], state_dir)
+            ):
                 released += act_pools.release(root, None, owner=o, state_dir=state_dir)
             elif o.partition(":")[0] in PROCESS_OWNERS and not _owner_alive(o.split(":")[1], root):
                 # "bench:<pid>" or "bench:<pid>:<what>"

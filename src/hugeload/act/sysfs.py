@@ -18,5 +18,7 @@ def write_text(path: str | os.PathLike, value: str) -> None:
         raise NotSupported(f"{path} does not exist: this kernel lacks that huge page control") from None
     except OSError as e:
         if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            raise PermissionNeeded(f"cannot write {path}: {e.strerror} (run as root, outside a read-only container)") from None
+            raise PermissionNeeded(
+                f"cannot write {path}: {e.strerror} (run as root, outside a read-only container)"
+            ) from None
         raise HugeloadError(f"writing {value.strip()!r} to {path} failed: {e.strerror}") from None

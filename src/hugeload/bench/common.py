@@ -25,11 +25,14 @@ BACKINGS = ("4k", "thp", "2m", "1g")
 HUGETLB_KB = {p.name: p.kb for p in HUGE}
 PMU_DIR = "sys/bus/event_source/devices/cpu"  # present when the kernel has hardware counters
 
-VM_NOTE = ("running under a hypervisor: a guest's TLB entries are no larger than the host's backing pages, "
-           "so 1G guest pages measure about the same as 2M unless the host backs this VM with 1G pages")
+VM_NOTE = (
+    "running under a hypervisor: a guest's TLB entries are no larger than the host's backing pages, "
+    "so 1G guest pages measure about the same as 2M unless the host backs this VM with 1G pages"
+)
 
 
 # --------------------------------------------------------------------------- input
+
 
 def parse_backings(spec) -> list[str]:
     """'4k,thp,2m,1g' (or a list) -> unique backings in order; UsageError on an unknown one."""
@@ -45,6 +48,7 @@ def parse_backings(spec) -> list[str]:
 
 # --------------------------------------------------------------------------- native loops
 
+
 def native_loops() -> ctypes.CDLL:
     """The native library; its benchmark loops' signatures are declared by native.load()."""
     from hugeload import native
@@ -54,14 +58,16 @@ def native_loops() -> ctypes.CDLL:
 
 # --------------------------------------------------------------------------- statistics
 
+
 def median(values: list[float]) -> float:
     s = sorted(values)
     mid = len(s) // 2
     return s[mid] if len(s) % 2 else (s[mid - 1] + s[mid]) / 2
 
 
-def bootstrap_median_ci(values: list[float], confidence: float = 0.95, resamples: int = 2000,
-                        seed: int = 0) -> tuple[float, float, float]:
+def bootstrap_median_ci(
+    values: list[float], confidence: float = 0.95, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
     """(median, low, high): percentile bootstrap interval of the median."""
     if not values:
         raise ValueError("no values")
@@ -79,6 +85,7 @@ def bootstrap_median_ci(values: list[float], confidence: float = 0.95, resamples
 
 class Stat(NamedTuple):
     """One measured quantity over rounds: the median and its bootstrap interval."""
+
     values: list[float]
     median: float
     low: float
@@ -109,13 +116,17 @@ def round_orders(backings: list[str], rounds: int, seed: int = 0) -> list[list[s
 
 # --------------------------------------------------------------------------- notes
 
+
 def has_cpu_counters(root="/") -> bool:
     return (Path(root) / PMU_DIR).exists()
 
 
 def measured_note(root="/", how: str = "wall-clock", tlb: bool = True) -> str:
-    counters = ("this machine exposes no CPU performance counters" if not has_cpu_counters(root)
-                else "CPU performance counters are not read")
+    counters = (
+        "this machine exposes no CPU performance counters"
+        if not has_cpu_counters(root)
+        else "CPU performance counters are not read"
+    )
     if not tlb:
         return f"times are measured ({how}); {counters}"
     return f"times are measured ({how}), not TLB misses: {counters}, so TLB misses are inferred, not counted"
@@ -131,6 +142,7 @@ def on_hypervisor(root="/") -> bool:
 
 
 # --------------------------------------------------------------------------- pages
+
 
 class Reservation(NamedTuple):
     page_size_kb: int
@@ -222,10 +234,14 @@ class PageReservations:
         if available >= need:
             return None
         if got is not None:
-            return (f"needs {need} free {name} pages; reserved {got} of {need} (the kernel gave fewer), "
-                    f"the pool has {available} unclaimed")
-        return (f"needs {need} free {name} pages, the pool has {available} unclaimed and reserving was turned off; "
-                f"reserve them first: hugeload reserve --page-size {backing} --count {need - available}")
+            return (
+                f"needs {need} free {name} pages; reserved {got} of {need} (the kernel gave fewer), "
+                f"the pool has {available} unclaimed"
+            )
+        return (
+            f"needs {need} free {name} pages, the pool has {available} unclaimed and reserving was turned off; "
+            f"reserve them first: hugeload reserve --page-size {backing} --count {need - available}"
+        )
 
     @property
     def restored(self) -> bool:
@@ -263,18 +279,25 @@ def verify_backing(mapping, backing: str) -> Verified:
     if backing in HUGETLB_KB:
         kb = vma.kernel_page_kb
         ok = kb == HUGETLB_KB[backing]
-        return Verified(kb, 1.0 if ok else 0.0,
-                        None if ok else f"smaps shows {kb} kB pages, not {HUGETLB_KB[backing]} kB")
+        return Verified(
+            kb, 1.0 if ok else 0.0, None if ok else f"smaps shows {kb} kB pages, not {HUGETLB_KB[backing]} kB"
+        )
     fraction = min(1.0, vma.anon_huge_kb / size_kb)
     if backing == "thp":
         if fraction < THP_MIN_FRACTION:
-            return Verified(2048 if fraction else 4, fraction,
-                            f"THP backed only {fraction:.0%} of the memory with huge pages (AnonHugePages in smaps), "
-                            f"so it would measure mostly 4K pages")
+            return Verified(
+                2048 if fraction else 4,
+                fraction,
+                f"THP backed only {fraction:.0%} of the memory with huge pages (AnonHugePages in smaps), "
+                f"so it would measure mostly 4K pages",
+            )
         return Verified(2048, fraction, None)
     if fraction > 0:
-        return Verified(4, fraction, f"{fraction:.0%} of the 4K baseline is in transparent huge pages "
-                                     f"(THP 'always' ignoring MADV_NOHUGEPAGE?)")
+        return Verified(
+            4,
+            fraction,
+            f"{fraction:.0%} of the 4K baseline is in transparent huge pages (THP 'always' ignoring MADV_NOHUGEPAGE?)",
+        )
     return Verified(4, 0.0, None)
 
 
@@ -290,6 +313,7 @@ def mem_available(root="/") -> int | None:
 
 
 # --------------------------------------------------------------------------- plots
+
 
 def check_plot_available() -> None:
     """UsageError (one line) when matplotlib is missing; call before a long run."""

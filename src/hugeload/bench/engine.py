@@ -122,9 +122,11 @@ PLACEMENTS = ("local", "remote", "interleave")
 PLACEMENT_BACKINGS = ("default", "2m")  # with --node-placement and no --backings
 _RATE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*(?:tokens per second|tokens/s|tok/s|t/s)")
 _REPORT = re.compile(r"hugeload: region (.*)$")
-NOTE = ("times are wall-clock; nothing reads smaps while a timed run runs (page sizes come from one untimed "
-        "verification run per backing and the preload library's report); intervals are bootstrap 95% intervals "
-        "of the median over interleaved rounds, ratios are medians of per-round ratios")
+NOTE = (
+    "times are wall-clock; nothing reads smaps while a timed run runs (page sizes come from one untimed "
+    "verification run per backing and the preload library's report); intervals are bootstrap 95% intervals "
+    "of the median over interleaved rounds, ratios are medians of per-round ratios"
+)
 THP_MIN_FRACTION = 0.5
 MLOCK_MIN_FRACTION = 0.9
 
@@ -147,6 +149,7 @@ class Run:
 @dataclass
 class Verification:
     """What one untimed run with smaps sampled showed."""
+
     weights_kb: set[int] = field(default_factory=set)
     alloc_kb: set[int] = field(default_factory=set)
     file_pmd_kb: int = 0
@@ -171,8 +174,10 @@ def parse_backings(text: str) -> list[str]:
     names = [b.strip().lower() for b in text.split(",") if b.strip()]
     unknown = [b for b in names if not _known(b)]
     if unknown or not names:
-        raise UsageError(f"unknown backing {', '.join(unknown) or '(none)'}: choose from {', '.join(BACKINGS)} "
-                         f"(a staged one may add @{'|@'.join(PLACEMENTS)})")
+        raise UsageError(
+            f"unknown backing {', '.join(unknown) or '(none)'}: choose from {', '.join(BACKINGS)} "
+            f"(a staged one may add @{'|@'.join(PLACEMENTS)})"
+        )
     out, seen = [], {}
     for n in names:
         seen[n] = seen.get(n, 0) + 1
@@ -259,6 +264,7 @@ def default_startup_cmd(engine_argv: list[str]) -> list[str] | None:
 
 # --------------------------------------------------------------------------- running the engine
 
+
 class _Sampler(threading.Thread):
     """Polls /proc/PID during a verification run (never a timed one): peak HugetlbPages,
     VmPTE, VmLck, and the page sizes of the model mapping and of large anonymous mappings."""
@@ -310,8 +316,10 @@ def _spawn(argv: list[str], env: dict, bind: tuple[int, tuple[int, ...]] | None 
 
         def preexec():
             numa.bind_process(*bind)  # what `numactl --cpunodebind=N --membind=N` does
-    return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            errors="replace", preexec_fn=preexec)  # random weights print arbitrary bytes
+
+    return subprocess.Popen(
+        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", preexec_fn=preexec
+    )  # random weights print arbitrary bytes
 
 
 def _wait(proc: subprocess.Popen, timeout: float) -> str:
@@ -328,8 +336,14 @@ def _wait(proc: subprocess.Popen, timeout: float) -> str:
     return out
 
 
-def timed_run(argv: list[str], env: dict, timeout: float, counters_vendor: str | None = None,
-              counts: dict | None = None, bind=None) -> tuple[int, float, str]:
+def timed_run(
+    argv: list[str],
+    env: dict,
+    timeout: float,
+    counters_vendor: str | None = None,
+    counts: dict | None = None,
+    bind=None,
+) -> tuple[int, float, str]:
     """Start, wait, nothing else: no thread of ours reads /proc while it runs.  With
     `counters_vendor` (the machine has TLB counters), the engine's dTLB events are counted
     into `counts` (the counters are the CPU's, read once at exit: no observer effect)."""
@@ -348,8 +362,9 @@ def timed_run(argv: list[str], env: dict, timeout: float, counters_vendor: str |
     return proc.returncode, time.perf_counter() - t0, out
 
 
-def verification_run(argv: list[str], env: dict, model_paths: set[str], timeout: float,
-                     bind=None) -> tuple[Verification, str]:
+def verification_run(
+    argv: list[str], env: dict, model_paths: set[str], timeout: float, bind=None
+) -> tuple[Verification, str]:
     proc = _spawn(argv, env, bind)
     sampler = _Sampler(proc.pid, model_paths)
     sampler.start()
@@ -380,8 +395,12 @@ def _env(b: Backing, report: Path, empty_state: Path, page_size: str) -> dict:
         return env
     # Staged backings name the staged path directly; the empty state dir keeps the library
     # from redirecting the other backings' source mappings to a staged copy.
-    options = runner.PreloadOptions(page_size=pages.parse(page_size), copy=b.copy,
-                                    alloc_threshold=runner.DEFAULT_ALLOC_THRESHOLD if b.alloc else 0, report=str(report))
+    options = runner.PreloadOptions(
+        page_size=pages.parse(page_size),
+        copy=b.copy,
+        alloc_threshold=runner.DEFAULT_ALLOC_THRESHOLD if b.alloc else 0,
+        report=str(report),
+    )
     env = runner.environment(options, str(empty_state), env)
     if b.copy:
         env["HUGELOAD_MIN_FILE_SIZE"] = "1"
@@ -389,6 +408,7 @@ def _env(b: Backing, report: Path, empty_state: Path, page_size: str) -> dict:
 
 
 # --------------------------------------------------------------------------- copies
+
 
 def bench_dir(state_dir=None) -> Path:
     """This run's store, under the state dir so `hugeload gc` finds it after a kill -9."""
@@ -459,12 +479,19 @@ class Copies:
             if key.startswith("stage-"):
                 kb, where = _stage_kb(key), key.partition("@")[2]
                 placement = self.placements.get(where) if where else None
-                self.log(f"staging the model into {'1G' if kb == GIGANTIC_KB else '2M'} pages"
-                         + (f", {placement.describe()}" if placement else ""))
+                self.log(
+                    f"staging the model into {'1G' if kb == GIGANTIC_KB else '2M'} pages"
+                    + (f", {placement.describe()}" if placement else "")
+                )
                 state.ensure_dir(self.store_dir)
-                m, _, _ = store.stage(self.model, store.StageOptions(page_size=pages.by_kb(kb), name=_stage_name(key),
-                                                                     reserve=True, placement=placement),
-                                      state_dir=self.store_dir, root=self.root)
+                m, _, _ = store.stage(
+                    self.model,
+                    store.StageOptions(
+                        page_size=pages.by_kb(kb), name=_stage_name(key), reserve=True, placement=placement
+                    ),
+                    state_dir=self.store_dir,
+                    root=self.root,
+                )
                 path = m.path
                 if placement:
                     from hugeload.act import numa
@@ -484,8 +511,10 @@ class Copies:
                     act_pools.reserve(self.root, kb, n - avail, partial=True, owner=self.owner(key))
                 avail = max(0, probe_pools.system_pool(self.root, kb).available)
                 if avail < n:
-                    raise HugeloadError(f"needs {n} free {kb >> 10 if kb < GIGANTIC_KB else 1} "
-                                        f"{'MB' if kb < GIGANTIC_KB else 'GB'} pages, the kernel gave {avail}")
+                    raise HugeloadError(
+                        f"needs {n} free {kb >> 10 if kb < GIGANTIC_KB else 1} "
+                        f"{'MB' if kb < GIGANTIC_KB else 'GB'} pages, the kernel gave {avail}"
+                    )
                 path = ""
         except (HugeloadError, OSError) as e:
             self.failed[key] = str(e)
@@ -544,6 +573,7 @@ def sigint_held():
 
 # --------------------------------------------------------------------------- the physical limit
 
+
 def read_bandwidth(threads: int, size: int = 1 << 30, passes: int = 3) -> float | None:
     """GB/s reading `size` bytes (THP-backed, touched first) with `threads` threads, each
     a slice, the native loop per slice (ctypes drops the GIL); best of `passes`."""
@@ -566,8 +596,10 @@ def read_bandwidth(threads: int, size: int = 1 << 30, passes: int = 3) -> float 
         per = (size // threads) & ~4095
         best = 0.0
         for _ in range(passes):
-            ws = [threading.Thread(target=lib.hugeload_seq_read_gbps, args=(addr + i * per, per, 1))
-                  for i in range(threads)]
+            ws = [
+                threading.Thread(target=lib.hugeload_seq_read_gbps, args=(addr + i * per, per, 1))
+                for i in range(threads)
+            ]
             t0 = time.perf_counter()
             for w in ws:
                 w.start()
@@ -616,14 +648,27 @@ def bytes_per_token(model: str) -> tuple[int | None, str]:
 
 # --------------------------------------------------------------------------- the run
 
+
 def _pages_needed(model_size: int, kb: int) -> int:
     return ceil_div(model_size, kb * KiB)
 
 
-def run(model: str, engine_argv: list[str], backings: list[str], rounds: int = 3, startup_argv: list[str] | None = None,
-        timeout: float = 600.0, root="/", seed: int = 0, log=lambda msg: None, state_dir=None,
-        memory_limit: int | None = None, bandwidth: bool = True, node_placement: list[str] | None = None,
-        engine_node: int | None = None) -> dict:
+def run(
+    model: str,
+    engine_argv: list[str],
+    backings: list[str],
+    rounds: int = 3,
+    startup_argv: list[str] | None = None,
+    timeout: float = 600.0,
+    root="/",
+    seed: int = 0,
+    log=lambda msg: None,
+    state_dir=None,
+    memory_limit: int | None = None,
+    bandwidth: bool = True,
+    node_placement: list[str] | None = None,
+    engine_node: int | None = None,
+) -> dict:
     if not os.path.isfile(model):
         raise UsageError(f"no such model file: {model}")
     if not engine_argv:
@@ -635,8 +680,11 @@ def run(model: str, engine_argv: list[str], backings: list[str], rounds: int = 3
         backings = with_placements(backings, node_placement)
     chosen = [backing(b) for b in backings]
     copies = Copies(model, size, root, log, state_dir)
-    numa_info = _numa_setup(chosen, copies, engine_node, root) if (
-        node_placement or engine_node is not None or any(b.placement for b in chosen)) else None
+    numa_info = (
+        _numa_setup(chosen, copies, engine_node, root)
+        if (node_placement or engine_node is not None or any(b.placement for b in chosen))
+        else None
+    )
     bind = (numa_info["engine_node"], tuple(numa_info["cpus"])) if numa_info else None
     skipped: dict[str, str] = {}
     runs: list[Run] = []
@@ -665,13 +713,17 @@ def run(model: str, engine_argv: list[str], backings: list[str], rounds: int = 3
             largest = max((copies.bytes_of(k) for k in Copies.needs(b, size)), default=0)
             mine = sum(copies.bytes_of(k) for k in Copies.needs(b, size))
             if mine and mine + engine_bytes > avail:
-                skipped[b.name] = (f"the model ({size / GiB:.1f} GiB) and its copies ({mine / GiB:.1f} GiB) do not fit "
-                                   f"in the {avail / GiB:.1f} GiB available")
+                skipped[b.name] = (
+                    f"the model ({size / GiB:.1f} GiB) and its copies ({mine / GiB:.1f} GiB) do not fit "
+                    f"in the {avail / GiB:.1f} GiB available"
+                )
             del largest
         if not hold_all:
             copies.budget = max(0, avail - engine_bytes)
-            log(f"copies do not fit together ({held_bytes / GiB:.1f} GiB + the engine, {avail / GiB:.1f} GiB "
-                f"available): set up when a backing needs them, the oldest torn down to make room")
+            log(
+                f"copies do not fit together ({held_bytes / GiB:.1f} GiB + the engine, {avail / GiB:.1f} GiB "
+                f"available): set up when a backing needs them, the oldest torn down to make room"
+            )
         # Verification: one untimed run per backing with smaps sampled.
         verify_argv = startup_argv or engine_argv
         active = []
@@ -686,8 +738,9 @@ def run(model: str, engine_argv: list[str], backings: list[str], rounds: int = 3
                 _keep_cached(model)
             report = tmp / f"report-{b.name}-verify.txt"
             env = _env(b, report, empty_state, _page_size(b))
-            v, out = verification_run(command_for(verify_argv, path, b.load_mode), env,
-                                      {path, os.path.realpath(path)}, timeout, bind)
+            v, out = verification_run(
+                command_for(verify_argv, path, b.load_mode), env, {path, os.path.realpath(path)}, timeout, bind
+            )
             rep = parse_report(report.read_text()) if report.exists() else []
             v.weights_kb |= _report_weights(rep, path)
             verified[b.name] = v
@@ -722,12 +775,22 @@ def run(model: str, engine_argv: list[str], backings: list[str], rounds: int = 3
             signal.signal(signal.SIGTERM, old_term)
     bpt, what = bytes_per_token(model)
     data = summarize(model, size, engine_argv, chosen, runs, skipped, rounds, verified)
-    data.update(tlb_note=tlb_note, bandwidth_gbps=_stat_dict(bw), bytes_per_token=bpt, weights_read=what,
-                threads=threads_of(engine_argv), copies_held="all" if hold_all else f"as many as fit in {copies.budget / GiB:.1f} GiB, oldest torn down first",
-                setup_s={k: _stat_dict(v) for k, v in copies.setup_s.items()})
+    data.update(
+        tlb_note=tlb_note,
+        bandwidth_gbps=_stat_dict(bw),
+        bytes_per_token=bpt,
+        weights_read=what,
+        threads=threads_of(engine_argv),
+        copies_held="all" if hold_all else f"as many as fit in {copies.budget / GiB:.1f} GiB, oldest torn down first",
+        setup_s={k: _stat_dict(v) for k, v in copies.setup_s.items()},
+    )
     if numa_info:
-        numa_info["copy_nodes"] = {b.name: {str(n): c for n, c in sorted(copies.nodes[k].items())}
-                                   for b in chosen for k in Copies.needs(b, size) if k in copies.nodes}
+        numa_info["copy_nodes"] = {
+            b.name: {str(n): c for n, c in sorted(copies.nodes[k].items())}
+            for b in chosen
+            for k in Copies.needs(b, size)
+            if k in copies.nodes
+        }
         numa_info["placement_ratios"] = placement_ratios(chosen, runs, _tests(runs))
         data["numa"] = numa_info
     if bw and bpt:
@@ -754,17 +817,22 @@ def _numa_setup(chosen: list[Backing], copies: Copies, engine_node: int | None, 
     if wanted:
         others = [n for n in with_memory if n != node]
         if not others:
-            raise UsageError(f"node placements need at least two NUMA nodes with memory (this machine has "
-                             f"{len(with_memory)}): run without --node-placement")
+            raise UsageError(
+                f"node placements need at least two NUMA nodes with memory (this machine has "
+                f"{len(with_memory)}): run without --node-placement"
+            )
         copies.placements = {
             "local": plan_numa.Placement(plan_numa.Mode.NODE, (node,)),
             "remote": plan_numa.Placement(plan_numa.Mode.NODE, (others[0],)),
             "interleave": plan_numa.Placement(plan_numa.Mode.INTERLEAVE, tuple(with_memory)),
         }
-    return {"engine_node": node, "cpus": list(cpus),
-            "placements": {p: copies.placements[p].describe() for p in wanted},
-            "note": "every run bound to the engine node's CPUs and memory; figures from an emulated "
-                    "(TCG) guest say nothing about a real machine"}
+    return {
+        "engine_node": node,
+        "cpus": list(cpus),
+        "placements": {p: copies.placements[p].describe() for p in wanted},
+        "note": "every run bound to the engine node's CPUs and memory; figures from an emulated "
+        "(TCG) guest say nothing about a real machine",
+    }
 
 
 def placement_ratios(chosen: list[Backing], runs: list[Run], tests: list[str]) -> dict:
@@ -855,8 +923,18 @@ def _fell_back(b: Backing, v: Verification, size: int) -> str | None:
     return None
 
 
-def _one_run(b: Backing, r: int, path: str, engine_argv, startup_argv, tmp: Path, empty_state: Path,
-             timeout: float, vendor: str | None = None, bind=None) -> Run:
+def _one_run(
+    b: Backing,
+    r: int,
+    path: str,
+    engine_argv,
+    startup_argv,
+    tmp: Path,
+    empty_state: Path,
+    timeout: float,
+    vendor: str | None = None,
+    bind=None,
+) -> Run:
     report = tmp / f"report-{b.name}-{r}.txt"
     env = _env(b, report, empty_state, _page_size(b))
     startup = None
@@ -868,8 +946,19 @@ def _one_run(b: Backing, r: int, path: str, engine_argv, startup_argv, tmp: Path
     counts: dict = {}
     rc, wall, out = timed_run(command_for(engine_argv, path, b.load_mode), env, timeout, vendor, counts, bind)
     rep = parse_report(report.read_text()) if report.exists() else []
-    run = Run(b.name, r, rc, wall, startup, parse_rates(out), rep, _report_weights(rep, path), "munmap failed" in out,
-              None if rc == 0 else _last_line(out, rc), counts)
+    run = Run(
+        b.name,
+        r,
+        rc,
+        wall,
+        startup,
+        parse_rates(out),
+        rep,
+        _report_weights(rep, path),
+        "munmap failed" in out,
+        None if rc == 0 else _last_line(out, rc),
+        counts,
+    )
     if rc == 0 and b.preload and b.expected_kb and run.weights_kb and run.weights_kb != {b.expected_kb}:
         run.error = f"this run's weights got {sorted(run.weights_kb)} kB pages"
         run.returncode = -1
@@ -877,6 +966,7 @@ def _one_run(b: Backing, r: int, path: str, engine_argv, startup_argv, tmp: Path
 
 
 # --------------------------------------------------------------------------- summary
+
 
 def paired_ratio(values: dict[int, float], base: dict[int, float], seed: int = 0) -> tuple[float, float, float] | None:
     """Median of per-round ratios (rounds both ran in), with a bootstrap 95% interval over
@@ -893,10 +983,16 @@ def _metric(vals_by_round: dict[int, float], base_by_round: dict[int, float] | N
     vals = list(vals_by_round.values())
     med, lo, hi = bootstrap_median_ci(vals)
     ratio = paired_ratio(vals_by_round, base_by_round) if base_by_round is not None else None
-    return {"median": med, "low": lo, "high": hi, "values": vals,
-            "ratio": ratio[0] if ratio else None, "ratio_low": ratio[1] if ratio else None,
-            "ratio_high": ratio[2] if ratio else None,
-            "within_noise": bool(ratio and ratio[1] <= 1.0 <= ratio[2])}
+    return {
+        "median": med,
+        "low": lo,
+        "high": hi,
+        "values": vals,
+        "ratio": ratio[0] if ratio else None,
+        "ratio_low": ratio[1] if ratio else None,
+        "ratio_high": ratio[2] if ratio else None,
+        "within_noise": bool(ratio and ratio[1] <= 1.0 <= ratio[2]),
+    }
 
 
 def _series(runs: list[Run], name: str, test: str) -> dict[int, float]:
@@ -911,12 +1007,21 @@ def _series(runs: list[Run], name: str, test: str) -> dict[int, float]:
 
 def _tests(runs: list[Run]) -> list[str]:
     """The rates any successful run reported, then start-up when it was timed."""
-    return sorted({t for r in runs if r.returncode == 0 for t in r.rates}) + \
-        (["startup_s"] if any(r.startup_s is not None for r in runs) else [])
+    return sorted({t for r in runs if r.returncode == 0 for t in r.rates}) + (
+        ["startup_s"] if any(r.startup_s is not None for r in runs) else []
+    )
 
 
-def summarize(model, size, engine_argv, chosen, runs: list[Run], skipped: dict, rounds: int,
-              verified: dict[str, Verification] | None = None) -> dict:
+def summarize(
+    model,
+    size,
+    engine_argv,
+    chosen,
+    runs: list[Run],
+    skipped: dict,
+    rounds: int,
+    verified: dict[str, Verification] | None = None,
+) -> dict:
     verified = verified or {}
     results = []
     base_name = "default" if any(b.name == "default" for b in chosen) else None
@@ -925,12 +1030,24 @@ def summarize(model, size, engine_argv, chosen, runs: list[Run], skipped: dict, 
         mine = [r for r in runs if r.backing == b.name]
         ok = [r for r in mine if r.returncode == 0]
         v = verified.get(b.name, Verification())
-        entry = {"backing": b.name, "kind": b.kind, "hugeload": b.hugeload, "status": "ok", "reason": None,
-                 "runs": len(mine), "failed_runs": len(mine) - len(ok),
-                 "weights_page_kb": sorted(v.weights_kb), "alloc_page_kb": sorted(v.alloc_kb),
-                 "file_pmd_mapped_kb": v.file_pmd_kb, "thp_kb": v.thp_kb, "hugetlb_kb": v.hugetlb_kb,
-                 "vmpte_kb": v.vmpte_kb, "vmlck_kb": v.vmlck_kb, "pss_kb": v.pss_kb,
-                 "munmap_failed": any(r.munmap_failed for r in mine)}
+        entry = {
+            "backing": b.name,
+            "kind": b.kind,
+            "hugeload": b.hugeload,
+            "status": "ok",
+            "reason": None,
+            "runs": len(mine),
+            "failed_runs": len(mine) - len(ok),
+            "weights_page_kb": sorted(v.weights_kb),
+            "alloc_page_kb": sorted(v.alloc_kb),
+            "file_pmd_mapped_kb": v.file_pmd_kb,
+            "thp_kb": v.thp_kb,
+            "hugetlb_kb": v.hugetlb_kb,
+            "vmpte_kb": v.vmpte_kb,
+            "vmlck_kb": v.vmlck_kb,
+            "pss_kb": v.pss_kb,
+            "munmap_failed": any(r.munmap_failed for r in mine),
+        }
         if b.name in skipped:
             entry.update(status="skipped", reason=skipped[b.name])
             results.append(entry)
@@ -948,15 +1065,26 @@ def summarize(model, size, engine_argv, chosen, runs: list[Run], skipped: dict, 
             metrics[t] = _metric(series, base)
         tlb = [r.tlb for r in ok if r.tlb]
         if tlb:
-            entry["tlb"] = {k: sorted(x[k] for x in tlb if x.get(k) is not None)[len(tlb) // 2]
-                            if any(x.get(k) is not None for x in tlb) else None for k in tlb[0]}
+            entry["tlb"] = {
+                k: sorted(x[k] for x in tlb if x.get(k) is not None)[len(tlb) // 2]
+                if any(x.get(k) is not None for x in tlb)
+                else None
+                for k in tlb[0]
+            }
         if not any(t != "startup_s" for t in metrics):
             entry.update(status="no rate", reason="the engine printed no tokens/s figure")
         entry["metrics"] = metrics
         results.append(entry)
-    return {"model": model, "model_size": size, "command": shlex.join(engine_argv), "rounds": rounds,
-            "results": results, "best": best_vs_best(results, runs, tests),
-            "gigantic_vs_huge": gigantic_vs_huge(results, runs, tests), "note": NOTE}
+    return {
+        "model": model,
+        "model_size": size,
+        "command": shlex.join(engine_argv),
+        "rounds": rounds,
+        "results": results,
+        "best": best_vs_best(results, runs, tests),
+        "gigantic_vs_huge": gigantic_vs_huge(results, runs, tests),
+        "note": NOTE,
+    }
 
 
 def gigantic_vs_huge(results: list[dict], runs: list[Run], tests: list[str]) -> dict:
@@ -990,8 +1118,11 @@ def best_vs_best(results: list[dict], runs: list[Run], tests: list[str]) -> dict
     out = {}
     for t in tests:
         lower = t == "startup_s"
-        cands = [(r["backing"], r["hugeload"], r["metrics"][t]["median"]) for r in results
-                 if r["status"] == "ok" and t in (r.get("metrics") or {})]
+        cands = [
+            (r["backing"], r["hugeload"], r["metrics"][t]["median"])
+            for r in results
+            if r["status"] == "ok" and t in (r.get("metrics") or {})
+        ]
         hl = [c for c in cands if c[1]]
         alt = [c for c in cands if not c[1] and "#" not in c[0]]
         if not hl or not alt:
@@ -999,11 +1130,19 @@ def best_vs_best(results: list[dict], runs: list[Run], tests: list[str]) -> dict
         pick = min if lower else max
         h = pick(hl, key=lambda c: c[2])
         a = pick(alt, key=lambda c: c[2])
-        ratio = paired_ratio(_series(runs, a[0], t), _series(runs, h[0], t)) if lower else \
-            paired_ratio(_series(runs, h[0], t), _series(runs, a[0], t))
-        out[t] = {"hugeload": h[0], "alternative": a[0], "ratio": ratio[0] if ratio else None,
-                  "ratio_low": ratio[1] if ratio else None, "ratio_high": ratio[2] if ratio else None,
-                  "within_noise": bool(ratio and ratio[1] <= 1.0 <= ratio[2])}
+        ratio = (
+            paired_ratio(_series(runs, a[0], t), _series(runs, h[0], t))
+            if lower
+            else paired_ratio(_series(runs, h[0], t), _series(runs, a[0], t))
+        )
+        out[t] = {
+            "hugeload": h[0],
+            "alternative": a[0],
+            "ratio": ratio[0] if ratio else None,
+            "ratio_low": ratio[1] if ratio else None,
+            "ratio_high": ratio[2] if ratio else None,
+            "within_noise": bool(ratio and ratio[1] <= 1.0 <= ratio[2]),
+        }
     return out
 
 
@@ -1013,9 +1152,15 @@ def plot(data: dict, path: str) -> None:
     for r in data["results"]:
         for test, m in (r.get("metrics") or {}).items():
             tests.setdefault(test, []).append((r["backing"], m["median"], m["low"], m["high"]))
-    panels = [("start-up, s (lower is better)" if t == "startup_s" else f"{t}, tokens/s (higher is better)", bars)
-              for t, bars in tests.items()]
+    panels = [
+        ("start-up, s (lower is better)" if t == "startup_s" else f"{t}, tokens/s (higher is better)", bars)
+        for t, bars in tests.items()
+    ]
     if not panels:
         raise HugeloadError("nothing to plot: no backing produced figures")
-    bar_charts(panels, f"hugeload bench engine: {os.path.basename(data['model'])}, median of {data['rounds']} rounds, "
-                       f"95% intervals" + (" (VM)" if data.get("hypervisor") else ""), path)
+    bar_charts(
+        panels,
+        f"hugeload bench engine: {os.path.basename(data['model'])}, median of {data['rounds']} rounds, "
+        f"95% intervals" + (" (VM)" if data.get("hypervisor") else ""),
+        path,
+    )

@@ -88,17 +88,44 @@ def _pool_used_kb(root) -> int:
     return used
 
 
-def _one_case(case: str, model: str, server: str, n: int, threads: int, timeout: float, root,
-              env: dict | None = None, pool_before: int = 0, source: str | None = None) -> dict:
+def _one_case(
+    case: str,
+    model: str,
+    server: str,
+    n: int,
+    threads: int,
+    timeout: float,
+    root,
+    env: dict | None = None,
+    pool_before: int = 0,
+    source: str | None = None,
+) -> dict:
     procs, ports = [], []
     try:
         t0 = time.perf_counter()
         for _ in range(n):
             port = _free_port()
-            argv = [server, "-m", model, "--port", str(port), "--host", "127.0.0.1", "-t", str(threads), "-c", "256",
-                    "-np", "1", "--no-warmup"] + (["-lm", LOAD_MODE[case]] if case in LOAD_MODE else [])
-            procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                          errors="replace", env=env))
+            argv = [
+                server,
+                "-m",
+                model,
+                "--port",
+                str(port),
+                "--host",
+                "127.0.0.1",
+                "-t",
+                str(threads),
+                "-c",
+                "256",
+                "-np",
+                "1",
+                "--no-warmup",
+            ] + (["-lm", LOAD_MODE[case]] if case in LOAD_MODE else [])
+            procs.append(
+                subprocess.Popen(
+                    argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, errors="replace", env=env
+                )
+            )
             ports.append(port)
         loaded: list[float | None] = [None] * n
         first: list[float | None] = [None] * n
@@ -112,8 +139,14 @@ def _one_case(case: str, model: str, server: str, n: int, threads: int, timeout:
             time.sleep(0.02)
         for i, port in enumerate(ports):
             if loaded[i] is not None:
-                ok = _get(f"http://127.0.0.1:{port}/completion", timeout,
-                          {"prompt": "hello", "n_predict": 1, "cache_prompt": False}) == 200
+                ok = (
+                    _get(
+                        f"http://127.0.0.1:{port}/completion",
+                        timeout,
+                        {"prompt": "hello", "n_predict": 1, "cache_prompt": False},
+                    )
+                    == 200
+                )
                 first[i] = time.perf_counter() - t0 if ok else None
         dead = [p for p in procs if p.poll() is not None]
         if dead or any(x is None for x in first):
@@ -124,13 +157,18 @@ def _one_case(case: str, model: str, server: str, n: int, threads: int, timeout:
             return {"case": case, "error": err or "an engine did not answer in time"}
         # Memory, once every engine answered.
         statuses = [read_status("/", p.pid) for p in procs]
-        return {"case": case, "error": None, "loaded_s": loaded, "first_token_s": first,
-                "pss_kb": sum(_private_pss_kb(p.pid) for p in procs),
-                "hugetlb_kb": sum(_kb(s, "HugetlbPages") for s in statuses),
-                "vmlck_kb": sum(_kb(s, "VmLck") for s in statuses),
-                # The staged copy's pages count for the staged case only (it waits, unused, meanwhile).
-                "pool_used_kb": max(0, _pool_used_kb(root) - pool_before) if case == "staged" else 0,
-                "page_cache_kb": int((resident_fraction(source or model) or 0) * os.path.getsize(source or model)) >> 10}
+        return {
+            "case": case,
+            "error": None,
+            "loaded_s": loaded,
+            "first_token_s": first,
+            "pss_kb": sum(_private_pss_kb(p.pid) for p in procs),
+            "hugetlb_kb": sum(_kb(s, "HugetlbPages") for s in statuses),
+            "vmlck_kb": sum(_kb(s, "VmLck") for s in statuses),
+            # The staged copy's pages count for the staged case only (it waits, unused, meanwhile).
+            "pool_used_kb": max(0, _pool_used_kb(root) - pool_before) if case == "staged" else 0,
+            "page_cache_kb": int((resident_fraction(source or model) or 0) * os.path.getsize(source or model)) >> 10,
+        }
     finally:
         for p in procs:
             if p.poll() is None:
@@ -143,9 +181,19 @@ def _one_case(case: str, model: str, server: str, n: int, threads: int, timeout:
                 p.wait()
 
 
-def run(model: str, n: int = 2, cases: list[str] | None = None, rounds: int = 3, threads: int = 1,
-        server: str | None = None, timeout: float = 300.0, root="/", seed: int = 0, log=lambda m: None,
-        state_dir=None) -> dict:
+def run(
+    model: str,
+    n: int = 2,
+    cases: list[str] | None = None,
+    rounds: int = 3,
+    threads: int = 1,
+    server: str | None = None,
+    timeout: float = 300.0,
+    root="/",
+    seed: int = 0,
+    log=lambda m: None,
+    state_dir=None,
+) -> dict:
     if not os.path.isfile(model):
         raise UsageError(f"no such model file: {model}")
     if n < 1 or rounds < 1:
@@ -166,8 +214,9 @@ def run(model: str, n: int = 2, cases: list[str] | None = None, rounds: int = 3,
             state.ensure_dir(store_dir)
             t = time.perf_counter()
             try:
-                m, _, _ = store.stage(model, store.StageOptions(name="bench-fleet", reserve=True), state_dir=store_dir,
-                                     root=root)
+                m, _, _ = store.stage(
+                    model, store.StageOptions(name="bench-fleet", reserve=True), state_dir=store_dir, root=root
+                )
                 staged_path, setup_s = m.path, time.perf_counter() - t
             except HugeloadError as e:
                 skipped["staged"] = f"could not stage: {e}"
@@ -189,8 +238,18 @@ def run(model: str, n: int = 2, cases: list[str] | None = None, rounds: int = 3,
                     drop_from_cache(model)  # staged engines do not need the source's page cache
                 elif c in ("warm", "mlock"):
                     read_into_cache(model)
-                res = _one_case(c, staged_path if c == "staged" else model, server, n, threads, timeout, root,
-                                staged_env if c == "staged" else None, pool_before, model)
+                res = _one_case(
+                    c,
+                    staged_path if c == "staged" else model,
+                    server,
+                    n,
+                    threads,
+                    timeout,
+                    root,
+                    staged_env if c == "staged" else None,
+                    pool_before,
+                    model,
+                )
                 res["round"] = r
                 out.append(res)
     finally:
@@ -221,16 +280,27 @@ def summarize(model, n, cases, rounds, out, skipped, setup_s) -> dict:
         if not ok:
             results.append({"case": c, "status": "failed", "reason": mine[0]["error"] if mine else "not run"})
             continue
-        e = {"case": c, "status": "ok", "reason": None, "failed_runs": len(mine) - len(ok),
-             "loaded_s": _stat([max(x["loaded_s"]) for x in ok]),
-             "first_token_s": _stat([max(x["first_token_s"]) for x in ok])}
+        e = {
+            "case": c,
+            "status": "ok",
+            "reason": None,
+            "failed_runs": len(mine) - len(ok),
+            "loaded_s": _stat([max(x["loaded_s"]) for x in ok]),
+            "first_token_s": _stat([max(x["first_token_s"]) for x in ok]),
+        }
         for k in ("pss_kb", "hugetlb_kb", "vmlck_kb", "pool_used_kb", "page_cache_kb"):
             e[k] = int(sorted(x[k] for x in ok)[len(ok) // 2])
         # What is shared is counted once: the engines' anonymous and shmem Pss, the pool pages
         # in use (the staged copy), and the source file's pages in the page cache.
         e["memory_kb"] = e["pss_kb"] + e["pool_used_kb"] + e["page_cache_kb"]
         results.append(e)
-    return {"model": model, "model_size": os.path.getsize(model), "engines": n, "rounds": rounds,
-            "staging_s": setup_s, "results": results,
-            "note": "times from spawning the N engines together until the last one answered; memory read once "
-                    "after all answered; medians over interleaved rounds with bootstrap 95% intervals"}
+    return {
+        "model": model,
+        "model_size": os.path.getsize(model),
+        "engines": n,
+        "rounds": rounds,
+        "staging_s": setup_s,
+        "results": results,
+        "note": "times from spawning the N engines together until the last one answered; memory read once "
+        "after all answered; medians over interleaved rounds with bootstrap 95% intervals",
+    }

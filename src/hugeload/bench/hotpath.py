@@ -31,9 +31,11 @@ from hugeload import native
 from hugeload.bench.common import bootstrap_median_ci
 from hugeload.errors import UsageError
 
-CHILD = ("import sys\nfrom hugeload import native\nl = native.load()\n"
-         "n, size, reps = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])\n"
-         "print(min(l.hugeload_malloc_free_ns(n, size) for _ in range(reps)))\n")
+CHILD = (
+    "import sys\nfrom hugeload import native\nl = native.load()\n"
+    "n, size, reps = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])\n"
+    "print(min(l.hugeload_malloc_free_ns(n, size) for _ in range(reps)))\n"
+)
 NONE = "none"
 _TOTAL = re.compile(r"Collected\s*:\s*([0-9]+)")
 
@@ -57,16 +59,22 @@ def _child(lib: str | None, pairs: int, size: int, reps: int, state_dir: str, wr
 
 
 def _instructions(lib: str | None, pairs: int, size: int, state_dir: str) -> int:
-    out = _child(lib, pairs, size, 1, state_dir,
-                 ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"])
+    out = _child(lib, pairs, size, 1, state_dir, ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"])
     m = _TOTAL.search(out)
     if not m:
         raise UsageError("callgrind printed no instruction count")
     return int(m.group(1))
 
 
-def run(pairs: int = 2_000_000, size: int = 64, rounds: int = 10, libraries: dict[str, str] | None = None,
-        instructions: bool | None = None, seed: int = 0, log=lambda msg: None) -> dict:
+def run(
+    pairs: int = 2_000_000,
+    size: int = 64,
+    rounds: int = 10,
+    libraries: dict[str, str] | None = None,
+    instructions: bool | None = None,
+    seed: int = 0,
+    log=lambda msg: None,
+) -> dict:
     if pairs < 1000 or rounds < 1 or size < 1:
         raise UsageError("--pairs must be at least 1000, --rounds and --size at least 1")
     libs = {NONE: None, "hugeload": str(native.library_path())}
@@ -101,8 +109,11 @@ def run(pairs: int = 2_000_000, size: int = 64, rounds: int = 10, libraries: dic
     for name in libs:
         vals = [ns[name][r] for r in sorted(ns[name])]
         med, lo, hi = bootstrap_median_ci(vals)
-        entry = {"library": name, "path": libs[name], "ns_per_pair": {"median": med, "low": lo, "high": hi,
-                                                                        "values": vals}}
+        entry = {
+            "library": name,
+            "path": libs[name],
+            "ns_per_pair": {"median": med, "low": lo, "high": hi, "values": vals},
+        }
         if name != NONE:
             diffs = [ns[name][r] - ns[NONE][r] for r in sorted(ns[name])]
             dm, dl, dh = bootstrap_median_ci(diffs, seed=seed)
@@ -112,12 +123,22 @@ def run(pairs: int = 2_000_000, size: int = 64, rounds: int = 10, libraries: dic
             if name != NONE:
                 entry["extra_instructions"] = counts[name] - counts[NONE]
         results.append(entry)
-    return {"pairs": pairs, "size": size, "rounds": rounds, "results": results,
-            "instructions_counted": bool(instructions),
-            "note": ("time: wall-clock of the native loop, best of 3 per process, median over interleaved rounds, "
-                     "extra = median of per-round differences with a bootstrap 95% interval"
-                     + ("; instructions: callgrind, two loop lengths, difference per pair" if instructions else
-                        "; instructions not counted (no valgrind)"))}
+    return {
+        "pairs": pairs,
+        "size": size,
+        "rounds": rounds,
+        "results": results,
+        "instructions_counted": bool(instructions),
+        "note": (
+            "time: wall-clock of the native loop, best of 3 per process, median over interleaved rounds, "
+            "extra = median of per-round differences with a bootstrap 95% interval"
+            + (
+                "; instructions: callgrind, two loop lengths, difference per pair"
+                if instructions
+                else "; instructions not counted (no valgrind)"
+            )
+        ),
+    }
 
 
 __all__ = ["run"]

@@ -44,9 +44,11 @@ def raw(event: int, umask: int, cmask: int = 0) -> int:
 # Walk events by vendor (the encodings of recent cores: Intel Skylake and later, AMD Zen 2 and
 # later).  Unknown CPUs get the generic events only.
 VENDOR = {
-    "GenuineIntel": [Event("walks_completed", PERF_TYPE_RAW, raw(0x08, 0x0E)),     # DTLB_LOAD_MISSES.WALK_COMPLETED
-                     Event("walk_cycles", PERF_TYPE_RAW, raw(0x08, 0x10, 1))],      # DTLB_LOAD_MISSES.WALK_ACTIVE
-    "AuthenticAMD": [Event("walks_completed", PERF_TYPE_RAW, raw(0x45, 0xF0))],     # LS_L1_D_TLB_MISS, L2 TLB misses
+    "GenuineIntel": [
+        Event("walks_completed", PERF_TYPE_RAW, raw(0x08, 0x0E)),  # DTLB_LOAD_MISSES.WALK_COMPLETED
+        Event("walk_cycles", PERF_TYPE_RAW, raw(0x08, 0x10, 1)),
+    ],  # DTLB_LOAD_MISSES.WALK_ACTIVE
+    "AuthenticAMD": [Event("walks_completed", PERF_TYPE_RAW, raw(0x45, 0xF0))],  # LS_L1_D_TLB_MISS, L2 TLB misses
 }
 
 
@@ -83,8 +85,12 @@ def summarize(values: dict[str, int | None]) -> dict:
 class Counters:
     """Counters already opened (fds); `reader(fd) -> bytes` is os.read in real use."""
 
-    def __init__(self, fds: dict[str, int], reader: Callable[[int], bytes] | None = None,
-                 ioctl: Callable[[int, int], None] | None = None):
+    def __init__(
+        self,
+        fds: dict[str, int],
+        reader: Callable[[int], bytes] | None = None,
+        ioctl: Callable[[int, int], None] | None = None,
+    ):
         self.fds, self.reader = fds, reader or (lambda fd: os.read(fd, 24))
         self.ioctl = ioctl or _ioctl
 
@@ -136,8 +142,10 @@ def open_counters(pid: int = 0, vendor: str | None = None) -> Counters | None:
             if ev in GENERIC:
                 for f in fds.values():
                     os.close(f)
-                _why = (f"perf_event_open refused hardware events ({errno.errorcode.get(err, err)}): "
-                        f"this machine (a VM without a virtual PMU?) has no TLB counters, so TLB misses are not counted")
+                _why = (
+                    f"perf_event_open refused hardware events ({errno.errorcode.get(err, err)}): "
+                    f"this machine (a VM without a virtual PMU?) has no TLB counters, so TLB misses are not counted"
+                )
                 return None
             continue  # a raw event this core lacks: keep the generic ones
         fds[ev.name] = fd

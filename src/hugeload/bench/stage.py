@@ -31,8 +31,19 @@ from typing import NamedTuple
 
 from hugeload import pages as vocab
 from hugeload.api import alloc
-from hugeload.bench.common import (VM_NOTE, PageReservations, Reservation, Stat, mem_available, measured_note,
-                                   native_loops, on_hypervisor, round_orders, sigint_deferred, stat)
+from hugeload.bench.common import (
+    VM_NOTE,
+    PageReservations,
+    Reservation,
+    Stat,
+    mem_available,
+    measured_note,
+    native_loops,
+    on_hypervisor,
+    round_orders,
+    sigint_deferred,
+    stat,
+)
 from hugeload.errors import HugeloadError, PermissionNeeded, PoolError, UsageError
 from hugeload.units import GiB, MiB, format_bytes, page_size_name
 
@@ -129,12 +140,13 @@ def write_file(path: str, size: int, seed: int) -> None:
     with open(path, "wb", buffering=0) as f:
         left = size
         while left:
-            n = f.write(memoryview(block)[:min(left, len(block))])
+            n = f.write(memoryview(block)[: min(left, len(block))])
             left -= n
         os.fsync(f.fileno())
 
 
 # --------------------------------------------------------------------------- run
+
 
 def _choose(page_size: str, size: int, reservations: PageReservations, log) -> tuple[str, str]:
     """(backing, why): auto follows hugeload.pages' size rule when the pages can be had, else 2M."""
@@ -156,8 +168,17 @@ def _choose(page_size: str, size: int, reservations: PageReservations, log) -> t
     return "2m", why
 
 
-def run(size: int = 1 * GiB, page_size: str = "auto", rounds: int = 3, directory: str | None = None,
-        reserve: bool = True, root="/", seed: int = 0, confidence: float = 0.95, log=lambda msg: None) -> dict:
+def run(
+    size: int = 1 * GiB,
+    page_size: str = "auto",
+    rounds: int = 3,
+    directory: str | None = None,
+    reserve: bool = True,
+    root="/",
+    seed: int = 0,
+    confidence: float = 0.95,
+    log=lambda msg: None,
+) -> dict:
     """Stage a generated file of `size` bytes `rounds` times cold and warm; see the module doc."""
     from hugeload.act import store
 
@@ -172,8 +193,10 @@ def run(size: int = 1 * GiB, page_size: str = "auto", rounds: int = 3, directory
     copy_bytes = min(size, MEMCPY_MAX)
     avail = mem_available(root)
     if avail is not None and 2 * size + 2 * copy_bytes > avail * 0.9:
-        raise UsageError(f"staging {format_bytes(size)} needs about {format_bytes(2 * size + 2 * copy_bytes)} of "
-                         f"memory (staged copy, page cache, memcpy buffers), {format_bytes(avail)} is available")
+        raise UsageError(
+            f"staging {format_bytes(size)} needs about {format_bytes(2 * size + 2 * copy_bytes)} of "
+            f"memory (staged copy, page cache, memcpy buffers), {format_bytes(avail)} is available"
+        )
     if os.geteuid() != 0:
         raise PermissionNeeded("bench stage mounts hugetlbfs and reserves huge pages: run it as root")
     lib = native_loops()
@@ -182,8 +205,10 @@ def run(size: int = 1 * GiB, page_size: str = "auto", rounds: int = 3, directory
     free = shutil.disk_usage(tmp).free
     if free < size + 64 * MiB:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise UsageError(f"{tmp.parent} has {format_bytes(free)} free, the test file needs {format_bytes(size)}: "
-                         f"use --dir on a larger filesystem")
+        raise UsageError(
+            f"{tmp.parent} has {format_bytes(free)} free, the test file needs {format_bytes(size)}: "
+            f"use --dir on a larger filesystem"
+        )
     state_dir = tmp / "state"
     path = str(tmp / "bench-stage.bin")
     pages = PageReservations(root, reserve, log)
@@ -207,8 +232,11 @@ def run(size: int = 1 * GiB, page_size: str = "auto", rounds: int = 3, directory
                 for i, order in enumerate(round_orders(list(CASES), rounds, seed)):
                     for case in order:
                         if case == "memcpy":
-                            memcpy.append(lib.hugeload_memcpy_gbps(buffers[0].address, buffers[1].address,
-                                                                   copy_bytes, MEMCPY_REPEATS))
+                            memcpy.append(
+                                lib.hugeload_memcpy_gbps(
+                                    buffers[0].address, buffers[1].address, copy_bytes, MEMCPY_REPEATS
+                                )
+                            )
                             continue
                         if case == "cold":
                             drop_from_cache(path)
@@ -216,8 +244,14 @@ def run(size: int = 1 * GiB, page_size: str = "auto", rounds: int = 3, directory
                             read_into_cache(path)
                         resident[case].append(resident_fraction(path))
                         t0 = time.perf_counter()
-                        store.stage(path, store.StageOptions(page_size=vocab.by_kb(kb), name=MODEL_NAME, reserve=True,
-                                                             threads=threads), state_dir=state_dir, root=root)
+                        store.stage(
+                            path,
+                            store.StageOptions(
+                                page_size=vocab.by_kb(kb), name=MODEL_NAME, reserve=True, threads=threads
+                            ),
+                            state_dir=state_dir,
+                            root=root,
+                        )
                         seconds[case].append(time.perf_counter() - t0)
                         store.unstage(MODEL_NAME, force=True, state_dir=state_dir, root=root)
                     log(f"round {i + 1}/{rounds} done")
@@ -233,17 +267,27 @@ def run(size: int = 1 * GiB, page_size: str = "auto", rounds: int = 3, directory
     gbps = {c: [size / s / 1e9 for s in seconds[c]] for c in ("cold", "warm")}
     results = []
     for c in ("cold", "warm"):
-        results.append(StageResult(c, stat(gbps[c], confidence, seed), seconds[c], resident[c],
-                                   stat([g / m for g, m in zip(gbps[c], memcpy)], confidence, seed)))
+        results.append(
+            StageResult(
+                c,
+                stat(gbps[c], confidence, seed),
+                seconds[c],
+                resident[c],
+                stat([g / m for g, m in zip(gbps[c], memcpy)], confidence, seed),
+            )
+        )
     results.append(StageResult("memcpy", stat(memcpy, confidence, seed), None, None, None))
-    notes = [f"a load is the whole `hugeload load` path (mount, fault and zero {page_size_name(kb)} pages, "
-             f"copy with {threads} threads, manifest); memcpy is one thread between buffers already touched"]
+    notes = [
+        f"a load is the whole `hugeload load` path (mount, fault and zero {page_size_name(kb)} pages, "
+        f"copy with {threads} threads, manifest); memcpy is one thread between buffers already touched"
+    ]
     if fs in RAM_FILESYSTEMS:
         notes.append(f"the file was on {fs}, which lives in memory: 'cold' reads are not from a disk (use --dir)")
     cold_left = [r for r in resident["cold"] if r is not None and r > COLD_MAX_RESIDENT]
     if cold_left:
-        notes.append(f"the kernel kept up to {max(cold_left):.0%} of the file cached after DONTNEED: "
-                     f"'cold' was partly warm")
+        notes.append(
+            f"the kernel kept up to {max(cold_left):.0%} of the file cached after DONTNEED: 'cold' was partly warm"
+        )
     warm_short = [r for r in resident["warm"] if r is not None and r < 0.95]
     if warm_short:
         notes.append(f"only {min(warm_short):.0%} of the file stayed cached before a warm load (memory pressure)")
@@ -257,8 +301,9 @@ def run(size: int = 1 * GiB, page_size: str = "auto", rounds: int = 3, directory
         "filesystem": fs,
         "memcpy_bytes": copy_bytes,
         "confidence": confidence,
-        "note": measured_note(root, "time.perf_counter around store.stage; memcpy timed in the native library",
-                              tlb=False),
+        "note": measured_note(
+            root, "time.perf_counter around store.stage; memcpy timed in the native library", tlb=False
+        ),
         "notes": notes,
         "hypervisor": hypervisor,
         "vm_note": VM_NOTE if hypervisor else None,

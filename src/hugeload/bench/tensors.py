@@ -14,8 +14,17 @@ import time
 from typing import NamedTuple
 
 from hugeload.api import alloc
-from hugeload.bench.common import (BACKINGS, PageReservations, Reservation, bootstrap_median_ci, measured_note,
-                                   on_hypervisor, parse_backings, round_orders, verify_backing)
+from hugeload.bench.common import (
+    BACKINGS,
+    PageReservations,
+    Reservation,
+    bootstrap_median_ci,
+    measured_note,
+    on_hypervisor,
+    parse_backings,
+    round_orders,
+    verify_backing,
+)
 from hugeload.errors import HugeloadError, UsageError
 from hugeload.units import MiB
 
@@ -38,8 +47,18 @@ class BackingResult(NamedTuple):
     ratio_high: float | None
 
 
-def run(size: int = 512 * MiB, backings=BACKINGS, rounds: int = 10, reps: int = 3, warmup: int = 2,
-        reserve: bool = True, root="/", seed: int = 0, confidence: float = 0.95, log=lambda msg: None) -> dict:
+def run(
+    size: int = 512 * MiB,
+    backings=BACKINGS,
+    rounds: int = 10,
+    reps: int = 3,
+    warmup: int = 2,
+    reserve: bool = True,
+    root="/",
+    seed: int = 0,
+    confidence: float = 0.95,
+    log=lambda msg: None,
+) -> dict:
     """Time y = W @ x with W (float32, `size` bytes) in each backing.
 
     Returns {"size", "shape", "rounds", "reps", "note", "results": [BackingResult],

@@ -23,9 +23,23 @@ from typing import NamedTuple
 
 from hugeload.api import alloc
 from hugeload.bench import perf
-from hugeload.bench.common import (BACKINGS, VM_NOTE, PageReservations, Reservation, Stat, bar_charts, mem_available,
-                                   measured_note, native_loops, on_hypervisor, overlap, parse_backings,
-                                   round_orders, stat, verify_backing)
+from hugeload.bench.common import (
+    BACKINGS,
+    VM_NOTE,
+    PageReservations,
+    Reservation,
+    Stat,
+    bar_charts,
+    mem_available,
+    measured_note,
+    native_loops,
+    on_hypervisor,
+    overlap,
+    parse_backings,
+    round_orders,
+    stat,
+    verify_backing,
+)
 from hugeload.errors import HugeloadError, UsageError
 from hugeload.units import GiB, MiB, format_bytes
 
@@ -36,8 +50,10 @@ DEFAULT_ACCESSES = 2_000_000
 MIN_SIZE = 4 * MiB
 SEQ_BYTES_PER_ROUND = 1 * GiB  # a sequential measurement reads at least this much (best of passes)
 MEMORY_HEADROOM = 0.9  # never ask for more than this share of MemAvailable at once
-METRICS = {"random_ns": "random dependent reads, ns/access (lower is better)",
-           "seq_gbps": "sequential reads, GB/s (higher is better)"}
+METRICS = {
+    "random_ns": "random dependent reads, ns/access (lower is better)",
+    "seq_gbps": "sequential reads, GB/s (higher is better)",
+}
 
 
 class Ratio(NamedTuple):
@@ -102,8 +118,17 @@ def _median_counts(samples: list[dict]) -> dict:
     return out
 
 
-def run(size: int = 1 * GiB, backings=BACKINGS, rounds: int = 10, accesses: int = DEFAULT_ACCESSES,
-        reserve: bool = True, root="/", seed: int = 0, confidence: float = 0.95, log=lambda msg: None) -> dict:
+def run(
+    size: int = 1 * GiB,
+    backings=BACKINGS,
+    rounds: int = 10,
+    accesses: int = DEFAULT_ACCESSES,
+    reserve: bool = True,
+    root="/",
+    seed: int = 0,
+    confidence: float = 0.95,
+    log=lambda msg: None,
+) -> dict:
     """Measure each backing over a working set of `size` bytes.
 
     Returns {"size", "rounds", "accesses", "stride", "confidence", "note",
@@ -117,8 +142,10 @@ def run(size: int = 1 * GiB, backings=BACKINGS, rounds: int = 10, accesses: int 
     size -= size % STRIDE
     avail = mem_available(root)
     if avail is not None and size * len(backings) > avail * MEMORY_HEADROOM:
-        raise UsageError(f"{len(backings)} working sets of {format_bytes(size)} exceed the memory available "
-                         f"({format_bytes(avail)}): use a smaller --size or fewer --backings")
+        raise UsageError(
+            f"{len(backings)} working sets of {format_bytes(size)} exceed the memory available "
+            f"({format_bytes(avail)}): use a smaller --size or fewer --backings"
+        )
     lib = native_loops()
     seq_repeats = max(1, -(-SEQ_BYTES_PER_ROUND // size))
 
@@ -181,17 +208,31 @@ def run(size: int = 1 * GiB, backings=BACKINGS, rounds: int = 10, accesses: int 
             if counters:
                 counters.close()
 
-    stats = {"random_ns": {b: stat(v, confidence, seed) for b, v in random_ns.items()},
-             "seq_gbps": {b: stat(v, confidence, seed) for b, v in seq.items()}}
+    stats = {
+        "random_ns": {b: stat(v, confidence, seed) for b, v in random_ns.items()},
+        "seq_gbps": {b: stat(v, confidence, seed) for b, v in seq.items()},
+    }
     results = []
     for b in backings:
         if b in skipped:
             results.append(_skipped(b, skipped[b]))
             continue
         kb, fraction, fill_ms, fill_gbps, setup_ms = facts[b]
-        results.append(TlbResult(b, "ok", None, kb, fraction, fill_ms, fill_gbps, setup_ms,
-                                 stats["random_ns"][b], stats["seq_gbps"][b],
-                                 _ratios(b, random_ns, seq, stats, confidence, seed)))
+        results.append(
+            TlbResult(
+                b,
+                "ok",
+                None,
+                kb,
+                fraction,
+                fill_ms,
+                fill_gbps,
+                setup_ms,
+                stats["random_ns"][b],
+                stats["seq_gbps"][b],
+                _ratios(b, random_ns, seq, stats, confidence, seed),
+            )
+        )
     hypervisor = on_hypervisor(root)
     return {
         "size": size,
@@ -216,10 +257,20 @@ def plot(data: dict, path: str) -> None:
     """Two bar charts (random ns/access, sequential GB/s) with the intervals as error bars."""
     ok = [r for r in data["results"] if r.status == "ok"]
     panels = []
-    for key, label in (("random_ns", "random reads, ns/access (lower is better)"),
-                       ("seq_gbps", "sequential reads, GB/s (higher is better)")):
-        panels.append((label, [(r.backing.upper(), getattr(r, key).median, getattr(r, key).low, getattr(r, key).high)
-                               for r in ok]))
+    for key, label in (
+        ("random_ns", "random reads, ns/access (lower is better)"),
+        ("seq_gbps", "sequential reads, GB/s (higher is better)"),
+    ):
+        panels.append(
+            (
+                label,
+                [(r.backing.upper(), getattr(r, key).median, getattr(r, key).low, getattr(r, key).high) for r in ok],
+            )
+        )
     pct = int(data["confidence"] * 100)
-    bar_charts(panels, f"hugeload bench tlb: {format_bytes(data['size'])}, median of {data['rounds']} rounds, "
-                       f"{pct}% intervals" + (" (VM)" if data["hypervisor"] else ""), path)
+    bar_charts(
+        panels,
+        f"hugeload bench tlb: {format_bytes(data['size'])}, median of {data['rounds']} rounds, "
+        f"{pct}% intervals" + (" (VM)" if data["hypervisor"] else ""),
+        path,
+    )

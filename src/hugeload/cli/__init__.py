@@ -10,10 +10,36 @@ import os
 import sys
 
 from hugeload import __version__
-from hugeload.cli import cmd_bench, cmd_boot, cmd_container, cmd_doctor, cmd_exporter, cmd_make_model, cmd_mount, cmd_plan, cmd_pools, cmd_run, cmd_status, cmd_store
+from hugeload.cli import (
+    cmd_bench,
+    cmd_boot,
+    cmd_container,
+    cmd_doctor,
+    cmd_exporter,
+    cmd_make_model,
+    cmd_mount,
+    cmd_plan,
+    cmd_pools,
+    cmd_run,
+    cmd_status,
+    cmd_store,
+)
 from hugeload.errors import HugeloadError
 
-COMMANDS = [cmd_status, cmd_doctor, cmd_plan, cmd_pools, cmd_mount, cmd_boot, cmd_store, cmd_container, cmd_run, cmd_bench, cmd_make_model, cmd_exporter]
+COMMANDS = [
+    cmd_status,
+    cmd_doctor,
+    cmd_plan,
+    cmd_pools,
+    cmd_mount,
+    cmd_boot,
+    cmd_store,
+    cmd_container,
+    cmd_run,
+    cmd_bench,
+    cmd_make_model,
+    cmd_exporter,
+]
 
 
 class Parser(argparse.ArgumentParser):
@@ -51,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         if os.environ.get("HUGELOAD_DEBUG"):
             raise
-        print(f"hugeload: internal error: {type(e).__name__}: {e} (HUGELOAD_DEBUG=1 shows the traceback)", file=sys.stderr)
+        print(
+            f"hugeload: internal error: {type(e).__name__}: {e} (HUGELOAD_DEBUG=1 shows the traceback)", file=sys.stderr
+        )
         return 1
 
 

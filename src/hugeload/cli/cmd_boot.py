@@ -1,6 +1,5 @@
 """`hugeload boot-config`: reserve huge pages at boot, where 1 GB pages are reliable."""
 
-
 from hugeload.act import boot as act_boot
 from hugeload.act.mounts import DEFAULT_DIRS
 from hugeload.cli import render
@@ -13,10 +12,21 @@ def register(sub) -> None:
     p = sub.add_parser("boot-config", help="GRUB, fstab and sysctl lines for boot-time huge pages (--apply edits them)")
     p.add_argument("--pages-1g", type=int, help="1 GB pages to reserve at boot")
     p.add_argument("--pages-2m", type=int, help="2 MB pages to reserve at boot")
-    p.add_argument("--apply", action="store_true", help="edit /etc/default/grub and /etc/fstab (a .hugeload.bak copy is kept)")
-    p.add_argument("--etc-root", "--target-root", dest="target_root", default=None,
-                   help="apply to files under this root instead of / (for images and tests)")
-    p.add_argument("--systemd", action="store_true", help="the systemd unit that runs `hugeload restore` at boot (--apply installs it)")
+    p.add_argument(
+        "--apply", action="store_true", help="edit /etc/default/grub and /etc/fstab (a .hugeload.bak copy is kept)"
+    )
+    p.add_argument(
+        "--etc-root",
+        "--target-root",
+        dest="target_root",
+        default=None,
+        help="apply to files under this root instead of / (for images and tests)",
+    )
+    p.add_argument(
+        "--systemd",
+        action="store_true",
+        help="the systemd unit that runs `hugeload restore` at boot (--apply installs it)",
+    )
     add_json(p)
     p.set_defaults(func=run)
 
@@ -29,15 +39,29 @@ def run_systemd(args) -> int:
     unit = plan_boot.systemd_unit(exe)
     exporter_unit = plan_boot.exporter_unit(exe)
     names = f"{plan_boot.SYSTEMD_UNIT_NAME} {plan_boot.EXPORTER_UNIT_NAME}"
-    applied = [act_boot.install_unit(args.target_root or args.root, unit),
-               act_boot.install_unit(args.target_root or args.root, exporter_unit, plan_boot.EXPORTER_UNIT_NAME)] if args.apply else []
+    applied = (
+        [
+            act_boot.install_unit(args.target_root or args.root, unit),
+            act_boot.install_unit(args.target_root or args.root, exporter_unit, plan_boot.EXPORTER_UNIT_NAME),
+        ]
+        if args.apply
+        else []
+    )
     if args.json:
-        render.print_json({"unit_name": plan_boot.SYSTEMD_UNIT_NAME, "unit": unit,
-                           "units": {plan_boot.SYSTEMD_UNIT_NAME: unit, plan_boot.EXPORTER_UNIT_NAME: exporter_unit},
-                           "applied": applied,
-                           "next_steps": ["systemctl daemon-reload", f"systemctl enable {names}"] if args.apply else []})
+        render.print_json(
+            {
+                "unit_name": plan_boot.SYSTEMD_UNIT_NAME,
+                "unit": unit,
+                "units": {plan_boot.SYSTEMD_UNIT_NAME: unit, plan_boot.EXPORTER_UNIT_NAME: exporter_unit},
+                "applied": applied,
+                "next_steps": ["systemctl daemon-reload", f"systemctl enable {names}"] if args.apply else [],
+            }
+        )
         return 0
-    print(f"# /etc/systemd/system/{plan_boot.SYSTEMD_UNIT_NAME}\n{unit}\n# /etc/systemd/system/{plan_boot.EXPORTER_UNIT_NAME}\n{exporter_unit}", end="")
+    print(
+        f"# /etc/systemd/system/{plan_boot.SYSTEMD_UNIT_NAME}\n{unit}\n# /etc/systemd/system/{plan_boot.EXPORTER_UNIT_NAME}\n{exporter_unit}",
+        end="",
+    )
     for a in applied:
         render.err_console.print(f"{'installed' if a.changed else 'unchanged'}: {a.path}")
     if applied:
@@ -59,9 +83,14 @@ def run(args) -> int:
     sysctl = plan_boot.sysctl_line(args.pages_1g, args.pages_2m)
     target = args.target_root or args.root
     applied = act_boot.apply(target, params, fstab) if args.apply else []
-    out = {"grub_cmdline_linux": " ".join(params), "grub_line": f'GRUB_CMDLINE_LINUX="{" ".join(params)}"',
-           "fstab": fstab, "sysctl": sysctl, "applied": applied,
-           "next_steps": ["update-grub", "reboot", "hugeload doctor"] if args.apply else []}
+    out = {
+        "grub_cmdline_linux": " ".join(params),
+        "grub_line": f'GRUB_CMDLINE_LINUX="{" ".join(params)}"',
+        "fstab": fstab,
+        "sysctl": sysctl,
+        "applied": applied,
+        "next_steps": ["update-grub", "reboot", "hugeload doctor"] if args.apply else [],
+    }
     if args.json:
         render.print_json(out)
         return 0
@@ -73,8 +102,13 @@ def run(args) -> int:
     render.console.print("# /etc/sysctl.d/90-hugeload.conf (optional: retries the reservation after boot)")
     render.console.print(sysctl)
     for a in applied:
-        render.console.print(f"{'updated' if a.changed else 'unchanged'}: {a.path}" + (f" (backup {a.backup})" if a.changed and a.backup else ""))
+        render.console.print(
+            f"{'updated' if a.changed else 'unchanged'}: {a.path}"
+            + (f" (backup {a.backup})" if a.changed and a.backup else "")
+        )
     if args.apply:
-        render.console.print("now run update-grub (or grub2-mkconfig -o /boot/grub2/grub.cfg) and reboot; "
-                             "then `hugeload doctor` checks that the booted pools match")
+        render.console.print(
+            "now run update-grub (or grub2-mkconfig -o /boot/grub2/grub.cfg) and reboot; "
+            "then `hugeload doctor` checks that the booted pools match"
+        )
     return 0

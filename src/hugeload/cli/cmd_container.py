@@ -17,22 +17,51 @@ from hugeload.units import format_bytes, parse_size
 
 
 def register(sub) -> None:
-    p = sub.add_parser("container-args", usage="hugeload container-args [options] NAME [-- ENGINE_ARGS...]", help="docker/podman run arguments, a compose service or Kubernetes manifests for a staged model")
+    p = sub.add_parser(
+        "container-args",
+        usage="hugeload container-args [options] NAME [-- ENGINE_ARGS...]",
+        help="docker/podman run arguments, a compose service or Kubernetes manifests for a staged model",
+    )
     p.add_argument("--engine", default="docker", choices=[e.value for e in plan.Engine])
-    p.add_argument("--kind", default="deployment", choices=[k.value for k in plan.Kind], help="k8s: a Deployment (default) or a bare Pod")
-    p.add_argument("--image", default=plan.Options.image, help="the engine's image (default %(default)s, see scripts/container-image.sh)")
+    p.add_argument(
+        "--kind",
+        default="deployment",
+        choices=[k.value for k in plan.Kind],
+        help="k8s: a Deployment (default) or a bare Pod",
+    )
+    p.add_argument(
+        "--image",
+        default=plan.Options.image,
+        help="the engine's image (default %(default)s, see scripts/container-image.sh)",
+    )
     p.add_argument("--command", default="llama-server", help="the engine inside the image (default %(default)s)")
     p.add_argument("--port", type=int, default=plan.Options.port, help="llama-server's port (default %(default)s)")
-    p.add_argument("--heap-copy", default="auto", metavar="auto|SIZE",
-                   help="what the engine copies to its own heap in huge pages (the pod's hugepages request); "
-                        "auto: llama.cpp's CPU_REPACK copy on this CPU for a GGUF model")
-    p.add_argument("--memory", default=plan.Options.memory, help="k8s: the pod's memory request and limit (default %(default)s)")
+    p.add_argument(
+        "--heap-copy",
+        default="auto",
+        metavar="auto|SIZE",
+        help="what the engine copies to its own heap in huge pages (the pod's hugepages request); "
+        "auto: llama.cpp's CPU_REPACK copy on this CPU for a GGUF model",
+    )
+    p.add_argument(
+        "--memory", default=plan.Options.memory, help="k8s: the pod's memory request and limit (default %(default)s)"
+    )
     p.add_argument("--no-agent", action="store_true", help="k8s: leave out the node agent DaemonSet")
-    p.add_argument("--agent-image", default=plan.Options.agent_image, help="k8s: an image with hugeload installed (default %(default)s)")
-    p.add_argument("--models-dir", default=plan.Options.models_dir, help="k8s: where the node agent reads model sources (default %(default)s)")
+    p.add_argument(
+        "--agent-image",
+        default=plan.Options.agent_image,
+        help="k8s: an image with hugeload installed (default %(default)s)",
+    )
+    p.add_argument(
+        "--models-dir",
+        default=plan.Options.models_dir,
+        help="k8s: where the node agent reads model sources (default %(default)s)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON (argv list, or the objects)")
     # One positional list: argparse would give a second one nothing after `NAME --`.
-    p.add_argument("model", nargs="+", metavar="NAME [-- ARGS]", help="the staged model, then engine arguments after -m MODEL")
+    p.add_argument(
+        "model", nargs="+", metavar="NAME [-- ARGS]", help="the staged model, then engine arguments after -m MODEL"
+    )
     add_state_dir(p)
     p.set_defaults(func=run)
 
@@ -41,7 +70,9 @@ def staged_model(name: str, state_dir) -> tuple[store.Manifest, plan.StagedModel
     m = store.resolve(name, state_dir)
     states = {store.file_state(f) for f in m.files}
     if states != {"ready"}:
-        raise UsageError(f"model {m.name!r} is {', '.join(sorted(states - {'ready'}))}, not ready: hugeload load it again")
+        raise UsageError(
+            f"model {m.name!r} is {', '.join(sorted(states - {'ready'}))}, not ready: hugeload load it again"
+        )
     mnt = os.path.dirname(os.path.dirname(m.path))
     return m, plan.StagedModel(m.name, m.page_size_kb, m.pages, mnt, tuple(os.path.basename(f.staged) for f in m.files))
 
@@ -57,8 +88,10 @@ def heap_bytes(text: str, m: store.Manifest, root) -> int:
     for f in m.files:
         p = runner.predict_buffers(f.staged, root=root)
         if p is None:
-            render.err_console.print("hugeload: no gguf package to size the heap copy; requesting no hugepages "
-                                     "(pip install 'hugeload[gguf]' or pass --heap-copy SIZE)")
+            render.err_console.print(
+                "hugeload: no gguf package to size the heap copy; requesting no hugepages "
+                "(pip install 'hugeload[gguf]' or pass --heap-copy SIZE)"
+            )
             return 0
         total += p.heap_bytes
     return total
@@ -91,11 +124,19 @@ def run(args) -> int:
     # The library's settings are the ones `hugeload run` would give it, minus host paths.
     env = runner.environment(runner.PreloadOptions(), args.state_dir, base={})
     opts = plan.Options(
-        engine=plan.Engine(args.engine), kind=plan.Kind(args.kind), image=args.image,
-        command=tuple(shlex.split(args.command)), args=tuple(engine_args), port=args.port,
-        host_lib=str(native.library_path().resolve()), env=tuple(env.items()),
-        heap_bytes=heap_bytes(args.heap_copy, m, args.root) if args.engine == "k8s" else 0, memory=args.memory,
-        agent_image=args.agent_image, models_dir=args.models_dir)
+        engine=plan.Engine(args.engine),
+        kind=plan.Kind(args.kind),
+        image=args.image,
+        command=tuple(shlex.split(args.command)),
+        args=tuple(engine_args),
+        port=args.port,
+        host_lib=str(native.library_path().resolve()),
+        env=tuple(env.items()),
+        heap_bytes=heap_bytes(args.heap_copy, m, args.root) if args.engine == "k8s" else 0,
+        memory=args.memory,
+        agent_image=args.agent_image,
+        models_dir=args.models_dir,
+    )
     if opts.engine in (plan.Engine.DOCKER, plan.Engine.PODMAN):
         argv = [opts.engine.value, *plan.run_args(model, opts)]
         print(json.dumps(argv) if args.json else shlex.join(argv))
@@ -103,8 +144,11 @@ def run(args) -> int:
         if note:
             render.err_console.print(f"hugeload: note: {note}")
         return 0
-    docs = [plan.compose(model, opts)] if opts.engine is plan.Engine.COMPOSE else \
-        plan.k8s_manifests(model, opts, agent=not args.no_agent)
+    docs = (
+        [plan.compose(model, opts)]
+        if opts.engine is plan.Engine.COMPOSE
+        else plan.k8s_manifests(model, opts, agent=not args.no_agent)
+    )
     if args.json:
         render.print_json(docs[0] if len(docs) == 1 else {"apiVersion": "v1", "kind": "List", "items": docs})
     else:
@@ -113,7 +157,11 @@ def run(args) -> int:
         req = plan.heap_request(opts.heap_bytes)
         render.err_console.print(
             f"hugeload: {m.name}: {m.pages} staged page(s) charged to the stager, none requested; "
-            + (f"{', '.join(f'{k}: {v}' for k, v in req.items())} for the engine's own heap copy "
-               f"({format_bytes(opts.heap_bytes)})" if req else "no heap copy expected"))
+            + (
+                f"{', '.join(f'{k}: {v}' for k, v in req.items())} for the engine's own heap copy "
+                f"({format_bytes(opts.heap_bytes)})"
+                if req
+                else "no heap copy expected"
+            )
+        )
     return 0
-

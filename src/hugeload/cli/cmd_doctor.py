@@ -10,7 +10,12 @@ from hugeload.probe.machine import read_machine
 
 def register(sub) -> None:
     p = sub.add_parser("doctor", help="check kernel, CPU, pools, mounts, cgroup and THP for 1 GB pages")
-    p.add_argument("--try", dest="try_", action="store_true", help="reserve one 1 GB page and give it back, to test runtime reservation")
+    p.add_argument(
+        "--try",
+        dest="try_",
+        action="store_true",
+        help="reserve one 1 GB page and give it back, to test runtime reservation",
+    )
     p.add_argument("--model", metavar="FILE", help="also say whether this model fits one NUMA node")
     add_json(p)
     p.set_defaults(func=run)
@@ -40,7 +45,9 @@ def run(args) -> int:
     else:
         rows = [[c.name, render.status_text(c.status), c.detail, c.fix] for c in checks]
         render.console.print(render.table("hugeload doctor", ["check", "status", "detail", "fix"], rows))
-        render.console.print("1G pages: [green]usable[/]" if usable else "1G pages: [red]not usable[/] (see the failed checks)")
+        render.console.print(
+            "1G pages: [green]usable[/]" if usable else "1G pages: [red]not usable[/] (see the failed checks)"
+        )
     return 0 if usable else 1
 
 

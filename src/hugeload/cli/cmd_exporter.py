@@ -16,15 +16,42 @@ DEFAULT_LISTEN = f"127.0.0.1:{AGENT_PORT}"
 
 def register(sub) -> None:
     p = sub.add_parser("exporter", help="Prometheus metrics of pools, staged models and their users (the node agent)")
-    p.add_argument("--listen", default=DEFAULT_LISTEN, metavar="ADDR:PORT", help="where to serve /metrics (default %(default)s)")
+    p.add_argument(
+        "--listen", default=DEFAULT_LISTEN, metavar="ADDR:PORT", help="where to serve /metrics (default %(default)s)"
+    )
     p.add_argument("--once", action="store_true", help="print the metrics once and exit")
-    p.add_argument("--release-under-pressure", action="store_true",
-                   help="give back idle pages hugeload reserved while memory pressure lasts (never staged models, never pages in use)")
-    p.add_argument("--psi-threshold", type=float, default=Thresholds.some_avg10, metavar="PCT",
-                   help="memory PSI some avg10 that counts as pressure (default %(default)s)")
-    p.add_argument("--min-available", default="0", metavar="SIZE", help="MemAvailable below this counts as pressure too (default: PSI only)")
-    p.add_argument("--hold", type=float, default=Thresholds.hold_s, metavar="S", help="pressure must last this long (default %(default)s s)")
-    p.add_argument("--interval", type=float, default=5.0, metavar="S", help="how often the agent samples pressure (default %(default)s s)")
+    p.add_argument(
+        "--release-under-pressure",
+        action="store_true",
+        help="give back idle pages hugeload reserved while memory pressure lasts (never staged models, never pages in use)",
+    )
+    p.add_argument(
+        "--psi-threshold",
+        type=float,
+        default=Thresholds.some_avg10,
+        metavar="PCT",
+        help="memory PSI some avg10 that counts as pressure (default %(default)s)",
+    )
+    p.add_argument(
+        "--min-available",
+        default="0",
+        metavar="SIZE",
+        help="MemAvailable below this counts as pressure too (default: PSI only)",
+    )
+    p.add_argument(
+        "--hold",
+        type=float,
+        default=Thresholds.hold_s,
+        metavar="S",
+        help="pressure must last this long (default %(default)s s)",
+    )
+    p.add_argument(
+        "--interval",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="how often the agent samples pressure (default %(default)s s)",
+    )
     add_state_dir(p)
     p.set_defaults(func=run)
 
@@ -49,8 +76,9 @@ def run(args) -> int:
         raise UsageError("--interval must be positive and --hold not negative")
     agent = None
     if args.release_under_pressure:
-        agent = exporter.Agent(Thresholds(args.psi_threshold, parse_size(args.min_available) // 1024, args.hold),
-                               args.root, args.state_dir)
+        agent = exporter.Agent(
+            Thresholds(args.psi_threshold, parse_size(args.min_available) // 1024, args.hold), args.root, args.state_dir
+        )
         logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="hugeload agent: %(asctime)s %(message)s")
     if args.once:
         if agent:
@@ -67,8 +95,12 @@ def run(args) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda *_: stop.set())
-    print(f"hugeload exporter: serving http://{host}:{port}/metrics"
-          + (" (releasing idle reserved pages under memory pressure)" if agent else ""), file=sys.stderr, flush=True)
+    print(
+        f"hugeload exporter: serving http://{host}:{port}/metrics"
+        + (" (releasing idle reserved pages under memory pressure)" if agent else ""),
+        file=sys.stderr,
+        flush=True,
+    )
     try:
         while not stop.is_set():
             if agent:

@@ -4,9 +4,12 @@ from hugeload import modelgen  # imports numpy and gguf only when a model is wri
 
 
 def register(sub) -> None:
-    p = sub.add_parser("make-model", help="write a random-weight GGUF (llama, or qwen3moe with --experts) of a "
-                                          "given size: F16, Q8_0, Q4_0, K-quants, Q4_K_M",
-                       description="Write a random-weight GGUF model that llama.cpp runs, of about --size bytes.")
+    p = sub.add_parser(
+        "make-model",
+        help="write a random-weight GGUF (llama, or qwen3moe with --experts) of a "
+        "given size: F16, Q8_0, Q4_0, K-quants, Q4_K_M",
+        description="Write a random-weight GGUF model that llama.cpp runs, of about --size bytes.",
+    )
     modelgen.add_arguments(p)
     p.set_defaults(func=run)
 
@@ -18,5 +21,7 @@ def run(args) -> int:
     except ImportError as e:
         from hugeload.errors import NotSupported
 
-        raise NotSupported(f"make-model needs numpy and gguf: pip install 'hugeload[gguf]' ({e.name} missing)") from None
+        raise NotSupported(
+            f"make-model needs numpy and gguf: pip install 'hugeload[gguf]' ({e.name} missing)"
+        ) from None
     return modelgen.run_args(args)

@@ -29,7 +29,9 @@ def register(sub) -> None:
     p = sub.add_parser("umount", help="unmount hugetlbfs mounts hugeload made (or --dir)")
     p.add_argument("--page-size", default="all", help="1g, 2m or all (default)")
     p.add_argument("--dir", help="this mount point")
-    p.add_argument("--force", action="store_true", help="unmount even with files open or staged (their pages are freed)")
+    p.add_argument(
+        "--force", action="store_true", help="unmount even with files open or staged (their pages are freed)"
+    )
     add_state_dir(p)
     add_json(p)
     p.set_defaults(func=run_umount)
@@ -43,11 +45,15 @@ def run_mount(args) -> int:
     size = parse_size(args.size) if args.size else None
     results = []
     for kb in sizes:
-        results.append(act_mounts.mount(args.root, kb, args.dir, size, args.uid, args.gid, args.mode, state_dir=args.state_dir))
+        results.append(
+            act_mounts.mount(args.root, kb, args.dir, size, args.uid, args.gid, args.mode, state_dir=args.state_dir)
+        )
     if args.json:
         render.print_json({"mounts": results})
     for r in results if not args.json else []:
-        render.console.print(f"{r.path}: {pages.name(r.page_size_kb)} hugetlbfs {'mounted' if r.changed else 'already mounted'}")
+        render.console.print(
+            f"{r.path}: {pages.name(r.page_size_kb)} hugetlbfs {'mounted' if r.changed else 'already mounted'}"
+        )
     return 0
 
 

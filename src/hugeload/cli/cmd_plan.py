@@ -16,11 +16,21 @@ def register(sub) -> None:
     p = sub.add_parser("plan", help="what a model costs in 4K, 2M and 1G pages, and which to use")
     p.add_argument("files", nargs="*", metavar="FILE", help="model files (their sizes are added up)")
     p.add_argument("--size", help="a size instead of files: 30G, 30GiB, 512M, bytes")
-    p.add_argument("--page-size", default=None, type=vocab.arg_type(("1g", "2m", "4k")), metavar="SIZE",
-                   help="auto (default), 1g, 2m or 4k")
-    p.add_argument("--threshold-1g", default=None,
-                   help=f"smallest model that gets 1G pages under auto (default {vocab.size_words(vocab.DEFAULT_POLICY.auto_1g_min)})")
-    p.add_argument("--nodes", action="store_true", help="per NUMA node: what a copy needs and whether the node can hold it")
+    p.add_argument(
+        "--page-size",
+        default=None,
+        type=vocab.arg_type(("1g", "2m", "4k")),
+        metavar="SIZE",
+        help="auto (default), 1g, 2m or 4k",
+    )
+    p.add_argument(
+        "--threshold-1g",
+        default=None,
+        help=f"smallest model that gets 1G pages under auto (default {vocab.size_words(vocab.DEFAULT_POLICY.auto_1g_min)})",
+    )
+    p.add_argument(
+        "--nodes", action="store_true", help="per NUMA node: what a copy needs and whether the node can hold it"
+    )
     add_json(p)
     p.set_defaults(func=run)
 
@@ -36,8 +46,13 @@ def file_sizes(files: list[str]) -> list[int]:
     return sizes
 
 
-def make_plan(machine, sizes: list[int], requested_kb: int | None, threshold: int | None = None,
-              policy: vocab.Policy = vocab.DEFAULT_POLICY) -> dict:
+def make_plan(
+    machine,
+    sizes: list[int],
+    requested_kb: int | None,
+    threshold: int | None = None,
+    policy: vocab.Policy = vocab.DEFAULT_POLICY,
+) -> dict:
     sizes_kb = machine.page_sizes_kb
     cpu_tlb = {kb: probe_cpu.data_tlb_entries(machine.cpu, kb) for kb in [4, *sizes_kb]}
     pool_free = {p.page_size_kb: p.free for p in machine.pools if p.node is None}
@@ -53,10 +68,19 @@ def make_plan(machine, sizes: list[int], requested_kb: int | None, threshold: in
     if chosen.page_size_kb != pages.BASE_PAGE_KB:
         missing = max(0, chosen.pages - (chosen.pool_free or 0)) * chosen.page_size_kb * KiB
         if missing > avail:
-            notes.append(f"needs {format_bytes(missing)} more huge pages than are free but only {format_bytes(avail)} of memory is available")
-    return {"sizes": sizes, "total_bytes": sum(sizes), "options": opts,
-            "recommended_page_size_kb": rec.page_size_kb, "reason": rec.reason, "notes": notes,
-            "tlb_source": machine.cpu.tlb_source, "tlb_detail": machine.cpu.tlb_detail}
+            notes.append(
+                f"needs {format_bytes(missing)} more huge pages than are free but only {format_bytes(avail)} of memory is available"
+            )
+    return {
+        "sizes": sizes,
+        "total_bytes": sum(sizes),
+        "options": opts,
+        "recommended_page_size_kb": rec.page_size_kb,
+        "reason": rec.reason,
+        "notes": notes,
+        "tlb_source": machine.cpu.tlb_source,
+        "tlb_detail": machine.cpu.tlb_detail,
+    }
 
 
 def run(args) -> int:
@@ -80,19 +104,50 @@ def run(args) -> int:
     for o in plan["options"]:
         tlb = ", ".join(f"L{lvl} {n}" for lvl, n in sorted(o.cpu_tlb_entries.items())) or "unknown"
         mark = " <- recommended" if o.page_size_kb == plan["recommended_page_size_kb"] else ""
-        rows.append([vocab.name(o.page_size_kb) + mark, o.pages, format_bytes(o.bytes), format_bytes(o.waste_bytes),
-                     o.tlb_entries, tlb, "-" if o.pool_free is None else o.pool_free])
-    render.console.print(render.table(f"Plan for {format_bytes(plan['total_bytes'])}",
-                                      ["page", "pages", "bytes", "waste", "TLB entries needed", f"CPU TLB ({plan['tlb_source']})", "pool free"], rows))
+        rows.append(
+            [
+                vocab.name(o.page_size_kb) + mark,
+                o.pages,
+                format_bytes(o.bytes),
+                format_bytes(o.waste_bytes),
+                o.tlb_entries,
+                tlb,
+                "-" if o.pool_free is None else o.pool_free,
+            ]
+        )
+    render.console.print(
+        render.table(
+            f"Plan for {format_bytes(plan['total_bytes'])}",
+            ["page", "pages", "bytes", "waste", "TLB entries needed", f"CPU TLB ({plan['tlb_source']})", "pool free"],
+            rows,
+        )
+    )
     render.console.print(f"recommended: {vocab.name(plan['recommended_page_size_kb'])} ({plan['reason']})")
     for n in plan["notes"]:
         render.console.print(f"[yellow]note:[/] {n}")
     if args.nodes:
         from hugeload.plan import numa as plan_numa
 
-        rows = [[f.node, plan_numa.format_cpulist(f.cpus) or "-", format_bytes(f.mem_total_kb * KiB), format_bytes(f.mem_free_kb * KiB),
-                 f"{f.pages} x {vocab.name(f.page_size_kb)}", f.pool_free, "yes" if f.fits else "no", f.note] for f in plan["nodes"]]
-        render.console.print(render.table("One copy per NUMA node", ["node", "cpus", "memory", "free", "copy needs",
-                                                                      "pool free", "fits", "note"], rows)
-                             if rows else "no NUMA nodes listed by this kernel")
+        rows = [
+            [
+                f.node,
+                plan_numa.format_cpulist(f.cpus) or "-",
+                format_bytes(f.mem_total_kb * KiB),
+                format_bytes(f.mem_free_kb * KiB),
+                f"{f.pages} x {vocab.name(f.page_size_kb)}",
+                f.pool_free,
+                "yes" if f.fits else "no",
+                f.note,
+            ]
+            for f in plan["nodes"]
+        ]
+        render.console.print(
+            render.table(
+                "One copy per NUMA node",
+                ["node", "cpus", "memory", "free", "copy needs", "pool free", "fits", "note"],
+                rows,
+            )
+            if rows
+            else "no NUMA nodes listed by this kernel"
+        )
     return 0

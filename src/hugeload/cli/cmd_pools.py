@@ -72,9 +72,11 @@ def run_reserve(args) -> int:
     _print_steps(result, False)
     where = "system-wide" if args.node is None else f"on node {args.node}"
     short = result.after - result.before < count
-    render.console.print(f"{pages.name(kb)} pool {where}: {result.before} -> {result.after} "
-                         f"({'+' if result.obtained >= 0 else ''}{result.obtained} of {count} asked"
-                         f"{', kept short with --partial' if short else ''})")
+    render.console.print(
+        f"{pages.name(kb)} pool {where}: {result.before} -> {result.after} "
+        f"({'+' if result.obtained >= 0 else ''}{result.obtained} of {count} asked"
+        f"{', kept short with --partial' if short else ''})"
+    )
     return 0
 
 
@@ -95,7 +97,9 @@ def run_release(args) -> int:
         render.console.print("nothing to release: hugeload holds no pages" + ("" if args.all else " from `reserve`"))
     for r in results if not args.json else []:
         where = "system-wide" if r.node is None else f"node {r.node}"
-        render.console.print(f"{pages.name(r.page_size_kb)} pool {where}: {r.before} -> {r.after} (released {r.released})")
+        render.console.print(
+            f"{pages.name(r.page_size_kb)} pool {where}: {r.before} -> {r.after} (released {r.released})"
+        )
         if r.kept:
             render.console.print(f"[yellow]kept {r.kept} page(s):[/] in use by {r.reason}")
     return 0 if all(r.kept == 0 for r in results) else 1

@@ -16,17 +16,31 @@ from hugeload.units import parse_size
 
 
 def register(sub) -> None:
-    p = sub.add_parser("run", help="run an engine with the preload library (staged models mapped zero-copy)",
-                       usage="hugeload run [options] -- CMD [ARGS...]")
+    p = sub.add_parser(
+        "run",
+        help="run an engine with the preload library (staged models mapped zero-copy)",
+        usage="hugeload run [options] -- CMD [ARGS...]",
+    )
     p.add_argument("--page-size", default=None, type=pages.arg_type(), metavar="SIZE", help="auto (default), 1g or 2m")
     p.add_argument("--copy", action="store_true", help="copy unstaged model files into private huge pages")
-    p.add_argument("--alloc-threshold", default=runner.DEFAULT_ALLOC_THRESHOLD, help="allocations this large come from huge pages (0 disables; default 64M)")
-    p.add_argument("--files", action="append", default=[], metavar="GLOB", help="manage files matching GLOB (repeatable)")
+    p.add_argument(
+        "--alloc-threshold",
+        default=runner.DEFAULT_ALLOC_THRESHOLD,
+        help="allocations this large come from huge pages (0 disables; default 64M)",
+    )
+    p.add_argument(
+        "--files", action="append", default=[], metavar="GLOB", help="manage files matching GLOB (repeatable)"
+    )
     p.add_argument("--report", metavar="FILE", help="write the per-region report here instead of stderr")
     p.add_argument("--strict", action="store_true", help="refuse to run when the pools cannot hold what the run needs")
     p.add_argument("--reserve", action="store_true", help="reserve what is missing for the run and give it back after")
-    p.add_argument("--node", type=int, metavar="N", help="bind the engine's CPUs and memory to NUMA node N and map "
-                   "that node's copy (numactl --cpunodebind=N --membind=N; docs/numa.md)")
+    p.add_argument(
+        "--node",
+        type=int,
+        metavar="N",
+        help="bind the engine's CPUs and memory to NUMA node N and map "
+        "that node's copy (numactl --cpunodebind=N --membind=N; docs/numa.md)",
+    )
     p.add_argument("--quiet", action="store_true", help="only warnings from the library")
     p.add_argument("--verbose", action="store_true", help="log every managed call")
     add_state_dir(p)
@@ -40,8 +54,14 @@ def run(args) -> int:
         raise UsageError("give the command to run after --, e.g. hugeload run -- llama-bench -m model.gguf")
     threshold = parse_size(args.alloc_threshold)
     log = runner.LogLevel.QUIET if args.quiet else runner.LogLevel.VERBOSE if args.verbose else runner.LogLevel.NORMAL
-    options = runner.PreloadOptions(page_size=args.page_size, copy=args.copy, alloc_threshold=threshold,
-                                    files=tuple(args.files), report=args.report, log=log)
+    options = runner.PreloadOptions(
+        page_size=args.page_size,
+        copy=args.copy,
+        alloc_threshold=threshold,
+        files=tuple(args.files),
+        report=args.report,
+        log=log,
+    )
     candidates = runner.model_args(argv, args.files, state_dir=args.state_dir)
     from hugeload.act import numa
 
@@ -56,7 +76,9 @@ def run(args) -> int:
             render.err_console.print(f"hugeload: note: {note}")
     repack = runner.repack_enabled(argv)
     predictions = {c.path: runner.predict_buffers(c.path, argv[0], repack=repack, root=args.root) for c in candidates}
-    needs = runner.estimate_needs(candidates, options.page_size, args.copy, threshold, predictions, args.root, options.policy)
+    needs = runner.estimate_needs(
+        candidates, options.page_size, args.copy, threshold, predictions, args.root, options.policy
+    )
     reserved_owner = f"run:{os.getpid()}"
     reserved = False
     for need in needs:
@@ -65,12 +87,19 @@ def run(args) -> int:
         if args.reserve:
             try:
                 reserved = True
-                got = act_pools.reserve(args.root, need.page_size_kb, need.missing, partial=True, owner=reserved_owner,
-                                        state_dir=args.state_dir)
+                got = act_pools.reserve(
+                    args.root,
+                    need.page_size_kb,
+                    need.missing,
+                    partial=True,
+                    owner=reserved_owner,
+                    state_dir=args.state_dir,
+                )
                 if got.obtained < need.missing:
                     render.err_console.print(
                         f"hugeload: note: the kernel gave {got.obtained} of the {need.missing} missing "
-                        f"{pages.name(need.page_size_kb)} pages; what does not fit falls back to smaller pages")
+                        f"{pages.name(need.page_size_kb)} pages; what does not fit falls back to smaller pages"
+                    )
             except PoolError as e:
                 render.err_console.print(f"hugeload: warning: {e}")
         elif args.strict:

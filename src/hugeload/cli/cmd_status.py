@@ -36,12 +36,22 @@ def run(args) -> int:
     if args.json:
         render.print_json(data)
         return 0
-    rows = [[page_size_name(p.page_size_kb), "all" if p.node is None else p.node, p.total, p.free, p.reserved, p.surplus]
-            for p in data["pools"]]
+    rows = [
+        [page_size_name(p.page_size_kb), "all" if p.node is None else p.node, p.total, p.free, p.reserved, p.surplus]
+        for p in data["pools"]
+    ]
     render.console.print(render.table("Pools", ["page", "node", "total", "free", "reserved", "surplus"], rows))
     if data["mounts"]:
-        rows = [[m.path, page_size_name(m.page_size_kb), format_bytes(m.size_bytes) if m.size_bytes else "unlimited",
-                 f"{m.uid}:{m.gid}", f"{m.mode:o}"] for m in data["mounts"]]
+        rows = [
+            [
+                m.path,
+                page_size_name(m.page_size_kb),
+                format_bytes(m.size_bytes) if m.size_bytes else "unlimited",
+                f"{m.uid}:{m.gid}",
+                f"{m.mode:o}",
+            ]
+            for m in data["mounts"]
+        ]
         render.console.print(render.table("hugetlbfs mounts", ["path", "page", "size", "owner", "mode"], rows))
     else:
         render.console.print("hugetlbfs mounts: none (hugeload mount creates them)")
@@ -53,7 +63,9 @@ def run(args) -> int:
             rows.append([p.pid, p.comm, format_bytes(p.hugetlb_kb * 1024), format_bytes(p.vmpte_kb * 1024), "", "", ""])
             for m in p.mappings:
                 rows.append(["", "", "", "", m.path, format_bytes(m.size), page_size_name(m.kernel_page_kb)])
-        render.console.print(render.table("Processes", ["pid", "name", "hugetlb", "page tables", "mapping", "size", "page"], rows))
+        render.console.print(
+            render.table("Processes", ["pid", "name", "hugetlb", "page tables", "mapping", "size", "page"], rows)
+        )
     else:
         render.console.print("processes using huge pages: none")
     return 0

@@ -19,14 +19,18 @@ MODEL_SUFFIXES = (".gguf", ".safetensors")
 
 
 def register(sub) -> None:
-    p = sub.add_parser("stage", aliases=["load"], help="stage a model into huge pages; prints the path to give the engine")
+    p = sub.add_parser(
+        "stage", aliases=["load"], help="stage a model into huge pages; prints the path to give the engine"
+    )
     p.add_argument("file", metavar="FILE")
     p.add_argument("--page-size", default=None, type=pages.arg_type(), metavar="SIZE", help="auto (default), 1g or 2m")
     p.add_argument("--name", help="store name (default: the file name without .gguf)")
     p.add_argument("--reserve", action="store_true", help="grow the pool by what is missing (given back on unload)")
     p.add_argument("--verify", action="store_true", help="compare SHA-256 of source and staged copy")
     p.add_argument("--persist", action="store_true", help="re-stage at boot (hugeload restore)")
-    p.add_argument("--wait", type=float, default=store.LOCK_TIMEOUT, help="seconds to wait for another stager of the same model")
+    p.add_argument(
+        "--wait", type=float, default=store.LOCK_TIMEOUT, help="seconds to wait for another stager of the same model"
+    )
     add_placement(p)
     add_config_dir(p)
     add_state_dir(p)
@@ -74,8 +78,12 @@ def add_placement(p) -> None:
     g = p.add_argument_group("NUMA placement (docs/numa.md)")
     g.add_argument("--node", type=int, metavar="N", help="stage every page on NUMA node N (checked from numa_maps)")
     g.add_argument("--replicate", action="store_true", help="one copy per node; engines map the copy on their node")
-    g.add_argument("--nodes", metavar="LIST", help="the nodes for --replicate or --interleave, e.g. 0,1 (alone: --replicate)")
-    g.add_argument("--interleave", action="store_true", help="one copy, pages spread over the nodes (one engine spanning nodes)")
+    g.add_argument(
+        "--nodes", metavar="LIST", help="the nodes for --replicate or --interleave, e.g. 0,1 (alone: --replicate)"
+    )
+    g.add_argument(
+        "--interleave", action="store_true", help="one copy, pages spread over the nodes (one engine spanning nodes)"
+    )
 
 
 def placement_from(args):
@@ -87,14 +95,25 @@ def placement_from(args):
 
 
 def add_config_dir(p) -> None:
-    p.add_argument("--config-dir", default=None, help="where --persist models are listed (default $HUGELOAD_CONFIG_DIR or /etc/hugeload)")
+    p.add_argument(
+        "--config-dir",
+        default=None,
+        help="where --persist models are listed (default $HUGELOAD_CONFIG_DIR or /etc/hugeload)",
+    )
 
 
 def _progress(total: int, quiet: bool):
     if quiet:
         return None, lambda n: None
-    bar = Progress(TextColumn("staging"), BarColumn(), DownloadColumn(binary_units=True), TransferSpeedColumn(),
-                   TimeRemainingColumn(), console=render.err_console, transient=True)
+    bar = Progress(
+        TextColumn("staging"),
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=render.err_console,
+        transient=True,
+    )
     task = bar.add_task("copy", total=total)
     return bar, lambda n: bar.update(task, advance=n)
 
@@ -114,9 +133,16 @@ def run_load(args) -> int:
     placement = placement_from(args)
     files = store.source_files(args.file)
     total = sum(os.path.getsize(f) for f in files)
-    options = store.StageOptions(page_size=args.page_size, name=args.name, reserve=args.reserve, verify=args.verify,
-                                 persist=args.persist, lock_timeout=args.wait,
-                                 heap_pages=_heap_pages(files, args) if args.reserve else (), placement=placement)
+    options = store.StageOptions(
+        page_size=args.page_size,
+        name=args.name,
+        reserve=args.reserve,
+        verify=args.verify,
+        persist=args.persist,
+        lock_timeout=args.wait,
+        heap_pages=_heap_pages(files, args) if args.reserve else (),
+        placement=placement,
+    )
     bar, progress = _progress(total * max(1, len(placement.copies())), args.json)
     if bar:
         bar.start()
@@ -131,7 +157,9 @@ def run_load(args) -> int:
     if cached:
         render.err_console.print(f"{m.name}: already staged and unchanged")
     else:
-        render.err_console.print(f"{m.name}: {format_bytes(m.size)} in {m.pages} x {pages.name(m.page_size_kb)} pages ({reason})")
+        render.err_console.print(
+            f"{m.name}: {format_bytes(m.size)} in {m.pages} x {pages.name(m.page_size_kb)} pages ({reason})"
+        )
         for c in m.copies if m.replicas or m.node >= 0 else []:
             render.err_console.print(f"  node {c.node}: {c.pages} x {pages.name(c.page_size_kb)} pages at {c.path}")
     render.err_console.print(f"use it with: llama-server -m {m.path}   (or hugeload run -- ENGINE -m {m.source})")
@@ -160,10 +188,21 @@ def run_loaded(args) -> int:
     for m in models:
         for i, c in enumerate(m.copies if m.files else [store.Copy(-1, m.page_size_kb, m.pages, [])]):
             first = i == 0
-            rows.append([m.name if first else "", m.state if first else "", "-" if c.node < 0 else c.node,
-                         pages.name(c.page_size_kb), c.pages, format_bytes(m.size) if m.files and first else "",
-                         c.path, (", ".join(m.processes) or "-") if first else ""])
-    render.console.print(render.table("Staged models", ["name", "state", "node", "page", "pages", "size", "path", "mapped by"], rows))
+            rows.append(
+                [
+                    m.name if first else "",
+                    m.state if first else "",
+                    "-" if c.node < 0 else c.node,
+                    pages.name(c.page_size_kb),
+                    c.pages,
+                    format_bytes(m.size) if m.files and first else "",
+                    c.path,
+                    (", ".join(m.processes) or "-") if first else "",
+                ]
+            )
+    render.console.print(
+        render.table("Staged models", ["name", "state", "node", "page", "pages", "size", "path", "mapped by"], rows)
+    )
     return 0
 
 
@@ -177,13 +216,25 @@ def run_list(args) -> int:
     entries = []
     for p in found:
         plan = make_plan(machine, [p.stat().st_size], None)
-        entries.append({"path": str(p), "size": p.stat().st_size, "recommended_page_size_kb": plan["recommended_page_size_kb"],
-                        "pages": next(o.pages for o in plan["options"] if o.page_size_kb == plan["recommended_page_size_kb"])})
+        entries.append(
+            {
+                "path": str(p),
+                "size": p.stat().st_size,
+                "recommended_page_size_kb": plan["recommended_page_size_kb"],
+                "pages": next(o.pages for o in plan["options"] if o.page_size_kb == plan["recommended_page_size_kb"]),
+            }
+        )
     if args.json:
         render.print_json({"models": entries})
         return 0
-    rows = [[e["path"], format_bytes(e["size"]), pages.name(e["recommended_page_size_kb"]), e["pages"]] for e in entries]
-    render.console.print(render.table(f"Models under {d}", ["file", "size", "page", "pages"], rows) if rows else f"no .gguf or .safetensors files under {d}")
+    rows = [
+        [e["path"], format_bytes(e["size"]), pages.name(e["recommended_page_size_kb"]), e["pages"]] for e in entries
+    ]
+    render.console.print(
+        render.table(f"Models under {d}", ["file", "size", "page", "pages"], rows)
+        if rows
+        else f"no .gguf or .safetensors files under {d}"
+    )
     return 0
 
 
@@ -226,4 +277,3 @@ def run_restore(args) -> int:
         for f in failed:
             render.err_console.print(f"[red]{f['name']}: {f['error']}[/]")
     return 1 if failed else 0
-

@@ -11,12 +11,17 @@ def add_json(parser) -> None:
 def require_hugetlb(root) -> None:
     """Fail with one line when the kernel has no huge page support to read."""
     if not pools.page_sizes(root):
-        raise NotSupported(f"no huge page support found under {root.rstrip('/')}/sys/kernel/mm/hugepages (not Linux, or a kernel without hugetlb)")
+        raise NotSupported(
+            f"no huge page support found under {root.rstrip('/')}/sys/kernel/mm/hugepages (not Linux, or a kernel without hugetlb)"
+        )
 
 
 def add_state_dir(parser) -> None:
-    parser.add_argument("--state-dir", default=None,
-                        help="where hugeload keeps its ledger and store (default $HUGELOAD_STATE_DIR or /run/hugeload)")
+    parser.add_argument(
+        "--state-dir",
+        default=None,
+        help="where hugeload keeps its ledger and store (default $HUGELOAD_STATE_DIR or /run/hugeload)",
+    )
 
 
 def octal(text: str) -> int:

@@ -48,7 +48,7 @@ def merge_cmdline(existing: str, params: list[str]) -> str:
     return " ".join(kept + params)
 
 
-_GRUB_LINE = re.compile(rf'^(\s*{GRUB_VAR}\s*=\s*)(.*)$')
+_GRUB_LINE = re.compile(rf"^(\s*{GRUB_VAR}\s*=\s*)(.*)$")
 
 
 def merge_grub(text: str, params: list[str]) -> str:

@@ -42,8 +42,16 @@ GET_ROWS_TENSORS = ("token_embd", "position_embd", "token_types", "per_layer_tok
 
 # Blocks: type -> (values per block, bytes per block).
 BLOCKS = {
-    "Q4_0": (32, 18), "Q4_1": (32, 20), "Q8_0": (32, 34), "IQ4_NL": (32, 18), "MXFP4": (32, 17),
-    "Q2_K": (256, 84), "Q4_K": (256, 144), "Q5_K": (256, 176), "Q6_K": (256, 210), "IQ4_XS": (256, 136),
+    "Q4_0": (32, 18),
+    "Q4_1": (32, 20),
+    "Q8_0": (32, 34),
+    "IQ4_NL": (32, 18),
+    "MXFP4": (32, 17),
+    "Q2_K": (256, 84),
+    "Q4_K": (256, 144),
+    "Q5_K": (256, 176),
+    "Q6_K": (256, 210),
+    "IQ4_XS": (256, 136),
 }
 REPACK_AVX2 = ("Q4_0", "Q4_K", "IQ4_NL", "MXFP4")
 REPACK_AVX512 = ("Q2_K",)
@@ -86,9 +94,14 @@ def engine_for(flags, amx_built: bool | None, repack: bool = True) -> Engine:
     with unknown (None: taken as without, get-llama.sh's default) AMX backend."""
     flags = frozenset(flags)
     amx_cpu = "amx_int8" in flags and "amx_tile" in flags
-    return Engine(avx2="avx2" in flags, avx512="avx512f" in flags,
-                  amx=bool(amx_built) and amx_cpu and "avx512_vnni" in flags, repack=repack,
-                  amx_cpu=amx_cpu, amx_built=amx_built)
+    return Engine(
+        avx2="avx2" in flags,
+        avx512="avx512f" in flags,
+        amx=bool(amx_built) and amx_cpu and "avx512_vnni" in flags,
+        repack=repack,
+        amx_cpu=amx_cpu,
+        amx_built=amx_built,
+    )
 
 
 def amx_built_from_stamp(stamp_text: str | None) -> bool | None:
@@ -183,7 +196,9 @@ def predict(tensors: list[Tensor], e: Engine) -> Prediction:
         acc[1] += 1
         acc[2].add(t.type)
     order = [Buffer.MAPPING, Buffer.AMX, Buffer.CPU_REPACK]
-    return Prediction([BufferUse(k, sizes[k][0], sizes[k][1], tuple(sorted(sizes[k][2]))) for k in order if k in sizes], e)
+    return Prediction(
+        [BufferUse(k, sizes[k][0], sizes[k][1], tuple(sorted(sizes[k][2]))) for k in order if k in sizes], e
+    )
 
 
 def type_rules(e: Engine) -> dict[Buffer, tuple[str, ...]]:
@@ -207,26 +222,40 @@ def describe(e: Engine) -> str:
     rules = type_rules(e)
     amx_note = ""
     if e.amx_cpu and not e.amx:
-        amx_note = (" The CPU has AMX but the llama.cpp build does not use it"
-                    f"{'' if e.amx_built is False else ' (no build stamp: assumed off)'}; HUGELOAD_LLAMA_AMX=1 "
-                    "scripts/get-llama.sh builds it (it crashes on Q8_0/Q4_0, llama.cpp #20824).")
+        amx_note = (
+            " The CPU has AMX but the llama.cpp build does not use it"
+            f"{'' if e.amx_built is False else ' (no build stamp: assumed off)'}; HUGELOAD_LLAMA_AMX=1 "
+            "scripts/get-llama.sh builds it (it crashes on Q8_0/Q4_0, llama.cpp #20824)."
+        )
     if not rules:
         why = "repacking is off" if not e.repack else "without AVX2 ggml repacks nothing on x86"
-        return (f"llama.cpp reads every weight from the mapping on this CPU ({isa_words(e)}: {why}): "
-                f"staging alone is enough.{amx_note}")
-    said = "; ".join(f"{'/'.join(types)} are {'converted' if kind is Buffer.AMX else 'repacked'} to "
-                     f"{'an' if kind is Buffer.AMX else 'a'} {kind} heap copy" for kind, types in rules.items())
+        return (
+            f"llama.cpp reads every weight from the mapping on this CPU ({isa_words(e)}: {why}): "
+            f"staging alone is enough.{amx_note}"
+        )
+    said = "; ".join(
+        f"{'/'.join(types)} are {'converted' if kind is Buffer.AMX else 'repacked'} to "
+        f"{'an' if kind is Buffer.AMX else 'a'} {kind} heap copy"
+        for kind, types in rules.items()
+    )
     copied = {ty for types in rules.values() for ty in types}
     mapped = [ty for ty in COMMON_TYPES if ty not in copied]
-    return (f"{said} on this CPU ({isa_words(e)}); {'/'.join(mapped) + ', ' if mapped else ''}token_embd and "
-            "odd-shaped weights are read from the mapping. For the copied types staging alone is not enough: "
-            f"hugeload run puts that copy in huge pages too (allocations from --alloc-threshold up).{amx_note}")
+    return (
+        f"{said} on this CPU ({isa_words(e)}); {'/'.join(mapped) + ', ' if mapped else ''}token_embd and "
+        "odd-shaped weights are read from the mapping. For the copied types staging alone is not enough: "
+        f"hugeload run puts that copy in huge pages too (allocations from --alloc-threshold up).{amx_note}"
+    )
 
 
 # --- page size of a heap copy under `hugeload run` ------------------------------------------
 
-def alloc_page_kb(nbytes: int, requested: pages.PageSize | None = None, alloc_threshold: int = 64 * MiB,
-                  policy: pages.Policy = pages.DEFAULT_POLICY) -> int:
+
+def alloc_page_kb(
+    nbytes: int,
+    requested: pages.PageSize | None = None,
+    alloc_threshold: int = 64 * MiB,
+    policy: pages.Policy = pages.DEFAULT_POLICY,
+) -> int:
     """The page size (kB) the preload library's allocation path tries first for a heap copy
     of `nbytes` (the one size rule, hugeload.pages), or 4 when the copy is below the
     allocation threshold or the path is off (the real allocator then serves it)."""

@@ -51,6 +51,7 @@ class Kind(enum.Enum):
 @dataclass(frozen=True)
 class StagedModel:
     """What the plan needs of a store manifest."""
+
     name: str
     page_size_kb: int
     pages: int
@@ -123,12 +124,19 @@ def workload_name(model: StagedModel, opts: Options) -> str:
 
 # ---------------------------------------------------------------- docker / podman
 
+
 def run_args(model: StagedModel, opts: Options) -> list[str]:
     """`docker run` / `podman run` arguments, image and command included.  The model
     directory and the library are read-only; the engine maps the staged file MAP_SHARED."""
-    args = ["run", "--rm", "--read-only",
-            "-v", f"{model.mount_dir}:{MODELS_INSIDE}:ro",
-            "-v", f"{opts.host_lib}:{LIB_INSIDE}:ro"]
+    args = [
+        "run",
+        "--rm",
+        "--read-only",
+        "-v",
+        f"{model.mount_dir}:{MODELS_INSIDE}:ro",
+        "-v",
+        f"{opts.host_lib}:{LIB_INSIDE}:ro",
+    ]
     for k, v in environment(opts).items():
         args += ["-e", f"{k}={v}"]
     if publishes_port(opts):
@@ -138,10 +146,11 @@ def run_args(model: StagedModel, opts: Options) -> list[str]:
 
 # ---------------------------------------------------------------- compose
 
+
 def compose(model: StagedModel, opts: Options) -> dict:
     service = {
         "image": opts.image,
-        "command": engine_argv(model, opts)[len(opts.command):] if opts.command else [],
+        "command": engine_argv(model, opts)[len(opts.command) :] if opts.command else [],
         "entrypoint": list(opts.command),
         "read_only": True,
         "environment": environment(opts),
@@ -157,9 +166,13 @@ def compose(model: StagedModel, opts: Options) -> dict:
 
 # ---------------------------------------------------------------- kubernetes
 
+
 def _labels(model: StagedModel, opts: Options) -> dict:
-    return {"app.kubernetes.io/name": workload_name(model, opts), "app.kubernetes.io/part-of": "hugeload",
-            "hugeload.io/model": re.sub(r"[^A-Za-z0-9._-]", "_", model.name)[:63].strip("._-") or "model"}
+    return {
+        "app.kubernetes.io/name": workload_name(model, opts),
+        "app.kubernetes.io/part-of": "hugeload",
+        "hugeload.io/model": re.sub(r"[^A-Za-z0-9._-]", "_", model.name)[:63].strip("._-") or "model",
+    }
 
 
 def pod_spec(model: StagedModel, opts: Options) -> dict:
@@ -168,7 +181,7 @@ def pod_spec(model: StagedModel, opts: Options) -> dict:
         "name": "engine",
         "image": opts.image,
         "command": list(opts.command),
-        "args": engine_argv(model, opts)[len(opts.command):],
+        "args": engine_argv(model, opts)[len(opts.command) :],
         "env": [{"name": k, "value": v} for k, v in environment(opts).items()],
         # Kubernetes requires hugepages requests equal to limits, and a memory or cpu request.
         "resources": {"requests": dict(resources), "limits": dict(resources)},
@@ -192,11 +205,22 @@ def pod_spec(model: StagedModel, opts: Options) -> dict:
 def k8s_workload(model: StagedModel, opts: Options) -> dict:
     name, labels = workload_name(model, opts), _labels(model, opts)
     if opts.kind is Kind.POD:
-        return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels},
-                "spec": pod_spec(model, opts)}
-    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "labels": labels},
-            "spec": {"replicas": 1, "selector": {"matchLabels": {"app.kubernetes.io/name": name}},
-                     "template": {"metadata": {"labels": labels}, "spec": pod_spec(model, opts)}}}
+        return {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "labels": labels},
+            "spec": pod_spec(model, opts),
+        }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app.kubernetes.io/name": name}},
+            "template": {"metadata": {"labels": labels}, "spec": pod_spec(model, opts)},
+        },
+    }
 
 
 def k8s_agent(opts: Options) -> dict:
@@ -213,15 +237,27 @@ def k8s_agent(opts: Options) -> dict:
     ]
     security = {"privileged": True}
     env = [{"name": "HUGELOAD_STATE_DIR", "value": STATE_DIR}, {"name": "HUGELOAD_CONFIG_DIR", "value": CONFIG_DIR}]
-    restore = {"name": "restore", "image": opts.agent_image, "command": ["hugeload", "restore"], "env": env,
-               "securityContext": security, "volumeMounts": mounts}
-    agent = {"name": "agent", "image": opts.agent_image,
-             "command": ["hugeload", "exporter", "--listen", f"0.0.0.0:{AGENT_PORT}", "--release-under-pressure"],
-             "env": env, "securityContext": security, "volumeMounts": mounts,
-             "ports": [{"name": "metrics", "containerPort": AGENT_PORT}],
-             "resources": {"requests": {"memory": "64Mi", "cpu": "10m"}, "limits": {"memory": "256Mi"}}}
+    restore = {
+        "name": "restore",
+        "image": opts.agent_image,
+        "command": ["hugeload", "restore"],
+        "env": env,
+        "securityContext": security,
+        "volumeMounts": mounts,
+    }
+    agent = {
+        "name": "agent",
+        "image": opts.agent_image,
+        "command": ["hugeload", "exporter", "--listen", f"0.0.0.0:{AGENT_PORT}", "--release-under-pressure"],
+        "env": env,
+        "securityContext": security,
+        "volumeMounts": mounts,
+        "ports": [{"name": "metrics", "containerPort": AGENT_PORT}],
+        "resources": {"requests": {"memory": "64Mi", "cpu": "10m"}, "limits": {"memory": "256Mi"}},
+    }
     return {
-        "apiVersion": "apps/v1", "kind": "DaemonSet",
+        "apiVersion": "apps/v1",
+        "kind": "DaemonSet",
         "metadata": {"name": "hugeload-agent", "labels": labels},
         "spec": {
             "selector": {"matchLabels": {"app.kubernetes.io/name": "hugeload-agent"}},

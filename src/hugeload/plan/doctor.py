@@ -33,8 +33,13 @@ def _check(name, ok, detail, fix="", warn=False, blocks=False) -> Check:
 
 def check_kernel(m) -> Check:
     v = version_tuple(m.kernel_release)
-    return _check("kernel", bool(v) and v >= MIN_KERNEL, f"Linux {m.kernel_release or 'unknown'} (1G pages need 3.8 or newer)",
-                  "upgrade the kernel to 3.8 or newer", blocks=True)
+    return _check(
+        "kernel",
+        bool(v) and v >= MIN_KERNEL,
+        f"Linux {m.kernel_release or 'unknown'} (1G pages need 3.8 or newer)",
+        "upgrade the kernel to 3.8 or newer",
+        blocks=True,
+    )
 
 
 def check_cpu(m) -> Check:
@@ -42,7 +47,13 @@ def check_cpu(m) -> Check:
     name = c.model_name or c.vendor or "unknown CPU"
     if c.pdpe1gb:
         return _check("cpu_1g", True, f"{name} (family {c.family}, model {c.model}) has pdpe1gb")
-    return _check("cpu_1g", False, f"{name} lacks the pdpe1gb flag: no 1G pages", "use 2M pages: hugeload load --page-size 2m FILE", blocks=True)
+    return _check(
+        "cpu_1g",
+        False,
+        f"{name} lacks the pdpe1gb flag: no 1G pages",
+        "use 2M pages: hugeload load --page-size 2m FILE",
+        blocks=True,
+    )
 
 
 def check_hugetlbfs(m) -> Check:
@@ -53,12 +64,19 @@ def check_hugetlbfs(m) -> Check:
         detail = f"hugetlbfs present; page sizes offered: {', '.join(f'{k} kB' for k in m.page_sizes_kb) or 'none'}"
     else:
         detail = "hugetlbfs present; 1G pool at /sys/kernel/mm/hugepages/hugepages-1048576kB"
-    return _check("hugetlbfs", ok, detail, "use a kernel built with CONFIG_HUGETLBFS=y and gigantic page support", blocks=True)
+    return _check(
+        "hugetlbfs", ok, detail, "use a kernel built with CONFIG_HUGETLBFS=y and gigantic page support", blocks=True
+    )
 
 
 def check_privileges(m) -> Check:
-    return _check("privileges", m.is_root, "running as root / CAP_SYS_ADMIN" if m.is_root else "not root: pools and mounts cannot be changed",
-                  "run hugeload with sudo", blocks=True)
+    return _check(
+        "privileges",
+        m.is_root,
+        "running as root / CAP_SYS_ADMIN" if m.is_root else "not root: pools and mounts cannot be changed",
+        "run hugeload with sudo",
+        blocks=True,
+    )
 
 
 def check_pool_1g(m, tried: TryResult | None) -> Check:
@@ -70,27 +88,51 @@ def check_pool_1g(m, tried: TryResult | None) -> Check:
     if tried is not None:
         if tried.obtained >= 1:
             return _check("pool_1g", True, "pool empty, but a 1G page was reserved at runtime and given back (--try)")
-        return _check("pool_1g", False, f"pool empty and a 1G page could not be reserved now: {tried.error or 'kernel gave 0'}",
-                      "hugeload boot-config --pages-1g N --apply, then update-grub and reboot", blocks=True)
-    return _check("pool_1g", False, "pool empty; runtime reservation not tried (hugeload doctor --try tests it)",
-                  "hugeload reserve --count N --page-size 1g", warn=True)
+        return _check(
+            "pool_1g",
+            False,
+            f"pool empty and a 1G page could not be reserved now: {tried.error or 'kernel gave 0'}",
+            "hugeload boot-config --pages-1g N --apply, then update-grub and reboot",
+            blocks=True,
+        )
+    return _check(
+        "pool_1g",
+        False,
+        "pool empty; runtime reservation not tried (hugeload doctor --try tests it)",
+        "hugeload reserve --count N --page-size 1g",
+        warn=True,
+    )
 
 
 def check_mount_1g(m) -> Check:
     mounts = [x.path for x in m.mounts if x.page_size_kb == GIGANTIC_KB]
-    return _check("mount_1g", bool(mounts), f"1G hugetlbfs mounted at {', '.join(mounts)}" if mounts else "no 1G hugetlbfs mount",
-                  "hugeload mount --page-size 1g", warn=True)
+    return _check(
+        "mount_1g",
+        bool(mounts),
+        f"1G hugetlbfs mounted at {', '.join(mounts)}" if mounts else "no 1G hugetlbfs mount",
+        "hugeload mount --page-size 1g",
+        warn=True,
+    )
 
 
 def check_boot(m) -> Check:
     wanted = m.boot.hugepages
     pool = m.system_pool(GIGANTIC_KB)
     if GIGANTIC_KB not in wanted:
-        return _check("boot_params", True, "no 1G pages reserved at boot; runtime reservation is used (boot-time is more reliable on busy machines)")
+        return _check(
+            "boot_params",
+            True,
+            "no 1G pages reserved at boot; runtime reservation is used (boot-time is more reliable on busy machines)",
+        )
     got = pool.total if pool else 0
     ok = got >= wanted[GIGANTIC_KB]
-    return _check("boot_params", ok, f"boot command line asks for {wanted[GIGANTIC_KB]} x 1G, pool has {got}",
-                  "free memory was too fragmented at boot: lower hugepages= or reserve earlier (hugeload boot-config)", warn=True)
+    return _check(
+        "boot_params",
+        ok,
+        f"boot command line asks for {wanted[GIGANTIC_KB]} x 1G, pool has {got}",
+        "free memory was too fragmented at boot: lower hugepages= or reserve earlier (hugeload boot-config)",
+        warn=True,
+    )
 
 
 def check_cgroup(m) -> Check:
@@ -99,18 +141,33 @@ def check_cgroup(m) -> Check:
     if lim is None or lim.limit_bytes is None:
         return _check("cgroup", True, f"no hugetlb limit on 1G pages for this cgroup{where}")
     if lim.limit_bytes < GiB:
-        return _check("cgroup", False, f"cgroup limits 1G pages to {lim.limit_bytes} bytes ({lim.path}){where}",
-                      f"raise the limit: echo max > /{lim.path}  (or the container's hugepages-1Gi limit)", blocks=True)
-    return _check("cgroup", False, f"cgroup allows {lim.limit_bytes // GiB} x 1G ({lim.path}){where}",
-                  f"raise the limit if models need more: echo max > /{lim.path}", warn=True)
+        return _check(
+            "cgroup",
+            False,
+            f"cgroup limits 1G pages to {lim.limit_bytes} bytes ({lim.path}){where}",
+            f"raise the limit: echo max > /{lim.path}  (or the container's hugepages-1Gi limit)",
+            blocks=True,
+        )
+    return _check(
+        "cgroup",
+        False,
+        f"cgroup allows {lim.limit_bytes // GiB} x 1G ({lim.path}){where}",
+        f"raise the limit if models need more: echo max > /{lim.path}",
+        warn=True,
+    )
 
 
 def check_thp(m) -> Check:
     mode = m.thp.enabled
     if mode is None:
         return _check("thp", False, "no transparent huge pages", "", warn=True)
-    return _check("thp", mode in ("madvise", "always"), f"THP mode {mode}, defrag {m.thp.defrag}",
-                  "echo madvise > /sys/kernel/mm/transparent_hugepage/enabled", warn=True)
+    return _check(
+        "thp",
+        mode in ("madvise", "always"),
+        f"THP mode {mode}, defrag {m.thp.defrag}",
+        "echo madvise > /sys/kernel/mm/transparent_hugepage/enabled",
+        warn=True,
+    )
 
 
 def check_memory(m) -> Check:
@@ -119,16 +176,26 @@ def check_memory(m) -> Check:
     detail = f"{avail / GiB:.1f} GiB available"
     if pressure > 1.0:
         detail += f", memory pressure {pressure:.1f}% (some avg10)"
-    return _check("memory", avail >= GiB and pressure <= 1.0, detail, "free memory before reserving: sync; echo 3 > /proc/sys/vm/drop_caches", warn=True)
+    return _check(
+        "memory",
+        avail >= GiB and pressure <= 1.0,
+        detail,
+        "free memory before reserving: sync; echo 3 > /proc/sys/vm/drop_caches",
+        warn=True,
+    )
 
 
 def check_virtualization(m) -> Check:
     if not m.cpu.hypervisor:
         return _check("virtualization", True, "bare metal")
-    return _check("virtualization", False,
-                  "running under a hypervisor: a guest's TLB entries are no larger than the host's backing pages, so 1G guest pages "
-                  "measure the same as 2M unless the host backs this VM with 1G pages (measured here: equal)",
-                  "back the VM's memory with 1G host pages (e.g. libvirt <memoryBacking><hugepages><page size='1' unit='G'/>)", warn=True)
+    return _check(
+        "virtualization",
+        False,
+        "running under a hypervisor: a guest's TLB entries are no larger than the host's backing pages, so 1G guest pages "
+        "measure the same as 2M unless the host backs this VM with 1G pages (measured here: equal)",
+        "back the VM's memory with 1G host pages (e.g. libvirt <memoryBacking><hugepages><page size='1' unit='G'/>)",
+        warn=True,
+    )
 
 
 def check_buffers(m, engine) -> Check:
@@ -145,8 +212,17 @@ def run_checks(m, tried: TryResult | None = None, engine=None) -> list[Check]:
     """`engine`: a plan.buffers.Engine for the llama.cpp build in use (None: this CPU with
     get-llama.sh's default build, AMX off)."""
     return [
-        check_kernel(m), check_cpu(m), check_hugetlbfs(m), check_privileges(m), check_pool_1g(m, tried),
-        check_mount_1g(m), check_boot(m), check_cgroup(m), check_thp(m), check_memory(m), check_virtualization(m),
+        check_kernel(m),
+        check_cpu(m),
+        check_hugetlbfs(m),
+        check_privileges(m),
+        check_pool_1g(m, tried),
+        check_mount_1g(m),
+        check_boot(m),
+        check_cgroup(m),
+        check_thp(m),
+        check_memory(m),
+        check_virtualization(m),
         check_buffers(m, engine),
     ]
 

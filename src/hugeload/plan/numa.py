@@ -67,13 +67,16 @@ def parse_nodes(text: str) -> tuple[int, ...]:
     return tuple(out)
 
 
-def placement(node: int | None, nodes: str | None, replicate: bool, interleave: bool,
-              existing: list[int]) -> Placement:
+def placement(node: int | None, nodes: str | None, replicate: bool, interleave: bool, existing: list[int]) -> Placement:
     """The placement the load options ask for.  `existing`: the machine's node ids."""
     if node is not None and (nodes or replicate or interleave):
-        raise UsageError("--node stages one copy on one node: do not combine it with --nodes, --replicate or --interleave")
+        raise UsageError(
+            "--node stages one copy on one node: do not combine it with --nodes, --replicate or --interleave"
+        )
     if replicate and interleave:
-        raise UsageError("--replicate and --interleave exclude each other (a copy per node, or one copy spread over them)")
+        raise UsageError(
+            "--replicate and --interleave exclude each other (a copy per node, or one copy spread over them)"
+        )
     if nodes and not (replicate or interleave):
         replicate = True  # --nodes 0,1 alone means a copy on each
     if node is not None:
@@ -98,10 +101,14 @@ def check_nodes(p: Placement, nodes: list) -> None:
             raise UsageError(f"NUMA node {i} has no memory of its own (CPUs only): stage on a node with memory")
     if p.mode in (Mode.REPLICATE, Mode.INTERLEAVE) and len(p.nodes) < 2:
         what = "replicate" if p.mode is Mode.REPLICATE else "interleave"
-        raise UsageError(f"--{what} needs at least two nodes with memory (this machine has {len(p.nodes)}): use --node N or no placement")
+        raise UsageError(
+            f"--{what} needs at least two nodes with memory (this machine has {len(p.nodes)}): use --node N or no placement"
+        )
 
 
-def choose_page_size(total: int, requested_kb: int | None, offered: list[int], free_1g: int, reserve: bool) -> tuple[int, str]:
+def choose_page_size(
+    total: int, requested_kb: int | None, offered: list[int], free_1g: int, reserve: bool
+) -> tuple[int, str]:
     """Per copy: a requested size is kept; auto takes 1 GB for models of at least 1 GiB
     when the copy's nodes hold enough free 1 GB pages (or may grow them), else 2 MB."""
     if requested_kb is not None:
@@ -156,13 +163,17 @@ def check_fits(needs: list[NodeNeed], reserve: bool, name: str) -> None:
             continue
         size = page_size_name(need.page_size_kb)
         if not reserve:
-            raise PoolError(f"node {need.node}'s {size} pool has {need.free} free page(s), {name} needs {need.pages} there: "
-                            f"run `hugeload reserve --node {need.node} --count {need.missing} --page-size {size.lower()}` "
-                            f"or load with --reserve; nothing was staged")
+            raise PoolError(
+                f"node {need.node}'s {size} pool has {need.free} free page(s), {name} needs {need.pages} there: "
+                f"run `hugeload reserve --node {need.node} --count {need.missing} --page-size {size.lower()}` "
+                f"or load with --reserve; nothing was staged"
+            )
         if not need.can_reserve:
-            raise PoolError(f"node {need.node} is too small for its copy of {name}: it needs "
-                            f"{format_bytes(need.missing * need.page_size_kb * KiB)} more {size} pages and has "
-                            f"{format_bytes(need.mem_free_kb * KiB)} free; nothing was staged")
+            raise PoolError(
+                f"node {need.node} is too small for its copy of {name}: it needs "
+                f"{format_bytes(need.missing * need.page_size_kb * KiB)} more {size} pages and has "
+                f"{format_bytes(need.mem_free_kb * KiB)} free; nothing was staged"
+            )
 
 
 class NodeFit(NamedTuple):
@@ -194,8 +205,10 @@ def fit_nodes(total: int, nodes: list, kb: int) -> list[NodeFit]:
         elif fits:
             note = f"reserve {missing} more {page_size_name(kb)} page(s) on it (load --reserve does)"
         else:
-            note = (f"too small: needs {format_bytes(missing * kb * KiB)} more pages, "
-                    f"{format_bytes(n.mem_free_kb * KiB)} free")
+            note = (
+                f"too small: needs {format_bytes(missing * kb * KiB)} more pages, "
+                f"{format_bytes(n.mem_free_kb * KiB)} free"
+            )
         out.append(NodeFit(n.node, n.cpus, n.mem_total_kb, n.mem_free_kb, kb, pages, free, free >= pages, fits, note))
     return out
 
@@ -208,15 +221,24 @@ def doctor_check(nodes: list, model_bytes: int | None = None, kb: int = HUGE_KB)
     if len(nodes) <= 1:
         return Check("numa", "pass", f"{len(nodes) or 1} node: placement does not matter here", "")
     detail = f"{len(nodes)} nodes ({len(mem)} with memory): " + ", ".join(
-        f"node {n.node} {format_bytes(n.mem_total_kb * KiB)}" for n in nodes)
+        f"node {n.node} {format_bytes(n.mem_total_kb * KiB)}" for n in nodes
+    )
     if model_bytes is None:
         return Check("numa", "pass", detail + "; load with --node N or --replicate, run with --node N", "")
     fits = [f for f in fit_nodes(model_bytes, nodes, kb) if f.fits]
     if fits:
-        return Check("numa", "pass", detail + f"; a {format_bytes(model_bytes)} copy fits node(s) "
-                     + ",".join(str(f.node) for f in fits), "")
-    return Check("numa", "warn", detail + f"; a {format_bytes(model_bytes)} copy fits no single node",
-                 "load with --interleave (one copy spread over the nodes) and run without --node")
+        return Check(
+            "numa",
+            "pass",
+            detail + f"; a {format_bytes(model_bytes)} copy fits node(s) " + ",".join(str(f.node) for f in fits),
+            "",
+        )
+    return Check(
+        "numa",
+        "warn",
+        detail + f"; a {format_bytes(model_bytes)} copy fits no single node",
+        "load with --interleave (one copy spread over the nodes) and run without --node",
+    )
 
 
 def format_cpulist(cpus) -> str:

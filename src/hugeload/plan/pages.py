@@ -43,8 +43,12 @@ def pages_for(sizes: list[int], page_size_kb: int) -> int:
     return sum(ceil_div(s, page) for s in sizes)
 
 
-def options(sizes: list[int], page_sizes_kb: list[int], cpu_tlb: dict[int, dict[int, int]] | None = None,
-            pool_free: dict[int, int] | None = None) -> list[PageOption]:
+def options(
+    sizes: list[int],
+    page_sizes_kb: list[int],
+    cpu_tlb: dict[int, dict[int, int]] | None = None,
+    pool_free: dict[int, int] | None = None,
+) -> list[PageOption]:
     """One option per page size: 4 KB plus every huge page size the kernel offers."""
     cpu_tlb = cpu_tlb or {}
     pool_free = pool_free or {}
@@ -53,14 +57,29 @@ def options(sizes: list[int], page_sizes_kb: list[int], cpu_tlb: dict[int, dict[
     for kb in sorted({BASE_PAGE_KB, *page_sizes_kb}):
         n = pages_for(sizes, kb)
         rounded = n * kb * KiB
-        out.append(PageOption(kb, n, rounded, rounded - total, n, dict(cpu_tlb.get(kb, {})),
-                              None if kb == BASE_PAGE_KB else pool_free.get(kb)))
+        out.append(
+            PageOption(
+                kb,
+                n,
+                rounded,
+                rounded - total,
+                n,
+                dict(cpu_tlb.get(kb, {})),
+                None if kb == BASE_PAGE_KB else pool_free.get(kb),
+            )
+        )
     return out
 
 
-def recommend(total_bytes: int | list[int], page_sizes_kb: list[int], supports_1g: bool, obtainable: dict[int, bool],
-              threshold_1g: int | None = None, requested_kb: int | None = None,
-              policy: Policy = DEFAULT_POLICY) -> Recommendation:
+def recommend(
+    total_bytes: int | list[int],
+    page_sizes_kb: list[int],
+    supports_1g: bool,
+    obtainable: dict[int, bool],
+    threshold_1g: int | None = None,
+    requested_kb: int | None = None,
+    policy: Policy = DEFAULT_POLICY,
+) -> Recommendation:
     """The page size for a model: the first size hugeload.pages.first_page() gives (the
     preload library's rule), when the kernel and CPU support it and it is obtainable; then
     2 MB when obtainable; else 4 KB.
@@ -86,8 +105,11 @@ def recommend(total_bytes: int | list[int], page_sizes_kb: list[int], supports_1
     if first == PAGE_1G:
         if gb in page_sizes_kb and supports_1g and obtainable.get(gb):
             return Recommendation(gb, f"{rule}, and 1G pages are supported and obtainable")
-        why_not_1g = ("the CPU or kernel has no 1G pages" if not (gb in page_sizes_kb and supports_1g)
-                      else "1G pages cannot be obtained now")
+        why_not_1g = (
+            "the CPU or kernel has no 1G pages"
+            if not (gb in page_sizes_kb and supports_1g)
+            else "1G pages cannot be obtained now"
+        )
     else:
         why_not_1g = rule
     if PAGE_2M.kb in page_sizes_kb and obtainable.get(PAGE_2M.kb):
@@ -95,8 +117,9 @@ def recommend(total_bytes: int | list[int], page_sizes_kb: list[int], supports_1
     return Recommendation(PAGE_4K.kb, f"{why_not_1g}; no 2M pages obtainable either: 4K")
 
 
-def obtainable_from_memory(total_bytes_by_kb: dict[int, int], pool_free: dict[int, int], mem_available_bytes: int,
-                           floor_bytes: int = 0) -> dict[int, bool]:
+def obtainable_from_memory(
+    total_bytes_by_kb: dict[int, int], pool_free: dict[int, int], mem_available_bytes: int, floor_bytes: int = 0
+) -> dict[int, bool]:
     """A page size is obtainable when its pool's free pages cover the need, or when the
     missing part fits in MemAvailable above the floor (a runtime reservation may still
     come back short on fragmented memory; `reserve` reads the count back)."""

@@ -18,12 +18,16 @@ def pages_for_size(size_bytes: int, kb: int) -> int:
     if size_bytes <= 0:
         raise UsageError("size must be positive")
     if size_bytes % page:
-        raise UsageError(f"{size_bytes} bytes is not a multiple of the {page_size_name(kb)} page size; "
-                         f"use --count or a multiple such as {format_bytes((size_bytes // page + 1) * page)}")
+        raise UsageError(
+            f"{size_bytes} bytes is not a multiple of the {page_size_name(kb)} page size; "
+            f"use --count or a multiple such as {format_bytes((size_bytes // page + 1) * page)}"
+        )
     return size_bytes // page
 
 
-def check_floor(pages: int, kb: int, mem_available_kb: int, mem_total_kb: int, floor_bytes: int | None = None) -> FloorCheck:
+def check_floor(
+    pages: int, kb: int, mem_available_kb: int, mem_total_kb: int, floor_bytes: int | None = None
+) -> FloorCheck:
     """Refuse a reservation that would leave less than the floor of MemAvailable (default 10% of RAM):
     huge pages are taken out of ordinary memory and the rest of the machine must still run."""
     need = pages * kb * KiB
@@ -31,9 +35,12 @@ def check_floor(pages: int, kb: int, mem_available_kb: int, mem_total_kb: int, f
     left = mem_available_kb * KiB - need
     if left >= floor:
         return FloorCheck(True, "")
-    return FloorCheck(False, f"reserving {format_bytes(need)} would leave {format_bytes(max(left, 0))} available, "
-                             f"below the floor of {format_bytes(floor)}; free memory first, lower the count, "
-                             f"or pass --force (or --min-available) to go ahead")
+    return FloorCheck(
+        False,
+        f"reserving {format_bytes(need)} would leave {format_bytes(max(left, 0))} available, "
+        f"below the floor of {format_bytes(floor)}; free memory first, lower the count, "
+        f"or pass --force (or --min-available) to go ahead",
+    )
 
 
 def parse_floor(text: str | None, mem_total_kb: int) -> int | None:

@@ -88,10 +88,16 @@ def read_cgroup(root="/", page_sizes_kb=tuple(sorted(p.kb for p in HUGE)), pid: 
             if limit_text is None:
                 continue
             usage = read_text(root, usage_file)
-            limits.append(HugetlbLimit(
-                kb, _parse_limit(limit_text), _parse_limit(read_text(root, rsvd_file)),
-                int(usage) if usage and usage.strip().isdigit() else None, version, limit_file,
-            ))
+            limits.append(
+                HugetlbLimit(
+                    kb,
+                    _parse_limit(limit_text),
+                    _parse_limit(read_text(root, rsvd_file)),
+                    int(usage) if usage and usage.strip().isdigit() else None,
+                    version,
+                    limit_file,
+                )
+            )
     return CgroupInfo(version, cpath, limits, detect_container(root))
 
 

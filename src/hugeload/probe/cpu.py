@@ -215,8 +215,11 @@ def _intel_tlb(cpuid: CpuidFn) -> tuple[list[TlbLevel], str]:
     if tlb:
         return tlb, "CPUID leaf 2 descriptors"
     top = _max_basic_leaf(cpuid)
-    why18 = (f"the CPU's highest basic leaf is {top:#x}, below 0x18" if top is not None and top < 0x18
-             else "CPUID leaf 0x18 reports no TLB")
+    why18 = (
+        f"the CPU's highest basic leaf is {top:#x}, below 0x18"
+        if top is not None and top < 0x18
+        else "CPUID leaf 0x18 reports no TLB"
+    )
     if not descriptors:
         why2 = "leaf 2 has no descriptors"
     else:
@@ -225,8 +228,11 @@ def _intel_tlb(cpuid: CpuidFn) -> tuple[list[TlbLevel], str]:
 
 
 def _amd_detail(tlb: list[TlbLevel]) -> str:
-    return "CPUID leaves 0x80000005/0x80000006/0x80000019" if tlb else \
-        "CPUID leaves 0x80000005, 0x80000006 and 0x80000019 report no TLB"
+    return (
+        "CPUID leaves 0x80000005/0x80000006/0x80000019"
+        if tlb
+        else "CPUID leaves 0x80000005, 0x80000006 and 0x80000019 report no TLB"
+    )
 
 
 def _cpuinfo_tlb(info: dict[str, str]) -> list[TlbLevel]:

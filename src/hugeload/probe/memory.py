@@ -68,4 +68,9 @@ def read_pressure(root="/") -> Pressure | None:
             k, _, v = f.partition("=")
             if k in ("avg10", "avg60"):
                 vals[f"{kind}_{k}"] = float(v)
-    return Pressure(vals.get("some_avg10", 0.0), vals.get("some_avg60", 0.0), vals.get("full_avg10", 0.0), vals.get("full_avg60", 0.0))
+    return Pressure(
+        vals.get("some_avg10", 0.0),
+        vals.get("some_avg60", 0.0),
+        vals.get("full_avg10", 0.0),
+        vals.get("full_avg60", 0.0),
+    )

@@ -50,10 +50,17 @@ def node_meminfo(root, node: int) -> dict[str, int]:
 def read_node(root, node: int) -> Node:
     mem = node_meminfo(root, node)
     sizes = pools.page_sizes(root)
-    return Node(node, parse_cpulist(read_text(root, f"{NODES_DIR}/node{node}/cpulist")),
-                mem.get("MemTotal", 0), mem.get("MemFree", 0),
-                {kb: pools.node_pool(root, kb, node) for kb in sizes
-                 if listdir(root, f"{NODES_DIR}/node{node}/hugepages/hugepages-{kb}kB")})
+    return Node(
+        node,
+        parse_cpulist(read_text(root, f"{NODES_DIR}/node{node}/cpulist")),
+        mem.get("MemTotal", 0),
+        mem.get("MemFree", 0),
+        {
+            kb: pools.node_pool(root, kb, node)
+            for kb in sizes
+            if listdir(root, f"{NODES_DIR}/node{node}/hugepages/hugepages-{kb}kB")
+        },
+    )
 
 
 def read_nodes(root="/") -> list[Node]:

@@ -58,12 +58,19 @@ def parse_smaps(text: str, min_size: int = 0) -> list[Mapping]:
             return
         start, end, perms, path = head
         if end - start >= min_size:
-            out.append(Mapping(
-                start, end, path,
-                fields.get("KernelPageSize", 4), fields.get("Rss", 0),
-                fields.get("FilePmdMapped", 0), fields.get("AnonHugePages", 0),
-                fields.get("Shared_Hugetlb", 0) + fields.get("Private_Hugetlb", 0), perms,
-            ))
+            out.append(
+                Mapping(
+                    start,
+                    end,
+                    path,
+                    fields.get("KernelPageSize", 4),
+                    fields.get("Rss", 0),
+                    fields.get("FilePmdMapped", 0),
+                    fields.get("AnonHugePages", 0),
+                    fields.get("Shared_Hugetlb", 0) + fields.get("Private_Hugetlb", 0),
+                    perms,
+                )
+            )
 
     for line in text.splitlines():
         first = line.split(None, 1)[0] if line.strip() else ""
@@ -136,6 +143,7 @@ def mapping_page_sizes(root, pid: int, path: str) -> set[int]:
 
 
 # --------------------------------------------------------------------------- who holds files and pages
+
 
 class Holder(NamedTuple):
     pid: int
