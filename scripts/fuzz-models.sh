@@ -22,11 +22,16 @@ while [[ $# -gt 0 ]]; do
 done
 py=.venv/bin/python
 [[ -x $py ]] || { echo "fuzz-models: no .venv: run scripts/setup.sh first" >&2; exit 2; }
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
 for fmt in $formats; do
   asked=0 ran=0 s=$seed
   while (( asked < examples )); do
     n=$(( examples - asked < batch ? examples - asked : batch ))
-    line=$("$py" tests/fuzz/fuzz_models.py --format "$fmt" --examples "$n" --seed "$s" | tee /dev/stderr | tail -n 1)
+    # Its lines go to stderr as they come (tee's stdout is ours, not a reopened /dev/stderr,
+    # which would truncate a log file), the last one is read back.
+    "$py" tests/fuzz/fuzz_models.py --format "$fmt" --examples "$n" --seed "$s" | tee "$out" >&2
+    line=$(tail -n 1 "$out")
     # "fuzz gguf: 10000 inputs (612 accepted), seed 5, ok": count what really ran
     got=${line#*: }; got=${got%% inputs*}
     [[ $got =~ ^[0-9]+$ ]] || { echo "fuzz-models: $fmt: seed $s did not finish" >&2; exit 1; }
