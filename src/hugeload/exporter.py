@@ -55,7 +55,7 @@ def _kb(value: str | None) -> int:
 def huge_page_procs(root="/", deadline: float | None = None) -> tuple[list[Proc], bool]:
     """Processes holding hugetlb pages, in one walk of /proc, and whether the walk finished
     before `deadline` (time.monotonic())."""
-    out = []
+    out: list[Proc] = []
     for pid in probe_procs.pids(root):
         if deadline is not None and time.monotonic() > deadline:
             return out, False
@@ -138,7 +138,7 @@ class Agent:
     def __init__(self, thresholds: plan_pressure.Thresholds, root="/", state_dir=None, window_s: float = 600):
         self.t, self.root, self.state_dir, self.window_s = thresholds, root, state_dir, window_s
         self.history: list[plan_pressure.Sample] = []
-        self.released = Counter()  # page size name -> pages
+        self.released: Counter[str] = Counter()  # page size name -> pages
         self.releases = 0
         self.last_reason = ""
 

@@ -26,11 +26,11 @@ scripts named gguf.py out of the working directory.
 """
 
 import os
-import stat
 import struct
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 from hugeload.errors import FormatError, UsageError
+from hugeload.modelfile import open_regular
 
 __all__ = ["Array", "GGUFTensors", "Header", "MissingPackage", "TensorInfo", "is_gguf", "read_header", "tensors"]
 
@@ -73,7 +73,7 @@ class Array(NamedTuple):
     length, and where its elements start."""
 
     type: str  # UINT8, ..., STRING
-    count: int
+    length: int  # elements (for an overlong string: bytes)
     offset: int
 
 
@@ -104,7 +104,7 @@ class MissingPackage(UsageError):
     """The optional gguf package (its GGML type table) is not installed."""
 
 
-def _fail(path: str, msg: str):
+def _fail(path: str, msg: str) -> NoReturn:
     raise FormatError(f"not a valid GGUF file: {path}: {msg}")
 
 
@@ -127,7 +127,7 @@ class _Reader:
         self.buf = b""
         self.buf_at = 0
 
-    def fail(self, msg: str):
+    def fail(self, msg: str) -> NoReturn:
         _fail(self.path, msg)
 
     def left(self) -> int:
@@ -304,39 +304,17 @@ def read_header(path) -> Header:
     """The checked layout and metadata of a GGUF file, without mapping it.  FormatError for
     anything ggml would not load; UsageError when the file is missing or the gguf package is."""
     path = os.fspath(path)
-    try:
-        # O_NONBLOCK: a FIFO planted under a model's name must not hang the open.
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    except FileNotFoundError:
-        raise UsageError(f"no such file: {path}") from None
-    except IsADirectoryError:
-        raise UsageError(f"{path} is a directory, not a file") from None
-    except OSError as e:
-        raise UsageError(f"cannot read {path}: {e.strerror}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise UsageError(f"{path} is not a regular file")
-        try:
-            return _parse(fd, st.st_size, path)
-        except OSError as e:
-            raise UsageError(f"cannot read {path}: {e.strerror}") from None
-    finally:
-        os.close(fd)
+    with open_regular(path) as (fd, size):
+        return _parse(fd, size, path)
 
 
 def is_gguf(path) -> bool:
     """Whether the file starts with GGUF's magic (False when it cannot be read)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError:
+        with open_regular(os.fspath(path)) as (fd, _size):
+            return os.pread(fd, 4, 0) == MAGIC
+    except UsageError:
         return False
-    try:
-        return stat.S_ISREG(os.fstat(fd).st_mode) and os.pread(fd, 4, 0) == MAGIC
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
 
 
 class GGUFTensors(dict):

@@ -24,13 +24,13 @@ are real torch.bfloat16 / torch.float8_* tensors.
 
 import json
 import os
-import stat
 import struct
 import warnings
 from typing import NamedTuple
 
 from hugeload.api import HugeMapping, map_file
 from hugeload.errors import FormatError, UsageError
+from hugeload.modelfile import open_regular
 
 __all__ = ["DTYPES", "Header", "TensorInfo", "Tensors", "bf16_to_f32", "load", "parse_header", "read_header"]
 
@@ -223,28 +223,11 @@ def parse_header(data: bytes | memoryview, file_size: int) -> Header:
 def read_header(path) -> Header:
     """Parse and validate the header of a safetensors file without mapping it."""
     path = os.fspath(path)
-    try:
-        # O_NONBLOCK: a FIFO planted under a model's name must not hang the open.
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    except FileNotFoundError:
-        raise UsageError(f"no such file: {path}") from None
-    except IsADirectoryError:
-        raise UsageError(f"{path} is a directory, not a file") from None
-    except OSError as e:
-        raise UsageError(f"cannot read {path}: {e.strerror}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise UsageError(f"{path} is not a regular file")
-        size = st.st_size
+    with open_regular(path) as (fd, size):
         head = os.pread(fd, 8, 0)
         n = struct.unpack_from("<Q", head)[0] if len(head) == 8 else 0
         if len(head) == 8 and n <= MAX_HEADER and 8 + n <= size:
             head += os.pread(fd, n, 8)
-    except OSError as e:
-        raise UsageError(f"cannot read {path}: {e.strerror}") from None
-    finally:
-        os.close(fd)
     return parse_header(head, size)
 
 

@@ -208,7 +208,9 @@ def grub_report(root) -> GrubReport:
     """What the kernel command line variables hold after /etc/default/grub and its drop-ins,
     parsed (never sourced), and what would surprise: huge page parameters set outside
     hugeload's own file, lines the parser did not follow."""
-    files, env, notes = [], {}, []
+    files: list[str] = []
+    env: dict[str, str] = {}
+    notes: list[str] = []
     paths = [os.path.join(os.fspath(root), GRUB_FILE)]
     dropins = os.path.join(os.fspath(root), GRUB_DROPIN_DIR)
     if os.path.isdir(dropins):

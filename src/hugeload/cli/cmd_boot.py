@@ -144,7 +144,7 @@ def run(args) -> int:
         return 0
     where = "a drop-in of its own" if dropin else "a marked block at its end"
     render.console.print(f"# {out['grub_file']} ({where}: the existing lines are kept as they are)")
-    render.console.print(out["grub_text"].rstrip("\n"), soft_wrap=True, markup=False)
+    render.console.print(str(out["grub_text"]).rstrip("\n"), soft_wrap=True, markup=False)
     render.console.print("# /etc/fstab (nofail: a machine without the page size still boots)")
     for line in fstab:
         render.console.print(line, soft_wrap=True)
