@@ -3,7 +3,8 @@
 # a careful admin would: the system's python3, the package in /usr/local (root-owned), and
 # hugeload-restore.service written by `hugeload boot-config --systemd --apply` and enabled.
 # Made from files on this host with `podman import` (no registry): systemd and its units,
-# python3 and its standard library, hugeload and rich, and every library ldd names for them.
+# python3 and its standard library, hugeload, rich and prometheus_client (the exporter unit),
+# and every library ldd names for them.
 #   scripts/systemd-image.sh                  # tag hugeload-systemd:local
 #   scripts/systemd-image.sh --tag T
 #   scripts/systemd-image.sh --tag T --remove
@@ -69,7 +70,7 @@ ln -s ../usr/lib/os-release "$root/etc/os-release"
 site="$root/usr/local/lib/python$pyver/dist-packages"
 mkdir -p "$site"
 cp -a src/hugeload "$site/"
-for pkg in rich markdown_it mdurl pygments; do cp -a "$venv_site/$pkg" "$site/"; done
+for pkg in rich markdown_it mdurl pygments prometheus_client; do cp -a "$venv_site/$pkg" "$site/"; done
 find "$site" -name __pycache__ -prune -exec rm -rf {} +
 chown -R root:root "$root"
 # The unit, written by hugeload itself for that interpreter and package, then enabled.

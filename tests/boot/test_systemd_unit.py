@@ -6,10 +6,12 @@ writes, enabled.  The container is privileged: the pools it fills are this host'
 is persisted (models.json, bind-mounted at /etc/hugeload) and its source bind-mounted
 read-only.  Asserted:
   - at start-up the unit has run and succeeded, with its hardening in force, and the model
-    is staged, whole (same SHA-256 as its source), in 2 MB pages: the host's 2M pool grew by
-    exactly the model's pages;
+    is staged, whole (same SHA-256 as its source), in 2 MB pages: the host's 2M pool gave it
+    exactly the model's pages (free ones first, the rest reserved);
   - `systemctl stop` gives every page back (the pool is as before), unmounts the store and
     keeps the model listed; `systemctl start` stages it again;
+  - hugeload-exporter.service, hardened (ProtectSystem=strict, ...), serves the model's
+    metrics on the container's loopback;
   - shutting the container down (systemd's own stop of the unit) gives the pages back too.
 Pages: 3 x 2 MB.  Skips, saying why, where podman or systemd cannot run."""
 
@@ -34,8 +36,17 @@ RUN_OPTS = ["--network", "none", "--ulimit", "nofile=20000:20000", "--ulimit", "
 MODEL_INSIDE = "/var/lib/hugeload/models/m.bin"
 
 
-def pool() -> int:
-    return int((P2M / "nr_hugepages").read_text())
+def pool() -> tuple[int, int]:
+    """(pages in the 2M pool, pages free and not promised to a mapping)."""
+    n, free, resv = (int((P2M / f).read_text()) for f in ("nr_hugepages", "free_hugepages", "resv_hugepages"))
+    return n, free - resv
+
+
+def staged_pool(before: tuple[int, int], pages: int) -> tuple[int, int]:
+    """The pool once `pages` are staged: hugeload takes free pages first and reserves only
+    what is missing (read back from the kernel)."""
+    grown = max(0, pages - before[1])
+    return before[0] + grown, before[1] + grown - pages
 
 
 def podman(*args, timeout=120, check=True) -> subprocess.CompletedProcess:
@@ -93,6 +104,17 @@ def staged(name: str) -> list[dict]:
     return json.loads(r.stdout)["models"]
 
 
+SCRAPE = """
+import time, urllib.request
+for _ in range(100):
+    try:
+        print(urllib.request.urlopen("http://127.0.0.1:9464/metrics", timeout=5).read().decode())
+        break
+    except OSError:
+        time.sleep(0.2)
+"""
+
+
 def hugetlbfs_mounts(name: str) -> list[str]:
     code = "print('\\n'.join(l.split()[1] for l in open('/proc/mounts') if l.split()[2] == 'hugetlbfs'))"
     return podman("exec", name, "python3", "-c", code).stdout.split()
@@ -129,7 +151,7 @@ def test_the_unit_restores_a_persisted_model_at_boot_and_gives_it_back(image, tm
             m["path"],
         ).stdout.strip()  # fmt: skip
         assert digest == hashlib.sha256(source.read_bytes()).hexdigest()
-        assert pool() == before + 3  # the model's pages and nothing more
+        assert pool() == staged_pool(before, 3)  # the model's pages and nothing more
 
         podman("exec", name, "systemctl", "stop", "hugeload-restore.service")
         assert pool() == before
@@ -137,7 +159,13 @@ def test_the_unit_restores_a_persisted_model_at_boot_and_gives_it_back(image, tm
         assert [x["name"] for x in persist.load(etc)] == ["m"]  # still restored at the next boot
 
         podman("exec", name, "systemctl", "start", "hugeload-restore.service")
-        assert [x["state"] for x in staged(name)] == ["ready"] and pool() == before + 3
+        assert [x["state"] for x in staged(name)] == ["ready"] and pool() == staged_pool(before, 3)
+
+        podman("exec", name, "systemctl", "start", "hugeload-exporter.service")
+        metrics = podman("exec", name, "python3", "-c", SCRAPE).stdout
+        assert 'hugeload_model_ready{model="m"} 1.0' in metrics.splitlines(), metrics[-2000:]
+        assert unit(name, "ActiveState")["ActiveState"] == "active"
+        podman("exec", name, "systemctl", "stop", "hugeload-exporter.service")
         podman("stop", "-t", "60", name, timeout=120)  # systemd's shutdown stops the unit
         assert pool() == before
     finally:
