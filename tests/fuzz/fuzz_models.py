@@ -303,9 +303,13 @@ def check_gguf(path: Path, data: bytes) -> None:
     try:
         for t in header.tensors.values():
             assert views[t.name].tobytes() == data[t.offset : t.offset + t.nbytes], t.name
-        # The reference reader, now that the header is known to be sane, reads the same layout.
+        # The reference reader, now that the header is known to be sane, reads the same layout;
+        # except where it has a bug of its own: a 0-dimensional tensor of a block type (BF16,
+        # Q8_0, ...; ggml reads it as one row) makes GGUFReader index an empty shape.
         import gguf
 
+        if any(not t.ne and t.type not in hg.ELEMENT_DTYPES for t in header.tensors.values()):
+            return True
         reader = gguf.GGUFReader(str(path))
         assert [t.name for t in reader.tensors] == list(header.tensors)
         for rt in reader.tensors:
