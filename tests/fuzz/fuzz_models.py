@@ -18,7 +18,8 @@ space limit this process sets on itself after its imports (RLIMIT_AS, --memory-l
 above what the imports took).
 
 A failure's input is written to --save DIR (default: the corpus directory, under its
-format) so `--replay` and tests/fuzz/test_fuzz_models.py keep it as a regression test.
+format) so `--replay` and tests/fuzz/test_fuzz_models.py keep it as a regression test; one
+that turns out valid (the failure was elsewhere) is kept under a "valid-" name.
 Prints one line at the end: `fuzz <format>: N inputs, seed S, ok`.
 """
 
