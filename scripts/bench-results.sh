@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The runs behind docs/results.md, as root, each under the test lock (no test reserves
-# pages meanwhile).  Models are generated into $MODELS (default /tmp/hugeload-results);
+# pages meanwhile).  Models are generated into $MODELS (default .cache/results);
 # outputs go to $OUT (default $MODELS/out).  About 75 minutes on the 2-core VM (the 8 GB
 # dense run is half of it).
 #   MOE_SIZE=8G DENSE_SIZE=1G BIG_DENSE_SIZE=8G scripts/bench-results.sh
@@ -8,13 +8,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 HL=.venv/bin/hugeload
 BIN=${LLAMA_BIN:-.cache/llama/bin}
-MODELS=${MODELS:-/tmp/hugeload-results}
+# Under the checkout, not /tmp: root generates and loads these, and a directory another user
+# made first in /tmp could hold links or swapped models.
+MODELS=${MODELS:-.cache/results}
 OUT=${OUT:-$MODELS/out}
 MOE_SIZE=${MOE_SIZE:-8G}
 DENSE_SIZE=${DENSE_SIZE:-1G}
 BIG_DENSE_SIZE=${BIG_DENSE_SIZE:-8G}
 mkdir -p "$MODELS" "$OUT"
-lock() { flock /tmp/hugeload-tests.lock "$@"; }
+# flock(1) opens with O_CREAT and follows links: a link planted there would make root create its target.
+lock() { [[ ! -L /tmp/hugeload-tests.lock ]] || { echo "bench-results: /tmp/hugeload-tests.lock is a symlink" >&2; exit 1; }; flock /tmp/hugeload-tests.lock "$@"; }
 # 1 GB pages at run time need unfragmented memory: before each run, drop the other models'
 # files from the page cache (the benched model stays cached) and compact.
 only_cached() {

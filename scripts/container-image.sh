@@ -25,8 +25,10 @@ if ! command -v podman >/dev/null || ! command -v runc >/dev/null; then
   # On demand, as scripts/setup.sh does for the build tools: root with apt-get installs it.
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && [ $remove = 0 ]; then
     echo "container-image: installing podman runc with apt-get" >&2
-    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc; } >/tmp/hugeload-apt-podman.log 2>&1 \
-      || { tail -3 /tmp/hugeload-apt-podman.log >&2; echo "container-image: apt-get install podman runc failed" >&2; exit 1; }
+    aptlog=$(mktemp)  # a fixed name in /tmp could be a link planted to a file root would overwrite
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc; } >"$aptlog" 2>&1 \
+      || { tail -3 "$aptlog" >&2; rm -f "$aptlog"; echo "container-image: apt-get install podman runc failed" >&2; exit 1; }
+    rm -f "$aptlog"
   elif ! command -v podman >/dev/null; then
     echo "container-image: podman is not installed (apt-get install podman runc)" >&2; exit 1
   fi
@@ -45,13 +47,14 @@ done
 [ ${#tools[@]} -gt 0 ] || { echo "container-image: no llama.cpp binaries in $bin: run scripts/get-llama.sh" >&2; exit 1; }
 
 root=$(mktemp -d)
-trap 'rm -rf "$root"' EXIT
+log=$(mktemp)  # not "$root.log": a name others can guess from the directory's
+trap 'rm -rf "$root" "$log"' EXIT
 mkdir -p "$root"/{usr/local/bin,opt/hugeload,models/hugeload,tmp,run,etc,dev,proc,sys}
 chmod 1777 "$root/tmp"
 copy_with_libs() {  # the file, and every library ldd resolves for it, at the same path
   local f=$1 dest=$2
   cp -L "$f" "$root$dest"
-  ldd "$f" | awk '/=> \// {print $3} /^\s*\/[^ ]+ \(/ {print $1}' | while read -r so; do
+  ldd "$f" | awk '/=> \// {print $3} /^[[:space:]]*\/[^ ]+ \(/ {print $1}' | while read -r so; do
     mkdir -p "$root$(dirname "$so")"
     [ -e "$root$so" ] || cp -L "$so" "$root$so"
   done
@@ -62,7 +65,6 @@ copy_with_libs "$lib" /opt/hugeload/libhugeload.so
 [ -d /lib64 ] && [ ! -e "$root/lib64" ] && mkdir -p "$root/lib64" && cp -L /lib64/ld-linux-x86-64.so.2 "$root/lib64/" 2>/dev/null || true
 echo "root:x:0:0:root:/:/usr/local/bin/llama-server" > "$root/etc/passwd"
 echo "root:x:0:" > "$root/etc/group"
-tar -C "$root" -cf - . | podman import --change "ENV PATH=/usr/local/bin" --change "WORKDIR /" - "$tag" >"$root.log" 2>&1 \
-  || { cat "$root.log" >&2; rm -f "$root.log"; echo "container-image: podman import failed" >&2; exit 1; }
-rm -f "$root.log"
+tar -C "$root" -cf - . | podman import --change "ENV PATH=/usr/local/bin" --change "WORKDIR /" - "$tag" >"$log" 2>&1 \
+  || { cat "$log" >&2; echo "container-image: podman import failed" >&2; exit 1; }
 echo "$tag"

@@ -13,6 +13,8 @@
 # Needs root, qemu-system-x86, a kernel image in /boot and virtme-ng; installs
 # what is missing when it can (apt-get, pip into .cache/vng-venv).
 # Exit 77 (with one line saying why) when the rig cannot be set up.
+# HUGELOAD_VM_APPEND replaces the guest kernel's extra command line (default: one 1 GB page
+# on node 1), e.g. the seed's GRUB line for tests/boot/test_boot_guest.py.
 # Only one guest at a time: a second caller waits on the lock.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -67,14 +69,17 @@ guest=$out/guest.sh
 chmod +x "$guest"
 rm -f "$out/rc"
 
-exec 9>/tmp/hugeload-numa-vm.lock
+# Opened without truncating (9<>, not 9>) and never through a symlink planted in /tmp.
+lock=/tmp/hugeload-numa-vm.lock
+[[ -L $lock ]] && { echo "numa-vm: $lock is a symlink: remove it (someone planted it)" >&2; exit 1; }
+exec 9<>"$lock"
 flock 9
 set +e
 # Through a pipe: given a regular file as its output, qemu opens it again with O_TRUNC, and
 # `scripts/test.sh > log` lost everything the suite printed before the guest started.
 timeout --kill-after=10 "$timeout_s" vng --disable-kvm --run "$kernel" --cpus 2 --memory 4G \
   --numa 2G,cpus=0 --numa 2G,cpus=1 \
-  --append "hugepagesz=1G hugepages=1:1" \
+  --append "${HUGELOAD_VM_APPEND:-hugepagesz=1G hugepages=1:1}" \
   --rwdir "$out" --cwd "$repo" -e "$guest" </dev/null 2>&1 | cat
 vm_rc=${PIPESTATUS[0]}
 set -e

@@ -17,8 +17,10 @@ command -v ninja >/dev/null || missing+=(ninja-build)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "setup: installing ${missing[*]} with apt-get" >&2
-    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"; } >/tmp/hugeload-apt.log 2>&1 \
-      || { tail -5 /tmp/hugeload-apt.log >&2; echo "setup: apt-get install ${missing[*]} failed" >&2; exit 1; }
+    aptlog=$(mktemp)  # a fixed name in /tmp could be a link planted to a file root would overwrite
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"; } >"$aptlog" 2>&1 \
+      || { tail -5 "$aptlog" >&2; rm -f "$aptlog"; echo "setup: apt-get install ${missing[*]} failed" >&2; exit 1; }
+    rm -f "$aptlog"
   else
     echo "setup: missing ${missing[*]}: install them (as root: apt-get install ${missing[*]})" >&2
     exit 1

@@ -22,8 +22,9 @@ fi
 # output), installed when we are root with apt-get; without them those tests skip, saying why.
 if ! command -v podman >/dev/null || ! command -v runc >/dev/null || ! command -v docker-compose >/dev/null; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc docker-compose; } >/tmp/hugeload-apt-podman.log 2>&1 \
-      || echo "test: WARNING: podman did not install (see /tmp/hugeload-apt-podman.log); container tests will skip" >&2
+    aptlog=$(mktemp)  # a fixed name in /tmp could be a link planted to a file root would overwrite
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc docker-compose; } >"$aptlog" 2>&1 \
+      || echo "test: WARNING: podman did not install (see $aptlog); container tests will skip" >&2
   fi
 fi
 if [[ $# -gt 0 || ${HUGELOAD_CI_NUMA:-1} != 1 ]]; then

@@ -49,7 +49,8 @@ def restore_pools(before: dict[str, str]) -> None:
 
 @pytest.fixture(scope="session")
 def machine_lock_file():
-    fd = os.open(LOCK_PATH, os.O_CREAT | os.O_RDWR, 0o666)
+    # O_NOFOLLOW: a link planted in /tmp would make root create (0666) whatever it points to.
+    fd = os.open(LOCK_PATH, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, 0o666)
     yield fd
     os.close(fd)
 

@@ -186,21 +186,16 @@ def build_stamp(engine: str | os.PathLike | None) -> str | None:
 
 
 def model_tensors(path: str | os.PathLike):
-    """[plan.buffers.Tensor] of a GGUF file, or None when it is not one or the optional
-    gguf package is missing (then nothing about heap copies can be predicted)."""
+    """[plan.buffers.Tensor] of a GGUF file, or None when it is not one (no GGUF magic) or the
+    optional gguf package is missing (then nothing about heap copies can be predicted).  A file
+    that says it is GGUF but is malformed raises FormatError (hugeload.gguf's checked reader)."""
+    from hugeload import gguf as hgguf
     from hugeload.plan.buffers import Tensor
 
-    try:
-        with open(path, "rb") as f:
-            if f.read(4) != b"GGUF":
-                return None
-        from gguf import GGUFReader  # the PyPI package
-    except (OSError, ImportError):
+    if not hgguf.is_gguf(path):
         return None
     try:
-        reader = GGUFReader(os.fspath(path), "r")
-        return [
-            Tensor(t.name, t.tensor_type.name, tuple(int(n) for n in t.shape), int(t.n_bytes)) for t in reader.tensors
-        ]
-    except (ValueError, KeyError, IndexError, TypeError, OverflowError, UnicodeDecodeError, OSError):
+        header = hgguf.read_header(path)
+    except hgguf.MissingPackage:
         return None
+    return [Tensor(t.name, t.type, t.ne, t.nbytes) for t in header.tensors.values()]

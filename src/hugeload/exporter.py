@@ -1,15 +1,23 @@
 """`hugeload exporter`: Prometheus metrics of the pools, the staged models and who maps them,
 and (with --release-under-pressure) the node agent that gives back idle reserved pages.
 
-One scrape reads each file once: the pool counters, the store's manifests, /proc/PID/status
-of every process (one small file each; HugetlbPages tells which processes hold huge pages)
-and /proc/PID/maps only of those.  A mapping is matched to a staged file by device and inode,
-which a container's process shows the same as the host, whatever path its mount namespace
-gives the file.
+One walk reads each file once: the pool counters, the store's manifests, /proc/PID/status
+of every process (HugetlbPages, found by its line key, tells which processes hold huge
+pages) and /proc/PID/maps only of those (probe/procs.py reads both).  A mapping is matched
+to a staged file by device and inode, which a container's process shows the same as the
+host, whatever path its mount namespace gives the file.
+
+Scrapes are cheap to repeat and safe to expose: a walk is kept for `max_age` seconds and
+concurrent scrapes wait for the one walk in progress instead of starting their own; a walk
+stops at its time budget (hugeload_scrape_complete then says 0); the server drops a client
+that sends nothing within its timeout and refuses connections beyond a small number.
+Families follow node_exporter's conventions: system-wide pools and per-node pools are two
+families, so a sum() over either counts each page once.
 """
 
 import logging
 import os
+import threading
 import time
 from collections import Counter
 from typing import NamedTuple
@@ -18,11 +26,16 @@ from hugeload.act import ledger, store
 from hugeload.act import pools as act_pools
 from hugeload.plan import pressure as plan_pressure
 from hugeload.probe import pools as probe_pools
-from hugeload.probe.files import listdir, read_text
+from hugeload.probe import procs as probe_procs
 from hugeload.probe.memory import read_meminfo, read_pressure
 from hugeload.units import KiB, page_size_name
 
 log = logging.getLogger("hugeload.agent")
+
+CACHE_SECONDS = 2.0  # a walk serves every scrape that comes within this time
+WALK_BUDGET_SECONDS = 10.0  # a walk of /proc stops here (Prometheus' default scrape timeout)
+REQUEST_TIMEOUT_SECONDS = 10.0  # a client that sends no request within this is dropped
+MAX_CONNECTIONS = 64  # more at once are closed unanswered: threads stay bounded
 
 
 class Proc(NamedTuple):
@@ -32,57 +45,26 @@ class Proc(NamedTuple):
     files: frozenset  # (dev, ino) of hugetlb file mappings
 
 
-def _read(path: str) -> bytes | None:
-    """One read of a small /proc file (status is under 2 kB): a third of the cost of
-    Path.read_text, which matters with thousands of processes per scrape."""
+def _kb(value: str | None) -> int:
     try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        return os.read(fd, 8192)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
+        return int((value or "0").split()[0])
+    except (ValueError, IndexError):
+        return 0
 
 
-def _status_fields(text: bytes) -> tuple[str, int]:
-    """Name and HugetlbPages (kB) of a /proc/PID/status."""
-    i = text.find(b"HugetlbPages:")
-    kb = int(text[i + 13 : text.index(b"kB", i)]) if i >= 0 else 0
-    name = text[6 : text.find(b"\n")].strip().decode(errors="replace") if text.startswith(b"Name:") else ""
-    return name, kb
-
-
-def _mapped_files(text: str) -> frozenset:
-    out = set()
-    for line in text.splitlines():
-        parts = line.split(None, 5)
-        if len(parts) >= 6 and parts[4] != "0":
-            major, _, minor = parts[3].partition(":")
-            try:
-                out.add((os.makedev(int(major, 16), int(minor, 16)), int(parts[4])))
-            except ValueError:
-                continue
-    return frozenset(out)
-
-
-def huge_page_procs(root="/") -> list[Proc]:
-    """Processes holding hugetlb pages, in one walk of /proc."""
-    out = []
-    proc = os.path.join(str(root), "proc")
-    for name in listdir(root, "proc"):
-        if not name.isdigit():
-            continue
-        status = _read(f"{proc}/{name}/status")
-        if not status:
-            continue  # gone since the listing
-        comm, kb = _status_fields(status)
+def huge_page_procs(root="/", deadline: float | None = None) -> tuple[list[Proc], bool]:
+    """Processes holding hugetlb pages, in one walk of /proc, and whether the walk finished
+    before `deadline` (time.monotonic())."""
+    out: list[Proc] = []
+    for pid in probe_procs.pids(root):
+        if deadline is not None and time.monotonic() > deadline:
+            return out, False
+        status = probe_procs.read_status_fields(root, pid, ("Name", "HugetlbPages"))
+        kb = _kb(status.get("HugetlbPages"))
         if kb <= 0:
-            continue
-        out.append(Proc(int(name), comm, kb, _mapped_files(read_text(root, f"proc/{name}/maps", "") or "")))
-    return out
+            continue  # none, or gone since the listing
+        out.append(Proc(pid, status.get("Name", ""), kb, probe_procs.read_mapped_inodes(root, pid)))
+    return out, True
 
 
 class ModelState(NamedTuple):
@@ -115,14 +97,38 @@ class Snapshot(NamedTuple):
     models: list[ModelState]
     procs: list[Proc]
     seconds: float
+    complete: bool = True  # False: the /proc walk stopped at its time budget
 
 
-def snapshot(root="/", state_dir=None) -> Snapshot:
+def snapshot(root="/", state_dir=None, budget_s: float | None = WALK_BUDGET_SECONDS) -> Snapshot:
     t0 = time.perf_counter()
+    deadline = None if budget_s is None else time.monotonic() + budget_s
     pools = probe_pools.read_pools(root)
     models = model_states(state_dir)
-    procs = huge_page_procs(root)
-    return Snapshot(pools, models, procs, time.perf_counter() - t0)
+    procs, complete = huge_page_procs(root, deadline)
+    return Snapshot(pools, models, procs, time.perf_counter() - t0, complete)
+
+
+class SnapshotCache:
+    """One walk for every scrape within `max_age` seconds.  The lock is held during the walk,
+    so scrapes that arrive meanwhile wait for it and share its result: N concurrent scrapes
+    cost one walk, not N."""
+
+    def __init__(self, root="/", state_dir=None, max_age: float = CACHE_SECONDS, budget_s=WALK_BUDGET_SECONDS):
+        self.root, self.state_dir, self.max_age, self.budget_s = root, state_dir, max_age, budget_s
+        self._lock = threading.Lock()
+        self._snap: Snapshot | None = None
+        self._taken = 0.0
+        self.walks = 0
+
+    def get(self) -> Snapshot:
+        with self._lock:
+            now = time.monotonic()
+            if self._snap is None or now - self._taken >= self.max_age:
+                self._snap = snapshot(self.root, self.state_dir, self.budget_s)
+                self._taken = time.monotonic()
+                self.walks += 1
+            return self._snap
 
 
 class Agent:
@@ -132,7 +138,7 @@ class Agent:
     def __init__(self, thresholds: plan_pressure.Thresholds, root="/", state_dir=None, window_s: float = 600):
         self.t, self.root, self.state_dir, self.window_s = thresholds, root, state_dir, window_s
         self.history: list[plan_pressure.Sample] = []
-        self.released = Counter()  # page size name -> pages
+        self.released: Counter[str] = Counter()  # page size name -> pages
         self.releases = 0
         self.last_reason = ""
 
@@ -172,29 +178,41 @@ class Agent:
         return done
 
 
-def collector(root="/", state_dir=None, agent: Agent | None = None):
-    """A prometheus_client collector that takes a fresh snapshot on every scrape."""
+def collector(root="/", state_dir=None, agent: Agent | None = None, cache: SnapshotCache | None = None):
+    """A prometheus_client collector; each scrape takes the cache's snapshot (default: a fresh
+    walk every time, what --once wants)."""
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    cache = cache or SnapshotCache(root, state_dir, max_age=0)
+
+    def pool_states(p):
+        return (("total", p.total), ("free", p.free), ("reserved", p.reserved), ("surplus", p.surplus))
 
     class Collector:
         def collect(self):
-            snap = snapshot(root, state_dir)
+            snap = cache.get()
+            # node_exporter's convention: the system's pools and each node's are separate
+            # families, never a node="all" series beside per-node ones (a sum() would count twice).
             pool = GaugeMetricFamily(
                 "hugeload_pool_pages",
-                "Huge pages per pool, by state (total, free, reserved = promised to a mapping, surplus)",
+                "Huge pages in the system's pool, by state (total, free, reserved = promised to a mapping, surplus)",
+                labels=["page_size", "state"],
+            )
+            node_pool = GaugeMetricFamily(
+                "hugeload_node_pool_pages",
+                "Huge pages in each NUMA node's pool, by state (total, free, surplus)",
                 labels=["page_size", "node", "state"],
             )
             for p in snap.pools:
-                node = "all" if p.node is None else str(p.node)
-                for state, v in (
-                    ("total", p.total),
-                    ("free", p.free),
-                    ("reserved", p.reserved),
-                    ("surplus", p.surplus),
-                ):
-                    if v is not None:
-                        pool.add_metric([page_size_name(p.page_size_kb), node, state], v)
+                for state, v in pool_states(p):
+                    if v is None:
+                        continue
+                    if p.node is None:
+                        pool.add_metric([page_size_name(p.page_size_kb), state], v)
+                    else:
+                        node_pool.add_metric([page_size_name(p.page_size_kb), str(p.node), state], v)
             yield pool
+            yield node_pool
             pages = GaugeMetricFamily(
                 "hugeload_model_pages", "Huge pages a staged model holds", labels=["model", "page_size", "node"]
             )
@@ -220,7 +238,17 @@ def collector(root="/", state_dir=None, agent: Agent | None = None):
                 proc.add_metric([str(p.pid), p.comm], p.hugetlb_kb * KiB)
             yield proc
             yield GaugeMetricFamily(
-                "hugeload_scrape_duration_seconds", "Time this scrape took to read /proc and /sys", value=snap.seconds
+                "hugeload_scrape_duration_seconds", "Time the last walk took to read /proc and /sys", value=snap.seconds
+            )
+            yield GaugeMetricFamily(
+                "hugeload_scrape_complete",
+                "0 when the last walk of /proc stopped at its time budget (process metrics are partial)",
+                value=1 if snap.complete else 0,
+            )
+            yield CounterMetricFamily(
+                "hugeload_scrape_walks",
+                "Walks of /proc and /sys (scrapes within the cache time share one)",
+                value=cache.walks,
             )
             if agent is not None:
                 rel = CounterMetricFamily(
@@ -241,11 +269,11 @@ def collector(root="/", state_dir=None, agent: Agent | None = None):
     return Collector()
 
 
-def registry(root="/", state_dir=None, agent: Agent | None = None):
+def registry(root="/", state_dir=None, agent: Agent | None = None, cache: SnapshotCache | None = None):
     from prometheus_client import CollectorRegistry
 
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(collector(root, state_dir, agent))
+    reg.register(collector(root, state_dir, agent, cache))
     return reg
 
 
@@ -253,3 +281,55 @@ def render(root="/", state_dir=None, agent: Agent | None = None) -> str:
     from prometheus_client import generate_latest
 
     return generate_latest(registry(root, state_dir, agent)).decode()
+
+
+def serve(
+    host: str,
+    port: int,
+    reg,
+    timeout: float = REQUEST_TIMEOUT_SECONDS,
+    max_connections: int = MAX_CONNECTIONS,
+):
+    """Serve /metrics of `reg` on host:port from a thread; returns the server (shutdown() and
+    server_close() stop it).  prometheus_client's own server waits forever on a client that
+    sends nothing and starts a thread for every connection: here a client has `timeout`
+    seconds to send its request and be answered, and connections beyond `max_connections`
+    are closed at once."""
+    import socket
+    from socketserver import ThreadingMixIn
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+    from prometheus_client import make_wsgi_app
+
+    slots = threading.BoundedSemaphore(max_connections)
+
+    class Handler(WSGIRequestHandler):
+        def setup(self):
+            self.timeout = timeout  # StreamRequestHandler sets it on the socket
+            super().setup()
+
+        def log_message(self, format, *args):  # noqa: A002 (the base class's name)
+            pass
+
+    class Server(ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+        address_family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+
+        def process_request(self, request, client_address):
+            if not slots.acquire(blocking=False):
+                self.shutdown_request(request)
+                return
+            super().process_request(request, client_address)
+
+        def handle_error(self, request, client_address):
+            log.debug("exporter: dropped %s", client_address, exc_info=True)  # a timeout, a reset: not ours
+
+        def process_request_thread(self, request, client_address):
+            try:
+                super().process_request_thread(request, client_address)
+            finally:
+                slots.release()
+
+    server = make_server(host, port, make_wsgi_app(reg), Server, handler_class=Handler)
+    threading.Thread(target=server.serve_forever, name="hugeload-exporter", daemon=True).start()
+    return server

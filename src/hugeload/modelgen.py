@@ -81,6 +81,7 @@ import argparse
 import math
 import os
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -533,7 +534,7 @@ def make_model(
     dense llama model). n_layer/n_embd/n_ff override the automatic shape (size_bytes may then
     be None if all three are given; n_ff is the expert width for MoE). alignment: GGUF data
     alignment of every tensor (power of two, default 32).
-    The file is written to ``path + '.tmp'`` and renamed when complete.
+    The file is written under a fresh temporary name beside ``path`` and renamed when complete.
     """
     import numpy as np
 
@@ -547,7 +548,11 @@ def make_model(
     gguf = _gguf()
     tokens, scores, ttypes = _vocab(n_vocab)
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    # A fresh name (O_EXCL|O_NOFOLLOW): a fixed "path.tmp" could be a link planted beside the output.
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    os.fchmod(fd, 0o644)  # what open() would have made: engines in containers read it
+    os.close(fd)
+    tmp = Path(tmp_name)
     rng = np.random.default_rng(seed)
     e, hd = s.n_embd, s.head_dim
 

@@ -7,6 +7,11 @@ The header is parsed and validated here (no dependency on the safetensors
 package) with the same rules as the reference implementation: tensors must
 cover the data region exactly, in any order, without overlaps or gaps.  Every
 violation raises hugeload.FormatError before a single huge page is touched.
+Model files come from the internet and hugeload reads them as root, so the
+header's cost is bounded before it is parsed: its length by the file's size and
+the reference's 100 MB, the number of JSON arrays and objects in it (what makes
+a small header expensive in Python objects), each shape's dimensions (32, what
+NumPy 1 allows) and their product (an int64, what NumPy and torch can hold).
 
 Returned arrays are views into one HugeMapping (`result.mapping`), which
 stays mapped as long as any of them is alive.
@@ -25,10 +30,17 @@ from typing import NamedTuple
 
 from hugeload.api import HugeMapping, map_file
 from hugeload.errors import FormatError, UsageError
+from hugeload.modelfile import open_regular
 
-__all__ = ["load", "read_header", "parse_header", "Header", "TensorInfo", "Tensors", "bf16_to_f32", "DTYPES"]
+__all__ = ["DTYPES", "Header", "TensorInfo", "Tensors", "bf16_to_f32", "load", "parse_header", "read_header"]
 
 MAX_HEADER = 100_000_000  # the reference implementation's limit
+MAX_DIMS = 32  # NumPy 1's NPY_MAXDIMS; torch and NumPy 2 allow more, no model needs it
+INT64_MAX = (1 << 63) - 1
+# A tensor entry is three containers ({}, shape [], data_offsets []): a header with a million
+# tensors has ~3M.  Counted as brackets in the raw bytes (an upper bound), before json parses
+# 100 MB of "[]," into 33M lists (2 GB).
+MAX_CONTAINERS = 3 * (1 << 20) + 16
 
 # dtype -> (bytes per element, NumPy dtype holding it: the bits for BF16/F8)
 DTYPES = {
@@ -105,10 +117,31 @@ def _reject_constant(name):
 
 def _int_list(value, what: str) -> list[int]:
     if not isinstance(value, list) or not all(type(x) is int for x in value):
-        _fail(f"{what} must be a list of integers, got {value!r:.80}")
-    if any(x < 0 for x in value):
-        _fail(f"{what} must not be negative: {value!r:.80}")
+        _fail(f"{what} must be a list of integers, got {_short(value)}")
+    if any(x < 0 or x > INT64_MAX for x in value):
+        _fail(f"{what} must hold integers from 0 to 2**63-1: {_short(value)}")
     return value
+
+
+def _short(value) -> str:
+    """repr of a value from the file, cut short before it is built in full."""
+    if isinstance(value, list) and len(value) > 8:
+        return "[" + ", ".join(_short(v) for v in value[:8]) + f", ... ({len(value)} items)]"
+    return f"{value!r:.80}"
+
+
+def _element_count(name: str, dtype: str, shape: list[int]) -> int:
+    """Elements of `shape`, or FormatError when NumPy or torch could not hold its array: more
+    than MAX_DIMS dimensions, or a size (zero dimensions aside) that overflows an int64."""
+    if len(shape) > MAX_DIMS:
+        _fail(f"tensor {name!r}: {len(shape)} dimensions (the limit is {MAX_DIMS})")
+    nonzero = DTYPES[dtype][0]
+    for d in shape:
+        if d:
+            nonzero *= d
+            if nonzero > INT64_MAX:
+                _fail(f"tensor {name!r}: shape {_short(shape)} has more bytes than an int64 counts")
+    return 0 if 0 in shape else nonzero // DTYPES[dtype][0]
 
 
 def parse_header(data: bytes | memoryview, file_size: int) -> Header:
@@ -130,6 +163,9 @@ def parse_header(data: bytes | memoryview, file_size: int) -> Header:
     raw = data[8 : 8 + n]
     if not raw.startswith(b"{"):
         _fail("the header does not start with '{'")
+    containers = raw.count(b"[") + raw.count(b"{")
+    if containers > MAX_CONTAINERS:
+        _fail(f"the header holds {containers} JSON arrays and objects (the limit is {MAX_CONTAINERS})")
     try:
         header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
     except FormatError:
@@ -152,26 +188,23 @@ def parse_header(data: bytes | memoryview, file_size: int) -> Header:
             continue
         if not isinstance(entry, dict):
             _fail(f"tensor {name!r}: expected an object, got {type(entry).__name__}")
-        if set(entry) != _ENTRY_KEYS:
-            _fail(f"tensor {name!r}: expected the keys dtype, shape, data_offsets, got {sorted(entry)}")
+        if not _ENTRY_KEYS <= set(entry):  # other keys are ignored, as by the reference
+            _fail(f"tensor {name!r}: expected the keys dtype, shape, data_offsets, got {sorted(entry)[:8]}")
         dtype = entry["dtype"]
         if not isinstance(dtype, str) or dtype not in DTYPES:
             _fail(f"tensor {name!r}: unknown dtype {dtype!r:.40} (known: {', '.join(DTYPES)})")
         shape = _int_list(entry["shape"], f"tensor {name!r}: shape")
         offsets = _int_list(entry["data_offsets"], f"tensor {name!r}: data_offsets")
         if len(offsets) != 2:
-            _fail(f"tensor {name!r}: data_offsets must be [begin, end], got {offsets!r:.80}")
+            _fail(f"tensor {name!r}: data_offsets must be [begin, end], got {_short(offsets)}")
         begin, end = offsets
         if begin > end:
             _fail(f"tensor {name!r}: data_offsets [{begin}, {end}] end before they begin")
         if end > data_len:
             _fail(f"tensor {name!r}: data_offsets [{begin}, {end}] run past the {data_len}-byte data region")
-        count = 1
-        for d in shape:
-            count *= d
-        expected = count * DTYPES[dtype][0]
+        expected = _element_count(name, dtype, shape) * DTYPES[dtype][0]
         if end - begin != expected:
-            _fail(f"tensor {name!r}: {dtype} {shape} needs {expected} bytes, data_offsets give {end - begin}")
+            _fail(f"tensor {name!r}: {dtype} {_short(shape)} needs {expected} bytes, data_offsets give {end - begin}")
         tensors[name] = TensorInfo(name, dtype, tuple(shape), begin, end)
 
     # The data region must be covered exactly: no overlap, no gap, nothing after.
@@ -190,17 +223,11 @@ def parse_header(data: bytes | memoryview, file_size: int) -> Header:
 def read_header(path) -> Header:
     """Parse and validate the header of a safetensors file without mapping it."""
     path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            head = f.read(8)
-            n = struct.unpack_from("<Q", head)[0] if len(head) == 8 else 0
-            if len(head) == 8 and n <= MAX_HEADER and 8 + n <= size:
-                head += f.read(n)
-    except FileNotFoundError:
-        raise UsageError(f"no such file: {path}") from None
-    except IsADirectoryError:
-        raise UsageError(f"{path} is a directory, not a file") from None
+    with open_regular(path) as (fd, size):
+        head = os.pread(fd, 8, 0)
+        n = struct.unpack_from("<Q", head)[0] if len(head) == 8 else 0
+        if len(head) == 8 and n <= MAX_HEADER and 8 + n <= size:
+            head += os.pread(fd, n, 8)
     return parse_header(head, size)
 
 

@@ -10,6 +10,7 @@ import os
 import shlex
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -71,9 +72,14 @@ def test_k8s_engine_environment_and_mounts():
     assert c["args"][:2] == ["-m", "/models/hugeload/Tiny_Q4.0/tiny.gguf"]
     assert all(m["readOnly"] for m in c["volumeMounts"])
     paths = {v["name"]: v["hostPath"] for v in pod["spec"]["volumes"]}
+    # The model's own staged file, not the store's mount: the pod sees no other model.
     assert paths == {
-        "hugeload-models": {"path": MODEL.mount_dir, "type": "Directory"},
+        "hugeload-model-0": {"path": f"{MODEL.mount_dir}/Tiny_Q4.0/tiny.gguf", "type": "File"},
         "hugeload-lib": {"path": OPTS.host_lib, "type": "File"},
+    }
+    assert {m["name"]: m["mountPath"] for m in c["volumeMounts"]} == {
+        "hugeload-model-0": "/models/hugeload/Tiny_Q4.0/tiny.gguf",
+        "hugeload-lib": plan.LIB_INSIDE,
     }
     assert pod["metadata"]["name"] == "llama-tiny-q4-0"
 
@@ -85,6 +91,10 @@ def test_k8s_agent_daemonset():
     assert spec["initContainers"][0]["command"] == ["hugeload", "restore"]
     assert spec["containers"][0]["command"][:2] == ["hugeload", "exporter"]
     assert spec["hostPID"] is True
+    # It names every process with huge pages: served on the node's loopback only.
+    assert spec["hostNetwork"] is True and spec["dnsPolicy"] == "ClusterFirstWithHostNet"
+    agent = spec["containers"][0]
+    assert agent["command"][agent["command"].index("--listen") + 1] == "127.0.0.1:9464" and "ports" not in agent
     hosts = {v["hostPath"]["path"] for v in spec["volumes"]}
     assert {"/run/hugeload", "/etc/hugeload", "/sys", OPTS.models_dir} <= hosts
     state = next(m for m in spec["containers"][0]["volumeMounts"] if m["mountPath"] == "/run/hugeload")
@@ -94,7 +104,11 @@ def test_k8s_agent_daemonset():
 def test_run_args_and_compose():
     argv = plan.run_args(MODEL, OPTS)
     assert argv[:3] == ["run", "--rm", "--read-only"]
-    assert f"{MODEL.mount_dir}:{plan.MODELS_INSIDE}:ro" in argv and f"{OPTS.host_lib}:{plan.LIB_INSIDE}:ro" in argv
+    binds = [argv[i + 1] for i, a in enumerate(argv) if a == "-v"]
+    assert binds == [
+        f"{MODEL.mount_dir}/Tiny_Q4.0/tiny.gguf:{plan.MODELS_INSIDE}/Tiny_Q4.0/tiny.gguf:ro",
+        f"{OPTS.host_lib}:{plan.LIB_INSIDE}:ro",
+    ]
     assert f"LD_PRELOAD={plan.LIB_INSIDE}" in argv and "HUGELOAD_STATE_DIR=/tmp/x" not in " ".join(argv)
     i = argv.index(OPTS.image)
     assert argv[i + 1 : i + 3] == ["llama-server", "-m"]
@@ -102,6 +116,21 @@ def test_run_args_and_compose():
     assert "-p" not in own and own[-2:] == ["--host", "/s/x.sock"]
     svc = yaml.safe_load(plan.to_yaml([plan.compose(MODEL, OPTS)]))
     assert list(svc["services"]) == ["llama-tiny-q4-0"]
+    assert [v["source"] for v in svc["services"]["llama-tiny-q4-0"]["volumes"]] == [
+        f"{MODEL.mount_dir}/Tiny_Q4.0/tiny.gguf",
+        OPTS.host_lib,
+    ]
+
+
+def test_a_split_model_binds_each_of_its_files():
+    split = plan.StagedModel("big", 2048, 4, "/s/mnt-2m", ("big-00001-of-00002.gguf", "big-00002-of-00002.gguf"))
+    argv = plan.run_args(split, OPTS)
+    assert [argv[i + 1] for i, a in enumerate(argv) if a == "-v"][:2] == [
+        f"/s/mnt-2m/big/{f}:{plan.MODELS_INSIDE}/big/{f}:ro" for f in split.files
+    ]
+    pod = plan.k8s_workload(split, plan.Options(**{**OPTS.__dict__, "kind": plan.Kind.POD}))
+    validate(pod)
+    assert [v["hostPath"]["path"] for v in pod["spec"]["volumes"]][:2] == [f"/s/mnt-2m/big/{f}" for f in split.files]
 
 
 def test_yaml_quotes_what_yaml_would_retype():
@@ -135,7 +164,8 @@ def staged(needs_root, state_dir, hugeload_cli, tmp_path):
 def test_cli_outputs(staged, hugeload_cli, tmp_path):
     mnt = os.path.dirname(os.path.dirname(staged["path"]))
     argv = shlex.split(hugeload_cli("container-args", "--engine", "podman", "c", "--", "-c", "256").stdout)
-    assert argv[:2] == ["podman", "run"] and f"{mnt}:/models/hugeload:ro" in argv and argv[-2:] == ["-c", "256"]
+    assert argv[:2] == ["podman", "run"] and f"{mnt}/c/c.gguf:/models/hugeload/c/c.gguf:ro" in argv
+    assert argv[-2:] == ["-c", "256"] and not [a for a in argv if a.startswith(f"{mnt}:")]
     lib = next(a for a in argv if a.endswith(":/opt/hugeload/libhugeload.so:ro")).split(":")[0]
     assert os.path.samefile(lib, __import__("hugeload.native", fromlist=["x"]).library_path())
     assert json.loads(hugeload_cli("container-args", "c", "--engine", "docker", "--json").stdout)[0] == "docker"
@@ -181,3 +211,14 @@ def test_cli_bad_input(staged, hugeload_cli, argv, needle):
     out = hugeload_cli("container-args", *argv)
     assert out.returncode != 0 and needle in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
+
+
+def test_the_documented_network_policy_validates():
+    """docs/containers.md's NetworkPolicy for a cluster Prometheus is a valid object that
+    selects the agent's pods."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "containers.md").read_text()
+    block = text.split("```yaml\n", 1)[1].split("```", 1)[0]
+    policy = yaml.safe_load(block)
+    validate(policy)
+    agent_labels = plan.k8s_agent(OPTS)["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= agent_labels.items()

@@ -138,7 +138,184 @@ def test_agent_on_fixture_psi(tmp_path, psi, released, capsys):
     assert shares["2048:all"] == ({"model:m": 4} if released else {"reserve": 6, "model:m": 4})
 
 
+# ---------------------------------------------------------------- families, keys, walks (fixture trees)
+
+MACHINES = REPO / "tests" / "fixtures" / "machines"
+
+
+def test_pools_follow_node_exporter_conventions():
+    """System pools and node pools are two families: no node="all" beside per-node series,
+    so a sum() over a family counts every page once."""
+    m = samples(exporter.render(str(MACHINES / "numa2-1g"), state_dir="/nonexistent-hugeload-state"))
+    assert not [k for k in m if ("node", "all") in k[1]]
+    system = value(m, "hugeload_pool_pages", page_size="1G", state="total")
+    per_node = [
+        v for (name, labels), v in m.items() if name == "hugeload_node_pool_pages" and ("state", "total") in labels
+    ]
+    assert system == 32 and sorted(per_node) == [0, 0, 16, 16]  # 1G: 16 + 16; 2M: 0 + 0
+    assert (
+        sum(
+            v
+            for (name, labels), v in m.items()
+            if name == "hugeload_node_pool_pages" and ("page_size", "1G") in labels and ("state", "total") in labels
+        )
+        == system
+    )
+
+
+def fake_proc(root: Path, pid: int, name: str, hugetlb_kb: int) -> None:
+    d = root / "proc" / str(pid)
+    d.mkdir(parents=True)
+    (d / "status").write_text(
+        f"Name:\t{name}\nUmask:\t0022\nState:\tS (sleeping)\nPid:\t{pid}\nVmPTE:\t  12 kB\n"
+        f"HugetlbPages:\t{hugetlb_kb:8d} kB\nThreads:\t1\n"
+    )
+    (d / "maps").write_text("7f0000000000-7f0000200000 rw-s 00000000 00:2f 1234 /dev/hugepages/x (deleted)\n")
+
+
+def test_status_is_read_by_line_key_not_by_substring(tmp_path):
+    """A process may name itself "HugetlbPages: 9 kB": its Name line is not its HugetlbPages line."""
+    root = fixture_tree(tmp_path, 1.0)
+    fake_proc(root, 100, "HugetlbPages:", 0)
+    fake_proc(root, 101, "HugetlbPages: 9", 2048)
+    fake_proc(root, 102, "kB HugetlbPages", 0)
+    procs, complete = exporter.huge_page_procs(str(root))
+    assert complete and [(p.pid, p.comm, p.hugetlb_kb) for p in procs] == [(101, "HugetlbPages: 9", 2048)]
+    assert procs[0].files == {(os.makedev(0, 0x2F), 1234)}
+    m = samples(exporter.render(str(root), state_dir=tmp_path / "state"))
+    assert value(m, "hugeload_process_hugetlb_bytes", pid="101", comm="HugetlbPages: 9") == 2048 * 1024
+
+
+def test_a_walk_stops_at_its_budget(tmp_path):
+    root = fixture_tree(tmp_path, 1.0)
+    for pid in range(100, 110):
+        fake_proc(root, pid, "x", 2048)
+    snap = exporter.snapshot(str(root), tmp_path / "state", budget_s=0)
+    assert not snap.complete and len(snap.procs) < 10
+    assert exporter.snapshot(str(root), tmp_path / "state").complete
+    cache = exporter.SnapshotCache(str(root), tmp_path / "state", max_age=0, budget_s=0)
+    from prometheus_client import generate_latest
+
+    m = samples(generate_latest(exporter.registry(str(root), tmp_path / "state", cache=cache)).decode())
+    assert value(m, "hugeload_scrape_complete") == 0
+
+
+def test_concurrent_scrapes_share_one_walk(tmp_path, monkeypatch):
+    """Scrapes that arrive while a walk runs wait for it: eight at once cost one walk."""
+    import threading
+
+    root = fixture_tree(tmp_path, 1.0)
+    real, walks = exporter.snapshot, []
+
+    def slow_snapshot(*a, **kw):
+        walks.append(1)
+        time.sleep(0.5)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(exporter, "snapshot", slow_snapshot)
+    cache = exporter.SnapshotCache(str(root), tmp_path / "state", max_age=5)
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(cache.get())) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(walks) == 1 == cache.walks and len(got) == 8 and len({id(g) for g in got}) == 1
+    cache.max_age = 0
+    cache.get()
+    assert len(walks) == 2
+
+
+def test_listen_defaults_to_loopback():
+    from hugeload.cli.cmd_exporter import exposure, parse_listen
+
+    assert parse_listen(":9464") == ("127.0.0.1", 9464)
+    assert parse_listen("0.0.0.0:9464") == ("0.0.0.0", 9464)
+    assert parse_listen("[::]:9464") == ("::", 9464)
+    assert exposure("127.0.0.1") == exposure("::1") == "loopback only"
+    assert exposure("0.0.0.0").startswith("ALL addresses") and exposure("::").startswith("ALL addresses")
+
+
 # ---------------------------------------------------------------- the live machine
+
+
+def listening(port: int) -> list[str]:
+    """Local addresses of the LISTEN sockets on `port` (/proc/net/tcp and tcp6, state 0A)."""
+    out = []
+    for name in ("tcp", "tcp6"):
+        try:
+            lines = Path(f"/proc/net/{name}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            addr, _, p = f[1].rpartition(":")
+            if f[3] == "0A" and int(p, 16) == port:
+                out.append(addr)
+    return out
+
+
+def start_exporter(*args) -> tuple[subprocess.Popen, str]:
+    srv = subprocess.Popen([*exe(), "exporter", *args], stderr=subprocess.PIPE, text=True)
+    return srv, srv.stderr.readline()
+
+
+def stop(srv: subprocess.Popen) -> int:
+    srv.terminate()
+    return srv.wait(timeout=30)
+
+
+@pytest.mark.parametrize(
+    "listen,words,address",
+    [(":{}", "loopback only", "0100007F"), ("0.0.0.0:{}", "ALL addresses", "00000000")],
+)
+def test_listen_binds_what_it_says(listen, words, address, state_dir):
+    port = free_port()
+    srv, line = start_exporter("--listen", listen.format(port))
+    try:
+        assert "serving" in line and words in line, line
+        assert listening(port) == [address]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as r:
+            assert r.status == 200
+    finally:
+        assert stop(srv) == 0
+
+
+def test_a_silent_client_is_dropped_and_others_are_served(state_dir):
+    """A client that connects and sends nothing holds a thread only for --request-timeout;
+    scrapes go on meanwhile."""
+    port = free_port()
+    srv, line = start_exporter("--listen", f"127.0.0.1:{port}", "--request-timeout", "1")
+    try:
+        assert "serving" in line
+        idle = socket.create_connection(("127.0.0.1", port), timeout=30)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as r:
+            assert r.status == 200
+        t0 = time.monotonic()
+        assert idle.recv(1) == b""  # closed by the server
+        assert time.monotonic() - t0 < 10
+        idle.close()
+    finally:
+        assert stop(srv) == 0
+
+
+def test_concurrent_http_scrapes_cost_one_walk(state_dir):
+    import concurrent.futures
+
+    port = free_port()
+    srv, line = start_exporter("--listen", f"127.0.0.1:{port}", "--cache-seconds", "60")
+    try:
+        assert "serving" in line
+
+        def scrape(_):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=60) as r:
+                return value(samples(r.read().decode()), "hugeload_scrape_walks_total")
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            walks = list(pool.map(scrape, range(8)))
+        assert walks == [1] * 8
+    finally:
+        assert stop(srv) == 0
 
 
 @pytest.fixture
@@ -169,7 +346,7 @@ def test_exporter_serves_what_sys_and_proc_say(staged_2m):
         scrape_s = time.perf_counter() - t0
         m = samples(body)
         for state, f in (("total", "nr_hugepages"), ("free", "free_hugepages"), ("reserved", "resv_hugepages")):
-            assert value(m, "hugeload_pool_pages", page_size="2M", node="all", state=state) == sys_int(P2M / f)
+            assert value(m, "hugeload_pool_pages", page_size="2M", state=state) == sys_int(P2M / f)
         assert value(m, "hugeload_model_pages", model="e", page_size="2M", node="-1") == 3
         assert value(m, "hugeload_model_ready", model="e") == 1
         assert value(m, "hugeload_model_mappers", model="e") == 1
@@ -186,6 +363,14 @@ def test_exporter_serves_what_sys_and_proc_say(staged_2m):
             == 6 << 20
         )
         assert value(m, "hugeload_scrape_duration_seconds") < scrape_s + 0.5
+        assert value(m, "hugeload_scrape_complete") == 1
+        # The per-node family adds up to the system's pool: nothing counted twice.
+        nodes = [
+            v
+            for (n, lb), v in m.items()
+            if n == "hugeload_node_pool_pages" and ("page_size", "2M") in lb and ("state", "total") in lb
+        ]
+        assert not nodes or sum(nodes) == sys_int(P2M / "nr_hugepages")
         # A second exporter on the same port: one line, no traceback, nothing left running.
         dup = subprocess.run(
             [*exe(), "exporter", "--listen", f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=30
@@ -197,6 +382,44 @@ def test_exporter_serves_what_sys_and_proc_say(staged_2m):
         mm.close()
         os.close(fd)
     assert rc == 0
+
+
+NAMED_CHILD = (
+    "import ctypes, mmap, os, sys\n"
+    "ctypes.CDLL(None).prctl(15, sys.argv[1].encode(), 0, 0, 0)  # PR_SET_NAME\n"
+    "m = None\n"
+    "if sys.argv[2]:\n"
+    "    fd = os.open(sys.argv[2], os.O_RDONLY)\n"
+    "    m = mmap.mmap(fd, 0, mmap.MAP_SHARED, mmap.PROT_READ)\n"
+    "    sum(m[i] for i in range(0, len(m), 2 << 20))\n"
+    "print('ready', flush=True)\n"
+    "sys.stdin.read()\n"
+)
+
+
+@pytest.mark.kernel
+def test_a_process_named_like_a_status_key_does_not_break_scrapes(staged_2m):
+    """Real processes rename themselves with prctl(PR_SET_NAME): one "HugetlbPages:" that maps
+    the staged model's 2 MB pages, one "HugetlbPages: 9" that maps none.  The scrape reads
+    each by its own HugetlbPages line."""
+    kids = [
+        subprocess.Popen(
+            [sys.executable, "-c", NAMED_CHILD, name, path], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        for name, path in (("HugetlbPages:", staged_2m["path"]), ("HugetlbPages: 9", ""))
+    ]
+    try:
+        for k in kids:
+            assert k.stdout.readline().strip() == "ready"
+        assert [Path(f"/proc/{k.pid}/comm").read_text().strip() for k in kids] == ["HugetlbPages:", "HugetlbPages: 9"]
+        m = samples(exporter.render())
+        assert value(m, "hugeload_process_hugetlb_bytes", pid=str(kids[0].pid), comm="HugetlbPages:") == 6 << 20
+        assert not [k for k in m if ("pid", str(kids[1].pid)) in k[1]]
+        assert value(m, "hugeload_model_mappers", model="e") == 1
+    finally:
+        for k in kids:
+            k.stdin.close()
+            k.wait(timeout=30)
 
 
 @pytest.mark.kernel

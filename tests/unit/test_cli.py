@@ -132,7 +132,14 @@ def test_plan_cpu_tlb_json_keys(tree, capsys):
 
 
 def sparse(path: Path, size: int) -> str:
+    """A sparse file of `size` bytes; a .safetensors one has a valid header (plan checks it)."""
     with open(path, "wb") as f:
+        if path.suffix == ".safetensors":
+            n = size - 8 - 128
+            f.write(
+                (128).to_bytes(8, "little")
+                + json.dumps({"w": {"dtype": "U8", "shape": [n], "data_offsets": [0, n]}}).encode().ljust(128)
+            )
         f.truncate(size)
     return str(path)
 

@@ -73,6 +73,8 @@ def mount(
             )
         return MountResult(existing.path, kb, False)
     p = Path(path)
+    if p.is_symlink():  # mount(2) would follow it, wherever someone pointed it
+        raise UsageError(f"mount point {path} is a symlink: give the directory itself")
     if p.exists() and not p.is_dir():
         raise UsageError(f"mount point {path} exists and is not a directory")
     if p.is_dir() and any(p.iterdir()):

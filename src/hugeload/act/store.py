@@ -637,7 +637,9 @@ def _refuse_if_mapped(m: Manifest, users: list[str]) -> None:
         raise HugeloadError(f"model {m.name!r} is mapped by {', '.join(users)}: stop them first or pass --force")
 
 
-def unstage(name_or_path: str, force: bool = False, state_dir=None, root="/", config_dir=None) -> Manifest:
+def unstage(
+    name_or_path: str, force: bool = False, state_dir=None, root="/", config_dir=None, forget: bool = True
+) -> Manifest:
     """Remove a staged model, give back the pages reserved for it, and drop it from
     models.json so that `restore` does not bring it back."""
     m = resolve(name_or_path, state_dir)
@@ -645,14 +647,16 @@ def unstage(name_or_path: str, force: bool = False, state_dir=None, root="/", co
         if not force:
             _refuse_if_mapped(m, mapped_by([f.staged for f in m.all_files], root))
         _remove_model(m, state_dir, root)
-    persist.remove(m.name, config_dir)
+    if forget:
+        persist.remove(m.name, config_dir)
     unmount_idle(state_dir, root)
     return m
 
 
-def clear(force: bool = False, state_dir=None, root="/", config_dir=None) -> dict:
+def clear(force: bool = False, state_dir=None, root="/", config_dir=None, keep_persisted: bool = False) -> dict:
     """Unstage every model, all or nothing: without `force`, refuse before removing any
-    while one is mapped.  Then gc.  Returns {"unstaged": [names], **gc()}."""
+    while one is mapped.  Then gc.  Returns {"unstaged": [names], **gc()}.  `keep_persisted`:
+    models.json keeps them (the boot unit's stop: the next boot restores them)."""
     models = manifests(state_dir)
     if not force:
         found = procs.holders(root, paths=[f.staged for m in models for f in m.all_files])
@@ -661,7 +665,7 @@ def clear(force: bool = False, state_dir=None, root="/", config_dir=None) -> dic
             _refuse_if_mapped(m, procs.holder_names([h for h in found if h.path in mine]))
     done = []
     for m in models:
-        unstage(m.name, force, state_dir, root, config_dir)
+        unstage(m.name, force, state_dir, root, config_dir, forget=not keep_persisted)
         done.append(m.name)
     return {"unstaged": done, **gc(state_dir, root)}
 

@@ -1,5 +1,7 @@
 """`hugeload boot-config`: reserve huge pages at boot, where 1 GB pages are reliable."""
 
+import sys
+
 from hugeload.act import boot as act_boot
 from hugeload.act.mounts import DEFAULT_DIRS
 from hugeload.cli import render
@@ -9,11 +11,21 @@ from hugeload.plan import boot as plan_boot
 
 
 def register(sub) -> None:
-    p = sub.add_parser("boot-config", help="GRUB, fstab and sysctl lines for boot-time huge pages (--apply edits them)")
+    p = sub.add_parser(
+        "boot-config", help="GRUB, fstab and sysctl lines for boot-time huge pages (--apply writes them)"
+    )
     p.add_argument("--pages-1g", type=int, help="1 GB pages to reserve at boot")
     p.add_argument("--pages-2m", type=int, help="2 MB pages to reserve at boot")
     p.add_argument(
-        "--apply", action="store_true", help="edit /etc/default/grub and /etc/fstab (a .hugeload.bak copy is kept)"
+        "--apply",
+        action="store_true",
+        help="write /etc/default/grub.d/hugeload.cfg (or a marked block at the end of /etc/default/grub where "
+        "grub has no grub.d) and the fstab lines (a .hugeload.bak copy of each edited file is kept)",
+    )
+    p.add_argument(
+        "--remove",
+        action="store_true",
+        help="take out what --apply wrote (with --systemd: the unit files)",
     )
     p.add_argument(
         "--etc-root",
@@ -25,25 +37,42 @@ def register(sub) -> None:
     p.add_argument(
         "--systemd",
         action="store_true",
-        help="the systemd unit that runs `hugeload restore` at boot (--apply installs it)",
+        help="the systemd units that run `hugeload restore` at boot and the exporter (--apply installs them)",
     )
     add_json(p)
     p.set_defaults(func=run)
 
 
-def run_systemd(args) -> int:
-    import shutil
-    import sys
+def unit_command() -> str:
+    """`python -I -m hugeload` for the interpreter running now, once it is shown that only root
+    can change that interpreter and package; UsageError saying why not otherwise."""
+    why = act_boot.unit_command_problem(sys.executable)
+    if why:
+        raise UsageError(
+            f"a unit would run {sys.executable} -m hugeload as root at every boot, but {why}: "
+            "install hugeload where only root can write (e.g. pip install as root into /usr/local or a "
+            "root-owned venv) and run boot-config --systemd with that python"
+        )
+    return plan_boot.hugeload_command(sys.executable)
 
-    exe = shutil.which("hugeload") or f"{sys.executable} -m hugeload.cli"
+
+def run_systemd(args) -> int:
+    target = args.target_root or args.root
+    names = [plan_boot.SYSTEMD_UNIT_NAME, plan_boot.EXPORTER_UNIT_NAME]
+    if args.remove:
+        removed = [act_boot.remove_unit(target, n) for n in names]
+        if args.json:
+            render.print_json({"removed": removed})
+        for a in [] if args.json else removed:
+            render.err_console.print(f"{'removed' if a.changed else 'not there'}: {a.path}")
+        if not args.json:
+            render.err_console.print(f"run systemctl disable {' '.join(names)} && systemctl daemon-reload")
+        return 0
+    exe = unit_command()
     unit = plan_boot.systemd_unit(exe)
     exporter_unit = plan_boot.exporter_unit(exe)
-    names = f"{plan_boot.SYSTEMD_UNIT_NAME} {plan_boot.EXPORTER_UNIT_NAME}"
     applied = (
-        [
-            act_boot.install_unit(args.target_root or args.root, unit),
-            act_boot.install_unit(args.target_root or args.root, exporter_unit, plan_boot.EXPORTER_UNIT_NAME),
-        ]
+        [act_boot.install_unit(target, unit), act_boot.install_unit(target, exporter_unit, names[1])]
         if args.apply
         else []
     )
@@ -52,26 +81,40 @@ def run_systemd(args) -> int:
             {
                 "unit_name": plan_boot.SYSTEMD_UNIT_NAME,
                 "unit": unit,
-                "units": {plan_boot.SYSTEMD_UNIT_NAME: unit, plan_boot.EXPORTER_UNIT_NAME: exporter_unit},
+                "units": {names[0]: unit, names[1]: exporter_unit},
                 "applied": applied,
-                "next_steps": ["systemctl daemon-reload", f"systemctl enable {names}"] if args.apply else [],
+                "next_steps": ["systemctl daemon-reload", f"systemctl enable {' '.join(names)}"] if args.apply else [],
             }
         )
         return 0
-    print(
-        f"# /etc/systemd/system/{plan_boot.SYSTEMD_UNIT_NAME}\n{unit}\n# /etc/systemd/system/{plan_boot.EXPORTER_UNIT_NAME}\n{exporter_unit}",
-        end="",
-    )
+    print(f"# /etc/systemd/system/{names[0]}\n{unit}\n# /etc/systemd/system/{names[1]}\n{exporter_unit}", end="")
     for a in applied:
         render.err_console.print(f"{'installed' if a.changed else 'unchanged'}: {a.path}")
     if applied:
-        render.err_console.print(f"now run systemctl daemon-reload && systemctl enable {names}")
+        render.err_console.print(f"now run systemctl daemon-reload && systemctl enable {' '.join(names)}")
     return 0
 
 
+def report_lines(report: act_boot.GrubReport) -> list[str]:
+    out = [f"{var}={value!r}" for var, value in report.values.items()]
+    return out + [f"note: {n}" for n in report.notes]
+
+
 def run(args) -> int:
+    if args.apply and args.remove:
+        raise UsageError("give --apply or --remove, not both")
     if args.systemd:
         return run_systemd(args)
+    target = args.target_root or args.root
+    if args.remove:
+        removed = act_boot.remove(target, list(DEFAULT_DIRS.values()))
+        if args.json:
+            render.print_json({"removed": removed, "next_steps": ["update-grub"]})
+            return 0
+        for a in removed:
+            render.console.print(f"{'updated' if a.changed else 'unchanged'}: {a.path}")
+        render.console.print("now run update-grub (or grub2-mkconfig -o /boot/grub2/grub.cfg)")
+        return 0
     for name in ("pages_1g", "pages_2m"):
         v = getattr(args, name)
         if v is not None and v < 0:
@@ -81,11 +124,16 @@ def run(args) -> int:
     params = plan_boot.kernel_params(args.pages_1g, args.pages_2m)
     fstab = plan_boot.fstab_lines(args.pages_1g, args.pages_2m, DEFAULT_DIRS)
     sysctl = plan_boot.sysctl_line(args.pages_1g, args.pages_2m)
-    target = args.target_root or args.root
+    dropin = act_boot.has_grub_dropins(target)
     applied = act_boot.apply(target, params, fstab) if args.apply else []
+    report = act_boot.grub_report(target)
     out = {
         "grub_cmdline_linux": " ".join(params),
         "grub_line": f'GRUB_CMDLINE_LINUX="{" ".join(params)}"',
+        "grub_file": f"/{act_boot.GRUB_DROPIN_DIR}/{plan_boot.GRUB_DROPIN}" if dropin else f"/{act_boot.GRUB_FILE}",
+        "grub_text": plan_boot.grub_dropin(params) if dropin else plan_boot.merge_grub("", params),
+        "grub_now": report.values,
+        "grub_notes": report.notes,
         "fstab": fstab,
         "sysctl": sysctl,
         "applied": applied,
@@ -94,13 +142,17 @@ def run(args) -> int:
     if args.json:
         render.print_json(out)
         return 0
-    render.console.print("# /etc/default/grub (merged with the parameters already there)")
-    render.console.print(out["grub_line"], soft_wrap=True)
-    render.console.print("# /etc/fstab")
+    where = "a drop-in of its own" if dropin else "a marked block at its end"
+    render.console.print(f"# {out['grub_file']} ({where}: the existing lines are kept as they are)")
+    render.console.print(str(out["grub_text"]).rstrip("\n"), soft_wrap=True, markup=False)
+    render.console.print("# /etc/fstab (nofail: a machine without the page size still boots)")
     for line in fstab:
         render.console.print(line, soft_wrap=True)
     render.console.print("# /etc/sysctl.d/90-hugeload.conf (optional: retries the reservation after boot)")
     render.console.print(sysctl)
+    render.console.print(f"# what grub-mkconfig will read ({', '.join(report.files) or 'no /etc/default/grub'})")
+    for line in report_lines(report):
+        render.console.print(line, soft_wrap=True, markup=False)
     for a in applied:
         render.console.print(
             f"{'updated' if a.changed else 'unchanged'}: {a.path}"

@@ -1,5 +1,6 @@
 """`hugeload exporter`: Prometheus metrics; with --release-under-pressure, the node agent."""
 
+import ipaddress
 import logging
 import signal
 import sys
@@ -17,7 +18,25 @@ DEFAULT_LISTEN = f"127.0.0.1:{AGENT_PORT}"
 def register(sub) -> None:
     p = sub.add_parser("exporter", help="Prometheus metrics of pools, staged models and their users (the node agent)")
     p.add_argument(
-        "--listen", default=DEFAULT_LISTEN, metavar="ADDR:PORT", help="where to serve /metrics (default %(default)s)"
+        "--listen",
+        default=DEFAULT_LISTEN,
+        metavar="ADDR:PORT",
+        help="where to serve /metrics (default %(default)s; ':PORT' is loopback too; "
+        "all addresses only when asked: 0.0.0.0:PORT or [::]:PORT)",
+    )
+    p.add_argument(
+        "--cache-seconds",
+        type=float,
+        default=None,
+        metavar="S",
+        help="scrapes within this time share one walk of /proc (default 2)",
+    )
+    p.add_argument(
+        "--request-timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help="a client must send its request and read the answer within this (default 10)",
     )
     p.add_argument("--once", action="store_true", help="print the metrics once and exit")
     p.add_argument(
@@ -56,11 +75,30 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+LOOPBACK = "127.0.0.1"
+
+
 def parse_listen(text: str) -> tuple[str, int]:
+    """(host, port) of --listen.  An empty host is loopback, like the default: the exporter
+    shows the pid and name of every process with huge pages, so all addresses (0.0.0.0, ::)
+    must be named to be had."""
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
         raise UsageError(f"--listen {text!r} is not ADDR:PORT (e.g. 127.0.0.1:9464)")
-    return host.strip("[]") or "0.0.0.0", int(port)
+    return host.strip("[]") or LOOPBACK, int(port)
+
+
+def exposure(host: str) -> str:
+    """How far the address reaches, in words for the line the exporter says at start."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return f"{host} (a name: whatever addresses it resolves to)"
+    if ip.is_loopback:
+        return "loopback only"
+    if ip.is_unspecified:
+        return "ALL addresses: every host that reaches this one can read it (asked for with --listen)"
+    return "that address only: every host that reaches it can read it"
 
 
 def run(args) -> int:
@@ -86,17 +124,28 @@ def run(args) -> int:
         sys.stdout.write(exporter.render(args.root, args.state_dir, agent))
         return 0
     host, port = parse_listen(args.listen)
-    from prometheus_client import start_http_server
-
+    if args.cache_seconds is not None and args.cache_seconds < 0:
+        raise UsageError("--cache-seconds must not be negative")
+    if args.request_timeout is not None and args.request_timeout <= 0:
+        raise UsageError("--request-timeout must be positive")
+    cache = exporter.SnapshotCache(
+        args.root, args.state_dir, exporter.CACHE_SECONDS if args.cache_seconds is None else args.cache_seconds
+    )
     try:
-        server, _thread = start_http_server(port, host, exporter.registry(args.root, args.state_dir, agent))
+        server = exporter.serve(
+            host,
+            port,
+            exporter.registry(args.root, args.state_dir, agent, cache),
+            timeout=args.request_timeout or exporter.REQUEST_TIMEOUT_SECONDS,
+        )
     except OSError as e:
         raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda *_: stop.set())
+    shown = f"[{host}]" if ":" in host else host
     print(
-        f"hugeload exporter: serving http://{host}:{port}/metrics"
+        f"hugeload exporter: serving http://{shown}:{port}/metrics on {exposure(host)}"
         + (" (releasing idle reserved pages under memory pressure)" if agent else ""),
         file=sys.stderr,
         flush=True,

@@ -2,6 +2,7 @@
 
 import os
 
+from hugeload import modelfile
 from hugeload.cli import render
 from hugeload.cli.common import add_json, require_hugetlb
 from hugeload.errors import UsageError
@@ -42,6 +43,7 @@ def file_sizes(files: list[str]) -> list[int]:
             raise UsageError(f"no such file: {f}")
         if os.path.isdir(f):
             raise UsageError(f"{f} is a directory, not a model file")
+        modelfile.read_header(f)  # a malformed GGUF or safetensors file: one line, before any plan
         sizes.append(os.path.getsize(f))
     return sizes
 

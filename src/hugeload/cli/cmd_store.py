@@ -57,6 +57,9 @@ def register(sub) -> None:
 
     p = sub.add_parser("clear", help="unstage every staged model")
     p.add_argument("--force", action="store_true", help="even while processes map them")
+    p.add_argument(
+        "--keep-persisted", action="store_true", help="leave them listed for restore at boot (the boot unit's stop)"
+    )
     add_config_dir(p)
     add_state_dir(p)
     add_json(p)
@@ -239,7 +242,7 @@ def run_list(args) -> int:
 
 
 def run_clear(args) -> int:
-    result = store.clear(args.force, args.state_dir, args.root, args.config_dir)
+    result = store.clear(args.force, args.state_dir, args.root, args.config_dir, args.keep_persisted)
     done = result.pop("unstaged")
     if args.json:
         render.print_json({"unloaded": done, **result})

@@ -12,7 +12,12 @@ How huge pages are charged decides what a pod must request:
 
 The engine runs with the preload library (bind-mounted read-only), pointed at the staged
 file directly: the library maps hugetlbfs files as they are (MAP_SHARED) and puts large
-allocations in huge pages.  No store index is needed inside the container.
+allocations in huge pages.  No store index is needed inside the container.  Only the model's
+own staged files are bound into it, each read-only: a container sees no other model.
+
+The node agent shows the pid and name of every process that maps huge pages: it listens on
+the node's loopback only (host network), and a cluster Prometheus reaches it through a
+NetworkPolicy of the operator's (docs/containers.md).
 """
 
 import enum
@@ -80,6 +85,14 @@ def model_path_inside(model: StagedModel) -> str:
     return f"{MODELS_INSIDE}/{model.name}/{model.files[0]}"
 
 
+def model_binds(model: StagedModel) -> list[tuple[str, str]]:
+    """(host path, path inside) of each of the model's staged files, the only model files a
+    container gets: binding the whole mount would show it every model staged on the node.
+    A bind holds the file it was made with: a model staged again under the same name (a new
+    file) reaches a container when it is started again."""
+    return [(f"{model.mount_dir}/{model.name}/{f}", f"{MODELS_INSIDE}/{model.name}/{f}") for f in model.files]
+
+
 def heap_page_kb(nbytes: int) -> int:
     """The page size the preload library tries first for one allocation of `nbytes`: the one
     rule of hugeload.pages (what HUGELOAD_POLICY carries to the C side)."""
@@ -128,15 +141,10 @@ def workload_name(model: StagedModel, opts: Options) -> str:
 def run_args(model: StagedModel, opts: Options) -> list[str]:
     """`docker run` / `podman run` arguments, image and command included.  The model
     directory and the library are read-only; the engine maps the staged file MAP_SHARED."""
-    args = [
-        "run",
-        "--rm",
-        "--read-only",
-        "-v",
-        f"{model.mount_dir}:{MODELS_INSIDE}:ro",
-        "-v",
-        f"{opts.host_lib}:{LIB_INSIDE}:ro",
-    ]
+    args = ["run", "--rm", "--read-only"]
+    for host, inside in model_binds(model):
+        args += ["-v", f"{host}:{inside}:ro"]
+    args += ["-v", f"{opts.host_lib}:{LIB_INSIDE}:ro"]
     for k, v in environment(opts).items():
         args += ["-e", f"{k}={v}"]
     if publishes_port(opts):
@@ -155,7 +163,10 @@ def compose(model: StagedModel, opts: Options) -> dict:
         "read_only": True,
         "environment": environment(opts),
         "volumes": [
-            {"type": "bind", "source": model.mount_dir, "target": MODELS_INSIDE, "read_only": True},
+            *(
+                {"type": "bind", "source": host, "target": inside, "read_only": True}
+                for host, inside in model_binds(model)
+            ),
             {"type": "bind", "source": opts.host_lib, "target": LIB_INSIDE, "read_only": True},
         ],
     }
@@ -187,7 +198,10 @@ def pod_spec(model: StagedModel, opts: Options) -> dict:
         "resources": {"requests": dict(resources), "limits": dict(resources)},
         "securityContext": {"readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False},
         "volumeMounts": [
-            {"name": "hugeload-models", "mountPath": MODELS_INSIDE, "readOnly": True},
+            *(
+                {"name": f"hugeload-model-{i}", "mountPath": inside, "readOnly": True}
+                for i, (_, inside) in enumerate(model_binds(model))
+            ),
             {"name": "hugeload-lib", "mountPath": LIB_INSIDE, "readOnly": True},
         ],
     }
@@ -196,7 +210,10 @@ def pod_spec(model: StagedModel, opts: Options) -> dict:
     return {
         "containers": [container],
         "volumes": [
-            {"name": "hugeload-models", "hostPath": {"path": model.mount_dir, "type": "Directory"}},
+            *(
+                {"name": f"hugeload-model-{i}", "hostPath": {"path": host, "type": "File"}}
+                for i, (host, _) in enumerate(model_binds(model))
+            ),
             {"name": "hugeload-lib", "hostPath": {"path": opts.host_lib, "type": "File"}},
         ],
     }
@@ -227,7 +244,9 @@ def k8s_agent(opts: Options) -> dict:
     """The node agent: `hugeload restore` at node start (an init container), then the exporter
     with release under pressure.  It reserves pages and mounts hugetlbfs, so it is privileged
     and its state directory propagates mounts to the host (the pods' hostPath sees them);
-    hostPID lets it see which processes map a model (pages in use are never released)."""
+    hostPID lets it see which processes map a model (pages in use are never released).  What
+    it exports names every such process, so it serves on the node's loopback only (host
+    network): the node, not the cluster, can scrape it."""
     labels = {"app.kubernetes.io/name": "hugeload-agent", "app.kubernetes.io/part-of": "hugeload"}
     mounts = [
         {"name": "state", "mountPath": STATE_DIR, "mountPropagation": "Bidirectional"},
@@ -248,11 +267,10 @@ def k8s_agent(opts: Options) -> dict:
     agent = {
         "name": "agent",
         "image": opts.agent_image,
-        "command": ["hugeload", "exporter", "--listen", f"0.0.0.0:{AGENT_PORT}", "--release-under-pressure"],
+        "command": ["hugeload", "exporter", "--listen", f"127.0.0.1:{AGENT_PORT}", "--release-under-pressure"],
         "env": env,
         "securityContext": security,
         "volumeMounts": mounts,
-        "ports": [{"name": "metrics", "containerPort": AGENT_PORT}],
         "resources": {"requests": {"memory": "64Mi", "cpu": "10m"}, "limits": {"memory": "256Mi"}},
     }
     return {
@@ -265,6 +283,8 @@ def k8s_agent(opts: Options) -> dict:
                 "metadata": {"labels": labels},
                 "spec": {
                     "hostPID": True,
+                    "hostNetwork": True,  # its loopback is the node's: reachable from the node only
+                    "dnsPolicy": "ClusterFirstWithHostNet",
                     "priorityClassName": "system-node-critical",
                     "initContainers": [restore],
                     "containers": [agent],

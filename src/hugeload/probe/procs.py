@@ -41,6 +41,47 @@ def read_status(root, pid: int) -> dict[str, str]:
     return out
 
 
+def read_status_fields(root, pid, keys) -> dict[str, str]:
+    """Only `keys` of /proc/PID/status, each found by its whole line key, never by a substring
+    (a process can name itself "HugetlbPages: 1 kB" with prctl(PR_SET_NAME); the kernel escapes
+    a newline in a name), in one read of the small file: a third of read_status's cost, which
+    counts for the exporter's walk over thousands of processes.  {} when the process is gone."""
+    want = {k.encode() for k in keys}
+    try:
+        fd = os.open(os.path.join(str(root), "proc", str(pid), "status"), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return {}
+    chunks = []
+    try:
+        while chunk := os.read(fd, 16384):
+            chunks.append(chunk)
+    except OSError:  # exited while read
+        return {}
+    finally:
+        os.close(fd)
+    out = {}
+    for line in b"".join(chunks).split(b"\n"):
+        key, sep, value = line.partition(b":")
+        if sep and key in want:
+            out.setdefault(key.decode(), value.strip().decode(errors="replace"))
+    return out
+
+
+def read_mapped_inodes(root, pid) -> frozenset:
+    """(device, inode) of every file /proc/PID/maps shows mapped: fields by position, so the
+    path (whatever it holds, in whichever mount namespace) plays no part."""
+    out = set()
+    for line in (read_text(root, f"proc/{pid}/maps", "") or "").splitlines():
+        parts = line.split(None, 5)
+        if len(parts) >= 5 and parts[4] != "0":
+            major, _, minor = parts[3].partition(":")
+            try:
+                out.add((os.makedev(int(major, 16), int(minor, 16)), int(parts[4])))
+            except ValueError:
+                continue
+    return frozenset(out)
+
+
 def _kb(value: str | None) -> int:
     try:
         return int((value or "0").split()[0])
