@@ -263,8 +263,12 @@ def test_units_run_this_interpreter_isolated_and_hardened(hugeload_cli, tmp_path
     out = hugeload_cli("boot-config", "--systemd", "--apply", "--target-root", tmp_path, "--json")
     assert out.returncode == 0, out.stderr
     unit = (tmp_path / "etc/systemd/system/hugeload-restore.service").read_text()
-    exe = Path(__file__).resolve().parents[2] / ".venv/bin/python"
     lines = dict(ln.split("=", 1) for ln in unit.splitlines() if "=" in ln and not ln.startswith("#"))
+    # The interpreter the CLI ran with (the venv's python or python3, as pip wrote the script's
+    # shebang): named inside the venv, never resolved out of it.
+    exe = lines["ExecStart"].split()[0]
+    assert Path(exe).parent == Path(__file__).resolve().parents[2] / ".venv/bin"
+    assert os.path.realpath(exe) == os.path.realpath(sys.executable)
     assert lines["ExecStart"] == f"{exe} -I -m hugeload restore"
     assert lines["ExecStop"] == f"{exe} -I -m hugeload clear --force --keep-persisted"
     assert lines["NoNewPrivileges"] == "yes" and "CAP_SYS_ADMIN" in lines["CapabilityBoundingSet"]
