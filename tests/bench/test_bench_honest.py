@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -217,22 +218,24 @@ def test_gc_cleans_up_after_a_killed_bench(hugeload_cli, tmp_path, state_dir, ne
     try:
         deadline = time.time() + 60
         shm = f"/dev/shm/hugeload-bench-{proc.pid}"
-        while time.time() < deadline and not (os.path.isdir(shm) and _hugetlbfs_mounts()):
+        while time.time() < deadline and not (os.path.isdir(shm) and _hugetlbfs_mounts(state_dir)):
             time.sleep(0.05)
-        assert _hugetlbfs_mounts(), "the bench never staged"
+        assert _hugetlbfs_mounts(state_dir), "the bench never staged"
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     out = hugeload_cli("gc")
     assert out.returncode == 0, out.stderr
-    assert not _hugetlbfs_mounts()
+    assert not _hugetlbfs_mounts(state_dir)
     assert not os.path.exists(f"/dev/shm/hugeload-bench-{proc.pid}")
     assert not (state_dir / "bench" / str(proc.pid)).exists()
 
 
-def _hugetlbfs_mounts():
+def _hugetlbfs_mounts(under: Path) -> list[str]:
+    """hugetlbfs mounts inside this test's state dir: a mount another run left elsewhere is not ours."""
     with open("/proc/mounts") as f:
-        return [line.split()[1] for line in f if line.split()[2:3] == ["hugetlbfs"]]
+        points = [line.split()[1] for line in f if line.split()[2:3] == ["hugetlbfs"]]
+    return [p for p in points if Path(p).is_relative_to(under)]
 
 
 # --------------------------------------------------------------------------- TLB counters
