@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from hugeload import pages
-from hugeload.act import ledger
+from hugeload.act import crashpoint, ledger
 from hugeload.errors import HugeloadError, PermissionNeeded, UsageError
 from hugeload.probe import procs
 from hugeload.probe.mounts import HugetlbfsMount, hugetlbfs_supported, read_mounts
@@ -96,6 +96,7 @@ def mount(
             if isinstance(e, PermissionError):
                 raise PermissionNeeded(f"cannot create {path}: run as root") from None
             raise HugeloadError(f"cannot create mount point {path}: {e.strerror}") from None
+        crashpoint.point("mount: intent durable, directory made")
         if _libc.mount(b"hugetlbfs", str(p).encode(), b"hugetlbfs", 0, options.encode()) != 0:
             err = ctypes.get_errno()
             if created:
@@ -104,6 +105,7 @@ def mount(
             if err == errno.EPERM:
                 raise PermissionNeeded(f"mounting hugetlbfs on {path} needs root (CAP_SYS_ADMIN)")
             raise HugeloadError(f"mount -t hugetlbfs -o {options} {path} failed: {os.strerror(err)}")
+        crashpoint.point("mounted, not recorded")
         data["mounts"] = [m for m in data["mounts"] if m["path"] != str(p)]
         data["mounts"].append(entry)
         data["events"].append(
@@ -156,12 +158,14 @@ def umount(root, path: str, force: bool = False, state_dir=None) -> bool:
             page_size_kb=m.page_size_kb,
             created_dir=created,
         )
+        crashpoint.point("umount: intent durable")
         if _libc.umount2(m.path.encode(), flags) != 0:
             err = ctypes.get_errno()
             ledger.finish(data, intent)
             if err == errno.EPERM:
                 raise PermissionNeeded(f"unmounting {m.path} needs root")
             raise HugeloadError(f"umount {m.path} failed: {os.strerror(err)}")
+        crashpoint.point("unmounted, not recorded")
         data["mounts"] = [e for e in data["mounts"] if e["path"] != m.path]
         data["events"].append({"time": time.time(), "action": "umount", "path": m.path, "page_size_kb": m.page_size_kb})
         if created:

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-from hugeload.act import ledger
+from hugeload.act import crashpoint, ledger
 from hugeload.act.sysfs import write_text
 from hugeload.errors import HugeloadError, PoolError, UsageError
 from hugeload.pages import PAGE_1G
@@ -114,8 +114,10 @@ def write_step(
     intent = ledger.begin(
         data, state_dir, "pool", owners[0], page_size_kb=kb, node=node, before=before, target=target, owners=owners
     )
+    crashpoint.point(f"{kb} kB pool: intent durable, not written")
     try:
         now = set_count(root, kb, target, node)
+        crashpoint.point(f"{kb} kB pool written, outcome not recorded")
     except BaseException:
         with contextlib.suppress(Exception):
             ledger.record_moved(data, kb, node, owners, before, target, read_count(root, kb, node), action)

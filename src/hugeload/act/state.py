@@ -27,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from hugeload.act import crashpoint
 from hugeload.errors import HugeloadError, PermissionNeeded
 
 DEFAULT_STATE_DIR = "/run/hugeload"
@@ -143,11 +144,13 @@ def write_text_atomic(path: Path, text: str, mode: int = 0o600) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        crashpoint.point(f"{path.name} written, not renamed")
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    crashpoint.point(f"{path.name} renamed")
     fsync_dir(path.parent)
 
 

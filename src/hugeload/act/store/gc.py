@@ -21,7 +21,7 @@ import shutil
 from pathlib import Path
 
 from hugeload import pages
-from hugeload.act import ledger, state
+from hugeload.act import crashpoint, ledger, state
 from hugeload.act import mounts as act_mounts
 from hugeload.act import pools as act_pools
 from hugeload.act.store import layout, lock, manifest
@@ -165,6 +165,7 @@ def release_dead_owners(state_dir, root) -> list:
                     released += act_pools.release(root, None, owner=str(o), state_dir=state_dir)
         elif o.is_process and not o.alive(root):
             released += act_pools.release(root, None, owner=str(o), state_dir=state_dir)
+        crashpoint.point(f"gc: {o} looked at")
     return released
 
 

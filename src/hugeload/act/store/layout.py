@@ -27,7 +27,7 @@ import re
 from pathlib import Path
 
 from hugeload import pages
-from hugeload.act import state
+from hugeload.act import crashpoint, state
 from hugeload.act.state import UntrustedState
 from hugeload.errors import UsageError
 
@@ -238,6 +238,7 @@ def remove_tree(dir_fd: int, name: str) -> list[str]:
     if not stat.S_ISDIR(st.st_mode):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(name, dir_fd=dir_fd)
+        crashpoint.point(f"unlinked {name}")
         return [name]
     if st.st_dev != os.fstat(dir_fd).st_dev:
         return []
@@ -255,4 +256,5 @@ def remove_tree(dir_fd: int, name: str) -> list[str]:
         os.close(fd)
     with contextlib.suppress(FileNotFoundError):
         os.rmdir(name, dir_fd=dir_fd)
+    crashpoint.point(f"removed directory {name}")
     return removed + [name]

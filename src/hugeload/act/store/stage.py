@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from hugeload import pages
-from hugeload.act import ledger, mempolicy, persist
+from hugeload.act import crashpoint, ledger, mempolicy, persist
 from hugeload.act import mounts as act_mounts
 from hugeload.act import pools as act_pools
 from hugeload.act.state import UntrustedState
@@ -213,7 +213,9 @@ def withdraw(name: str, state_dir=None) -> list[str]:
     engine is sent to it; then its manifest; then every copy directory of it.  A kill between
     two of these leaves either a listed model or files no manifest names (gc removes them)."""
     manifest.write_redirects(state_dir, exclude=name)
+    crashpoint.point(f"{name} out of the index, manifest still there")
     manifest.remove_manifest(name, state_dir)
+    crashpoint.point(f"{name}'s manifest removed, files still there")
     removed = []
     for page in pages.HUGE:
         with layout.open_mount(page.kb, state_dir) as fd:
@@ -341,6 +343,7 @@ def stage(
         try:
             for plan in plans:
                 reserve_for(plan, name, options.reserve, root, state_dir)
+                crashpoint.point(f"pages for a copy of {name} reserved")
             if options.reserve and options.heap_pages:
                 still = {}
                 for plan in plans:
@@ -348,11 +351,13 @@ def stage(
                 reserve_heap_pages(dict(options.heap_pages), still, name, root, state_dir)
             with lock.store_lock(state_dir):
                 work = make_work_dirs(plans, name, gid, state_dir, root)
+            crashpoint.point(f"work directories of {name} made")
             made = []
             for plan, w in zip(plans, work):
                 staged = []
                 for src, st in zip(files, stats):
                     tmp = copy_one(src, st, plan, w, name, options, gid, progress, root, state_dir)
+                    crashpoint.point(f"{tmp} copied")
                     if plan.bind:
                         mempolicy.check_placed(tmp, w.kb, plan.bind, root)
                     sha = None
@@ -370,6 +375,7 @@ def stage(
                     with layout.open_mount(w.kb, state_dir) as fd:
                         layout.remove_tree(fd, w.final)  # a copy directory no manifest names: a leftover
                         os.rename(w.name, w.final, src_dir_fd=fd, dst_dir_fd=fd)
+                    crashpoint.point(f"{w.final} renamed into place, no manifest yet")
                 work = []
                 first, rest = made[0], made[1:]
                 m = Manifest(
