@@ -459,8 +459,10 @@ def _map_staged(manifest: Staged, path: str) -> HugeMapping | None:
     kb = int(manifest.page_size_kb)
     try:
         fd = os.open(manifest.path, os.O_RDONLY | os.O_CLOEXEC)
-    except PermissionError:
-        return None  # staged readable by one group only (stage --group): read the source instead
+    except (PermissionError, FileNotFoundError):
+        # Readable by one group only (stage --group), or unstaged since the index was read:
+        # read the source instead.
+        return None
     try:
         file_size = os.fstat(fd).st_size
         if file_size < size:
