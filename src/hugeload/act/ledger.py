@@ -136,10 +136,16 @@ def load(state_dir=None) -> dict:
 
 
 def save(data: dict, state_dir=None) -> None:
-    """Durable (fsync of the file and of the directory) before it returns."""
+    """Durable (fsync of the file and of the directory) before it returns.  A ledger that cannot
+    be written (a full or read-only state directory) is one clear line: before a change, the
+    change is not made; after it, the intent already written lets the next command settle it."""
     data["events"] = data["events"][-MAX_EVENTS:]
     data["version"] = VERSION
-    state.write_json(ledger_path(state_dir), data)
+    path = ledger_path(state_dir)
+    try:
+        state.write_json(path, data)
+    except OSError as e:
+        raise HugeloadError(f"cannot write the ledger {path}: {e.strerror or e}") from None
 
 
 @contextlib.contextmanager

@@ -102,6 +102,8 @@ def make_state_dir(override=None) -> Path:
         st = os.lstat(d)
         if stat.S_IMODE(st.st_mode) == PRIVATE_DIR_MODE and st.st_uid == os.geteuid():
             os.chmod(d, PUBLIC_DIR_MODE)  # made by an older hugeload: let others reach the index
+    except OSError as e:
+        raise HugeloadError(f"cannot create the state directory {d}: {e.strerror}") from None
     check_dir(d, ancestors=False)
     return d
 
@@ -114,6 +116,10 @@ def make_dir(path: Path, mode: int) -> Path:
         os.chmod(path, mode)
     except FileExistsError:
         pass
+    except PermissionError:
+        raise PermissionNeeded(f"cannot create {path}: run as root") from None
+    except OSError as e:
+        raise HugeloadError(f"cannot create {path}: {e.strerror}") from None
     check_dir(path, "directory", ancestors=False)
     return path
 

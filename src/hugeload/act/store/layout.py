@@ -163,6 +163,13 @@ def make_store(state_dir=None) -> Path:
     top = state.make_dir(store_dir(state_dir), state.PUBLIC_DIR_MODE)
     state.make_dir(models_dir(state_dir), state.PRIVATE_DIR_MODE)
     state.make_dir(locks_dir(state_dir), state.PRIVATE_DIR_MODE)
+    for page in pages.HUGE:  # refused before anything is reserved or mounted, not half-way
+        p = top / mount_name(page.kb)
+        if p.is_symlink() or (p.exists() and not p.is_dir()):
+            raise UntrustedState(
+                f"refusing the store {top}: {p.name} in it is a symbolic link or not a directory, where hugeload "
+                "mounts its hugetlbfs; remove it"
+            )
     return top
 
 

@@ -340,6 +340,8 @@ def find_staged(path: str, state_dir=None) -> StagedCopy | None:
     except OSError:
         return None
     try:
+        state.check_state_dir(state_dir)
+        state.check_dir(layout.store_dir(state_dir), "store", ancestors=False)
         entries = redirects.read(state_dir, trusted=True)
     except (OSError, HugeloadError) as e:
         where = str(redirects.index_path(state_dir))
@@ -378,6 +380,7 @@ def staged(state_dir=None, root="/") -> list[Manifest]:
     that map it (one walk over /proc for all models), plus copies being made now (`staging`)
     or left by a stager that died (`orphaned`, until gc).  Root reads under the store lock,
     shared: a stage or unstage is seen before or after, never half-done."""
+    state.check_state_dir(state_dir)
     if not layout.store_dir(state_dir).is_dir():
         return []
     shared = lock.store_lock(state_dir, shared=True) if os.geteuid() == 0 else contextlib.nullcontext()
