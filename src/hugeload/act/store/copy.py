@@ -45,10 +45,12 @@ def copy_into(
     threads: int,
     progress,
     gid: int | None = None,
+    expect: tuple | None = None,
 ) -> None:
     """Copy `size` bytes of `src` into a new file `name` in the directory `dir_fd` (created
     O_EXCL | O_NOFOLLOW: never an existing file, never through a link), padded with zeros to
-    whole `kb` pages.  Mode 0644, or 0640 with group `gid`.  SourceChanged when the source
+    whole `kb` pages.  Mode 0644, or 0640 with group `gid`.  SourceChanged when the source is
+    not the file `expect` (dev, ino, size, mtime, ctime: what the manifest will record) or
     changes while it is read; NoPages when the pool cannot hold the copy."""
     padded = padded_size(size, kb)
     sfd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
@@ -56,6 +58,9 @@ def copy_into(
         st0 = os.fstat(sfd)
         if st0.st_size != size:
             raise SourceChanged(f"{src} changed size before copying ({size} -> {st0.st_size} bytes)")
+        now = (st0.st_dev, st0.st_ino, st0.st_size, st0.st_mtime_ns, st0.st_ctime_ns)
+        if expect is not None and now != tuple(expect):
+            raise SourceChanged(f"{src} changed before copying; nothing was staged")
         mode = FILE_MODE if gid is None else GROUP_FILE_MODE
         dfd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd)
         try:
@@ -121,7 +126,3 @@ def sha256(path: str, size: int, dir_fd: int | None = None) -> str:
             h.update(b)
             left -= len(b)
     return h.hexdigest()
-
-
-def source_stat(src: str) -> os.stat_result:
-    return os.stat(src)

@@ -158,7 +158,7 @@ def release_dead_owners(state_dir, root) -> list:
     with ledger.edit(state_dir, root) as data:  # settles what killed commands left first
         owners = ledger.owners(data)
     for o in owners:
-        if o.kind == "model":
+        if o.kind == "model" and layout.NAME_RE.match(o.name):
             # Under the model's lock: a stage that starts right after this test keeps its pages.
             with contextlib.suppress(TimeoutError), state.locked(layout.lock_path(o.name, state_dir), timeout=0):
                 if manifest.read_manifest(o.name, state_dir) is None:

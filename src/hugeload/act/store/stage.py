@@ -295,7 +295,7 @@ def copy_one(
         with layout.open_mount(w.kb, state_dir) as fd, layout.opened(w.name, fd) as wfd:
             try:
                 with mempolicy.bound(plan.bind, interleave=interleave):
-                    copy.copy_into(src, wfd, base, st.st_size, w.kb, threads, progress, gid)
+                    copy.copy_into(src, wfd, base, st.st_size, w.kb, threads, progress, gid, manifest.identity(st))
                 break
             except copy.NoPages:
                 with contextlib.suppress(FileNotFoundError):
