@@ -20,7 +20,9 @@ SIZES = (2048, 1048576)
 
 
 def pool_count(kb: int) -> int:
-    return int((SYS / f"hugepages-{kb}kB" / "nr_hugepages").read_text())
+    """Persistent pages: nr_hugepages counts surplus pages too, which go by themselves."""
+    d = SYS / f"hugepages-{kb}kB"
+    return int((d / "nr_hugepages").read_text()) - int((d / "surplus_hugepages").read_text())
 
 
 def pools() -> dict[int, int]:

@@ -291,8 +291,9 @@ def finish(data: dict, intent: dict) -> None:
 
 
 def read_pool_count(root, kb: int, node: int | None) -> int:
+    """Persistent pages (nr_hugepages less the surplus pages, which come and go by themselves)."""
     pool = probe_pools.system_pool(root, kb) if node is None else probe_pools.node_pool(root, kb, node)
-    return pool.total
+    return pool.total - pool.surplus
 
 
 def reconcile(data: dict, root="/") -> bool:

@@ -36,14 +36,34 @@ def read_pool(root, kb: int, node: int | None = None) -> probe_pools.Pool:
     return probe_pools.system_pool(root, kb) if node is None else probe_pools.node_pool(root, kb, node)
 
 
+def persistent(pool: probe_pools.Pool) -> int:
+    """The pool's persistent pages: what a write of nr_hugepages sets, and what the ledger counts.
+    Reading nr_hugepages gives them plus the surplus pages, which come and go by themselves (a
+    surplus page in use is freed, not kept, when it is unmapped)."""
+    return pool.total - pool.surplus
+
+
 def read_count(root, kb: int, node: int | None = None) -> int:
-    return read_pool(root, kb, node).total
+    """The persistent pages of the pool (see persistent())."""
+    return persistent(read_pool(root, kb, node))
 
 
 def set_count(root, kb: int, count: int, node: int | None = None) -> int:
-    """Ask the kernel for `count` persistent pages and return the count it settled on."""
-    write_text(pool_dir(root, kb, node) / "nr_hugepages", f"{count}\n")
-    return read_count(root, kb, node)
+    """Ask the kernel for `count` persistent pages and return the count it settled on.
+
+    A shrink below the pages in use or promised makes the kernel turn those into surplus pages,
+    freed when unmapped: pages that go back by themselves later, where no ledger transaction
+    would see them go (measured here: a release racing a stage's mmap left 5 of them).  Such a
+    shrink is undone at once, so a pool only ever gives back pages that are idle now."""
+    path = pool_dir(root, kb, node) / "nr_hugepages"
+    before = read_pool(root, kb, node)
+    write_text(path, f"{count}\n")
+    after = read_pool(root, kb, node)
+    made_surplus = after.surplus - before.surplus
+    if count < persistent(before) and made_surplus > 0:
+        write_text(path, f"{persistent(after) + made_surplus}\n")
+        after = read_pool(root, kb, node)
+    return persistent(after)
 
 
 def try_one_page(root, kb: int, state_dir=None) -> tuple[int, bool, str | None]:
@@ -144,11 +164,16 @@ def shrink(root, kb: int, node: int | None, owner: str, count: int, state_dir, a
     transaction; returns the pages given back."""
     with ledger.edit(state_dir, root) as data:
         pool = read_pool(root, kb, node)
-        idle = pool.free - (pool.reserved or 0) if node is None else pool.free
-        give = max(0, min(count, ledger.share(data, kb, node, owner), idle, pool.total))
+        total = persistent(pool)
+        give = max(0, min(count, ledger.share(data, kb, node, owner), idle_pages(pool), total))
         if not give:
             return 0
-        return -write_step(data, root, kb, node, [owner], pool.total, pool.total - give, state_dir, action)
+        return -write_step(data, root, kb, node, [owner], total, total - give, state_dir, action)
+
+
+def idle_pages(pool: probe_pools.Pool) -> int:
+    """Free pages nobody has promised to a mapping (the kernel keeps no per-node promise count)."""
+    return pool.free - (pool.reserved or 0) if pool.node is None else pool.free
 
 
 def reserve(
@@ -323,28 +348,25 @@ def release(root, kb: int | None = None, owner="reserve", state_dir=None) -> lis
             if not want:
                 continue
             pool = read_pool(root, pkb, node)
-            if sum(data["shares"][key].values()) > pool.total:
+            total = persistent(pool)
+            if sum(data["shares"][key].values()) > total:
                 # Someone shrank the pool below hugeload's share: those pages are gone already.
-                ledger.forget_excess(data, pkb, node, pool.total)
+                ledger.forget_excess(data, pkb, node, total)
                 if key not in data["shares"]:
                     continue
                 owners = [o for o in data["shares"][key] if owner is None or o == owner]
                 want = sum(data["shares"][key][o] for o in owners)
-            # Free pages not promised to a mapping (system resv counts are not kept per node).
-            idle = pool.free - (pool.reserved or 0) if node is None else pool.free
-            give = max(0, min(want, idle, pool.total))
+            give = max(0, min(want, idle_pages(pool), total))
             released = 0
             if give:
-                released = -write_step(
-                    data, root, pkb, node, owners, pool.total, pool.total - give, state_dir, "release"
-                )
+                released = -write_step(data, root, pkb, node, owners, total, total - give, state_dir, "release")
             kept = want - released
             results.append(
                 ReleaseResult(
                     pkb,
                     node,
-                    pool.total,
-                    pool.total - released,
+                    total,
+                    total - released,
                     released,
                     kept,
                     describe_holders(root, pkb) if kept else "",
