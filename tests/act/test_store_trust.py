@@ -381,7 +381,7 @@ def test_a_long_1g_retry_never_holds_the_ledger_lock_for_long(tmp_path, monkeypa
         d.mkdir(parents=True)
         for f in ("nr_hugepages", "free_hugepages", "resv_hugepages", "surplus_hugepages", "nr_overcommit_hugepages"):
             (d / f).write_text("0\n")
-    state = tmp_path / "state"
+    state = tmp_path / "fixture-state"  # its ledger speaks of the fixture's pools, never the machine's
     real_set = act_pools.set_count
 
     def one_more_page(r, kb, count, node=None):  # the kernel finds one more 1 GB page per write

@@ -191,8 +191,8 @@ def locked(path: Path, timeout: float | None = None, shared: bool = False):
             try:
                 fcntl.flock(fd, how | (fcntl.LOCK_NB if deadline is not None else 0))
                 break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
+            except BlockingIOError:  # only without a deadline's None: LOCK_NB is set then
+                if deadline is None or time.monotonic() >= deadline:
                     raise TimeoutError(str(path)) from None
                 time.sleep(0.05)
         yield fd

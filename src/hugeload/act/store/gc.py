@@ -51,7 +51,7 @@ def started_before(pid: str, when: float, root="/") -> bool:
 
 def gc_run_reports(state_dir=None, root="/") -> list[str]:
     """Reports of `hugeload run` processes that were killed before they could remove them."""
-    removed = []
+    removed: list[str] = []
     top = state.state_dir(state_dir) / "run"
     for f in sorted(top.glob("report-*.txt")) if top.is_dir() else []:
         ident = f.name[len("report-") : -len(".txt")]
@@ -66,7 +66,7 @@ def gc_run_reports(state_dir=None, root="/") -> list[str]:
 def gc_bench_runs(state_dir=None, root="/") -> list[str]:
     """What a killed `hugeload bench engine` left: its own store under <state>/bench/<pid>
     (staged copies, their mounts and pages) and its tmpfs copy /dev/shm/hugeload-bench-<pid>."""
-    removed = []
+    removed: list[str] = []
     top = state.state_dir(state_dir) / "bench"
     if not top.is_dir():
         return removed
@@ -103,7 +103,7 @@ def empty_store(state_dir, root="/") -> None:
 
 def sweep_mount(kb: int, models: dict[str, manifest.Manifest], state_dir) -> list[str]:
     """Remove from one store mount what no manifest names (under the store lock)."""
-    removed = []
+    removed: list[str] = []
     top = layout.mount_dir(kb, state_dir)
     with layout.open_mount(kb, state_dir) as fd:
         if fd is None:
@@ -202,7 +202,7 @@ def clear(force: bool = False, state_dir=None, root="/", config_dir=None) -> dic
         for n in names:
             mine = set(files[n])
             refuse_if_mapped(n, procs.holder_names([h for h in found if h.path in mine]))
-    done = []
+    done: list[str] = []
     for n in names:
         with contextlib.suppress(UsageError):  # unstaged meanwhile by another command
             unstage(n, force, state_dir, root, config_dir)

@@ -351,17 +351,16 @@ def find_staged(path: str, state_dir=None) -> StagedCopy | None:
         return None
     key = identity(st)
     store = str(layout.store_dir(state_dir)) + "/"
-    for e in entries:
-        if (e.src_dev, e.src_ino, e.src_size, e.src_mtime_ns, e.src_ctime_ns) != key or not e.staged_path.startswith(
-            store
-        ):
+    for entry in entries:
+        ident = (entry.src_dev, entry.src_ino, entry.src_size, entry.src_mtime_ns, entry.src_ctime_ns)
+        if ident != key or not entry.staged_path.startswith(store):
             continue
         try:
-            staged = os.lstat(e.staged_path)
+            staged = os.lstat(entry.staged_path)
         except OSError:
             continue
-        if stat.S_ISREG(staged.st_mode) and staged.st_size >= e.src_size:
-            return StagedCopy(os.path.abspath(path), e.staged_path, e.src_size, e.page_kb, e.node)
+        if stat.S_ISREG(staged.st_mode) and staged.st_size >= entry.src_size:
+            return StagedCopy(os.path.abspath(path), entry.staged_path, entry.src_size, entry.page_kb, entry.node)
     return None
 
 

@@ -290,7 +290,7 @@ def copy_one(
     path of the copy in the work directory."""
     threads = options.threads or min(4, os.cpu_count() or 1)
     base = os.path.basename(src)
-    interleave = bool(options.placement) and options.placement.mode is plan_numa.Mode.INTERLEAVE
+    interleave = options.placement is not None and options.placement.mode is plan_numa.Mode.INTERLEAVE
     for attempt in range(NO_PAGES_RETRIES):
         with layout.open_mount(w.kb, state_dir) as fd, layout.opened(w.name, fd) as wfd:
             try:
@@ -345,7 +345,7 @@ def stage(
                 reserve_for(plan, name, options.reserve, root, state_dir)
                 crashpoint.point(f"pages for a copy of {name} reserved")
             if options.reserve and options.heap_pages:
-                still = {}
+                still: dict[int, int] = {}
                 for plan in plans:
                     still[plan.page_size_kb] = still.get(plan.page_size_kb, 0) + plan.pages
                 reserve_heap_pages(dict(options.heap_pages), still, name, root, state_dir)
@@ -486,7 +486,7 @@ def restore(state_dir=None, root="/", config_dir=None, progress=None) -> list[Re
 def unmount_idle(state_dir=None, root="/") -> list[str]:
     """Unmount the store's own mounts once they hold nothing (under the store lock, so no stage
     is between its mount and its first work directory)."""
-    done = []
+    done: list[str] = []
     if not layout.store_dir(state_dir).is_dir():
         return done
     with lock.store_lock(state_dir):
