@@ -71,9 +71,8 @@ def mount(
     existing = find_mount(root, path)
     if existing:
         if existing.page_size_kb != kb:
-            raise UsageError(
-                f"{path} is already a hugetlbfs mount of {pages.name(existing.page_size_kb)} pages, not {pages.name(kb)}"
-            )
+            have = pages.name(existing.page_size_kb)
+            raise UsageError(f"{path} is already a hugetlbfs mount of {have} pages, not {pages.name(kb)}")
         return MountResult(existing.path, kb, False)
     p = Path(path)
     if p.is_symlink():  # mount(2) would follow it, wherever someone pointed it

@@ -233,10 +233,8 @@ def reserve(
     if prefault and result.after > result.before and str(root) == "/":
         # Advisory, like llama.cpp's madvise calls: the pages are reserved and in the ledger
         # already, and the caller must get them back to release them, whatever went wrong here.
-        try:
+        with contextlib.suppress(Exception):  # a failed pre-fault only leaves the faults for later
             result = result._replace(prefault_s=prefault_pages(kb, result.after - result.before))
-        except Exception:  # noqa: BLE001, S110 - a failed pre-fault only leaves the faults for later
-            pass
     return result
 
 

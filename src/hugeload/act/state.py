@@ -45,22 +45,25 @@ def state_dir(override: str | os.PathLike | None = None) -> Path:
 
 
 def _why_untrusted(st: os.stat_result, final: bool) -> str | None:
+    """Why a directory on the way to (or at) hugeload's state could have been changed by
+    another user, or None.  Above the final directory, a symbolic link of root's (/var/run) is
+    fine, and so is a sticky directory (/tmp): others cannot rename what is not theirs."""
     uid = os.geteuid()
     if st.st_uid not in (0, uid):
         return f"is owned by uid {st.st_uid}, not root"
     if stat.S_ISLNK(st.st_mode):
-        return "is a symbolic link"
+        return "is a symbolic link" if final else None
     if not stat.S_ISDIR(st.st_mode):
         return "is not a directory"
-    # Above the state directory a sticky directory (/tmp) is fine: others cannot rename what is ours.
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and (final or not st.st_mode & stat.S_ISVTX):
-        return f"is writable by other users (permissions {stat.S_IMODE(st.st_mode):04o})"
+        return f"is writable by others (permissions {stat.S_IMODE(st.st_mode):04o})"
     return None
 
 
 def check_dir(path: Path, what: str = "state directory", ancestors: bool = True) -> None:
-    """Raise UntrustedState unless `path` (an existing directory) and every directory above it
-    could only have been written by root (or this user)."""
+    """Raise UntrustedState unless `path` (a directory, or one still to be made) and every
+    directory above it, both as named and as resolved, could only have been written by root (or
+    this user): a link planted on the way counts as much as one at the end."""
     path = Path(os.path.abspath(path))
     try:
         st = os.lstat(path)
@@ -74,11 +77,13 @@ def check_dir(path: Path, what: str = "state directory", ancestors: bool = True)
             )
     if not ancestors:
         return
-    parent = Path(os.path.realpath(path.parent))
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    for d in [parent, *parent.parents]:
-        why = _why_untrusted(os.stat(d), final=False)
+    real = Path(os.path.realpath(path.parent))
+    for d in dict.fromkeys([*reversed(path.parents), *reversed(real.parents), real]):
+        try:
+            st = os.lstat(d)
+        except FileNotFoundError:
+            continue  # made below, by us
+        why = _why_untrusted(st, final=False)
         if why:
             raise UntrustedState(f"refusing the {what} {path}: {d} above it {why}")
 
@@ -125,11 +130,32 @@ def make_dir(path: Path, mode: int) -> Path:
 
 
 def ensure_dir(path: Path) -> Path:
-    """A private directory (0700) and any missing parents."""
+    """A private directory (0700) and any missing parents.  Refused in one line when it, or
+    anything on the way to it, is a link or a directory another user made or can change (a
+    state directory pointed into /tmp, where someone made it first)."""
     path = Path(path)
-    path.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+    check_dir(path, "directory")
+    try:
+        path.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+    except PermissionError:
+        raise PermissionNeeded(f"cannot create {path}: run as root") from None
+    except OSError as e:
+        raise HugeloadError(f"cannot create {path}: {e.strerror}") from None
+    check_dir(path, "directory", ancestors=False)
+    owner = os.lstat(path).st_uid
+    if owner != os.geteuid():
+        raise UntrustedState(f"refusing the directory {path}: it is owned by uid {owner}, not by this user")
     os.chmod(path, PRIVATE_DIR_MODE)
     return path
+
+
+def ensure_parent(path: Path) -> None:
+    """Before a file is made in path's directory: the directory is checked (and made 0700 when
+    missing), without changing the mode of one that exists (the state directory is 0755)."""
+    if path.parent.is_dir():
+        check_dir(path.parent, "directory")
+    else:
+        ensure_dir(path.parent)
 
 
 def fsync_dir(path: Path) -> None:
@@ -161,8 +187,7 @@ def write_text_atomic(path: Path, text: str, mode: int = 0o600) -> None:
 
 
 def write_json(path: Path, data, mode: int = 0o600) -> None:
-    if not path.parent.is_dir():
-        ensure_dir(path.parent)
+    ensure_parent(path)
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n", mode)
 
 
@@ -181,8 +206,7 @@ def read_json(path: Path, default):
 def locked(path: Path, timeout: float | None = None, shared: bool = False):
     """An flock on `path` (created 0600), exclusive unless `shared`; waits up to `timeout`
     seconds (None: forever).  The kernel drops it when the process dies, kill -9 included."""
-    if not path.parent.is_dir():
-        ensure_dir(path.parent)
+    ensure_parent(path)
     fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         how = fcntl.LOCK_SH if shared else fcntl.LOCK_EX

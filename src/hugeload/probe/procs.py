@@ -1,5 +1,6 @@
 """Processes' huge page use: /proc/PID/status and /proc/PID/smaps; who a process is: /proc/PID/stat."""
 
+import contextlib
 import os
 from typing import NamedTuple
 
@@ -210,10 +211,8 @@ def _fd_paths(root, pid: str) -> set[str]:
     out = set()
     base = os.path.join(str(root), "proc", pid, "fd")
     for fd in listdir(root, f"proc/{pid}/fd"):
-        try:
+        with contextlib.suppress(OSError):  # closed since the listing
             out.add(os.readlink(os.path.join(base, fd)))
-        except OSError:  # closed since the listing
-            pass
     return out
 
 

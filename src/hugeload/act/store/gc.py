@@ -191,10 +191,11 @@ def gc(state_dir=None, root="/") -> dict:
     return out
 
 
-def clear(force: bool = False, state_dir=None, root="/", config_dir=None) -> dict:
+def clear(force: bool = False, state_dir=None, root="/", config_dir=None, keep_persisted: bool = False) -> dict:
     """Unstage every model (those whose manifest cannot be read too), all or nothing: without
     `force`, refuse before removing any while one is mapped.  Then gc.  Returns
-    {"unstaged": [names], **gc()}."""
+    {"unstaged": [names], **gc()}.  `keep_persisted`: models.json keeps them (the boot unit's
+    stop: the next boot restores them)."""
     names = manifest.manifest_names(state_dir) if layout.store_dir(state_dir).is_dir() else []
     if not force:
         files = {n: model_files(n, state_dir) for n in names}
@@ -205,6 +206,6 @@ def clear(force: bool = False, state_dir=None, root="/", config_dir=None) -> dic
     done: list[str] = []
     for n in names:
         with contextlib.suppress(UsageError):  # unstaged meanwhile by another command
-            unstage(n, force, state_dir, root, config_dir)
+            unstage(n, force, state_dir, root, config_dir, forget=not keep_persisted)
             done.append(n)
     return {"unstaged": done, **gc(state_dir, root)}

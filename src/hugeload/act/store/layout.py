@@ -115,10 +115,7 @@ def check_name(name: str) -> str:
 def default_name(path: str) -> str:
     base = os.path.basename(path)
     m = SPLIT_RE.match(base)
-    if m:
-        base = m.group("prefix")
-    else:
-        base = os.path.splitext(base)[0] or base
+    base = m.group("prefix") if m else os.path.splitext(base)[0] or base
     return re.sub(r"[^A-Za-z0-9._+-]", "_", base).lstrip("._+-")[:128] or "model"
 
 

@@ -200,7 +200,7 @@ def unchanged(existing: Manifest, files: list[str], stats, options: StageOptions
     return (
         existing.readable
         and [(f.source, f.identity) for f in existing.files]
-        == [(p, manifest.identity(s)) for p, s in zip(files, stats)]
+        == [(p, manifest.identity(s)) for p, s in zip(files, stats, strict=True)]
         and manifest.model_state(existing) == "ready"
         and (not placement.placed or [c.node for c in existing.copies] == want_nodes)
         and (options.page_size is None or all(c.page_size_kb == options.page_size.kb for c in existing.copies))
@@ -353,9 +353,9 @@ def stage(
                 work = make_work_dirs(plans, name, gid, state_dir, root)
             crashpoint.point(f"work directories of {name} made")
             made = []
-            for plan, w in zip(plans, work):
+            for plan, w in zip(plans, work, strict=True):
                 staged = []
-                for src, st in zip(files, stats):
+                for src, st in zip(files, stats, strict=True):
                     tmp = copy_one(src, st, plan, w, name, options, gid, progress, root, state_dir)
                     crashpoint.point(f"{tmp} copied")
                     if plan.bind:
@@ -437,9 +437,11 @@ def mapped_by(paths: list[str], root="/") -> list[str]:
     return procs.holder_names(procs.holders(root, paths=paths))
 
 
-def unstage(name_or_path: str, force: bool = False, state_dir=None, root="/", config_dir=None) -> Manifest:
+def unstage(
+    name_or_path: str, force: bool = False, state_dir=None, root="/", config_dir=None, forget: bool = True
+) -> Manifest:
     """Remove a staged model (a manifest that cannot be read too), give back the pages reserved
-    for it, and drop it from models.json so that `restore` does not bring it back."""
+    for it, and (`forget`) drop it from models.json so that `restore` does not bring it back."""
     name = name_of(name_or_path, state_dir)
     with lock.model_lock(name, state_dir):
         with lock.store_lock(state_dir):
@@ -449,7 +451,8 @@ def unstage(name_or_path: str, force: bool = False, state_dir=None, root="/", co
             if not force:
                 refuse_if_mapped(name, mapped_by(model_files(name, state_dir), root))
             withdraw(name, state_dir)
-            persist.remove(name, config_dir)
+            if forget:
+                persist.remove(name, config_dir)
         act_pools.release(root, None, owner=owner(name), state_dir=state_dir)
     unmount_idle(state_dir, root)
     return m
