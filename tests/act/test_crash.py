@@ -93,6 +93,8 @@ def test_kill_9_at_random_points_leaks_nothing(state_dir, tmp_path, capsys):
             else:
                 how, delay, at = "point", None, rng.randint(1, max(1, points[kind]))
             counted.unlink(missing_ok=True)
+            with open(log, "a") as _f:
+                _f.write(f"=== {kind} {[str(a) for a in argv]} how={how} delay={delay} at={at}\n")
             killed, code, secs = run_and_maybe_kill(argv, delay, log, at, str(counted))
             if killed:
                 kills[how][kind] = kills[how].get(kind, 0) + 1

@@ -85,6 +85,27 @@ def test_kill_9_of_stage_1g_reserve_during_its_reservation_leaks_no_page(hugeloa
         assert ledger.load()["intents"] == []
 
 
+def test_pages_a_killed_stage_reserved_and_another_stage_took_go_back_with_that_model(
+    hugeload_cli, state_dir, tmp_path
+):
+    # Shrunk from the crash test (seed 445340488): a stage of m1 killed after its reservation
+    # left m1's share as free pages; a stage of m2 before the next gc reserved only what the
+    # pool lacked, so m2's files live in m1's pages; gc could not give them back (in use) and
+    # kept a share for a model that is not staged, and unstaging m2 gave back only m2's own.
+    before = pools()
+    src = tmp_path / "m2.bin"
+    src.write_bytes(os.urandom(10 * 2 * MiB - 5))  # 10 pages
+    act_pools.reserve("/", MB2, 7, owner="model:m1", state_dir=state_dir)  # what the killed stage left
+    stage_json(hugeload_cli, src, "--page-size", "2m", "--reserve", "--name", "m2")
+    added = pools()[MB2] - before[MB2]
+    assert hugeload_cli("gc").returncode == 0
+    data = ledger.load(state_dir)
+    assert ledger.share(data, MB2, None, "model:m1") == 0
+    assert ledger.share(data, MB2, None, "model:m2") == added == ledger.share(data, MB2, None)
+    assert hugeload_cli("unstage", "m2").returncode == 0
+    assert pools() == before and ledger.load(state_dir)["shares"] == {}
+
+
 # ---------------------------------------------------------------- gc against a stage
 
 

@@ -236,6 +236,16 @@ def record_moved(
     return moved
 
 
+def hand_over(data: dict, kb: int, node: int | None, giver, taker, count: int) -> int:
+    """Move up to `count` pages of `giver`'s share of a pool to `taker` (the pool does not
+    change: the pages are already in the taker's files); returns the pages moved."""
+    moved = min(count, share(data, kb, node, giver))
+    if moved > 0:
+        record_pool_change(data, kb, node, moved, 0, giver, "hand-over")
+        record_pool_change(data, kb, node, 0, moved, taker, "hand-over")
+    return moved
+
+
 def forget_excess(data: dict, kb: int, node: int | None, pool_total: int) -> None:
     """Shrink the shares of a pool to what it still holds, when someone else released pages
     hugeload had added (a share can never exceed the pool)."""

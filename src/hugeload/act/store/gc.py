@@ -163,10 +163,33 @@ def release_dead_owners(state_dir, root) -> list:
             with contextlib.suppress(TimeoutError), state.locked(layout.lock_path(o.name, state_dir), timeout=0):
                 if manifest.read_manifest(o.name, state_dir) is None:
                     released += act_pools.release(root, None, owner=str(o), state_dir=state_dir)
+                    hand_over_in_use(o, state_dir, root)
         elif o.is_process and not o.alive(root):
             released += act_pools.release(root, None, owner=str(o), state_dir=state_dir)
         crashpoint.point(f"gc: {o} looked at")
     return released
+
+
+def hand_over_in_use(dead: ledger.Owner, state_dir, root) -> None:
+    """What a dead model's share kept after its release is in use: a stage that ran before this
+    gc took the free pages it had reserved (stage reserves only what the pool lacks).  Those
+    pages now hold another model's copies: the share goes to the models whose copies use more
+    pages than their own shares, so that their unstage gives the pages back."""
+    if not layout.store_dir(state_dir).is_dir():
+        return
+    with lock.store_lock(state_dir), ledger.edit(state_dir, root) as data:
+        live = [m for m in manifest.manifests(state_dir) if m.readable]
+        for key in list(data["shares"]):
+            kb, node = ledger.parse_pool_key(key)
+            keys = [ledger.parse_pool_key(k) for k in data["shares"]]
+            same = [(k, n) for k, n in keys if k == kb and node in (None, n)]  # a node's pool, or every node's
+            for m in live:
+                if ledger.share(data, kb, node, dead) <= 0:
+                    break
+                taker = ledger.Owner.model(m.name)
+                used = sum(c.pages for c in m.copies if c.page_size_kb == kb and node in (None, c.node))
+                held = sum(ledger.share(data, k, n, taker) for k, n in same)
+                ledger.hand_over(data, kb, node, dead, taker, used - held)
 
 
 def gc(state_dir=None, root="/") -> dict:
