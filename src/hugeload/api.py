@@ -421,7 +421,9 @@ def _fill(fd: int, dest: memoryview, size: int, path: str, threads: int | None =
 
 
 def _identity(st: os.stat_result) -> tuple:
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    """What "the same file" means everywhere in hugeload (the store and the C index too):
+    a file rewritten in place and given back its old mtime has a new ctime."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 # --------------------------------------------------------------------------- staged files
@@ -436,8 +438,10 @@ class Staged(NamedTuple):
 def _find_staged(path: str) -> Staged | None:
     """The store's ready staged copy of `path`, or None (also without a store).
 
-    act.store.find_staged matches the source by device, inode, size and mtime,
-    so an edited source is never served from a stale copy."""
+    act.store.find_staged reads the redirect index, which any user can read (as the preload
+    library does), and matches the source by device, inode, size, mtime and ctime, so an
+    edited source is never served from a stale copy.  An index it cannot read is said once,
+    in one line, and the file is read directly."""
     try:
         from hugeload.act.store import find_staged
     except ImportError:  # a build without the store: nothing is staged
@@ -445,14 +449,7 @@ def _find_staged(path: str) -> Staged | None:
     found = find_staged(path)
     if found is None:
         return None
-    staged = getattr(found, "staged", None) or found.path  # StagedFile, or a Manifest-like object
-    kb = getattr(found, "page_size_kb", None)
-    if not kb:
-        try:
-            kb = os.statvfs(staged).f_bsize // 1024  # hugetlbfs reports its page size here
-        except OSError:
-            return None
-    return Staged(staged, int(found.size), int(kb))
+    return Staged(found.staged, int(found.size), int(found.page_size_kb))
 
 
 def _map_staged(manifest: Staged, path: str) -> HugeMapping | None:
@@ -460,7 +457,12 @@ def _map_staged(manifest: Staged, path: str) -> HugeMapping | None:
     if size <= 0:
         return None
     kb = int(manifest.page_size_kb)
-    fd = os.open(manifest.path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fd = os.open(manifest.path, os.O_RDONLY | os.O_CLOEXEC)
+    except (PermissionError, FileNotFoundError):
+        # Readable by one group only (stage --group), or unstaged since the index was read:
+        # read the source instead.
+        return None
     try:
         file_size = os.fstat(fd).st_size
         if file_size < size:

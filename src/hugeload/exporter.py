@@ -160,7 +160,7 @@ class Agent:
             return []
         owners = sorted({o for shares in ledger.load(self.state_dir)["shares"].values() for o in shares})
         done = []
-        for o in plan_pressure.releasable_owners(owners, lambda pid: store._owner_alive(pid, self.root)):
+        for o in plan_pressure.releasable_owners(owners, lambda o: ledger.Owner.parse(o).alive(self.root)):
             for r in act_pools.release(self.root, None, owner=o, state_dir=self.state_dir):
                 if r.released:
                     self.released[page_size_name(r.page_size_kb)] += r.released

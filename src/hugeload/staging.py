@@ -32,14 +32,21 @@ def stage(
     persist: bool = False,
     state_dir=None,
     config_dir=None,
+    group: str | None = None,
 ) -> StagedModel:
     """Stage `path` into huge pages (see `hugeload stage`); instant when already staged.
     `persist` also lists it in models.json (`config_dir`, default $HUGELOAD_CONFIG_DIR or
-    /etc/hugeload) so that `hugeload restore` re-stages it at boot."""
+    /etc/hugeload) so that `hugeload restore` re-stages it at boot.  `group`: the staged
+    copy is readable by root and that group only (default: by every user)."""
     from hugeload.act import store
 
     options = store.StageOptions(
-        page_size=pages.parse(page_size, ("1g", "2m")), name=name, reserve=reserve, verify=verify, persist=persist
+        page_size=pages.parse(page_size, ("1g", "2m")),
+        name=name,
+        reserve=reserve,
+        verify=verify,
+        persist=persist,
+        group=group,
     )
     m = store.stage(str(path), options, state_dir=state_dir, config_dir=config_dir).manifest
     return StagedModel(m.name, m.path, m.page_size_kb, m.size, m.pages, m.source)

@@ -34,6 +34,31 @@ def test_persist_then_restore_after_the_store_is_wiped(hugeload_cli, tmp_path, s
     assert json.loads((cfg / "models.json").read_text())["models"] == []
 
 
+def test_clear_keep_persisted_gives_pages_back_and_keeps_models_json(hugeload_cli, tmp_path, state_dir):
+    # The boot unit's stop (ExecStop=... clear --force --keep-persisted): pages, mounts and
+    # copies go, the list of models to restore at the next boot stays as it was.
+    pool = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"
+    before = open(pool).read()
+    cfg = tmp_path / "etc"
+    for name, persist in (("kept", ["--persist"]), ("other", [])):
+        src = tmp_path / f"{name}.gguf"
+        src.write_bytes(os.urandom(3 << 20))
+        out = hugeload_cli("stage", src, "--page-size", "2m", "--reserve", *persist, "--config-dir", cfg)
+        assert out.returncode == 0, out.stderr
+    listed = (cfg / "models.json").read_text()
+    assert [m["name"] for m in json.loads(listed)["models"]] == ["kept"]
+    out = hugeload_cli("clear", "--force", "--keep-persisted", "--config-dir", cfg, "--json")
+    assert out.returncode == 0, out.stderr
+    assert sorted(json.loads(out.stdout)["unloaded"]) == ["kept", "other"]
+    assert (cfg / "models.json").read_text() == listed
+    assert json.loads(hugeload_cli("staged", "--json").stdout)["models"] == []
+    assert open(pool).read() == before and not any(
+        line.split()[2] == "hugetlbfs" and line.split()[1].startswith(str(state_dir)) for line in open("/proc/mounts")
+    )
+    out = hugeload_cli("restore", "--config-dir", cfg, "--json")
+    assert out.returncode == 0 and [r["name"] for r in json.loads(out.stdout)["restored"]] == ["kept"], out.stderr
+
+
 def test_systemd_unit(hugeload_cli, tmp_path):
     out = hugeload_cli("boot-config", "--systemd", "--apply", "--target-root", tmp_path)
     assert out.returncode == 0, out.stderr

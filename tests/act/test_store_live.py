@@ -277,7 +277,7 @@ def test_gc_frees_the_pages_of_a_killed_run(hugeload_cli, tmp_path, state_dir):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         p.wait()
-    report = state_dir / "run" / f"report-{p.pid}.txt"
+    (report,) = (state_dir / "run").glob(f"report-{p.pid}@*.txt")  # named by the run's pid and start time
     assert report.exists()  # the killed run's report, which it could not remove itself
     out = hugeload_cli("gc", "--json")
     assert out.returncode == 0, out.stderr

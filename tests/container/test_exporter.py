@@ -67,7 +67,7 @@ def test_pressure_must_hold():
 
 def test_releasable_owners_never_models_or_live_runs():
     owners = ["reserve", "model:llama", "run:1", "run:2", "bench:3"]
-    assert plan_pressure.releasable_owners(owners, lambda pid: pid == "1") == ["reserve", "run:2", "bench:3"]
+    assert plan_pressure.releasable_owners(owners, lambda o: o == "run:1") == ["reserve", "run:2", "bench:3"]
 
 
 # ---------------------------------------------------------------- a fixture tree

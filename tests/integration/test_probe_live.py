@@ -123,7 +123,7 @@ def test_cpu_matches_cpuinfo():
             assert "no TLB size line" in info.tlb_detail
 
 
-def test_doctor_try_restores_pool(hugeload_cli, needs_root):
+def test_doctor_try_restores_pool(hugeload_cli, needs_root, state_dir):  # the trial page goes through the ledger
     before = act_pools.read_count("/", 1048576)
     out = hugeload_cli("doctor", "--try", "--json")
     data = json.loads(out.stdout)

@@ -101,15 +101,6 @@ def test_fit_and_needs_per_node():
     assert plan_numa.split(7, (0, 1)) == {0: 4, 1: 3}
 
 
-def test_page_size_per_copy():
-    assert plan_numa.choose_page_size(20 * MiB, None, [2048, 1048576], 16, False)[0] == 2048
-    assert plan_numa.choose_page_size(3 * GiB, None, [2048, 1048576], 4, False)[0] == 1048576
-    assert plan_numa.choose_page_size(3 * GiB, None, [2048, 1048576], 2, False)[0] == 2048
-    assert plan_numa.choose_page_size(3 * GiB, None, [2048, 1048576], 2, True)[0] == 1048576
-    with pytest.raises(UsageError):
-        plan_numa.choose_page_size(3 * GiB, 1048576, [2048], 0, False)
-
-
 def test_doctor_says_how_many_nodes_and_whether_a_model_fits_one():
     nodes = probe_numa.read_nodes(NUMA2)
     assert "2 nodes" in plan_numa.doctor_check(nodes).detail

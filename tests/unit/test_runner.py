@@ -3,17 +3,18 @@
 import os
 
 from hugeload import runner
-from hugeload.act import state, store
+from hugeload.act import redirects, store
 
 MiB = 1 << 20
 
 
 def stage_fake(state_dir, src, staged):
-    """A manifest saying `src` is staged at `staged` (a plain file stands in for hugetlbfs)."""
-    st = os.stat(src)
-    f = store.StagedFile(str(src), str(staged), st.st_size, st.st_dev, st.st_ino, st.st_mtime_ns)
-    m = store.Manifest("small", 1048576, 1, [f], 0.0)
-    state.write_json(store.manifest_path("small", state_dir), m.to_json())
+    """The redirect index saying `src` is staged (a plain file in the store's layout stands in
+    for hugetlbfs; find_staged reads the index, as the preload library does)."""
+    copy = store.mount_dir(1048576, state_dir) / "small" / "small.gguf"
+    copy.parent.mkdir(parents=True)
+    copy.write_bytes(staged.read_bytes())
+    redirects.write(state_dir, [redirects.entry_for(src, copy, -1, 1048576)])
 
 
 def test_staged_file_under_min_size_is_a_candidate(tmp_path, tree):

@@ -1,22 +1,25 @@
 """hugetlbfs mounts: the seed's dual layout, idempotent, recorded in the ledger."""
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
 import os
+import time
 from pathlib import Path
 from typing import NamedTuple
 
-from hugeload.act import ledger
+from hugeload import pages
+from hugeload.act import crashpoint, ledger
 from hugeload.errors import HugeloadError, PermissionNeeded, UsageError
 from hugeload.probe import procs
 from hugeload.probe.mounts import HugetlbfsMount, hugetlbfs_supported, read_mounts
-from hugeload import pages
 from hugeload.units import KiB
 
 # The seed's layout; any other size gets the same shape of name.
 DEFAULT_DIRS = {p.kb: f"/mnt/hugepages-{p.name}b" for p in pages.HUGE}
 MNT_DETACH = 2
+UMOUNT_NOFOLLOW = 8  # never unmount what a symbolic link at the path points to
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
@@ -59,7 +62,7 @@ def mount(
     uid: int | None = None,
     gid: int | None = None,
     mode: int | None = None,
-    owner: str = "mount",
+    owner="mount",
     state_dir=None,
 ) -> MountResult:
     path = path or default_dir(kb)
@@ -68,9 +71,8 @@ def mount(
     existing = find_mount(root, path)
     if existing:
         if existing.page_size_kb != kb:
-            raise UsageError(
-                f"{path} is already a hugetlbfs mount of {pages.name(existing.page_size_kb)} pages, not {pages.name(kb)}"
-            )
+            have = pages.name(existing.page_size_kb)
+            raise UsageError(f"{path} is already a hugetlbfs mount of {have} pages, not {pages.name(kb)}")
         return MountResult(existing.path, kb, False)
     p = Path(path)
     if p.is_symlink():  # mount(2) would follow it, wherever someone pointed it
@@ -81,23 +83,34 @@ def mount(
         raise UsageError(f"mount point {path} is a non-empty directory; hugeload will not hide its files")
     options = mount_options(kb, size, uid, gid, mode)
     created = not p.exists()
-    try:
-        p.mkdir(parents=True, exist_ok=True)
-    except PermissionError:
-        raise PermissionNeeded(f"cannot create {path}: run as root") from None
-    except OSError as e:
-        raise HugeloadError(f"cannot create mount point {path}: {e.strerror}") from None
-    if _libc.mount(b"hugetlbfs", str(p).encode(), b"hugetlbfs", 0, options.encode()) != 0:
-        err = ctypes.get_errno()
-        if created:
-            p.rmdir()
-        if err == errno.EPERM:
-            raise PermissionNeeded(f"mounting hugetlbfs on {path} needs root (CAP_SYS_ADMIN)")
-        raise HugeloadError(f"mount -t hugetlbfs -o {options} {path} failed: {os.strerror(err)}")
-    with ledger.edit(state_dir) as data:
+    entry = {"path": str(p), "page_size_kb": kb, "created_dir": created, "owner": str(owner)}
+    # Write-ahead (act/ledger.py): a kill between the mount and its record leaves an intent
+    # that the next command settles from /proc/mounts (and a directory it made, removed).
+    with ledger.edit(state_dir, root) as data:
+        intent = ledger.begin(data, state_dir, "mount", owner, path=str(p), page_size_kb=kb, created_dir=created)
+        try:
+            p.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            ledger.finish(data, intent)
+            if isinstance(e, PermissionError):
+                raise PermissionNeeded(f"cannot create {path}: run as root") from None
+            raise HugeloadError(f"cannot create mount point {path}: {e.strerror}") from None
+        crashpoint.point("mount: intent durable, directory made")
+        if _libc.mount(b"hugetlbfs", str(p).encode(), b"hugetlbfs", 0, options.encode()) != 0:
+            err = ctypes.get_errno()
+            if created:
+                p.rmdir()
+            ledger.finish(data, intent)
+            if err == errno.EPERM:
+                raise PermissionNeeded(f"mounting hugetlbfs on {path} needs root (CAP_SYS_ADMIN)")
+            raise HugeloadError(f"mount -t hugetlbfs -o {options} {path} failed: {os.strerror(err)}")
+        crashpoint.point("mounted, not recorded")
         data["mounts"] = [m for m in data["mounts"] if m["path"] != str(p)]
-        data["mounts"].append({"path": str(p), "page_size_kb": kb, "created_dir": created, "owner": owner})
-        data["events"].append({"action": "mount", "path": str(p), "page_size_kb": kb, "owner": owner})
+        data["mounts"].append(entry)
+        data["events"].append(
+            {"time": time.time(), "action": "mount", "path": str(p), "page_size_kb": kb, "owner": str(owner)}
+        )
+        ledger.finish(data, intent)
     return MountResult(str(p), kb, True)
 
 
@@ -131,23 +144,41 @@ def umount(root, path: str, force: bool = False, state_dir=None) -> bool:
         return False
     if not force:
         check_idle(root, m.path)
-    flags = MNT_DETACH if force else 0
-    if _libc.umount2(m.path.encode(), flags) != 0:
-        err = ctypes.get_errno()
-        if err == errno.EPERM:
-            raise PermissionNeeded(f"unmounting {m.path} needs root")
-        raise HugeloadError(f"umount {m.path} failed: {os.strerror(err)}")
-    with ledger.edit(state_dir) as data:
+    flags = (MNT_DETACH if force else 0) | UMOUNT_NOFOLLOW
+    with ledger.edit(state_dir, root) as data:
         entry = next((e for e in data["mounts"] if e["path"] == m.path), None)
+        created = bool(entry and entry.get("created_dir"))
+        intent = ledger.begin(
+            data,
+            state_dir,
+            "umount",
+            entry.get("owner", "mount") if entry else "mount",
+            path=m.path,
+            page_size_kb=m.page_size_kb,
+            created_dir=created,
+        )
+        crashpoint.point("umount: intent durable")
+        if _libc.umount2(m.path.encode(), flags) != 0:
+            err = ctypes.get_errno()
+            ledger.finish(data, intent)
+            if err == errno.EPERM:
+                raise PermissionNeeded(f"unmounting {m.path} needs root")
+            raise HugeloadError(f"umount {m.path} failed: {os.strerror(err)}")
+        crashpoint.point("unmounted, not recorded")
         data["mounts"] = [e for e in data["mounts"] if e["path"] != m.path]
-        data["events"].append({"action": "umount", "path": m.path, "page_size_kb": m.page_size_kb})
-    if entry and entry.get("created_dir"):
-        try:
-            os.rmdir(m.path)
-        except OSError:
-            pass
+        data["events"].append({"time": time.time(), "action": "umount", "path": m.path, "page_size_kb": m.page_size_kb})
+        if created:
+            with contextlib.suppress(OSError):
+                os.rmdir(m.path)
+        ledger.finish(data, intent)
     return True
 
 
-def hugeload_mounts(state_dir=None) -> list[dict]:
+def hugeload_mounts(state_dir=None, root="/") -> list[dict]:
+    """The mounts hugeload made (the ledger's, with any interrupted mount or unmount settled)."""
+    if not ledger.ledger_path(state_dir).exists():
+        return []
+    if ledger.load(state_dir)["intents"]:
+        with ledger.edit(state_dir, root) as data:
+            return list(data["mounts"])
     return ledger.load(state_dir)["mounts"]

@@ -4,6 +4,7 @@ The kernel often grants fewer pages than asked (seen: 8 x 1 GB asked, 2 given)
 and still reports the write as successful, so every write is followed by a read.
 """
 
+import contextlib
 import ctypes
 import os
 import threading
@@ -11,14 +12,15 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-from hugeload.act import ledger
+from hugeload.act import crashpoint, ledger
 from hugeload.act.sysfs import write_text
-from hugeload.errors import PoolError, UsageError
+from hugeload.errors import HugeloadError, PoolError, UsageError
+from hugeload.pages import PAGE_1G
+from hugeload.pages import name as page_size_name
 from hugeload.probe import pools as probe_pools
 from hugeload.probe import procs
 from hugeload.probe.memory import read_buddyinfo, read_meminfo
 from hugeload.probe.mounts import read_mounts
-from hugeload.pages import PAGE_1G, name as page_size_name
 
 MAX_RETRIES = 5
 RETRY_SECONDS = 60.0
@@ -34,29 +36,52 @@ def read_pool(root, kb: int, node: int | None = None) -> probe_pools.Pool:
     return probe_pools.system_pool(root, kb) if node is None else probe_pools.node_pool(root, kb, node)
 
 
+def persistent(pool: probe_pools.Pool) -> int:
+    """The pool's persistent pages: what a write of nr_hugepages sets, and what the ledger counts.
+    Reading nr_hugepages gives them plus the surplus pages, which come and go by themselves (a
+    surplus page in use is freed, not kept, when it is unmapped)."""
+    return pool.total - pool.surplus
+
+
 def read_count(root, kb: int, node: int | None = None) -> int:
-    return read_pool(root, kb, node).total
+    """The persistent pages of the pool (see persistent())."""
+    return persistent(read_pool(root, kb, node))
 
 
 def set_count(root, kb: int, count: int, node: int | None = None) -> int:
-    """Ask the kernel for `count` persistent pages and return the count it settled on."""
-    write_text(pool_dir(root, kb, node) / "nr_hugepages", f"{count}\n")
-    return read_count(root, kb, node)
+    """Ask the kernel for `count` persistent pages and return the count it settled on.
+
+    A shrink below the pages in use or promised makes the kernel turn those into surplus pages,
+    freed when unmapped: pages that go back by themselves later, where no ledger transaction
+    would see them go (measured here: a release racing a stage's mmap left 5 of them).  Such a
+    shrink is undone at once, so a pool only ever gives back pages that are idle now."""
+    path = pool_dir(root, kb, node) / "nr_hugepages"
+    before = read_pool(root, kb, node)
+    write_text(path, f"{count}\n")
+    after = read_pool(root, kb, node)
+    made_surplus = after.surplus - before.surplus
+    if count < persistent(before) and made_surplus > 0:
+        write_text(path, f"{persistent(after) + made_surplus}\n")
+        after = read_pool(root, kb, node)
+    return persistent(after)
 
 
-def try_one_page(root, kb: int) -> tuple[int, bool, str | None]:
+def try_one_page(root, kb: int, state_dir=None) -> tuple[int, bool, str | None]:
     """Grow the pool by one page and put it back: (pages obtained, restored, error).
 
-    Used by `doctor --try` to learn whether runtime reservation works without
-    keeping anything."""
-    before = read_count(root, kb)
+    Used by `doctor --try` to learn whether runtime reservation works without keeping
+    anything.  Both writes go through the ledger, so a kill between them leaves the page
+    recorded under this process (doctor:<pid>@<start>), and `gc` gives it back."""
+    owner = str(ledger.Owner.process("doctor", root=root))
     obtained, error = 0, None
     try:
-        obtained = max(0, set_count(root, kb, before + 1) - before)
-    except Exception as e:  # reported as the check's detail
+        obtained = max(0, grow_step(root, kb, None, 1, owner, state_dir, "try")[2])
+    except Exception as e:  # noqa: BLE001 - reported as the check's detail
         error = str(e)
-    finally:
-        restored = read_count(root, kb) == before or set_count(root, kb, before) == before
+    restored = obtained == 0
+    if obtained:
+        with contextlib.suppress(Exception):
+            restored = shrink(root, kb, None, owner, obtained, state_dir, "try") == obtained
     return obtained, restored, error
 
 
@@ -100,35 +125,55 @@ def _free_memory_steps(root):
     yield "compact_memory", lambda: write_text(Path(root) / "proc/sys/vm/compact_memory", "1\n")
 
 
-def grow(
-    root, kb: int, count: int, node: int | None = None, partial: bool = False, retry_seconds: float = RETRY_SECONDS
-) -> ReserveResult:
-    """Raise the pool by `count` pages.  Short 1 GB results are retried after freeing
-    memory while retries still gain pages; a short final result is rolled back to the
-    starting count unless `partial`."""
-    if count <= 0:
-        raise UsageError(f"page count must be positive, got {count}")
-    validate(root, kb, node)
-    before = read_count(root, kb, node)
-    target = before + count
-    steps = [Step("write", c := set_count(root, kb, target, node), c - before)]
-    if c < target and kb >= PAGE_1G.kb:
-        deadline = time.monotonic() + retry_seconds
-        for attempt in range(1, MAX_RETRIES + 1):
-            for name, action in _free_memory_steps(root):
-                action()
-                steps.append(Step(name, read_count(root, kb, node), 0))
-            prev = c
-            c = set_count(root, kb, target, node)
-            steps.append(Step(f"retry {attempt}", c, c - prev))
-            if c >= target or c <= prev or time.monotonic() > deadline:
-                break
-    after = c
-    rolled_back = False
-    if after < target and not partial:
-        after = set_count(root, kb, before, node) if after != before else after
-        rolled_back = True
-    return ReserveResult(kb, node, before, count, after, steps, rolled_back)
+def write_step(
+    data: dict, root, kb: int, node: int | None, owners: list[str], before: int, target: int, state_dir, action: str
+) -> int:
+    """One nr_hugepages write inside a ledger transaction, write-ahead: the intent (owners,
+    pool, count before, target) is durable before the write, the outcome is recorded after it,
+    whatever the write did (also when it raised).  Returns the pages it moved for the owners."""
+    intent = ledger.begin(
+        data, state_dir, "pool", owners[0], page_size_kb=kb, node=node, before=before, target=target, owners=owners
+    )
+    crashpoint.point(f"{kb} kB pool: intent durable, not written")
+    try:
+        now = set_count(root, kb, target, node)
+        crashpoint.point(f"{kb} kB pool written, outcome not recorded")
+    except BaseException:
+        with contextlib.suppress(Exception):
+            ledger.record_moved(data, kb, node, owners, before, target, read_count(root, kb, node), action)
+            ledger.finish(data, intent)
+        raise
+    moved = ledger.record_moved(data, kb, node, owners, before, target, now, action)
+    ledger.finish(data, intent)
+    return moved
+
+
+def grow_step(
+    root, kb: int, node: int | None, count: int, owner: str, state_dir, action="reserve"
+) -> tuple[int, int, int]:
+    """Ask the kernel for `count` more pages for `owner`, as one transaction: (count before,
+    count after, pages gained)."""
+    with ledger.edit(state_dir, root) as data:
+        before = read_count(root, kb, node)
+        gained = write_step(data, root, kb, node, [owner], before, before + count, state_dir, action)
+        return before, before + gained, gained
+
+
+def shrink(root, kb: int, node: int | None, owner: str, count: int, state_dir, action="rollback") -> int:
+    """Give back up to `count` of `owner`'s pages that nothing uses or has promised, as one
+    transaction; returns the pages given back."""
+    with ledger.edit(state_dir, root) as data:
+        pool = read_pool(root, kb, node)
+        total = persistent(pool)
+        give = max(0, min(count, ledger.share(data, kb, node, owner), idle_pages(pool), total))
+        if not give:
+            return 0
+        return -write_step(data, root, kb, node, [owner], total, total - give, state_dir, action)
+
+
+def idle_pages(pool: probe_pools.Pool) -> int:
+    """Free pages nobody has promised to a mapping (the kernel keeps no per-node promise count)."""
+    return pool.free - (pool.reserved or 0) if pool.node is None else pool.free
 
 
 def reserve(
@@ -137,26 +182,59 @@ def reserve(
     count: int,
     node: int | None = None,
     partial: bool = False,
-    owner: str = "reserve",
+    owner="reserve",
     state_dir=None,
     retry_seconds: float = RETRY_SECONDS,
     prefault: bool = True,
 ) -> ReserveResult:
-    """grow() and record what was gained in the ledger under `owner`; then fault the new
-    pages in once (see prefault())."""
-    with ledger.edit(state_dir) as data:
-        result = grow(root, kb, count, node, partial, retry_seconds)
-        if result.after != result.before:
-            ledger.record_pool_change(data, kb, node, result.before, result.after, owner, "reserve")
+    """Raise the pool by `count` pages for `owner` (a ledger.Owner or its text), reading back
+    what the kernel gave.  Short 1 GB results are retried after freeing memory while retries
+    still gain pages; a short final result is given back unless `partial`, and so is what was
+    gained when it is interrupted (Ctrl-C, an error).  Every write is one ledger transaction
+    (write-ahead, see act/ledger.py): the lock is never held across the retries' sync,
+    drop_caches and compaction, and a kill at any point leaves every page gained recorded.
+    Then the new pages are faulted in once (see prefault_pages())."""
+    if count <= 0:
+        raise UsageError(f"page count must be positive, got {count}")
+    validate(root, kb, node)
+    owner = str(owner)
+    gained = 0
+    steps: list[Step] = []
+    try:
+        before, after, got = grow_step(root, kb, node, count, owner, state_dir)
+        gained += got
+        steps.append(Step("write", after, got))
+        if gained < count and kb >= PAGE_1G.kb:
+            deadline = time.monotonic() + retry_seconds
+            for attempt in range(1, MAX_RETRIES + 1):
+                for name, action in _free_memory_steps(root):
+                    try:
+                        action()
+                        steps.append(Step(name, read_count(root, kb, node), 0))
+                    except HugeloadError as e:  # advisory: a read-only /proc/sys in a container
+                        steps.append(Step(f"{name} skipped ({e})", read_count(root, kb, node), 0))
+                _, now, got = grow_step(root, kb, node, count - gained, owner, state_dir)
+                gained += got
+                steps.append(Step(f"retry {attempt}", now, got))
+                if gained >= count or got <= 0 or time.monotonic() > deadline:
+                    break
+    except BaseException:
+        if gained and not partial:
+            with contextlib.suppress(Exception):
+                shrink(root, kb, node, owner, gained, state_dir)
+        raise
+    rolled_back = False
+    if gained < count and not partial:
+        gained -= shrink(root, kb, node, owner, gained, state_dir) if gained else 0
+        rolled_back = True
+    result = ReserveResult(kb, node, before, count, before + gained, steps, rolled_back)
     if result.rolled_back:
         raise ShortReservation(result)
     if prefault and result.after > result.before and str(root) == "/":
         # Advisory, like llama.cpp's madvise calls: the pages are reserved and in the ledger
         # already, and the caller must get them back to release them, whatever went wrong here.
-        try:
+        with contextlib.suppress(Exception):  # a failed pre-fault only leaves the faults for later
             result = result._replace(prefault_s=prefault_pages(kb, result.after - result.before))
-        except Exception:  # noqa: BLE001 - a failed pre-fault only leaves the faults for later
-            pass
     return result
 
 
@@ -253,11 +331,12 @@ def describe_holders(root, kb: int) -> str:
     return ", ".join(parts) or "pages promised to mappings (reserved)"
 
 
-def release(root, kb: int | None = None, owner: str | None = "reserve", state_dir=None) -> list[ReleaseResult]:
+def release(root, kb: int | None = None, owner="reserve", state_dir=None) -> list[ReleaseResult]:
     """Give back pages hugeload added (per the ledger), never pages reserved by someone
     else and never pages in use.  `owner=None` releases every owner's share."""
+    owner = None if owner is None else str(owner)
     results = []
-    with ledger.edit(state_dir) as data:
+    with ledger.edit(state_dir, root) as data:
         for key in sorted(data["shares"]):
             pkb, node = ledger.parse_pool_key(key)
             if kb is not None and pkb != kb:
@@ -267,27 +346,29 @@ def release(root, kb: int | None = None, owner: str | None = "reserve", state_di
             if not want:
                 continue
             pool = read_pool(root, pkb, node)
-            if sum(data["shares"][key].values()) > pool.total:
+            total = persistent(pool)
+            if sum(data["shares"][key].values()) > total:
                 # Someone shrank the pool below hugeload's share: those pages are gone already.
-                ledger.forget_excess(data, pkb, node, pool.total)
+                ledger.forget_excess(data, pkb, node, total)
                 if key not in data["shares"]:
                     continue
                 owners = [o for o in data["shares"][key] if owner is None or o == owner]
                 want = sum(data["shares"][key][o] for o in owners)
-            # Free pages not promised to a mapping (system resv counts are not kept per node).
-            idle = pool.free - (pool.reserved or 0) if node is None else pool.free
-            give = max(0, min(want, idle, pool.total))
-            after = set_count(root, pkb, pool.total - give, node) if give else pool.total
-            released = pool.total - after
-            count = pool.total
-            for o in owners:
-                take = min(count - after, data["shares"][key].get(o, 0))
-                if take:
-                    ledger.record_pool_change(data, pkb, node, count, count - take, o, "release")
-                    count -= take
+            give = max(0, min(want, idle_pages(pool), total))
+            released = 0
+            if give:
+                released = -write_step(data, root, pkb, node, owners, total, total - give, state_dir, "release")
             kept = want - released
             results.append(
-                ReleaseResult(pkb, node, pool.total, after, released, kept, describe_holders(root, pkb) if kept else "")
+                ReleaseResult(
+                    pkb,
+                    node,
+                    total,
+                    total - released,
+                    released,
+                    kept,
+                    describe_holders(root, pkb) if kept else "",
+                )
             )
     return results
 

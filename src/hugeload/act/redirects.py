@@ -17,10 +17,12 @@ and given back its old mtime is not served the stale copy.
 """
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, NamedTuple
+from typing import NamedTuple
 
 from hugeload.act import state
+from hugeload.errors import HugeloadError
 
 HEADER = "hugeload-redirects 2"
 NAME = "redirects"
@@ -79,20 +81,31 @@ def format_line(e: RedirectEntry) -> str:
 
 
 def write(state_dir, entries: Iterable[RedirectEntry]) -> Path:
-    """Publishes the index atomically, mode 0644 (the library refuses group/other-writable ones)."""
+    """Publishes the index atomically, mode 0644 (the library refuses group/other-writable ones),
+    in the store directory (0755: engines run by other users read it)."""
     path = index_path(state_dir)
-    state.ensure_dir(path.parent)
+    if not path.parent.is_dir():
+        state.make_state_dir(state_dir)
+        state.make_dir(path.parent, state.PUBLIC_DIR_MODE)
     text = HEADER + "\n" + "".join(format_line(e) for e in entries)
     state.write_text_atomic(path, text, mode=0o644)
     return path
 
 
-def read(state_dir=None) -> list[RedirectEntry]:
-    """The entries of the index ([] when there is none); lines that do not parse are skipped, as in C."""
+def read(state_dir=None, trusted: bool = False) -> list[RedirectEntry]:
+    """The entries of the index ([] when there is none); lines that do not parse are skipped, as in C.
+    With `trusted`, as the library reads it: an index that is not root's, or that group or
+    others may write, raises HugeloadError instead of being believed."""
+    path = index_path(state_dir)
     try:
-        text = index_path(state_dir).read_text(encoding="ascii", errors="replace")
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         return []
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if trusted and (st.st_uid != 0 or st.st_mode & 0o022):
+            raise HugeloadError(f"{path} is not owned by root or is writable by group or others")
+        text = f.read(64 << 20).decode("ascii", errors="replace")
     lines = text.split("\n")
     if lines[0] != HEADER:
         return []

@@ -9,7 +9,6 @@ Pure helpers except PageReservations (writes the pools) and verify_backing
 
 import contextlib
 import ctypes
-import os
 import random
 import signal
 import threading
@@ -154,7 +153,9 @@ class Reservation(NamedTuple):
 
 def bench_owner() -> str:
     """Ledger owner of a benchmark's pages: `hugeload gc` frees them if the run is killed."""
-    return f"bench:{os.getpid()}"
+    from hugeload.act import ledger
+
+    return str(ledger.Owner.process("bench"))
 
 
 def reserve_pages(root, kb: int, need: int, log=lambda msg: None) -> Reservation:

@@ -1,8 +1,8 @@
 """`hugeload mount` / `hugeload umount`: hugetlbfs mounts, the seed's dual layout by default."""
 
+from hugeload import pages
 from hugeload.act import mounts as act_mounts
 from hugeload.cli import render
-from hugeload import pages
 from hugeload.cli.common import add_json, add_state_dir, octal, require_hugetlb
 from hugeload.errors import UsageError
 from hugeload.units import parse_size
@@ -26,7 +26,7 @@ def register(sub) -> None:
     add_json(p)
     p.set_defaults(func=run_mount)
 
-    p = sub.add_parser("umount", help="unmount hugetlbfs mounts hugeload made (or --dir)")
+    p = sub.add_parser("umount", help="unmount the hugetlbfs mounts `hugeload mount` made (or --dir)")
     p.add_argument("--page-size", default="all", help="1g, 2m or all (default)")
     p.add_argument("--dir", help="this mount point")
     p.add_argument(
@@ -61,9 +61,15 @@ def run_umount(args) -> int:
     if args.dir:
         paths = [args.dir]
     else:
+        # Only what `hugeload mount` made and the ledger lists: never a mount point of the same
+        # name that someone else made (fstab, the seed's scripts), and never the store's own
+        # mounts, which unstage and gc unmount once they are empty.
         sizes = _sizes(args.page_size)
-        recorded = [m["path"] for m in act_mounts.hugeload_mounts(args.state_dir) if m["page_size_kb"] in sizes]
-        paths = recorded or [act_mounts.default_dir(kb) for kb in sizes]
+        paths = [
+            m["path"]
+            for m in act_mounts.hugeload_mounts(args.state_dir, args.root)
+            if m["page_size_kb"] in sizes and m.get("owner") != "store"
+        ]
     if not args.force:
         for path in paths:  # all or nothing: check every mount before unmounting any
             act_mounts.check_idle(args.root, path)

@@ -1,8 +1,8 @@
 """`hugeload reserve` / `hugeload release`: grow and shrink huge page pools safely."""
 
+from hugeload import pages
 from hugeload.act import pools as act_pools
 from hugeload.cli import render
-from hugeload import pages
 from hugeload.cli.common import add_json, add_state_dir, require_hugetlb
 from hugeload.errors import PoolError, UsageError
 from hugeload.plan import reserve as plan_reserve
@@ -54,9 +54,8 @@ def run_reserve(args) -> int:
     check = plan_reserve.check_floor(count, kb, mem.get("MemAvailable", 0), mem.get("MemTotal", 0), floor)
     if not check.ok and not args.force:
         raise PoolError(check.message)
+    # Said after the reservation (which it does not stop), so that a refusal stays one line.
     warning = pressure_warning(args.root)
-    if warning and not args.json:
-        render.err_console.print(f"[yellow]warning:[/] {warning}")
     try:
         result = act_pools.reserve(args.root, kb, count, args.node, args.partial, state_dir=args.state_dir)
     except act_pools.ShortReservation as e:
@@ -69,6 +68,8 @@ def run_reserve(args) -> int:
     if args.json:
         render.print_json({"ok": True, "obtained": result.obtained, **result._asdict()})
         return 0
+    if warning:
+        render.err_console.print(f"[yellow]warning:[/] {warning}")
     _print_steps(result, False)
     where = "system-wide" if args.node is None else f"on node {args.node}"
     short = result.after - result.before < count

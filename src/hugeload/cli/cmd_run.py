@@ -8,7 +8,7 @@ from pathlib import Path
 
 from hugeload import pages, runner
 from hugeload.act import pools as act_pools
-from hugeload.act import state, store
+from hugeload.act import ledger, state, store
 from hugeload.cli import render
 from hugeload.cli.common import add_state_dir
 from hugeload.errors import PoolError, UsageError
@@ -79,7 +79,7 @@ def run(args) -> int:
     needs = runner.estimate_needs(
         candidates, options.page_size, args.copy, threshold, predictions, args.root, options.policy
     )
-    reserved_owner = f"run:{os.getpid()}"
+    reserved_owner = str(ledger.Owner.process("run"))
     reserved = False
     for need in needs:
         if not need.missing:

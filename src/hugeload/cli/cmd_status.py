@@ -1,8 +1,9 @@
 """`hugeload status`: pools, mounts, THP and processes using huge pages."""
 
+from hugeload.act import ledger
 from hugeload.cli import render
-from hugeload.cli.common import add_json, require_hugetlb
-from hugeload.errors import UsageError
+from hugeload.cli.common import add_json, add_state_dir, require_hugetlb
+from hugeload.errors import HugeloadError, UsageError
 from hugeload.probe import mounts, pools, procs, thp
 from hugeload.units import format_bytes, page_size_name
 
@@ -10,11 +11,30 @@ from hugeload.units import format_bytes, page_size_name
 def register(sub) -> None:
     p = sub.add_parser("status", help="huge page pools, mounts, THP and processes using huge pages")
     p.add_argument("--pid", type=int, help="show this process's large mappings and their page sizes")
+    add_state_dir(p)
     add_json(p)
     p.set_defaults(func=run)
 
 
-def collect(root, pid=None) -> dict:
+def shares(root, state_dir=None) -> list[dict] | None:
+    """Pages hugeload added to the pools, per owner (ledger.Owner), with whether a process
+    owner still runs; None when the ledger cannot be read (not root)."""
+    try:
+        data = ledger.load(state_dir)
+    except (OSError, HugeloadError):
+        return None
+    out = []
+    for key, owners in sorted(data["shares"].items()):
+        kb, node = ledger.parse_pool_key(key)
+        for text, n in sorted(owners.items()):
+            o = ledger.Owner.parse(text)
+            out.append(
+                {"page_size_kb": kb, "node": node, "owner": text, "kind": o.kind, "pages": n, "alive": o.alive(root)}
+            )
+    return out
+
+
+def collect(root, pid=None, state_dir=None) -> dict:
     require_hugetlb(root)
     if pid is not None:
         proc = procs.read_process(root, pid)
@@ -28,11 +48,12 @@ def collect(root, pid=None) -> dict:
         "mounts": mounts.read_mounts(root),
         "thp": thp.read_thp(root),
         "processes": processes,
+        "hugeload_pages": shares(root, state_dir),
     }
 
 
 def run(args) -> int:
-    data = collect(args.root, args.pid)
+    data = collect(args.root, args.pid, args.state_dir)
     if args.json:
         render.print_json(data)
         return 0
@@ -55,6 +76,20 @@ def run(args) -> int:
         render.console.print(render.table("hugetlbfs mounts", ["path", "page", "size", "owner", "mode"], rows))
     else:
         render.console.print("hugetlbfs mounts: none (hugeload mount creates them)")
+    if data["hugeload_pages"]:
+        rows = [
+            [
+                page_size_name(s["page_size_kb"]),
+                "all" if s["node"] is None else s["node"],
+                s["owner"],
+                s["pages"],
+                "" if s["kind"] not in ledger.PROCESS_KINDS else "running" if s["alive"] else "gone (hugeload gc)",
+            ]
+            for s in data["hugeload_pages"]
+        ]
+        render.console.print(
+            render.table("Pages hugeload reserved", ["page", "node", "owner", "pages", "process"], rows)
+        )
     t = data["thp"]
     render.console.print(f"THP: enabled={t.enabled} defrag={t.defrag}")
     if data["processes"]:

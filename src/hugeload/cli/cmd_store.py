@@ -9,8 +9,8 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from hugeload import pages
 from hugeload.act import store
 from hugeload.cli import render
-from hugeload.cli.common import add_json, add_state_dir, require_hugetlb
 from hugeload.cli.cmd_plan import make_plan
+from hugeload.cli.common import add_json, add_state_dir, require_hugetlb
 from hugeload.errors import UsageError
 from hugeload.probe.machine import read_machine
 from hugeload.units import format_bytes
@@ -28,6 +28,11 @@ def register(sub) -> None:
     p.add_argument("--reserve", action="store_true", help="grow the pool by what is missing (given back on unload)")
     p.add_argument("--verify", action="store_true", help="compare SHA-256 of source and staged copy")
     p.add_argument("--persist", action="store_true", help="re-stage at boot (hugeload restore)")
+    p.add_argument(
+        "--group",
+        metavar="NAME",
+        help="make the staged copies readable by root and this group only (default: by every user)",
+    )
     p.add_argument(
         "--wait", type=float, default=store.LOCK_TIMEOUT, help="seconds to wait for another stager of the same model"
     )
@@ -145,6 +150,7 @@ def run_load(args) -> int:
         lock_timeout=args.wait,
         heap_pages=_heap_pages(files, args) if args.reserve else (),
         placement=placement,
+        group=args.group,
     )
     bar, progress = _progress(total * max(1, len(placement.copies())), args.json)
     if bar:
@@ -189,6 +195,9 @@ def run_loaded(args) -> int:
         return 0
     rows = []
     for m in models:
+        if not m.readable:
+            rows.append([m.name, "unreadable", "", "", "", "", m.error, ""])
+            continue
         for i, c in enumerate(m.copies if m.files else [store.Copy(-1, m.page_size_kb, m.pages, [])]):
             first = i == 0
             rows.append(
@@ -262,6 +271,8 @@ def run_gc(args) -> int:
         render.console.print(f"released {r.released} x {pages.name(r.page_size_kb)} pages")
     for r in result["unmounted"]:
         render.console.print(f"unmounted {r}")
+    for r in result.get("unreadable", []):
+        render.err_console.print(f"[yellow]kept, manifest unreadable:[/] {r} (hugeload unstage NAME removes it)")
     if not any(result.values()):
         render.console.print("nothing to collect")
     return 0

@@ -1,15 +1,15 @@
-"""NUMA placement decisions: which copies a load makes, on which nodes, and whether each
-node can hold its copy.  Pure functions over probe.numa.Node values."""
+"""NUMA placement decisions: which copies a stage makes, on which nodes, and whether each
+node can hold its copy.  Pure functions over probe.numa.Node values.  The page size of each
+copy is plan/stage.py's (the one rule for placed and unplaced copies)."""
 
 import enum
 from dataclasses import dataclass
 from typing import NamedTuple
 
 from hugeload.errors import PoolError, UsageError
-from hugeload.units import GiB, KiB, ceil_div, format_bytes, page_size_name
+from hugeload.pages import PAGE_2M
+from hugeload.units import KiB, ceil_div, format_bytes, page_size_name
 
-GIGANTIC_KB = 1048576
-HUGE_KB = 2048
 INTERLEAVED = -1  # the node of a copy spread over several nodes (contract C1)
 
 
@@ -106,25 +106,6 @@ def check_nodes(p: Placement, nodes: list) -> None:
         )
 
 
-def choose_page_size(
-    total: int, requested_kb: int | None, offered: list[int], free_1g: int, reserve: bool
-) -> tuple[int, str]:
-    """Per copy: a requested size is kept; auto takes 1 GB for models of at least 1 GiB
-    when the copy's nodes hold enough free 1 GB pages (or may grow them), else 2 MB."""
-    if requested_kb is not None:
-        if requested_kb not in offered:
-            raise UsageError(f"this kernel offers no {page_size_name(requested_kb)} huge pages")
-        return requested_kb, f"{page_size_name(requested_kb)} requested"
-    if HUGE_KB not in offered:
-        raise UsageError("this kernel offers no 2M huge pages")
-    if total >= GiB and GIGANTIC_KB in offered:
-        need = ceil_div(total, GIGANTIC_KB * KiB)
-        if free_1g >= need or reserve:
-            return GIGANTIC_KB, "model is at least 1 GiB and the node's 1G pool can hold it"
-        return HUGE_KB, f"the node's 1G pool holds {free_1g} of {need} page(s); using 2M"
-    return HUGE_KB, "model is under 1 GiB" if total < GiB else "no 1G pages on this kernel"
-
-
 class NodeNeed(NamedTuple):
     node: int
     page_size_kb: int
@@ -213,7 +194,7 @@ def fit_nodes(total: int, nodes: list, kb: int) -> list[NodeFit]:
     return out
 
 
-def doctor_check(nodes: list, model_bytes: int | None = None, kb: int = HUGE_KB):
+def doctor_check(nodes: list, model_bytes: int | None = None, kb: int = PAGE_2M.kb):
     """The `doctor` line about NUMA: how many nodes, and whether a model fits one node."""
     from hugeload.plan.doctor import Check
 

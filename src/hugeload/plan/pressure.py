@@ -9,10 +9,12 @@ benchmark that died.  A staged model's pages are never candidates (they hold the
 and the kernel's own counts keep pages in use or promised to a mapping out of reach.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
-STAGED_OWNER_PREFIX = "model:"
-PROCESS_OWNERS = ("run", "bench")
+STAGED_KIND = "model"
+SPARE_KIND = "reserve"
+PROCESS_KINDS = ("run", "bench", "doctor")
 
 
 @dataclass(frozen=True)
@@ -59,14 +61,18 @@ def should_release(history: list[Sample], t: Thresholds) -> str:
     return f"{under_pressure(history[-1], t)} for {history[-1].time - start:.0f} s"
 
 
-def releasable_owners(owners: list[str], alive) -> list[str]:
-    """Ledger owners whose pages may go back: never a staged model's, never a live run's."""
+def releasable_owners(owners: list[str], alive: Callable[[str], bool]) -> list[str]:
+    """Ledger owners whose pages may go back: the spare pages of `reserve`, and those of a
+    process owner (run, bench, doctor) that died.  Never a staged model's, never a live
+    process's, never an owner of a kind this version does not know.
+
+    The kind is the word before the first ':'; what follows (a model's name, or a process's
+    `<pid>@<start>[:<key>]`) is read by `alive(owner)` as a whole, e.g. act.ledger.Owner.parse(
+    owner).alive(root): splitting it here once took "bench:<pid>:<key>" for a pid "<pid>:<key>"
+    that never exists, and gave back a running benchmark's pages."""
     out = []
     for o in owners:
-        kind, _, pid = o.partition(":")
-        if o.startswith(STAGED_OWNER_PREFIX):
-            continue
-        if kind in PROCESS_OWNERS and alive(pid):
-            continue
-        out.append(o)
+        kind = o.partition(":")[0]
+        if o == SPARE_KIND or (kind in PROCESS_KINDS and not alive(o)):
+            out.append(o)
     return out

@@ -1,5 +1,6 @@
-"""Processes' huge page use: /proc/PID/status and /proc/PID/smaps."""
+"""Processes' huge page use: /proc/PID/status and /proc/PID/smaps; who a process is: /proc/PID/stat."""
 
+import contextlib
 import os
 from typing import NamedTuple
 
@@ -210,10 +211,8 @@ def _fd_paths(root, pid: str) -> set[str]:
     out = set()
     base = os.path.join(str(root), "proc", pid, "fd")
     for fd in listdir(root, f"proc/{pid}/fd"):
-        try:
+        with contextlib.suppress(OSError):  # closed since the listing
             out.add(os.readlink(os.path.join(base, fd)))
-        except OSError:  # closed since the listing
-            pass
     return out
 
 
@@ -258,3 +257,60 @@ def holders(root="/", paths=None, prefix: str | None = None, kb: int | None = No
 def holder_names(found: list[Holder]) -> list[str]:
     """'PID (comm)' once per process, in pid order."""
     return list(dict.fromkeys(str(h) for h in found))
+
+
+# --------------------------------------------------------------------------- who a process is
+
+
+class ProcStat(NamedTuple):
+    """The fields of /proc/PID/stat that identify a process: a pid is reused, a (pid, start)
+    pair is not (start is in clock ticks since boot, and two processes cannot share a pid at
+    the same time)."""
+
+    pid: int
+    comm: str
+    state: str
+    ppid: int
+    start_ticks: int  # field 22, starttime
+
+
+def parse_stat(text: str) -> ProcStat | None:
+    """One /proc/PID/stat line.  comm may hold spaces and ')': it ends at the last ')'."""
+    head, sep, rest = text.rpartition(")")
+    pid_text, _, comm = head.partition(" (")
+    fields = rest.split()
+    if not sep or len(fields) < 20:
+        return None
+    try:
+        return ProcStat(int(pid_text), comm, fields[0], int(fields[1]), int(fields[19]))
+    except ValueError:
+        return None
+
+
+def read_stat(root, pid: int | str) -> ProcStat | None:
+    """None when the process does not exist (or its stat cannot be read)."""
+    text = read_text(root, f"proc/{pid}/stat")
+    return parse_stat(text) if text else None
+
+
+def start_ticks(root, pid: int | str) -> int | None:
+    s = read_stat(root, pid)
+    return None if s is None or s.state in ("Z", "X") else s.start_ticks
+
+
+def boot_time(root="/") -> int | None:
+    """btime of /proc/stat: the boot time in whole seconds since the epoch."""
+    for line in (read_text(root, "proc/stat", "") or "").splitlines():
+        key, _, value = line.partition(" ")
+        if key == "btime" and value.strip().isdigit():
+            return int(value)
+    return None
+
+
+def started_at(root, pid: int | str) -> float | None:
+    """When the process started, in seconds since the epoch (to within a second: btime is whole
+    seconds), or None when it does not run."""
+    ticks, btime = start_ticks(root, pid), boot_time(root)
+    if ticks is None or btime is None:
+        return None
+    return btime + ticks / os.sysconf("SC_CLK_TCK")

@@ -1,0 +1,74 @@
+"""plan/stage.py: the one page-size decision for placed and unplaced copies (fixture trees)."""
+
+from pathlib import Path
+
+import pytest
+
+from hugeload.errors import HugeloadError, PoolError, UsageError
+from hugeload.pages import PAGE_1G, PAGE_2M
+from hugeload.plan import stage as plan_stage
+from hugeload.plan.numa import Mode, Placement
+from hugeload.probe import numa as probe_numa
+from hugeload.units import GiB, MiB
+
+NUMA2 = Path(__file__).resolve().parent.parent / "fixtures" / "machines" / "numa2-1g"
+BOTH = [2048, 1048576]
+
+
+def plan(size, placement, reserve=False, requested=None, system_1g=0, offered=BOTH):
+    nodes = probe_numa.read_nodes(NUMA2)  # node 0: 4 free 1G pages, node 1: 16
+    return plan_stage.plan_copies([size], requested, offered, placement, reserve, system_1g, nodes, "m")
+
+
+def test_small_models_take_2m_anywhere():
+    assert [p.page_size_kb for p in plan(20 * MiB, Placement(Mode.NODE, (1,)), reserve=True)] == [2048]
+    assert [p.page_size_kb for p in plan(20 * MiB, Placement(), system_1g=16)] == [2048]
+
+
+def test_a_placed_copy_takes_1g_when_its_node_holds_it():
+    assert plan(3 * GiB, Placement(Mode.NODE, (0,)))[0].page_size_kb == 1048576  # 3 of node 0's 4
+    # 5 > 4 free on node 0: 2M (whose pool, empty in the fixture, --reserve grows), and it says why
+    p = plan_stage.plan_copies([5 * GiB], None, BOTH, Placement(Mode.NODE, (0,)), False, 0, nodes_with_2m(), "m")[0]
+    assert p.page_size_kb == 2048 and "node(s) 0 cannot hold 5 page(s)" in p.reason
+    assert plan(5 * GiB, Placement(Mode.NODE, (1,)))[0].page_size_kb == 1048576
+    assert plan(5 * GiB, Placement(Mode.NODE, (0,)), reserve=True)[0].page_size_kb == 1048576
+
+
+def test_the_waste_rule_applies_to_placed_copies_too():
+    # 1.2 GiB in whole 1 GB pages wastes 40 %: 2M, as `stage`, `plan` and the preload library choose.
+    assert plan(int(1.2 * GiB), Placement(Mode.NODE, (1,)), reserve=True)[0].page_size_kb == 2048
+    assert plan(int(1.2 * GiB), Placement(), reserve=True)[0].page_size_kb == 2048
+
+
+def test_replicate_plans_one_copy_per_node_and_interleave_one_split_copy():
+    copies = plan(2 * GiB, Placement(Mode.REPLICATE, (0, 1)))
+    assert [(c.node, c.bind, c.page_size_kb, c.pages) for c in copies] == [(0, (0,), GB, 2), (1, (1,), GB, 2)]
+    (one,) = plan(6 * GiB, Placement(Mode.INTERLEAVE, (0, 1)))  # 3 + 3: node 0 holds its 3
+    assert (one.node, one.page_size_kb, [n.pages for n in one.needs]) == (-1, GB, [3, 3])
+
+
+def test_requested_sizes_are_kept_or_refused_in_one_line():
+    assert plan(20 * MiB, Placement(), requested=PAGE_1G, system_1g=1)[0].page_size_kb == GB
+    with pytest.raises(UsageError, match="no 1G huge pages"):
+        plan(3 * GiB, Placement(), requested=PAGE_1G, offered=[2048])
+    with pytest.raises(HugeloadError, match="no 2M huge pages"):
+        plan(3 * GiB, Placement(), offered=[1048576])
+    assert plan(3 * GiB, Placement(), requested=PAGE_2M, system_1g=16)[0].page_size_kb == 2048
+
+
+def test_a_node_that_cannot_hold_its_copy_is_refused_before_anything_is_reserved():
+    with pytest.raises(PoolError, match="node 0's 2M pool"):
+        plan(20 * MiB, Placement(Mode.NODE, (0,)), requested=PAGE_2M)
+
+
+GB = 1048576
+
+
+def nodes_with_2m():
+    """The fixture's nodes with 4096 free 2M pages each."""
+    out = []
+    for n in probe_numa.read_nodes(NUMA2):
+        pools = dict(n.pools)
+        pools[2048] = pools[2048]._replace(free=4096, total=4096)
+        out.append(n._replace(pools=pools))
+    return out
