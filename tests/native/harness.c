@@ -16,9 +16,9 @@
  *   harness fork THRESHOLD
  *       a forked child uses and frees the parent's big buffer, then makes its own.
  *   harness threads THRESHOLD N ITERS [FILE]
- *       N threads allocating/freeing around THRESHOLD (and mapping FILE).
+ *       N threads allocating/freeing around THRESHOLD (and mapping FILE privately).
  *   harness hole FILE SIZE
- *       maps FILE whole, gives 4 x 2 MB in the middle back (munmap), then
+ *       maps FILE whole (private), gives 4 x 2 MB in the middle back (munmap), then
  *       malloc(SIZE) hoping the kernel puts it in that hole ("HOLE hit=0|1"),
  *       frees it, unmaps the rest; a munmap after that must reach the kernel.
  *   harness privw FILE
@@ -378,7 +378,7 @@ static void *thread_main(void *arg)
         p = realloc(p, n + (1 << 20));
         free(p);
         if (t_file && i % 4 == 0)
-            map_cycle(t_file, 0, 0);
+            map_cycle(t_file, 1, 0); /* private: the copy path (a shared map is never copied) */
     }
     return NULL;
 }
@@ -416,7 +416,7 @@ static void run_hole(const char *path, size_t size)
     struct stat st;
     fstat(fd, &st);
     size_t len = (size_t)st.st_size;
-    uint8_t *m = mmap(NULL, len, PROT_READ, MAP_SHARED, fd, 0);
+    uint8_t *m = mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0);
     close(fd);
     if (m == MAP_FAILED) {
         FAIL("mmap: %s", strerror(errno));
