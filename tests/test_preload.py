@@ -99,7 +99,8 @@ def run_harness(build, *args, env=None, lib=None, on_ready=None, tmp=None, timeo
     full["HUGELOAD_REPORT"] = str(tmp / "report.txt")
     full.update(env or {})
     report = Path(full["HUGELOAD_REPORT"])
-    report.unlink(missing_ok=True)
+    if report == tmp / "report.txt":  # a test's own report file is the test's to keep
+        report.unlink(missing_ok=True)
     p = subprocess.Popen(
         [str(build.harness), *map(str, args)],
         stdin=subprocess.PIPE,
@@ -130,7 +131,7 @@ def run_harness(build, *args, env=None, lib=None, on_ready=None, tmp=None, timeo
         watchdog.cancel()
         reader.join()
     stdout, stderr = "".join(out), "".join(stderr_chunks)
-    report_text = report.read_text() if report.exists() else ""
+    report_text = report.read_text() if report.is_file() and not report.is_symlink() else ""
     left = re.search(r"HUGE_LEFT vmas=(\d+) kb=(\d+)", stdout)
     return SimpleNamespace(
         rc=p.returncode,
@@ -165,39 +166,41 @@ def assert_clean(r):
 # ---------------------------------------------------------------- fixtures
 
 
+PRELOAD_SOURCES = REPO / "csrc/preload"
+# HUGELOAD_TEST_CSRC=DIR: test the library built from DIR instead (how the regression tests of
+# issue 20 were checked against the sources before it: they fail there).
+TEST_CSRC = os.environ.get("HUGELOAD_TEST_CSRC")
+
+
+def compile_library(cc: str, src: Path, out: Path, *flags: str) -> Path:
+    sources = sorted(str(p) for p in src.glob("*.c"))
+    cmd = [cc, "-O2", "-std=gnu11", "-fPIC", "-shared", "-fvisibility=hidden", "-pthread", *flags, *sources]
+    subprocess.run([*cmd, "-o", str(out), "-ldl"], check=True)
+    return out
+
+
 @pytest.fixture(scope="session")
 def build(tmp_path_factory):
-    """The installed library, a fault-injection build of the same source, and the harness."""
+    """The installed library (or one built from HUGELOAD_TEST_CSRC), a fault-injection build of the
+    same source, the harness, and lockprobe.so (tests/native/lockprobe.c)."""
     cc = shutil.which("cc") or shutil.which("gcc")
     if not cc:
         pytest.skip("no C compiler")
-    lib = native.library_path()
+    d = tmp_path_factory.mktemp("native")
+    src = Path(TEST_CSRC) if TEST_CSRC else PRELOAD_SOURCES
+    lib = compile_library(cc, src, d / "libhugeload.so") if TEST_CSRC else native.library_path()
     if not lib.exists():
         pytest.skip("libhugeload.so not built: pip install -e .")
-    d = tmp_path_factory.mktemp("native")
-    harness, fault = d / "harness", d / "libhugeload-fault.so"
+    harness, probe = d / "harness", d / "lockprobe.so"
     subprocess.run(
         [cc, "-O1", "-g", "-Wall", "-pthread", str(REPO / "tests/native/harness.c"), "-o", str(harness)], check=True
     )
-    sources = sorted(str(p) for p in (REPO / "csrc/preload").glob("*.c"))
     subprocess.run(
-        [
-            cc,
-            "-O2",
-            "-std=gnu11",
-            "-fPIC",
-            "-shared",
-            "-fvisibility=hidden",
-            "-pthread",
-            "-DHUGELOAD_FAULT_INJECTION",
-            *sources,
-            "-o",
-            str(fault),
-            "-ldl",
-        ],
+        [cc, "-O1", "-g", "-shared", "-fPIC", "-pthread", str(REPO / "tests/native/lockprobe.c"), "-o", str(probe)],
         check=True,
     )
-    return SimpleNamespace(lib=lib, fault=fault, harness=harness)
+    fault = compile_library(cc, src, d / "libhugeload-fault.so", "-DHUGELOAD_FAULT_INJECTION")
+    return SimpleNamespace(lib=lib, fault=fault, harness=harness, probe=probe, src=src)
 
 
 @pytest.fixture(scope="session")
@@ -937,3 +940,156 @@ def test_node_local_copy_is_chosen(build, model, pools, hugetlbfs, tmp_path):
     assert_clean(r)
     assert r.ready == [str(n1)], r.log
     assert r.stderr.count("hugeload: no copy of model.bin on node 0; using node 1") == 1, r.log
+
+
+# ---------------------------------------------------------------- issue 20: one discipline for slow paths
+
+
+def test_every_frame_is_under_1_kb(build, tmp_path):
+    """Every function of the library keeps its frame under 1 KB (gcc -fstack-usage), with no
+    variable-size frame: mmap() of a 4 MB file used to take 13 KB, and a thread with a 16 KB
+    stack crashed.  (tests/difftest runs each interposer on a 16 KB stack too.)"""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    for c in sorted(build.src.glob("*.c")):
+        subprocess.run(
+            [cc, "-O2", "-std=gnu11", "-fPIC", "-fvisibility=hidden", "-pthread", "-fstack-usage", "-c", str(c)],
+            cwd=tmp_path,
+            check=True,
+        )
+    frames = []
+    for su in tmp_path.glob("*.su"):
+        for line in su.read_text().splitlines():
+            where, size, kind = line.rsplit("\t", 2)
+            frames.append((int(size), kind, where))
+    assert len(frames) > 50, frames
+    big = [f for f in frames if f[0] >= 1024 or "dynamic" in f[1] and "bounded" not in f[1]]
+    assert not big, big
+
+
+def lockprobe_run(build, model, tmp_path, lib, env):
+    """The harness's lockprobe mode with lockprobe.so preloaded after the library."""
+    r = run_harness(build, "lockprobe", model, tmp=tmp_path, lib=f"{lib} {build.probe}", env=env, timeout=300)
+    m = re.search(r"LOCKPROBE violations=(\d+) sysreads=(\d+)", r.stdout)
+    assert r.rc == 0 and m, r.log
+    return int(m.group(1)), int(m.group(2)), r
+
+
+def test_slow_paths_hold_no_lock_across_munmap_or_sys_reads(build, model, tmp_path):
+    """With every huge page size failing (fault build): no munmap, big memset/memcpy or /sys read
+    while the library's lock is held, and the pools' free counts are read for the first warnings
+    only, not on every fallback (they were read twice per allocation)."""
+    env = {"HUGELOAD_FAULT": "1g,2m", "HUGELOAD_PAGE_SIZE": "1g", "HUGELOAD_COPY": "1", "HUGELOAD_FILES": "*.bin"}
+    violations, sysreads, r = lockprobe_run(build, model, tmp_path, build.fault, env)
+    assert violations == 0, r.log
+    assert sysreads <= 2, r.log
+
+
+@pytest.mark.kernel
+def test_zeroing_and_real_munmaps_run_outside_the_lock(build, model, pools, tmp_path):
+    """On real 2 MB pages: MADV_DONTNEED on an allocation is a memset (a dropped hugetlb page would
+    need a new one), and it runs with the lock released; so does the real munmap of a piece of a
+    range nobody owns any more."""
+    pools(P2M, 340)
+    env = {"HUGELOAD_PAGE_SIZE": "2m", "HUGELOAD_COPY": "1", "HUGELOAD_FILES": "*.bin"}
+    violations, _, r = lockprobe_run(build, model, tmp_path, build.lib, env)
+    assert violations == 0, r.log
+    assert pool(P2M) == 340
+
+
+def test_report_file_is_never_one_another_user_can_steer(build, tmp_path):
+    """HUGELOAD_REPORT (hugeload run --report) is opened O_NOFOLLOW|O_CLOEXEC and used only when it is
+    this user's regular file, with one link and no write for others (issue 21): the library runs as
+    root inside engines, and a report path in a shared directory must not become a write elsewhere."""
+    env = {"HUGELOAD_FAULT": "1g,2m"}
+    target = tmp_path / "precious"
+    target.write_text("keep\n")
+    cases = {}
+    link = tmp_path / "report-link"
+    link.symlink_to(target)
+    cases["symlink"] = link
+    foreign = tmp_path / "report-foreign"
+    foreign.write_text("")
+    os.chown(foreign, 65534, 65534)
+    cases["another user's file"] = foreign
+    open_to_all = tmp_path / "report-666"
+    open_to_all.write_text("")
+    os.chmod(open_to_all, 0o666)
+    cases["writable by others"] = open_to_all
+    hard = tmp_path / "report-hardlink"
+    os.link(target, hard)
+    cases["hard link"] = hard
+    for why, path in cases.items():
+        r = run_harness(
+            build, "alloc", THRESHOLD, tmp=tmp_path, lib=build.fault, env={**env, "HUGELOAD_REPORT": str(path)}
+        )
+        assert r.rc == 0, r.log
+        assert target.read_text() == "keep\n", why
+        assert "hugeload: report pid=" not in (path.read_text() if not path.is_symlink() else ""), why
+        assert "hugeload: report pid=" in r.stderr, (why, r.log)  # it went to stderr instead, with a warning
+    fresh = tmp_path / "report-new"
+    r = run_harness(
+        build, "alloc", THRESHOLD, tmp=tmp_path, lib=build.fault, env={**env, "HUGELOAD_REPORT": str(fresh)}
+    )
+    assert "hugeload: report pid=" in fresh.read_text(), r.log
+    assert fresh.stat().st_mode & 0o777 == 0o600 and fresh.stat().st_uid == os.geteuid()
+
+
+def test_overrides_linked_in(build, tmp_path):
+    """tests/native/test_override.c: cases a program cannot reach from outside (issue 20, item 13:
+    realloc(p, 0) of a pointer from the bootstrap arena allocated instead of freeing)."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    exe = tmp_path / "test_override"
+    sources = sorted(str(p) for p in build.src.glob("*.c"))
+    subprocess.run(
+        [cc, "-O1", "-g", "-std=gnu11", "-pthread", "-I", str(build.src), str(REPO / "tests/native/test_override.c")]
+        + sources
+        + ["-o", str(exe), "-ldl"],
+        check=True,
+    )
+    r = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60, env={"PATH": os.environ["PATH"]})
+    assert r.returncode == 0 and "PASSED" in r.stdout, r.stdout + r.stderr
+
+
+@pytest.mark.kernel
+def test_a_child_that_cannot_copy_keeps_the_parents_1g_pages(build, pools, tmp_path):
+    """Issue 20, item 4: a forked child whose copy of a 1 GB allocation fails (no address space for
+    it here) keeps reading the parent's memfd pages; the parent must then never punch them out of
+    the file when it frees them (the child read zeros, or died of SIGBUS)."""
+    pools(P1G, 1)
+    r = run_harness(build, "forkfail", GIB, tmp=tmp_path, timeout=180, env={"HUGELOAD_PAGE_SIZE": "1g"})
+    assert r.rc == 0, r.log
+    assert "FORKFAIL child=0" in r.stdout, r.log
+    assert [x["page"] for x in r.regions if x["bytes"] == str(GIB)] == ["1G"], r.log
+    assert pool(P1G) == 1
+
+
+@pytest.mark.kernel
+def test_a_1g_read_only_copy_gives_each_page_back_as_it_is_unmapped(build, pools, tmp_path):
+    """Issue 20, item 4: a read-only 1 GB copy was sealed (remapped from a read-only memfd fd), so
+    punching its pages failed (EACCES, unchecked) and a page the program unmapped stayed taken
+    until the last one went."""
+    pools(P1G, 2)
+    big = tmp_path / "big.bin"
+    with open(big, "wb") as f:
+        f.truncate(GIB + 256 * MIB)  # sparse: reading it is quick
+    env = {"HUGELOAD_COPY": "1", "HUGELOAD_FILES": "big.bin", "HUGELOAD_PAGE_SIZE": "1g"}
+    r = run_harness(build, "unmap1g", big, tmp=tmp_path, env=env, timeout=180, on_ready=lambda *a: pool(P1G))
+    assert r.rc == 0 and "ERROR" not in r.stdout, r.log
+    assert [(x["page"], x["fill"]) for x in r.regions] == [("1G", "copy")], r.log
+    assert r.ready == [0, 1], r.log  # the second page is back as soon as the program unmapped it
+    assert pool(P1G) == 2
+
+
+@pytest.mark.kernel
+def test_the_kernel_refuses_what_it_refuses_on_staged_and_hugetlbfs_maps(build, model, pools, hugetlbfs, tmp_path):
+    """Issue 20, item 10: a map of an O_WRONLY or O_PATH fd fails (EACCES, EBADF); the old library
+    reopened staged and hugetlbfs files by path and the map succeeded."""
+    pools(P2M, 2 * 160)
+    mnt = hugetlbfs("2M")
+    state = tmp_path / "state"
+    staged = stage(model, mnt, state, 2 * MIB)
+    expected = run_harness(build, "accmode", model, tmp=tmp_path, preload=False)
+    assert "ACCMODE wronly=13 path=9" in expected.stdout, expected.log
+    for path in (model, staged):  # through the redirect index, and the hugetlbfs file itself
+        r = run_harness(build, "accmode", path, tmp=tmp_path, env={"HUGELOAD_MIN_FILE_SIZE": "1M"})
+        assert r.rc == 0 and "ACCMODE wronly=13 path=9" in r.stdout, r.log

@@ -63,6 +63,9 @@
 #ifndef MAP_FIXED_NOREPLACE
 #define MAP_FIXED_NOREPLACE 0x100000
 #endif
+#ifndef MREMAP_DONTUNMAP
+#define MREMAP_DONTUNMAP 4
+#endif
 #define DEMOTE_NEEDED (-1)
 
 /* ---- releases after the lock ----------------------------------------------- */
@@ -194,6 +197,8 @@ static int real_op(int op, uintptr_t a, uintptr_t b, int arg)
     case OP_MLOCK:
     case OP_MUNLOCK:
         return hl_os_lock(a, b - a, op == OP_MLOCK);
+    case OP_MSYNC:
+        return hl_os_sync(a, b - a, arg);
     default:
         return hl_os_protect(a, b - a, arg) ? errno : 0;
     }
@@ -239,10 +244,23 @@ static int region_op(hl_region *r, uintptr_t s, uintptr_t e, int op, int arg, in
             return DEMOTE_NEEDED; /* a staged copy is mapped read-only: the private map it stands for is not */
         return err ? err : set_units(r, s, e, HL_U_PROT, (unsigned)arg & HL_U_PROT);
     }
+    if (op == OP_MSYNC) { /* private copies and anonymous memory have nothing to write back */
+        if (cls == C_REAL || r->origin == ORIGIN_DIRECT)
+            return real_op(op, s, e, arg);
+        return ((arg & MS_INVALIDATE) && units_have(r, s, e, HL_U_LOCKED, 1)) ? EBUSY : 0;
+    }
     if (op == OP_MLOCK || op == OP_MUNLOCK) {
         if (cls == C_REAL || cls == C_PRIV_THP)
             return real_op(op, s, e, arg);
-        return set_units(r, s, e, op == OP_MLOCK ? 0 : HL_U_LOCKED, op == OP_MLOCK ? HL_U_LOCKED : 0);
+        int err = set_units(r, s, e, op == OP_MLOCK ? 0 : HL_U_LOCKED, op == OP_MLOCK ? HL_U_LOCKED : 0);
+        /* mlock faults the pages in: it cannot on PROT_NONE ones (ENOMEM, the range stays locked) */
+        if (!err && op == OP_MLOCK && !units_have(r, s, e, PROT_READ | PROT_WRITE | PROT_EXEC, 1))
+            err = ENOMEM;
+        else if (!err && op == OP_MLOCK)
+            for (size_t off = round_down(s - r->base, r->release_unit); off < e - r->base; off += r->release_unit)
+                if (!(hl_unit_get(r, off) & HL_U_PROT))
+                    err = ENOMEM;
+        return err;
     }
     int act = advice_action(arg, cls);
     int locked = units_have(r, s, e, HL_U_LOCKED, 1);
@@ -287,6 +305,17 @@ static int region_op(hl_region *r, uintptr_t s, uintptr_t e, int op, int arg, in
     }
 }
 
+/* A piece of ordinary memory an allocation still owns: the real call; fork needs DONTFORK. */
+static int real_ordinary(hl_region *r, uintptr_t s, uintptr_t e, int op, int arg)
+{
+    int err = real_op(op, s, e, arg);
+    if (!err && op == OP_MADVISE && (arg == MADV_DONTFORK || arg == MADV_DOFORK))
+        set_units(r, s, e, HL_U_DONTFORK, arg == MADV_DONTFORK ? HL_U_DONTFORK : 0);
+    if (!err && op == OP_MPROTECT)
+        set_units(r, s, e, HL_U_PROT, (unsigned)arg & HL_U_PROT);
+    return err;
+}
+
 /* Zeroes [s, e) with the lock released, the range busy; the lock is held again after. */
 static void zero_outside(uintptr_t s, uintptr_t e)
 {
@@ -313,7 +342,9 @@ int hl_range_op_slow(void *addr, size_t len, int op, int arg)
         len = round_up(len + (a & (KB4 - 1)), KB4);
         a = round_down(a, KB4);
     } else if ((a & (KB4 - 1)) || (op == OP_MADVISE && !known_advice(arg)) ||
-               (op == OP_MPROTECT && (arg & ~(PROT_READ | PROT_WRITE | PROT_EXEC)))) {
+               (op == OP_MPROTECT && (arg & ~(PROT_READ | PROT_WRITE | PROT_EXEC))) ||
+               (op == OP_MSYNC && ((arg & ~(MS_ASYNC | MS_SYNC | MS_INVALIDATE)) ||
+                                   (arg & (MS_ASYNC | MS_SYNC)) == (MS_ASYNC | MS_SYNC)))) {
         return real_op(op, a, a + len, arg); /* the kernel's EINVAL, before anything happens */
     }
     if (len == 0)
@@ -328,9 +359,11 @@ restart:;
     while (cur < b && !err) {
         hl_region *r;
         uintptr_t s = hl_next_owned(cur, b, &r);
+        /* madvise and msync go on past a hole (ENOMEM at the end; msync(MS_ASYNC) stops there) */
+        int past_holes = op == OP_MADVISE || (op == OP_MSYNC && arg != MS_ASYNC);
         if (s > cur) {
             int e = real_op(op, cur, s, arg);
-            if (e == ENOMEM && op == OP_MADVISE)
+            if (e == ENOMEM && past_holes)
                 hole = 1;
             else
                 err = e;
@@ -342,15 +375,23 @@ restart:;
         if (m <= cur)
             m = cur + KB4;
         if (!hl_region_mapped_at(r, cur - r->base)) {
-            if (op == OP_MADVISE)
+            if (past_holes)
                 hole = 1;
             else
                 err = ENOMEM;
             cur = m;
             continue;
         }
+        /* allocation units handed to ordinary memory: the real call, as for THP */
+        int ord = hl_unit_ordinary(r, cur - r->base);
+        for (uintptr_t u = r->base + round_down(cur - r->base, r->release_unit) + r->release_unit; u < m;
+             u += r->release_unit)
+            if (hl_unit_ordinary(r, u - r->base) != ord) {
+                m = u;
+                break;
+            }
         int zero = 0;
-        int e = region_op(r, cur, m, op, arg, &zero);
+        int e = ord ? real_ordinary(r, cur, m, op, arg) : region_op(r, cur, m, op, arg, &zero);
         if (e == DEMOTE_NEEDED) {
             size_t ua = round_down(cur - r->base, r->release_unit);
             size_t ub = min_sz(round_up(m - r->base, r->release_unit), r->maplen);
@@ -391,15 +432,30 @@ void *hl_mremap_slow(void *old, size_t oldlen, size_t newlen, int flags, void *t
     if (b < a || tb < ta)
         return r_mremap(old, oldlen, newlen, flags, to);
     lock_idle2(a, b, ta, tb);
-    int e = hl_demote_range(a, b);
-    if (!e && tb > ta)
-        e = hl_demote_range(ta, tb);
+    int e;
+    for (;;) {
+        e = hl_demote_range(a, b);
+        if (!e && tb > ta)
+            e = hl_demote_range(ta, tb);
+        if (e || !hl_defer_pending())
+            break;
+        hl_unlock(); /* the holes demoted units had go first */
+        lock_idle2(a, b, ta, tb);
+    }
     void *p = MAP_FAILED;
     if (!e)
         p = r_mremap(old, oldlen, newlen, flags, to);
     else
         errno = e;
     int saved = errno;
+    if (p != MAP_FAILED) { /* what moved or went is no longer where the allocations had it */
+        if (p != old && !(flags & MREMAP_DONTUNMAP))
+            hl_replaced_range(a, b);
+        else if (p == old && newlen < oldlen)
+            hl_replaced_range(round_up((uintptr_t)old + newlen, KB4), b);
+        if (tb > ta)
+            hl_replaced_range(ta, tb);
+    }
     hl_unlock();
     errno = saved;
     return p;
@@ -429,13 +485,19 @@ void *hl_mmap_fixed_slow(void *addr, size_t len, int prot, int flags, int fd, of
             cur = e;
         }
     }
-    int e = hl_demote_range(a, b);
+    int e;
+    while (!(e = hl_demote_range(a, b)) && hl_defer_pending()) { /* the holes demoted units had go first */
+        hl_unlock();
+        hl_lock_idle(a, b);
+    }
     void *p = MAP_FAILED;
     if (!e)
         p = r_mmap(addr, len, prot, flags, fd, off);
     else
         errno = e;
     int saved = errno;
+    if (p != MAP_FAILED)
+        hl_replaced_range(a, b);
     hl_unlock();
     errno = saved;
     return p;

@@ -94,8 +94,10 @@ int hl_demote_units(hl_region *r, size_t ua, size_t ub, int wipe)
         hl_wait();
         return EAGAIN; /* the caller looks again: the table may have changed */
     }
-    if ((r->page == PAGE_THP && r->origin == ORIGIN_ALLOC) || r->origin == ORIGIN_DIRECT) {
-        hl_region_drop(r, ua, ub); /* ordinary memory, or the program's own hugetlbfs map: the kernel's already */
+    if (hl_unit_ordinary(r, ua))
+        return 0; /* ordinary memory already */
+    if (r->origin == ORIGIN_DIRECT) {
+        hl_region_drop(r, ua, ub); /* the program's own hugetlbfs map: the kernel's rules already */
         return 0;
     }
     int anon = !r->shadow;
@@ -116,12 +118,13 @@ int hl_demote_units(hl_region *r, size_t ua, size_t ub, int wipe)
         for (size_t off = ua; off < ub; off += r->release_unit)
             if (!(hl_unit_get(r, off) & PROT_READ))
                 hl_os_protect(r->base + off, r->release_unit, PROT_READ); /* replaced below anyway */
-        size_t unit = r->release_unit;
+        /* A shadow maps the file up to the program's length; past it (padding) nothing to copy. */
+        size_t unit = r->release_unit, end = anon ? len : r->shadow_file > ua ? min_sz(len, r->shadow_file - ua) : 0;
         hl_unlock();
-        for (size_t off = 0; off < len; off += unit) {
-            size_t n = anon ? unit : writable_prefix(dst + off, unit);
+        for (size_t off = 0; off < end; off += unit) {
+            size_t want = min_sz(unit, end - off), n = anon ? want : writable_prefix(dst + off, want);
             memcpy((void *)(dst + off), (void *)(src + off), n);
-            if (n < unit)
+            if (n < want)
                 break; /* past the end of the file: the kernel's map raises SIGBUS there, as it would have */
         }
         hl_lock();
@@ -158,22 +161,49 @@ int hl_demote_units(hl_region *r, size_t ua, size_t ub, int wipe)
         off = end;
     }
     hl_log(2, "%s: %zu bytes at %p handed to ordinary memory", r->what, len, (void *)src);
-    hl_region_drop(r, ua, ub);
+    if (r->origin == ORIGIN_ALLOC) /* still the allocation's: free() unmaps it, usable size counts it */
+        hl_unit_set(r, ua, ub, HL_U_WIPEONFORK, HL_U_ORDINARY);
+    else
+        hl_region_drop(r, ua, ub);
     return 0;
 }
 
 int hl_demote_range(uintptr_t a, uintptr_t b)
 {
-    for (int tries = 0; tries < 1000000; tries++) {
+    uintptr_t cur = a;
+    for (int tries = 0; cur < b && tries < 1000000; tries++) {
         hl_region *r;
-        uintptr_t s = hl_next_owned(a, b, &r);
+        uintptr_t s = hl_next_owned(cur, b, &r);
         if (s >= b || !r)
             return 0;
         uintptr_t e = min_sz(b, hl_owned_run_end(r, s));
-        size_t ua = round_down(s - r->base, r->release_unit), ub = round_up(e - r->base, r->release_unit);
-        int err = hl_demote_units(r, ua, min_sz(ub, r->maplen), 0);
+        size_t ua = round_down(s - r->base, r->release_unit), end = min_sz(round_up(e - r->base, r->release_unit), r->maplen);
+        while (ua < end && hl_unit_ordinary(r, ua))
+            ua += r->release_unit;
+        if (ua >= end) {
+            cur = e;
+            continue;
+        }
+        size_t ub = ua;
+        while (ub < end && !hl_unit_ordinary(r, ub))
+            ub += r->release_unit;
+        int err = hl_demote_units(r, ua, ub, 0);
         if (err && err != EAGAIN)
             return err;
+        cur = a; /* the table may have changed: look again */
     }
-    return EAGAIN;
+    return cur < b ? EAGAIN : 0;
+}
+
+void hl_replaced_range(uintptr_t a, uintptr_t b)
+{
+    for (uintptr_t cur = a; cur < b;) {
+        hl_region *r;
+        uintptr_t s = hl_next_owned(cur, b, &r);
+        if (s >= b || !r)
+            return;
+        uintptr_t e = min_sz(b, hl_owned_run_end(r, s));
+        hl_region_unmap(r, s - r->base, e - r->base, NULL, 0);
+        cur = e;
+    }
 }

@@ -41,7 +41,7 @@ static int fork_policy(const hl_region *r, unsigned u)
 {
     if (u & HL_U_DONTFORK)
         return LOST;
-    if (r->page == PAGE_THP || r->origin == ORIGIN_DIRECT)
+    if (r->page == PAGE_THP || r->origin == ORIGIN_DIRECT || (u & HL_U_ORDINARY))
         return KEEP;
     if (u & HL_U_WIPEONFORK)
         return ZERO;
@@ -57,6 +57,7 @@ static void atfork_prepare(void)
     g_pipe[0] = g_pipe[1] = -1;
     if (atomic_load(&hl_nreg) > 0 && hl_os_pipe(g_pipe) != 0)
         g_pipe[0] = g_pipe[1] = -1;
+    hl_index_fork_lock(); /* before the table's lock, the order hl_mmap_file takes them in */
     hl_lock();
     while (hl_busy_any())
         hl_wait();
@@ -83,9 +84,11 @@ static void atfork_parent(void)
                     hl_unit_set(&hl_reg[i], 0, hl_reg[i].maplen, 0, HL_U_FORKED);
     }
     hl_unlock();
+    hl_index_fork_unlock();
 }
 
-/* Applies the policy to every unit of r; 0, or -1 when a copy failed. */
+/* Applies the policy to every unit of r; 0, or -1 when a copy failed.  Consecutive units copied
+ * together become one mapping, as the program's own would be. */
 static int child_region(hl_region *r)
 {
     int failed = 0, gen = r->gen;
@@ -99,20 +102,26 @@ static int child_region(hl_region *r)
         off = s - r->base;
         unsigned u = hl_unit_get(r, off);
         int pol = fork_policy(r, u);
-        if (pol == LOST) {
-            hl_region_drop(r, off, off + r->release_unit);
+        size_t end = off + r->release_unit; /* the run of owned units with the same policy */
+        while (end < r->maplen && hl_region_owner(r->base + end) == r && fork_policy(r, hl_unit_get(r, end)) == pol)
+            end += r->release_unit;
+        if (pol == LOST) { /* not in the child; an allocation keeps its identity until it is all gone */
+            if (r->origin == ORIGIN_ALLOC)
+                hl_region_unmap(r, off, end, NULL, 0);
+            else
+                hl_region_drop(r, off, end);
         } else if (pol == ZERO || pol == COPY) {
-            if (hl_demote_units(r, off, off + r->release_unit, pol == ZERO) != 0) {
+            if (hl_demote_units(r, off, end, pol == ZERO) != 0) {
                 failed = 1;
-                if (r->flags & HL_RF_SHARED)
-                    hl_os_protect(r->base + off, r->release_unit, (int)(u & HL_U_PROT & ~PROT_WRITE));
+                for (size_t x = off; x < end && (r->flags & HL_RF_SHARED); x += r->release_unit)
+                    hl_os_protect(r->base + x, r->release_unit, (int)(hl_unit_get(r, x) & HL_U_PROT & ~PROT_WRITE));
                 hl_warn_once(R_FORK, "%s could not be copied for the child: %s there", r->what,
                              (r->flags & HL_RF_SHARED) ? "read-only" : "a write to it may fail");
             }
         } else if (pol == SHARE) {
-            hl_unit_set(r, off, off + r->release_unit, 0, HL_U_FORKED);
+            hl_unit_set(r, off, end, 0, HL_U_FORKED);
         }
-        off += r->release_unit;
+        off = end;
     }
     return failed ? -1 : 0;
 }

@@ -104,6 +104,7 @@ extern int (*r_madvise)(void *, size_t, int);
 extern int (*r_posix_madvise)(void *, size_t, int);
 extern int (*r_mlock)(const void *, size_t);
 extern int (*r_munlock)(const void *, size_t);
+extern int (*r_msync)(void *, size_t, int);
 extern void *(*r_malloc)(size_t);
 extern void (*r_free)(void *);
 extern void *(*r_calloc)(size_t, size_t);
@@ -131,6 +132,7 @@ void *hl_os_remap(void *old, size_t oldlen, size_t newlen, int flags, void *to);
 int hl_os_protect(uintptr_t addr, size_t len, int prot);
 int hl_os_advise(uintptr_t addr, size_t len, int adv); /* 0 or an errno value */
 int hl_os_lock(uintptr_t addr, size_t len, int lock);  /* 0 or an errno value */
+int hl_os_sync(uintptr_t addr, size_t len, int flags); /* 0 or an errno value */
 int hl_os_mapped(uintptr_t addr);                      /* 1 when a page is mapped there */
 void hl_os_name(void *p, size_t len, const char *name);
 int hl_os_memfd_huge(const char *name, size_t len, int shift);
@@ -175,6 +177,7 @@ void hl_wake(void);
 /* Under the lock: unmap [a, a + len) right after the lock is released (a range only the
  * library knows, which nothing else can take until then). */
 void hl_defer_unmap(uintptr_t a, size_t len);
+int hl_defer_pending(void);
 void hl_lock_reinit_child(void);
 void hl_encode_what(const char *path, char *out, size_t outsz);
 int hl_record(const char *what, uint64_t bytes, uint64_t mapped, int page, int origin, uint64_t ns,
@@ -239,6 +242,8 @@ typedef struct {
 #define HL_U_WIPEONFORK 16u  /* MADV_WIPEONFORK, emulated on hugetlb: a child gets zeros */
 #define HL_U_LOCKED 32u      /* mlock'ed (the kernel does not mark hugetlb VMAs locked) */
 #define HL_U_FORKED 64u      /* shared with a forked process: never punched, demoted before a write */
+#define HL_U_ORDINARY 128u   /* an allocation's unit handed to ordinary memory (demote.c): still the
+                                allocation's, but every call on it is the real one */
 
 typedef struct {
     int in_use, gen;
@@ -294,7 +299,10 @@ size_t hl_region_same_run_end(const hl_region *r, size_t off, size_t limit); /* 
 unsigned hl_unit_get(const hl_region *r, size_t off);
 int hl_unit_set(hl_region *r, size_t a, size_t b, unsigned clear, unsigned set); /* offsets; -1 out of memory */
 int hl_regions_munmap(uintptr_t a, uintptr_t b, hl_release_list *rl); /* 0 or an errno value */
-void hl_region_unmap(hl_region *r, size_t a, size_t b, hl_release_list *rl); /* offsets */
+/* [a, b) (offsets) is no longer the program's: `real` when the program unmapped it (ordinary
+ * units are unmapped for real, queued in rl), 0 when the kernel replaced or moved it (MAP_FIXED, mremap). */
+void hl_region_unmap(hl_region *r, size_t a, size_t b, hl_release_list *rl, int real);
+int hl_unit_ordinary(const hl_region *r, size_t off); /* every call on it is the real one */
 void hl_region_destroy(hl_region *r, hl_release_list *rl);
 void hl_region_drop(hl_region *r, size_t a, size_t b);  /* offsets, whole units: no longer ours, not unmapped */
 void hl_region_forget(hl_region *r);                     /* the whole region, no munmap */
@@ -341,11 +349,13 @@ static inline int may_be_huge_alloc(const void *p) { return ((uintptr_t)p & (MB2
  * every region overlapping [a, b) becomes ordinary memory the kernel manages, with the same
  * contents, protection and fork advice; 0 or an errno value.  Callers restart their walk. */
 int hl_demote_range(uintptr_t a, uintptr_t b);
+/* After a successful MAP_FIXED or mremap over [a, b): what the allocations there had is gone. */
+void hl_replaced_range(uintptr_t a, uintptr_t b);
 /* Unit [ua, ub) of r (offsets) now: copy (or zeros with `wipe`) into ordinary memory there. */
 int hl_demote_units(hl_region *r, size_t ua, size_t ub, int wipe);
 
 /* ---- advice.c ------------------------------------------------------------ */
-enum { OP_MADVISE, OP_PMADVISE, OP_MLOCK, OP_MUNLOCK, OP_MPROTECT };
+enum { OP_MADVISE, OP_PMADVISE, OP_MLOCK, OP_MUNLOCK, OP_MPROTECT, OP_MSYNC };
 int hl_munmap_slow(void *addr, size_t len);                          /* 0 or -1 with errno */
 int hl_range_op_slow(void *addr, size_t len, int op, int arg);       /* 0 or an errno value */
 void *hl_mremap_slow(void *old, size_t oldlen, size_t newlen, int flags, void *to);
@@ -369,6 +379,8 @@ typedef struct {
 } hl_staged_copy;
 int hl_index_lookup(const void *st, const char *what, hl_staged_copy *out);
 void hl_index_reset_child(void);
+void hl_index_fork_lock(void);
+void hl_index_fork_unlock(void);
 int hl_trusted(const void *st, const char *what, const char *kind); /* root-owned, no g/o write */
 
 /* ---- filemap.c ----------------------------------------------------------- */

@@ -106,6 +106,8 @@ static uintptr_t g_defer_a[DEFER_MAX];
 static size_t g_defer_len[DEFER_MAX];
 static int g_ndefer;
 
+int hl_defer_pending(void) { return g_ndefer > 0; }
+
 void hl_defer_unmap(uintptr_t a, size_t len)
 {
     if (g_ndefer == DEFER_MAX) { /* full: now, under the lock (rare) */

@@ -73,6 +73,7 @@ static int boot_madvise(void *a, size_t l, int adv);
 static int boot_posix_madvise(void *a, size_t l, int adv);
 static int boot_mlock(const void *a, size_t l);
 static int boot_munlock(const void *a, size_t l);
+static int boot_msync(void *a, size_t l, int f);
 static void *boot_malloc(size_t n);
 static void boot_free(void *p);
 static void *boot_calloc(size_t n, size_t m);
@@ -90,6 +91,7 @@ int (*r_madvise)(void *, size_t, int) = boot_madvise;
 int (*r_posix_madvise)(void *, size_t, int) = boot_posix_madvise;
 int (*r_mlock)(const void *, size_t) = boot_mlock;
 int (*r_munlock)(const void *, size_t) = boot_munlock;
+int (*r_msync)(void *, size_t, int) = boot_msync;
 void *(*r_malloc)(size_t) = boot_malloc;
 void (*r_free)(void *) = boot_free;
 void *(*r_calloc)(size_t, size_t) = boot_calloc;
@@ -116,6 +118,7 @@ void hl_resolve(void)
     RESOLVE(r_posix_madvise, "posix_madvise");
     RESOLVE(r_mlock, "mlock");
     RESOLVE(r_munlock, "munlock");
+    RESOLVE(r_msync, "msync");
     RESOLVE(r_malloc, "malloc");
     RESOLVE(r_free, "free");
     RESOLVE(r_calloc, "calloc");
@@ -181,6 +184,11 @@ static int boot_munlock(const void *a, size_t l)
 {
     hl_resolve();
     return r_munlock != boot_munlock ? r_munlock(a, l) : (int)syscall(SYS_munlock, a, l);
+}
+static int boot_msync(void *a, size_t l, int f)
+{
+    hl_resolve();
+    return r_msync != boot_msync ? r_msync(a, l, f) : (int)syscall(SYS_msync, a, l, f);
 }
 static void *boot_malloc(size_t n)
 {
@@ -291,6 +299,8 @@ int hl_os_lock(uintptr_t addr, size_t len, int lock)
 {
     return (lock ? r_mlock((void *)addr, len) : r_munlock((void *)addr, len)) ? errno : 0;
 }
+
+int hl_os_sync(uintptr_t addr, size_t len, int flags) { return r_msync((void *)addr, len, flags) ? errno : 0; }
 
 int hl_os_mapped(uintptr_t addr)
 {

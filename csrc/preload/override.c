@@ -10,7 +10,7 @@
  * it was mapping), errno saved and given back, so only a failure the call
  * reports changes it.
  *
- * Interposed when preloaded: mmap mmap64 munmap mremap mprotect madvise
+ * Interposed when preloaded: mmap mmap64 munmap mremap mprotect msync madvise
  *   posix_madvise mlock munlock malloc free calloc realloc reallocarray
  *   posix_memalign aligned_alloc memalign valloc pvalloc malloc_usable_size.
  */
@@ -112,6 +112,13 @@ HL_EXPORT int mprotect(void *addr, size_t len, int prot)
     if (!hl_maybe_managed((uintptr_t)addr, len))
         return r_mprotect(addr, len, prot);
     return errno_result(HL_SLOW_ERR(hl_range_op_slow(addr, len, OP_MPROTECT, prot)));
+}
+
+HL_EXPORT int msync(void *addr, size_t len, int flags)
+{
+    if (!hl_maybe_managed((uintptr_t)addr, len))
+        return r_msync(addr, len, flags);
+    return errno_result(HL_SLOW_ERR(hl_range_op_slow(addr, len, OP_MSYNC, flags)));
 }
 
 HL_EXPORT int madvise(void *addr, size_t len, int adv)

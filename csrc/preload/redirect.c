@@ -61,6 +61,10 @@ static void index_free(hl_index *x)
 
 void hl_index_reset_child(void) { pthread_mutex_init(&g_idx_lock, NULL); }
 
+/* Held across fork (fork.c), so a child never inherits the table half swapped. */
+void hl_index_fork_lock(void) { pthread_mutex_lock(&g_idx_lock); }
+void hl_index_fork_unlock(void) { pthread_mutex_unlock(&g_idx_lock); }
+
 int hl_trusted(const void *stp, const char *what, const char *kind)
 {
     const struct stat *st = stp;

@@ -293,7 +293,41 @@ int hl_unit_set(hl_region *r, size_t a, size_t b, unsigned clear, unsigned set)
     return 0;
 }
 
+int hl_unit_ordinary(const hl_region *r, size_t off)
+{
+    return (r->origin == ORIGIN_ALLOC && r->page == PAGE_THP) || (hl_unit_get(r, off) & HL_U_ORDINARY);
+}
+
 /* ---- giving back ------------------------------------------------------ */
+
+static void kernel_unmap(uintptr_t a, size_t len, hl_release_list *rl)
+{
+    if (rl->nk > 0 && rl->kernel_a[rl->nk - 1] + rl->kernel_len[rl->nk - 1] == a) {
+        rl->kernel_len[rl->nk - 1] += len;
+    } else if (rl->nk < HL_RELEASE_MAX) {
+        rl->kernel_a[rl->nk] = a;
+        rl->kernel_len[rl->nk++] = len;
+    } else if (hl_os_unmap(a, len) != 0 && !rl->kernel_err) {
+        rl->kernel_err = errno;
+    }
+}
+
+/* The pieces of [a, b) (offsets) in r's ordinary units that the program still maps: unmapped for real. */
+static void unmap_ordinary(hl_region *r, size_t a, size_t b, hl_release_list *rl)
+{
+    for (size_t off = a; off < b;) {
+        size_t ue = min_sz(b, round_down(off, r->release_unit) + r->release_unit);
+        if (hl_unit_ordinary(r, off)) {
+            for (size_t x = off; x < ue;) {
+                size_t end = max_sz(hl_region_same_run_end(r, x, ue), x + KB4);
+                if (hl_region_mapped_at(r, x))
+                    kernel_unmap(r->base + x, end - x, rl);
+                x = end;
+            }
+        }
+        off = ue;
+    }
+}
 
 static void slot_free(hl_region *r)
 {
@@ -344,6 +378,21 @@ static void release_now(hl_region *r, size_t a, size_t b, int punch)
  * run of units that is punched or not; done at once, under the lock, when the list is full. */
 static void queue(hl_region *r, size_t a, size_t b, hl_release_list *rl)
 {
+    while (a < b && hl_unit_ordinary(r, a)) { /* unmapped for real already, piece by piece */
+        if (ivs_reserve(&r->released, r->released.n + 1) == 0)
+            hl_ivs_add(&r->released, a, a + r->release_unit);
+        a += r->release_unit;
+    }
+    if (a < b) {
+        size_t e = a;
+        while (e < b && !hl_unit_ordinary(r, e))
+            e += r->release_unit;
+        if (e < b) { /* a run of huge units, then more ordinary ones */
+            queue(r, a, e, rl);
+            queue(r, e, b, rl);
+            return;
+        }
+    }
     while (a < b) {
         int punch = (r->flags & HL_RF_SHARED) && !(hl_unit_get(r, a) & HL_U_FORKED);
         size_t e = a + r->release_unit;
@@ -407,6 +456,8 @@ void hl_release_done(hl_release_list *rl)
 
 void hl_region_destroy(hl_region *r, hl_release_list *rl)
 {
+    if (rl)
+        unmap_ordinary(r, 0, r->maplen, rl);
     r->flags |= HL_RF_DYING;
     hl_ivs_add(&r->unmapped, 0, r->maplen);
     queue_owned(r, 0, r->maplen, rl);
@@ -440,8 +491,10 @@ static int nothing_mapped(const hl_region *r)
     return 1;
 }
 
-void hl_region_unmap(hl_region *r, size_t a, size_t b, hl_release_list *rl)
+void hl_region_unmap(hl_region *r, size_t a, size_t b, hl_release_list *rl, int real)
 {
+    if (real && rl)
+        unmap_ordinary(r, a, b, rl);
     if (hl_ivs_add(&r->unmapped, a, b) != 0) {
         hl_warn_once(R_BOOKKEEP, "out of memory for bookkeeping: %s keeps its pages until exit", r->what);
         return;
@@ -532,17 +585,12 @@ int hl_regions_munmap(uintptr_t a, uintptr_t b, hl_release_list *rl)
         hl_region *r;
         uintptr_t s = hl_next_owned(cur, b, &r);
         if (s > cur) {
-            if (rl->nk < HL_RELEASE_MAX) {
-                rl->kernel_a[rl->nk] = cur;
-                rl->kernel_len[rl->nk++] = s - cur;
-            } else if (hl_os_unmap(cur, s - cur) != 0 && !rl->kernel_err) {
-                rl->kernel_err = errno;
-            }
+            kernel_unmap(cur, s - cur, rl);
             cur = s;
             continue;
         }
         uintptr_t e = min_sz(b, hl_owned_run_end(r, cur));
-        hl_region_unmap(r, cur - r->base, e - r->base, rl);
+        hl_region_unmap(r, cur - r->base, e - r->base, rl, 1);
         cur = e;
     }
     return 0;

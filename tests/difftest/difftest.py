@@ -32,6 +32,7 @@ page size 1g from 2 MiB up), "empty" (both pools empty: the fallbacks).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import fcntl
 import os
 import random
@@ -61,7 +62,8 @@ POOL_1G = 2
 
 # madvise advice numbers the generator uses (never MADV_HWPOISON/SOFT_OFFLINE: they act on the machine)
 ADVICE = [0, 1, 2, 3, 4, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 77]
-MADV_FREE = 8
+MADV_FREE, MADV_REMOVE, MADV_DONTFORK, MADV_DOFORK, MADV_POPULATE_READ, MADV_POPULATE_WRITE = 8, 9, 10, 11, 22, 23
+ANNOTATIONS = ("taint ", "forget ")  # what the program knows, not calls: never shrunk away
 
 
 # ---------------------------------------------------------------- building
@@ -90,7 +92,11 @@ class FileModel:
     gen: int = 0  # bumped when the file is recreated: old maps keep the old inode
 
 
-MAPPED, FRESH, STALE = 1, 0, 2  # a page of a slot: mapped; unmapped and nothing mapped since; unmapped, maybe reused
+# A page of a slot: mapped; unmapped and nothing mapped since; unmapped, maybe reused; mapped but past the
+# end of its file (SIGBUS without the library: the program does not touch it).
+# DONTFORK: mapped here, not in a child.
+MAPPED, FRESH, STALE, BEYOND, DONTFORK = 1, 0, 2, 3, 4
+LIVE = (MAPPED, DONTFORK)
 
 
 @dataclass
@@ -103,6 +109,11 @@ class SlotModel:
     aligned: bool = True  # page ops allowed (maps, and posix_memalign(4096) blocks)
     pristine: bool = True  # one VMA as mapped: mremap's result is predictable
     pages: bytearray = field(default_factory=bytearray)
+    file: tuple | None = None  # (file, gen, offset) when the whole slot maps one file
+    block: int = 0  # a malloc slot's size (length is the whole pages in it, for page ops)
+    shm: bool = False  # shared anonymous: its object cannot grow (SIGBUS past its size)
+    tainted: bool = False
+    paged: bool = False  # a page op touched this allocation: realloc would move its protections too
     shared_of: set = field(default_factory=set)  # (file, gen) this slot writes through
     private_of: set = field(default_factory=set)  # (file, gen) mapped privately here
 
@@ -111,14 +122,8 @@ class SlotModel:
             self.pages = bytearray([MAPPED]) * max(1, -(-self.length // KB4))
 
     def copy(self) -> "SlotModel":
-        return SlotModel(
-            self.kind,
-            self.length,
-            self.aligned,
-            self.pristine,
-            bytearray(self.pages),
-            set(self.shared_of),
-            set(self.private_of),
+        return dataclasses.replace(
+            self, pages=bytearray(self.pages), shared_of=set(self.shared_of), private_of=set(self.private_of)
         )
 
     def set(self, off: int, n: int, state: int) -> None:
@@ -126,7 +131,7 @@ class SlotModel:
         self.pages[a:b] = bytes([state]) * max(0, b - a)
 
     def all_unmapped(self) -> bool:
-        return MAPPED not in self.pages
+        return all(v in (FRESH, STALE) for v in self.pages)
 
 
 class Gen:
@@ -139,6 +144,8 @@ class Gen:
         self.slots: dict[int, SlotModel] = {}
         self.items: list = []
         self.used_stderr = False
+        self.written: set = set()  # (file, gen) changed since the last fork began
+        self.truncated: list = []  # (file, gen, size) ... ftruncate'd
 
     # -- helpers
     def size(self, lo=KB4, hi=8 * MB) -> int:
@@ -152,7 +159,7 @@ class Gen:
         """A page-aligned piece of the slot that avoids pages that may belong to someone else now:
         whole huge pages, the whole span, or any run of pages."""
         n = len(m.pages)
-        bad = (FRESH, STALE) if only_mapped else (STALE,)
+        bad = (FRESH, STALE, BEYOND) if only_mapped else (STALE,)
         ok = [i for i in range(n) if m.pages[i] not in bad]
         if not ok:
             return None
@@ -185,21 +192,48 @@ class Gen:
     def emit(self, op: str, into: list):
         into.append(op)
 
-    def new_mappings(self):
-        """Something new may now be mapped in any hole: holes are off limits from here on."""
-        for m in self.slots.values():
-            for i, v in enumerate(m.pages):
-                if v == FRESH:
-                    m.pages[i] = STALE
+    def new_mappings(self, into: list):
+        """Something new may now be mapped in any hole: holes are off limits, and not observed, from here on."""
+        for s, m in sorted(self.slots.items()):
+            i = 0
+            while i < len(m.pages):
+                if m.pages[i] != FRESH:
+                    i += 1
+                    continue
+                j = i
+                while j < len(m.pages) and m.pages[j] == FRESH:
+                    m.pages[j] = STALE
+                    j += 1
+                self.emit(f"forget {s} {i * KB4} {(j - i) * KB4}", into)
+                i = j
 
     def taint_private_of(self, f: int, gen: int, into: list):
+        """File (f, gen) changed: private maps of it may or may not show it (POSIX leaves it open)."""
+        self.written.add((f, gen))
         for s, m in self.slots.items():
             if (f, gen) in m.private_of:
+                m.tainted = True
                 self.emit(f"taint {s}", into)
 
-    def drop_if_gone(self, s: int):
+    def mark_beyond(self, f: int, gen: int, size: int):
+        """Pages past the end of file (f, gen) raise SIGBUS: the program stays away from them."""
+        end = -(-size // KB4) * KB4
+        for m in self.slots.values():
+            if m.file and m.file[:2] == (f, gen):
+                for i in range(len(m.pages)):
+                    if m.pages[i] in LIVE and m.file[2] + i * KB4 >= end:
+                        m.pages[i] = BEYOND
+            elif (f, gen) in m.shared_of | m.private_of:
+                m.pages[:] = bytes(BEYOND if v in LIVE else v for v in m.pages)
+
+    def forget(self, s: int, into: list):
+        """The program stops knowing slot s (unmapped, or moved it cannot tell where)."""
+        del self.slots[s]
+        self.emit(f"forget {s}", into)
+
+    def drop_if_gone(self, s: int, into: list):
         if s in self.slots and self.slots[s].kind == "map" and self.slots[s].all_unmapped():
-            del self.slots[s]
+            self.forget(s, into)
 
     # -- the op mix
     def gen_op(self, into: list, in_child: bool = False):
@@ -237,11 +271,11 @@ class Gen:
             x -= w
         getattr(self, "g_" + kind)(into, in_child)
 
-    def prefix(self) -> str:
+    def prefix(self, into: list) -> str:
         x = self.r.random()
         p = "cancel " if x < 0.08 else "small " if x < 0.16 else "small cancel " if x < 0.18 else ""
         if p:
-            self.new_mappings()  # a thread's stack
+            self.new_mappings(into)  # a thread's stack
         return p
 
     def pick(self, pred) -> int | None:
@@ -286,6 +320,8 @@ class Gen:
         fm.size = self.r.randrange(0, fm.size + MB2)
         self.emit(f"ftruncate {f} {fm.size}", into)
         self.taint_private_of(f, fm.gen, into)
+        self.mark_beyond(f, fm.gen, fm.size)
+        self.truncated.append((f, fm.gen, fm.size))
 
     # -- making slots
     def g_mmap(self, into, in_child):
@@ -298,11 +334,15 @@ class Gen:
         typ = self.r.choice(["pr", "pr", "sh"])
         prot = self.r.choice(["r", "r", "rw", "rx", "-", "w"])
         off = 0 if self.r.random() < 0.85 else self.r.randrange(0, max(1, fm.size // KB4)) * KB4
-        pre = self.prefix()
-        self.new_mappings()
+        pre = self.prefix(into)
+        self.new_mappings(into)
         self.emit(f"{pre}mmap {s} {f} {length} {prot} {typ} {off}", into)
-        m = SlotModel("map", length)
+        m = SlotModel("map", length, file=(f, fm.gen, off))
         (m.shared_of if typ == "sh" else m.private_of).add((f, fm.gen))
+        end = -(-fm.size // KB4) * KB4
+        for i in range(len(m.pages)):
+            if off + i * KB4 >= end:
+                m.pages[i] = BEYOND
         self.slots[s] = m
 
     def g_anon(self, into, in_child):
@@ -310,34 +350,38 @@ class Gen:
         if s is None:
             return
         length = self.size()
-        pre = self.prefix()
-        self.new_mappings()
-        self.emit(f"{pre}anon {s} {length} {self.prot()} {self.r.choice(['pr', 'pr', 'sh'])}", into)
-        self.slots[s] = SlotModel("map", length)
+        pre = self.prefix(into)
+        self.new_mappings(into)
+        typ = self.r.choice(["pr", "pr", "sh"])
+        self.emit(f"{pre}anon {s} {length} {self.prot()} {typ}", into)
+        self.slots[s] = SlotModel("map", length, shm=typ == "sh")
 
     def g_malloc(self, into, in_child):
         s = self.free_slot()
         if s is None:
             return
         n = self.r.choice([self.size(MB2, 10 * MB), self.r.randrange(1, MB2 * 2), MB2, 3 * MB + 123])
-        pre = self.prefix()
-        self.new_mappings()
+        pre = self.prefix(into)
+        self.new_mappings(into)
         x = self.r.random()
         if x < 0.3:
             self.emit(f"{pre}memalign {s} 4096 {n}", into)
-            self.slots[s] = SlotModel("malloc", n, aligned=True)
+            # page ops only on the whole pages inside the block: the last one may hold the next block
+            full = n // KB4 * KB4
+            self.slots[s] = SlotModel("malloc", full, aligned=True) if full else SlotModel("malloc", n, aligned=False)
+            self.slots[s].block = n
         else:
             self.emit(f"{pre}{'calloc' if x < 0.45 else 'malloc'} {s} {n}", into)
             self.slots[s] = SlotModel("malloc", n, aligned=False)
 
     def g_realloc(self, into, in_child):
-        s = self.pick(lambda m: m.kind == "malloc")
+        s = self.pick(lambda m: m.kind == "malloc" and not m.paged)
         if s is None:
             return self.g_malloc(into, in_child)
         m = self.slots[s]
-        n = self.r.choice([0, self.r.randrange(1, 4096), self.size(MB2, 12 * MB), m.length // 2 + 1])
-        pre = self.prefix()
-        self.new_mappings()
+        n = self.r.choice([0, self.r.randrange(1, 4096), self.size(MB2, 12 * MB), max(m.length, m.block) // 2 + 1])
+        pre = self.prefix(into)
+        self.new_mappings(into)
         self.emit(f"{pre}realloc {s} {n}", into)
         if n == 0:
             del self.slots[s]
@@ -348,7 +392,7 @@ class Gen:
         s = self.pick(lambda m: m.kind == "malloc")
         if s is None:
             return
-        self.emit(f"{self.prefix()}free {s}", into)
+        self.emit(f"{self.prefix(into)}free {s}", into)
         del self.slots[s]
         other = self.pick(lambda m: m.kind == "malloc")
         if other is not None and self.r.random() < 0.3:
@@ -380,16 +424,19 @@ class Gen:
         if rng:
             self.emit(f"read {s} {rng[0]} {rng[1]}", into)
 
-    def range_op(self, into, name, pred, extra=lambda: ""):
+    def range_op(self, into, name, pred, extra=lambda: "", only_mapped=False):
         s = self.pick(pred)
         if s is None:
             return None, None
         m = self.slots[s]
-        rng = self.sub_range(m)
+        rng = self.sub_range(m, only_mapped=only_mapped)
         if rng is None:
             return None, None
         off, n = rng
-        self.emit(f"{self.prefix()}{name} {s} {off} {n}{extra()}", into)
+        self.emit(f"{self.prefix(into)}{name} {s} {off} {n}{extra()}", into)
+        if name != "msync":
+            m.pristine = False  # the kernel may split the mapping there
+            m.paged = True
         return s, (off, n)
 
     def g_munmap(self, into, in_child):
@@ -402,10 +449,10 @@ class Gen:
         if s is not None:
             m = self.slots[s]
             for i in range(rng[0] // KB4, min(len(m.pages), (rng[0] + rng[1]) // KB4)):
-                if m.pages[i] == MAPPED:
+                if m.pages[i] in (MAPPED, BEYOND, DONTFORK):
                     m.pages[i] = FRESH
             m.pristine = False
-            self.drop_if_gone(s)
+            self.drop_if_gone(s, into)
 
     def g_mprotect(self, into, in_child):
         s, _ = self.range_op(into, "mprotect", lambda m: m.aligned, lambda: f" {self.prot()}")
@@ -414,11 +461,29 @@ class Gen:
 
     def g_madvise(self, into, in_child):
         adv = self.r.choice(ADVICE)
-        s, _ = self.range_op(into, "madvise", lambda m: m.aligned, lambda: f" {adv}")
+        # MADV_POPULATE_* past the end of a file fail (EFAULT) where a private copy has the pages:
+        # only on pages inside the file (a copy is a snapshot; it never raises SIGBUS)
+        s, rng = self.range_op(
+            into,
+            "madvise",
+            lambda m: m.aligned,
+            lambda: f" {adv}",
+            only_mapped=adv in (MADV_POPULATE_READ, MADV_POPULATE_WRITE),
+        )
         if s is not None:
             self.slots[s].pristine = False
             if adv == MADV_FREE:
+                self.slots[s].tainted = True
                 self.emit(f"taint {s}", into)
+            if adv in (MADV_DONTFORK, MADV_DOFORK):
+                off, n = rng
+                m = self.slots[s]
+                for i in range(off // KB4, min(len(m.pages), (off + n) // KB4)):
+                    if m.pages[i] in LIVE:
+                        m.pages[i] = DONTFORK if adv == MADV_DONTFORK else MAPPED
+            if adv == MADV_REMOVE:  # punches a hole in a file mapped shared: the file changes
+                for f, g in self.slots[s].shared_of:
+                    self.taint_private_of(f, g, into)
 
     def g_pmadvise(self, into, in_child):
         self.range_op(into, "pmadvise", lambda m: m.aligned, lambda: f" {self.r.randrange(5)}")
@@ -439,7 +504,7 @@ class Gen:
             return
         off, n = rng
         f, typ, prot = self.any_file(), self.r.choice(["pr", "sh"]), self.prot()
-        pre = self.prefix()
+        pre = self.prefix(into)
         if f is not None and self.r.random() < 0.5:
             foff = self.r.randrange(0, max(1, self.files[f].size // KB4)) * KB4
             self.emit(f"{pre}fixed {s} {off} {n} {prot} {typ} {f} {foff}", into)
@@ -460,61 +525,88 @@ class Gen:
             m.set(rng[0], rng[1], MAPPED)
             m.pristine = False
 
+    def resized(self, m: SlotModel, new: int) -> SlotModel:
+        """A pristine map slot after mremap to `new` bytes: one mapping, past the file's end maybe."""
+        n = SlotModel("map", new, file=m.file, shared_of=m.shared_of, private_of=m.private_of, shm=m.shm)
+        n.tainted = m.tainted
+        if m.shm:  # the object behind a shared anonymous map keeps its size
+            for i in range(len(n.pages)):
+                if i * KB4 >= m.length:
+                    n.pages[i] = BEYOND
+        if m.file and m.file[0] in self.files and self.files[m.file[0]].gen == m.file[1]:
+            end = -(-self.files[m.file[0]].size // KB4) * KB4
+            for i in range(len(n.pages)):
+                if m.file[2] + i * KB4 >= end:
+                    n.pages[i] = BEYOND
+        elif m.file:
+            n.pages[:] = bytes([BEYOND]) * len(n.pages)  # a replaced file: its size is not known here
+        return n
+
     def g_mremap(self, into, in_child):
-        s = self.pick(lambda m: m.kind == "map")
+        # One VMA only: mremap of a range that spans several fails without the library (EFAULT) while
+        # a shrinking one unmaps whatever lies past the slot (maybe someone else's memory by now).
+        s = self.pick(lambda m: m.kind == "map" and m.pristine)
         if s is None:
             return
         m = self.slots[s]
         x = self.r.random()
         if x < 0.4:
-            new = self.size(KB4, 2 * m.length + MB2)
-            pre = self.prefix()
-            self.new_mappings()
+            # the object behind a shared anonymous map keeps its size: past it, SIGBUS (not grown)
+            new = self.size(KB4, m.length if m.shm else 2 * m.length + MB2)
+            pre = self.prefix(into)
+            self.new_mappings(into)
             self.emit(f"{pre}mremap {s} {new} maymove", into)
-            if m.pristine:
-                self.slots[s] = SlotModel("map", new, shared_of=m.shared_of, private_of=m.private_of)
-            else:
-                del self.slots[s]  # moved or not: the program cannot tell which parts are its own
+            self.slots[s] = self.resized(m, new)
         elif x < 0.6:
             new = max(KB4, (m.length // 2) // KB4 * KB4)
             self.emit(f"mremap {s} {new} 0", into)
-            if m.pristine:
-                self.slots[s] = SlotModel("map", new, shared_of=m.shared_of, private_of=m.private_of)
-            else:
-                del self.slots[s]
+            self.slots[s] = self.resized(m, new)
         elif x < 0.8:
             half = max(KB4, self.r.randrange(KB4, m.length + 1) // KB4 * KB4)
             self.emit(f"regrow {s} {half}", into)
-            if not m.pristine:
-                del self.slots[s]
         else:
             big = [t for t, o in sorted(self.slots.items()) if o.kind == "map" and t != s and o.length >= m.length]
-            if not big or not m.pristine:
+            if not big:
                 return
             t = self.r.choice(big)
-            off = self.r.randrange(0, (self.slots[t].length - m.length) // KB4 + 1) * KB4
+            npg = -(-m.length // KB4)
+            offs = [  # never over pages of t that may be someone else's by now
+                i for i in range(len(self.slots[t].pages) - npg + 1) if STALE not in self.slots[t].pages[i : i + npg]
+            ]
+            if not offs:
+                return
+            off = self.r.choice(offs) * KB4
             self.emit(f"mremap_to {s} {t} {off}", into)
             tm = self.slots[t]
             tm.set(off, m.length, MAPPED)
             tm.private_of |= m.private_of
             tm.shared_of |= m.shared_of
+            if m.tainted and not tm.tainted:
+                tm.tainted = True
+                self.emit(f"taint {t}", into)
             tm.pristine = False
-            del self.slots[s]
+            self.forget(s, into)
 
     # -- processes, threads, signals, fds
     def g_fork(self, into, in_child):
         body: list = []
         saved = {s: m.copy() for s, m in self.slots.items()}
-        saved_files = {f: FileModel(m.size, m.gen) for f, m in self.files.items()}
+        self.written, self.truncated = set(), []
+        for s, m in self.slots.items():  # what MADV_DONTFORK kept from the child is a hole there
+            for i, v in enumerate(m.pages):
+                if v == DONTFORK:
+                    m.pages[i] = FRESH
+        for s in [s for s, m in self.slots.items() if m.kind == "map" and m.all_unmapped()]:
+            del self.slots[s]
         for _ in range(self.r.randrange(1, 6)):
             self.gen_op(body, in_child=True)
-        touched = set()
-        for m in self.slots.values():
-            touched |= m.shared_of
-        self.slots, self.files = saved, saved_files
-        into.append(("fork", body, self.r.choice([0, 0, 3])))
-        for f, g in touched:  # the child's writes through shared maps reach files the parent maps privately
+        self.slots = saved  # files are shared: what the child did to them stays
+        # The child's writes to files reach the parent's private maps of them, as soon as it ran.
+        for f, g in sorted(self.written):
             self.taint_private_of(f, g, into)
+        for f, g, size in self.truncated:
+            self.mark_beyond(f, g, size)
+        into.append(("fork", body, self.r.choice([0, 0, 3])))
 
     def g_raise(self, into, in_child):
         self.emit(f"raise {self.r.choice([10, 10, 12])}", into)
@@ -715,12 +807,17 @@ class Tester:
             return time.monotonic() < deadline and self.signature(render(its)) == want
 
         def reduce(its, rebuild):
+            keep = lambda it: isinstance(it, str) and it.startswith(ANNOTATIONS)  # noqa: E731
             n = 2
-            while len(its) >= 1 and time.monotonic() < deadline:
-                chunk = max(1, len(its) // n)
+            while time.monotonic() < deadline:
+                ops = [i for i, it in enumerate(its) if not keep(it)]
+                if not ops:
+                    break
+                chunk = max(1, len(ops) // n)
                 removed = False
-                for start in range(0, len(its), chunk):
-                    cand = its[:start] + its[start + chunk :]
+                for start in range(0, len(ops), chunk):
+                    gone = set(ops[start : start + chunk])
+                    cand = [it for i, it in enumerate(its) if i not in gone]
                     if fails(rebuild(cand)):
                         its, removed = cand, True
                         n = max(n - 1, 2)
@@ -728,7 +825,7 @@ class Tester:
                 if not removed:
                     if chunk == 1:
                         break
-                    n = min(len(its), n * 2)
+                    n = min(len(ops), n * 2)
             return its
 
         items = reduce(list(items), lambda c: c)
@@ -758,16 +855,16 @@ class Failure:
     program: str
 
 
-def run_seeds(seeds, mode: str, lib: str | None = None, shrink: bool = True, log=print) -> list[Failure]:
-    t = Tester(Config(mode, lib))
+def run_seeds(seeds, mode: str, lib: str | None = None, shrink: bool = True, log=print, exe: Path | None = None):
+    """Failures (seed, why, the shortest sequence) of these seeds; each divergence is logged."""
+    t = Tester(Config(mode, lib), exe)
     failures = []
     for seed in seeds:
         items = generate(seed, mode)
         ref, libr, why = t.check(render(items))
         if ref.rc != 0:
-            failures.append(
-                Failure(seed, mode, f"the program itself failed without the library:\n{ref.err}", render(items))
-            )
+            failures.append(Failure(seed, mode, f"the program failed without the library:\n{ref.err}", render(items)))
+            log(f"seed={seed} mode={mode}: the program failed without the library (rc {ref.rc})")
             continue
         if why is None:
             continue

@@ -35,6 +35,9 @@
  *   taint S                     from here on S's contents are unspecified (MADV_FREE,
  *                               a file changed under a private map): printed, and the
  *                               comparison masks them
+ *   forget S [OFF LEN]          S (or part of its span) is no longer the program's: it
+ *                               unmapped it and something else may have been mapped
+ *                               there since; not observed any more ('x')
  * After each op: "op N <op> -> <results>" (errno is the value after the call,
  * set to 777 before it), then "obs S ..." for each slot the op named: the span
  * in 4 KB pages, each page's state ('.' unmapped, 'B' past the end of its
@@ -70,12 +73,23 @@
 
 enum { K_NONE, K_MAP, K_MALLOC };
 
+#define NFORGET 32
 typedef struct {
     int kind;
     char *base;
     size_t len;
     int tainted;
+    int nforget; /* ranges of the span that are no longer the program's (something else may live there) */
+    size_t forget_off[NFORGET], forget_len[NFORGET];
 } slot_t;
+
+static int forgotten(const slot_t *sl, size_t off)
+{
+    for (int i = 0; i < sl->nforget; i++)
+        if (off >= sl->forget_off[i] && off < sl->forget_off[i] + sl->forget_len[i])
+            return 1;
+    return 0;
+}
 
 static slot_t slots[NSLOT];
 static int fds[NFILE] = {-1, -1, -1, -1};
@@ -234,7 +248,9 @@ static void observe_slot(int s)
     for (size_t i = 0; i < n; i++) {
         uintptr_t x = (uintptr_t)sl->base + i * PG;
         int gs, st = 0, st2 = 0;
-        if (sl->kind == K_MALLOC) {
+        if (forgotten(sl, i * PG)) {
+            st = -3;
+        } else if (sl->kind == K_MALLOC) {
             st = page_state(x & ~(PG - 1), &gs);
             uintptr_t last = x + PG - 1 < (uintptr_t)sl->base + sl->len ? x + PG - 1 : (uintptr_t)sl->base + sl->len - 1;
             st2 = page_state(last & ~(PG - 1), &gs);
@@ -243,7 +259,7 @@ static void observe_slot(int s)
         } else {
             st = page_state(x, &gs);
         }
-        snprintf(cur, sizeof cur, "%c", st == -1 ? '.' : st == -2 ? 'B' : '0' + st);
+        snprintf(cur, sizeof cur, "%c", st == -1 ? '.' : st == -2 ? 'B' : st == -3 ? 'x' : '0' + st);
         if (cnt && !strcmp(cur, prev))
             cnt++;
         else {
@@ -261,7 +277,7 @@ static void observe_slot(int s)
     for (size_t i = 0; i < n; i++) {
         uintptr_t x = (uintptr_t)sl->base + i * PG;
         int gs;
-        int st = page_state(x, &gs);
+        int st = forgotten(sl, i * PG) ? -3 : page_state(x, &gs);
         if (st >= 0 && gs) {
             uintptr_t g = x >> gs;
             if (!first_group)
@@ -287,7 +303,7 @@ static void observe_slot(int s)
         uintptr_t x = (uintptr_t)sl->base + i * PG;
         size_t len = sl->len - i * PG < PG ? sl->len - i * PG : PG;
         int gs, st = page_state(x & ~(PG - 1), &gs), st2 = page_state((x + len - 1) & ~(PG - 1), &gs);
-        if (st >= 0 && st2 >= 0 && (st & st2 & 1))
+        if (!forgotten(sl, i * PG) && st >= 0 && st2 >= 0 && (st & st2 & 1))
             snprintf(cur, sizeof cur, "%016llx", (unsigned long long)fnv((unsigned char *)x, len));
         else
             strcpy(cur, "-");
@@ -362,6 +378,12 @@ typedef struct {
 
 static int slot_ok(int s) { return s >= 0 && s < NSLOT; }
 
+static void init_fill(unsigned char *p, size_t from, size_t to, int s)
+{
+    for (size_t i = from; i < to; i++)
+        p[i] = (unsigned char)(i * 31 + s);
+}
+
 static int advice(const char *s)
 {
     return (int)strtol(s, NULL, 0);
@@ -402,7 +424,7 @@ static void exec_op(result_t *r)
         r->err = errno;
         r->ret = p == MAP_FAILED ? -1 : 0;
         if (p != MAP_FAILED)
-            slots[s] = (slot_t){K_MAP, p, len, 0};
+            slots[s] = (slot_t){.kind = K_MAP, .base = p, .len = len};
     } else if (!strcmp(name, "anon") && op->argc == 5 && slot_ok(s)) {
         size_t len = num(a[2]);
         int type = !strcmp(a[4], "sh") ? MAP_SHARED : MAP_PRIVATE;
@@ -411,7 +433,7 @@ static void exec_op(result_t *r)
         r->err = errno;
         r->ret = p == MAP_FAILED ? -1 : 0;
         if (p != MAP_FAILED)
-            slots[s] = (slot_t){K_MAP, p, len, 0};
+            slots[s] = (slot_t){.kind = K_MAP, .base = p, .len = len};
     } else if (!strcmp(name, "fixed") && (op->argc == 6 || op->argc == 8) && slot_ok(s) && slots[s].kind == K_MAP) {
         char *at = slots[s].base + num(a[2]);
         int type = !strcmp(a[5], "sh") ? MAP_SHARED : MAP_PRIVATE;
@@ -489,7 +511,9 @@ static void exec_op(result_t *r)
         r->err = errno;
         r->ret = p ? 0 : -1;
         if (p)
-            slots[s] = (slot_t){K_MALLOC, p, n, 0};
+            slots[s] = (slot_t){.kind = K_MALLOC, .base = p, .len = n};
+        if (p && name[0] == 'm')
+            init_fill(p, 0, n, s); /* malloc's contents are unspecified: the program writes first */
     } else if (!strcmp(name, "memalign") && op->argc == 4 && slot_ok(s)) {
         size_t n = num(a[3]);
         void *p = NULL;
@@ -497,14 +521,19 @@ static void exec_op(result_t *r)
         int rc = posix_memalign(&p, num(a[2]), n);
         r->err = errno;
         r->ret = rc;
-        if (!rc)
-            slots[s] = (slot_t){K_MALLOC, p, n, 0};
+        if (!rc) {
+            slots[s] = (slot_t){.kind = K_MALLOC, .base = p, .len = n};
+            init_fill(p, 0, n, s);
+        }
     } else if (!strcmp(name, "realloc") && op->argc == 3 && slot_ok(s) && slots[s].kind == K_MALLOC) {
         size_t n = num(a[2]);
         errno = SENTINEL;
+        size_t was = slots[s].len;
         void *p = realloc(slots[s].base, n);
         r->err = errno;
         r->ret = p ? 0 : -1;
+        if (p && n > was)
+            init_fill(p, was, n, s); /* what realloc added is unspecified too */
         if (p)
             slots[s].base = p, slots[s].len = n;
         else if (n == 0)
@@ -536,8 +565,8 @@ static void exec_op(result_t *r)
                 p[i] = (unsigned char)(v + (i >> 12) + i * 7);
             r->ret = 1;
         } else {
-            r->ret = 1;
-            snprintf(r->note, sizeof r->note, "%016llx", (unsigned long long)fnv(p, len));
+            r->ret = 1; /* the contents, unless they are unspecified */
+            snprintf(r->note, sizeof r->note, "%016llx", slots[s].tainted ? 0ull : (unsigned long long)fnv(p, len));
         }
     } else {
         r->ret = -100; /* not applicable here (a slot or file it names does not exist) */
@@ -580,8 +609,8 @@ static void run_in_thread(result_t *r, int cancel, int small)
     pthread_cond_init(&j.c, NULL);
     pthread_attr_t at;
     pthread_attr_init(&at);
-    if (small)
-        pthread_attr_setstacksize(&at, 16384);
+    if (small) /* 16 KB; a cancellation needs the unwinder's few KB more */
+        pthread_attr_setstacksize(&at, cancel ? 65536 : 16384);
     pthread_t t;
     if (pthread_create(&t, &at, thread_main, &j) != 0) {
         snprintf(r->note, sizeof r->note, "no-thread");
@@ -706,6 +735,16 @@ static int run_one(int i)
         printf("\n");
         return i + 1;
     }
+    if (!strcmp(name, "forget") && op->argc >= 2 && slot_ok(atoi(a[1]))) {
+        slot_t *sl = &slots[atoi(a[1])];
+        if (op->argc == 4 && sl->nforget < NFORGET) {
+            sl->forget_off[sl->nforget] = num(a[2]), sl->forget_len[sl->nforget++] = num(a[3]);
+        } else if (sl->kind == K_MAP) {
+            sl->kind = K_NONE;
+        }
+        printf("\n");
+        return i + 1;
+    }
     if (!strcmp(name, "file") && op->argc == 3) {
         int f = atoi(a[1]);
         size_t size = num(a[2]);
@@ -719,7 +758,7 @@ static int run_one(int i)
             if (!strcmp(file_path[g], cur)) { /* the old file stays, renamed, for the maps that keep it */
                 char old[PATH_MAX];
                 snprintf(file_path[g], sizeof file_path[g], "old%d", g);
-                snprintf(old, sizeof old, "%s/%s", dir, file_path[g]);
+                snprintf(old, sizeof old, "%.3000s/%.30s", dir, file_path[g]);
                 rename(p, old);
             }
         unlink(p);
