@@ -8,7 +8,8 @@
  * (the library's open/read/write/pthread_join are cancellation points the
  * program never asked for; a thread cancelled inside malloc would leak what
  * it was mapping), errno saved and given back, so only a failure the call
- * reports changes it.
+ * reports changes it.  msync, the one interposed call that is a cancellation
+ * point in glibc, acts on a pending cancellation before its slow path.
  *
  * Interposed when preloaded: mmap mmap64 munmap mremap mprotect msync madvise
  *   posix_madvise mlock munlock malloc free calloc realloc reallocarray
@@ -118,6 +119,7 @@ HL_EXPORT int msync(void *addr, size_t len, int flags)
 {
     if (!hl_maybe_managed((uintptr_t)addr, len))
         return r_msync(addr, len, flags);
+    pthread_testcancel(); /* msync is a cancellation point: a pending cancellation acts first, as in glibc */
     return errno_result(HL_SLOW_ERR(hl_range_op_slow(addr, len, OP_MSYNC, flags)));
 }
 
@@ -149,11 +151,19 @@ HL_EXPORT int munlock(const void *addr, size_t len)
     return errno_result(HL_SLOW_ERR(hl_range_op_slow((void *)addr, len, OP_MUNLOCK, 0)));
 }
 
+/* The slow paths of the allocation calls live out of line: the fast path (one compare, then a
+ * tail call of the real function) stays free of the frame the slow one needs. */
+#define SLOW_FN __attribute__((noinline, cold))
+
 /* A large allocation, or NULL (errno untouched) to let the real allocator answer. */
-static inline void *huge(size_t n, size_t align, const char *what)
+static SLOW_FN void *huge(size_t n, size_t align, const char *what)
 {
     return HL_SLOW(void *, hl_huge_alloc(n, align, what), 0);
 }
+
+static SLOW_FN int huge_free(void *p) { return HL_SLOW(int, hl_huge_free(p), 0); }
+
+static SLOW_FN size_t huge_capacity(void *p) { return HL_SLOW(size_t, hl_huge_capacity(p), 0); }
 
 HL_EXPORT void *malloc(size_t n)
 {
@@ -165,14 +175,19 @@ HL_EXPORT void *malloc(size_t n)
     return r_malloc(n);
 }
 
+static SLOW_FN void free_slow(void *p)
+{
+    if (!p || (may_be_huge_alloc(p) && huge_free(p)) || in_arena(p))
+        return;
+    r_free(p);
+}
+
 HL_EXPORT void free(void *p)
 {
-    if (unlikely(may_be_huge_alloc(p))) {
-        if (!p || HL_SLOW(int, hl_huge_free(p), 0))
-            return;
-    }
-    if (unlikely(in_arena(p)))
+    if (unlikely(may_be_huge_alloc(p) || in_arena(p))) {
+        free_slow(p);
         return;
+    }
     r_free(p);
 }
 
@@ -265,6 +280,6 @@ HL_EXPORT size_t malloc_usable_size(void *p)
         return arena_size_of(p);
     size_t cap = 0;
     if (unlikely(may_be_huge_alloc(p)) && atomic_load_explicit(&hl_nalloc, memory_order_relaxed))
-        cap = HL_SLOW(size_t, hl_huge_capacity(p), 0);
+        cap = huge_capacity(p);
     return cap ? cap : r_usable(p);
 }
