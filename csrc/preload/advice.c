@@ -382,11 +382,14 @@ restart:;
             cur = m;
             continue;
         }
-        /* allocation units handed to ordinary memory: the real call, as for THP */
+        /* One piece per run of units in the same state, as the kernel walks one VMA at a time (the
+         * program's mprotect, mlock and madvise split its map where they differ); allocation units
+         * handed to ordinary memory get the real call, as THP does. */
+        unsigned st = hl_unit_get(r, cur - r->base);
         int ord = hl_unit_ordinary(r, cur - r->base);
         for (uintptr_t u = r->base + round_down(cur - r->base, r->release_unit) + r->release_unit; u < m;
              u += r->release_unit)
-            if (hl_unit_ordinary(r, u - r->base) != ord) {
+            if (hl_unit_get(r, u - r->base) != st) {
                 m = u;
                 break;
             }

@@ -45,7 +45,6 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/auxv.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 int hl_active;
@@ -110,7 +109,7 @@ int hl_process_node(void)
     if (!g_nodes_known)
         return -1;
     cpu_set_t set;
-    if (sched_getaffinity(0, sizeof set, &set) == 0) {
+    if (hl_os_affinity(&set, sizeof set) == 0) {
         int node = -2;
         for (int c = 0; c < CPU_SETSIZE && c < MAX_CPUS; c++) {
             if (!CPU_ISSET(c, &set))
@@ -124,10 +123,7 @@ int hl_process_node(void)
         if (node >= 0)
             return node;
     }
-    unsigned cpu = 0, node = 0;
-    if (syscall(SYS_getcpu, &cpu, &node, NULL) == 0)
-        return (int)node;
-    return -1;
+    return hl_os_current_node();
 }
 
 static size_t parse_size(const char *name, size_t dflt)
@@ -217,7 +213,7 @@ __attribute__((constructor)) static void hl_ctor(void)
     hl_min_file = parse_size("HUGELOAD_MIN_FILE_SIZE", GB1);
     hl_copy = env_true("HUGELOAD_COPY");
     size_t th = parse_size("HUGELOAD_ALLOC_THRESHOLD", (size_t)64 << 20);
-    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    long cpus = hl_os_cpus();
     hl_fill_threads = cpus > 0 && cpus < 4 ? (int)cpus : 4;
     s = getenv("HUGELOAD_FILL_THREADS");
     if (s && atoi(s) > 0)

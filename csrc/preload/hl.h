@@ -153,6 +153,9 @@ ssize_t hl_os_read_file(const char *path, char *buf, size_t size); /* NUL-termin
 long hl_os_read_long(const char *path);
 void hl_os_write_all(int fd, const char *buf, size_t n);
 int hl_os_pipe(int fds[2]);
+int hl_os_affinity(void *set, size_t size); /* this thread's cpu_set_t */
+int hl_os_current_node(void);             /* getcpu's node, -1 when unknown */
+long hl_os_cpus(void);
 uint64_t hl_now_ns(void);
 /* Runs fn(arg_i) for i < n on up to n threads (the caller runs the first), signals blocked on
  * the helpers; cancellation is already off (slow path). */

@@ -18,6 +18,7 @@
 #include "hl.h"
 
 #include <dlfcn.h>
+#include <sched.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -439,6 +440,16 @@ void hl_os_write_all(int fd, const char *buf, size_t n)
 }
 
 int hl_os_pipe(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
+
+int hl_os_affinity(void *set, size_t size) { return sched_getaffinity(0, size, set); }
+
+int hl_os_current_node(void)
+{
+    unsigned cpu = 0, node = 0;
+    return syscall(SYS_getcpu, &cpu, &node, NULL) == 0 ? (int)node : -1;
+}
+
+long hl_os_cpus(void) { return sysconf(_SC_NPROCESSORS_ONLN); }
 
 uint64_t hl_now_ns(void)
 {

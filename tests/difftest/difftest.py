@@ -576,14 +576,14 @@ class Gen:
             if not offs:
                 return
             off = self.r.choice(offs) * KB4
-            self.emit(f"mremap_to {s} {t} {off}", into)
             tm = self.slots[t]
+            if m.tainted and not tm.tainted:  # what moves there is unspecified already
+                tm.tainted = True
+                self.emit(f"taint {t}", into)
+            self.emit(f"mremap_to {s} {t} {off}", into)
             tm.set(off, m.length, MAPPED)
             tm.private_of |= m.private_of
             tm.shared_of |= m.shared_of
-            if m.tainted and not tm.tainted:
-                tm.tainted = True
-                self.emit(f"taint {t}", into)
             tm.pristine = False
             self.forget(s, into)
 
