@@ -403,6 +403,10 @@ restart:;
                 err = de;
                 break;
             }
+            if (hl_defer_pending()) { /* the holes the units had go first: they are holes to the kernel too */
+                hl_unlock();
+                hl_lock_idle(a, b);
+            }
             goto restart; /* the kernel answers for those units now */
         }
         if (zero) {

@@ -79,6 +79,18 @@ size_t hl_huge_capacity(const void *p)
     return cap;
 }
 
+/* The old block is read once more, then freed: pages the program made unreadable are made readable
+ * for that copy (glibc moves a big block with mremap, which reads nothing). */
+static void readable(void *p, size_t n)
+{
+    hl_lock();
+    hl_region *r = hl_alloc_region((uintptr_t)p);
+    for (size_t off = 0; r && off < n; off += r->release_unit)
+        if (!(hl_unit_get(r, off) & PROT_READ) && hl_region_mapped_at(r, off))
+            hl_os_protect(r->base + round_down(off, r->release_unit), r->release_unit, PROT_READ);
+    hl_unlock();
+}
+
 void *hl_realloc(void *p, size_t n)
 {
     size_t cap = hl_huge_capacity(p);
@@ -101,6 +113,7 @@ void *hl_realloc(void *p, size_t n)
             q = r_malloc(n);
         if (!q)
             return NULL;
+        readable(p, min_sz(n, cap));
         memcpy(q, p, min_sz(n, cap));
         hl_huge_free(p);
         return q;

@@ -60,8 +60,9 @@ MODES = ("2m", "1g", "empty")
 POOL_2M = 160  # 320 MB: more than any sequence maps at once, so most maps get pages
 POOL_1G = 2
 
-# madvise advice numbers the generator uses (never MADV_HWPOISON/SOFT_OFFLINE: they act on the machine)
-ADVICE = [0, 1, 2, 3, 4, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 77]
+# madvise advice numbers the generator uses: never MADV_HWPOISON/SOFT_OFFLINE (they act on the machine),
+# nor MADV_COLLAPSE (its answer depends on where the kernel put the map: huge-page alignment).
+ADVICE = [0, 1, 2, 3, 4, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 77]
 MADV_FREE, MADV_REMOVE, MADV_DONTFORK, MADV_DOFORK, MADV_POPULATE_READ, MADV_POPULATE_WRITE = 8, 9, 10, 11, 22, 23
 ANNOTATIONS = ("taint ", "forget ")  # what the program knows, not calls: never shrunk away
 
@@ -428,12 +429,13 @@ class Gen:
         s = self.pick(pred)
         if s is None:
             return None, None
+        pre = self.prefix(into)  # first: a thread's stack may take a hole, which the range then avoids
         m = self.slots[s]
         rng = self.sub_range(m, only_mapped=only_mapped)
         if rng is None:
             return None, None
         off, n = rng
-        self.emit(f"{self.prefix(into)}{name} {s} {off} {n}{extra()}", into)
+        self.emit(f"{pre}{name} {s} {off} {n}{extra()}", into)
         if name != "msync":
             m.pristine = False  # the kernel may split the mapping there
             m.paged = True
@@ -498,13 +500,13 @@ class Gen:
         s = self.pick(lambda m: m.kind == "map")
         if s is None:
             return
+        pre = self.prefix(into)
         m = self.slots[s]
         rng = self.sub_range(m)
         if rng is None:
             return
         off, n = rng
         f, typ, prot = self.any_file(), self.r.choice(["pr", "sh"]), self.prot()
-        pre = self.prefix(into)
         if f is not None and self.r.random() < 0.5:
             foff = self.r.randrange(0, max(1, self.files[f].size // KB4)) * KB4
             self.emit(f"{pre}fixed {s} {off} {n} {prot} {typ} {f} {foff}", into)
@@ -597,7 +599,7 @@ class Gen:
                 if v == DONTFORK:
                     m.pages[i] = FRESH
         for s in [s for s, m in self.slots.items() if m.kind == "map" and m.all_unmapped()]:
-            del self.slots[s]
+            self.forget(s, body)
         for _ in range(self.r.randrange(1, 6)):
             self.gen_op(body, in_child=True)
         self.slots = saved  # files are shared: what the child did to them stays
