@@ -217,6 +217,11 @@ static int units_have(const hl_region *r, uintptr_t s, uintptr_t e, unsigned bit
     return !any;
 }
 
+static int locked_in(const hl_region *r, uintptr_t s, uintptr_t e)
+{
+    return hl_ivs_overlaps(&r->locked, s - r->base, e - r->base);
+}
+
 static int whole_units(const hl_region *r, uintptr_t s, uintptr_t e)
 {
     return ((s - r->base) % r->release_unit) == 0 && (((e - r->base) % r->release_unit) == 0 || e == r->base + r->maplen);
@@ -247,23 +252,21 @@ static int region_op(hl_region *r, uintptr_t s, uintptr_t e, int op, int arg, in
     if (op == OP_MSYNC) { /* private copies and anonymous memory have nothing to write back */
         if (cls == C_REAL || r->origin == ORIGIN_DIRECT)
             return real_op(op, s, e, arg);
-        return ((arg & MS_INVALIDATE) && units_have(r, s, e, HL_U_LOCKED, 1)) ? EBUSY : 0;
+        return ((arg & MS_INVALIDATE) && locked_in(r, s, e)) ? EBUSY : 0;
     }
     if (op == OP_MLOCK || op == OP_MUNLOCK) {
         if (cls == C_REAL || cls == C_PRIV_THP)
             return real_op(op, s, e, arg);
-        int err = set_units(r, s, e, op == OP_MLOCK ? 0 : HL_U_LOCKED, op == OP_MLOCK ? HL_U_LOCKED : 0);
+        size_t a = s - r->base, b = e - r->base;
+        int err = (op == OP_MLOCK ? hl_ivs_add(&r->locked, a, b) : hl_ivs_sub(&r->locked, a, b)) ? ENOMEM : 0;
         /* mlock faults the pages in: it cannot on PROT_NONE ones (ENOMEM, the range stays locked) */
-        if (!err && op == OP_MLOCK && !units_have(r, s, e, PROT_READ | PROT_WRITE | PROT_EXEC, 1))
-            err = ENOMEM;
-        else if (!err && op == OP_MLOCK)
-            for (size_t off = round_down(s - r->base, r->release_unit); off < e - r->base; off += r->release_unit)
-                if (!(hl_unit_get(r, off) & HL_U_PROT))
-                    err = ENOMEM;
+        for (size_t off = round_down(a, r->release_unit); !err && op == OP_MLOCK && off < b; off += r->release_unit)
+            if (!(hl_unit_get(r, off) & HL_U_PROT))
+                err = ENOMEM;
         return err;
     }
     int act = advice_action(arg, cls);
-    int locked = units_have(r, s, e, HL_U_LOCKED, 1);
+    int locked = locked_in(r, s, e);
     switch (act) {
     case A_REAL: {
         int err = real_op(op, s, e, arg);
@@ -393,6 +396,7 @@ restart:;
                 m = u;
                 break;
             }
+        m = r->base + hl_ivs_boundary(&r->locked, cur - r->base, m - r->base);
         int zero = 0;
         int e = ord ? real_ordinary(r, cur, m, op, arg) : region_op(r, cur, m, op, arg, &zero);
         if (e == DEMOTE_NEEDED) {

@@ -67,14 +67,18 @@ int hl_huge_free(void *p)
     return r != NULL;
 }
 
-/* Capacity of our allocation at p, 0 if p is not one. */
-size_t hl_huge_capacity(const void *p)
+/* Capacity of our allocation at p, 0 if p is not one: the pages it owns from its start (how far
+ * realloc grows in place), or for malloc_usable_size (`usable`) at least the size asked for,
+ * whatever the program did to its pages since (glibc reads the size from the block's header). */
+size_t hl_huge_capacity(const void *p, int usable)
 {
     if (!p || !may_be_huge_alloc(p) || atomic_load_explicit(&hl_nalloc, memory_order_relaxed) == 0)
         return 0;
     hl_lock();
     hl_region *r = hl_alloc_region((uintptr_t)p);
     size_t cap = r ? hl_region_capacity(r) : 0;
+    if (r && usable)
+        cap = max_sz(cap, r->userlen);
     hl_unlock();
     return cap;
 }
@@ -93,7 +97,7 @@ static void readable(void *p, size_t n)
 
 void *hl_realloc(void *p, size_t n)
 {
-    size_t cap = hl_huge_capacity(p);
+    size_t cap = hl_huge_capacity(p, 0);
     if (cap) {
         if (n == 0) {
             hl_huge_free(p);

@@ -43,8 +43,6 @@
 static void apply_state(uintptr_t p, size_t len, unsigned u, int anon)
 {
     hl_os_protect(p, len, (int)(u & HL_U_PROT));
-    if (u & HL_U_LOCKED)
-        hl_os_lock(p, len, 1);
     if (u & HL_U_DONTFORK)
         hl_os_advise(p, len, MADV_DONTFORK);
     if ((u & HL_U_WIPEONFORK) && anon)
@@ -150,6 +148,12 @@ int hl_demote_units(hl_region *r, size_t ua, size_t ub, int wipe)
     for (size_t off = ua; off < ub; off += r->release_unit) {
         unsigned u = hl_unit_get(r, off);
         apply_state(r->base + off, r->release_unit, wipe ? (u & ~HL_U_WIPEONFORK) : u, anon);
+    }
+    const hl_iv *lk = hl_ivs_data(&r->locked); /* the locks the program took, 4 KB exact */
+    for (size_t i = 0; i < r->locked.n; i++) {
+        size_t a = max_sz(lk[i].a, ua), b = min_sz(lk[i].b, ub);
+        if (a < b)
+            hl_os_lock(r->base + a, b - a, 1);
     }
     if (!anon)
         hl_ivs_add(&r->shadow_moved, ua, ub);

@@ -62,12 +62,14 @@ typedef struct {
 } huge_map;
 
 static int add_region(const huge_map *m, size_t len, int origin, const char *what, uint64_t t0, int prot,
-                      unsigned flags, uintptr_t shadow)
+                      unsigned flags, uintptr_t shadow, int locked)
 {
     uint64_t ns = hl_now_ns() - t0;
     int rec = hl_record(what, len, m->maplen, m->page, origin, ns, (uintptr_t)m->p, 1);
     hl_lock();
     hl_region *r = hl_region_add((uintptr_t)m->p, m->maplen, len, m->unit, origin, m->page, what, rec, prot, flags);
+    if (r && locked)
+        hl_ivs_add(&r->locked, 0, round_up(len, KB4));
     if (r && shadow) {
         r->shadow = shadow;
         r->shadow_len = m->maplen;
@@ -249,7 +251,7 @@ static void *map_hugetlbfs(size_t len, int prot, int flags, int fd, off_t off, s
     hl_encode_what(sc->path, sc->what, sizeof sc->what);
     huge_map m = {p, round_up(len, gran), gran, gran == GB1 ? PAGE_1G : PAGE_2M, -1};
     unsigned fl = (flags & MAP_TYPE) == MAP_PRIVATE ? HL_RF_PRIVATE_REF : 0;
-    add_region(&m, len, ORIGIN_DIRECT, sc->what, t0, prot, fl, 0);
+    add_region(&m, len, ORIGIN_DIRECT, sc->what, t0, prot, fl, 0, 0);
     return p;
 }
 
@@ -329,8 +331,8 @@ void *hl_mmap_file(void *addr, size_t len, int prot, int flags, int fd, off_t of
         shadow_len = m.maplen;
     }
     if (ok) { /* the shadow covers the whole huge span, so any unit can be handed back */
-        int state = prot | ((flags & MAP_LOCKED) ? HL_U_LOCKED : 0);
-        if (m.maplen > shadow_len || add_region(&m, len, origin, sc->what, t0, state, fl, (uintptr_t)shadow) != 0) {
+        if (m.maplen > shadow_len || add_region(&m, len, origin, sc->what, t0, prot, fl, (uintptr_t)shadow,
+                                                  (flags & MAP_LOCKED) != 0) != 0) {
             hl_os_unmap((uintptr_t)m.p, m.maplen);
             ok = 0;
         }

@@ -15,7 +15,9 @@
  *   KEEP     THP and the program's own hugetlbfs maps: the kernel's fork
  *            already does what it would have done;
  *   LOST     MADV_DONTFORK: the kernel did not give it to the child, which
- *            forgets it;
+ *            forgets it (PROBE: an allocation's unit in ordinary memory, where
+ *            the advice may have covered part of it: the child looks which
+ *            pages it has);
  *   ZERO     MADV_WIPEONFORK (emulated on hugetlb): fresh zeroed memory;
  *   COPY     writable: demoted to ordinary memory with the same contents
  *            (demote.c), read while the forking parent thread waits (a pipe),
@@ -35,10 +37,12 @@
 
 #include <sys/mman.h>
 
-enum { KEEP, LOST, ZERO, COPY, SHARE };
+enum { KEEP, LOST, PROBE, ZERO, COPY, SHARE };
 
 static int fork_policy(const hl_region *r, unsigned u)
 {
+    if ((u & HL_U_DONTFORK) && (u & HL_U_ORDINARY))
+        return PROBE; /* ordinary memory: MADV_DONTFORK may have kept only some of its pages */
     if (u & HL_U_DONTFORK)
         return LOST;
     if (r->page == PAGE_THP || r->origin == ORIGIN_DIRECT || (u & HL_U_ORDINARY))
@@ -110,6 +114,10 @@ static int child_region(hl_region *r)
                 hl_region_unmap(r, off, end, NULL, 0);
             else
                 hl_region_drop(r, off, end);
+        } else if (pol == PROBE) {
+            for (size_t x = off; x < end; x += KB4)
+                if (hl_region_mapped_at(r, x) && !hl_os_mapped(r->base + x))
+                    hl_region_unmap(r, x, x + KB4, NULL, 0);
         } else if (pol == ZERO || pol == COPY) {
             if (hl_demote_units(r, off, end, pol == ZERO) != 0) {
                 failed = 1;
@@ -134,9 +142,13 @@ static void atfork_child(void)
     hl_index_reset_child();
     hl_lock();
     char status = 0;
-    for (int i = 0; i < hl_reg_hwm; i++)
-        if (hl_reg[i].in_use && child_region(&hl_reg[i]) != 0)
+    for (int i = 0; i < hl_reg_hwm; i++) {
+        if (!hl_reg[i].in_use)
+            continue;
+        hl_reg[i].locked.n = 0; /* memory locks are not inherited by a child */
+        if (child_region(&hl_reg[i]) != 0)
             status = 1;
+    }
     for (int i = 0; i < hl_reg_hwm; i++)
         hl_reg[i].rec = -1;
     hl_records_forget();

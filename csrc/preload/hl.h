@@ -243,7 +243,6 @@ typedef struct {
 #define HL_U_PROT 7u         /* the protection the program set */
 #define HL_U_DONTFORK 8u     /* MADV_DONTFORK: a child does not get it */
 #define HL_U_WIPEONFORK 16u  /* MADV_WIPEONFORK, emulated on hugetlb: a child gets zeros */
-#define HL_U_LOCKED 32u      /* mlock'ed (the kernel does not mark hugetlb VMAs locked) */
 #define HL_U_FORKED 64u      /* shared with a forked process: never punched, demoted before a write */
 #define HL_U_ORDINARY 128u   /* an allocation's unit handed to ordinary memory (demote.c): still the
                                 allocation's, but every call on it is the real one */
@@ -259,6 +258,8 @@ typedef struct {
     size_t release_unit;       /* what can be given back: the huge page size, 4 KB for THP */
     hl_interval_set unmapped;  /* offsets the program has unmapped (4 KB multiples) */
     hl_interval_set released;  /* offsets given back to the kernel: owned by nobody */
+    hl_interval_set locked;    /* offsets the program mlock'ed (4 KB units; the kernel does not
+                                  mark hugetlb VMAs locked, and a fork does not pass it on) */
     unsigned char *units;      /* per-unit state, NULL: all prot0 */
     size_t nunits;
     uintptr_t shadow;          /* the kernel's own mapping of the file, PROT_NONE (filemap.c), or 0 */
@@ -314,6 +315,9 @@ size_t hl_region_capacity(const hl_region *r);          /* the owned run from ba
 hl_region *hl_alloc_region(uintptr_t p);
 void hl_release_done(hl_release_list *rl);              /* after hl_release_run, lock held again */
 int hl_ivs_add(hl_interval_set *s, size_t a, size_t b);
+int hl_ivs_sub(hl_interval_set *s, size_t a, size_t b);          /* -1 when out of memory */
+int hl_ivs_overlaps(const hl_interval_set *s, size_t a, size_t b);
+size_t hl_ivs_boundary(const hl_interval_set *s, size_t x, size_t limit); /* next a or b after x */
 int hl_ivs_covers(const hl_interval_set *s, size_t a, size_t b);
 static inline hl_iv *hl_ivs_data(const hl_interval_set *s) { return s->heap ? s->heap : (hl_iv *)s->inl; }
 /* Busy ranges: work outside the lock in progress there; others wait (hl_wait) until idle. */
@@ -342,7 +346,7 @@ int hl_populate(void *p, size_t len, size_t unit); /* 0 or an errno value */
 /* ---- alloc.c ------------------------------------------------------------- */
 void *hl_huge_alloc(size_t n, size_t align, const char *what);
 int hl_huge_free(void *p);
-size_t hl_huge_capacity(const void *p);
+size_t hl_huge_capacity(const void *p, int usable);
 void *hl_realloc(void *p, size_t n);
 /* Our allocation regions start 2 MiB-aligned: anything else is not ours. */
 static inline int may_be_huge_alloc(const void *p) { return ((uintptr_t)p & (MB2 - 1)) == 0; }

@@ -163,7 +163,7 @@ static SLOW_FN void *huge(size_t n, size_t align, const char *what)
 
 static SLOW_FN int huge_free(void *p) { return HL_SLOW(int, hl_huge_free(p), 0); }
 
-static SLOW_FN size_t huge_capacity(void *p) { return HL_SLOW(size_t, hl_huge_capacity(p), 0); }
+static SLOW_FN size_t huge_capacity(void *p) { return HL_SLOW(size_t, hl_huge_capacity(p, 1), 0); }
 
 HL_EXPORT void *malloc(size_t n)
 {

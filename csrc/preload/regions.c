@@ -101,6 +101,58 @@ int hl_ivs_add(hl_interval_set *s, size_t a, size_t b)
     return 0;
 }
 
+/* Removes [a, b); -1 when out of memory (set unchanged). */
+int hl_ivs_sub(hl_interval_set *s, size_t a, size_t b)
+{
+    if (a >= b)
+        return 0;
+    hl_iv *v = hl_ivs_data(s);
+    for (size_t i = 0; i < s->n; i++)
+        if (v[i].a < a && v[i].b > b) { /* one interval becomes two */
+            if (ivs_reserve(s, s->n + 1) != 0)
+                return -1;
+            v = hl_ivs_data(s);
+            memmove(&v[i + 2], &v[i + 1], (s->n - i - 1) * sizeof(hl_iv));
+            v[i + 1] = (hl_iv){b, v[i].b};
+            v[i].b = a;
+            s->n++;
+            return 0;
+        }
+    size_t n = 0;
+    for (size_t i = 0; i < s->n; i++) {
+        hl_iv x = v[i];
+        if (x.b <= a || x.a >= b)
+            v[n++] = x;
+        else if (x.a < a)
+            v[n++] = (hl_iv){x.a, a};
+        else if (x.b > b)
+            v[n++] = (hl_iv){b, x.b};
+    }
+    s->n = n;
+    return 0;
+}
+
+int hl_ivs_overlaps(const hl_interval_set *s, size_t a, size_t b)
+{
+    const hl_iv *v = hl_ivs_data(s);
+    for (size_t i = 0; i < s->n; i++)
+        if (v[i].a < b && a < v[i].b)
+            return 1;
+    return 0;
+}
+
+size_t hl_ivs_boundary(const hl_interval_set *s, size_t x, size_t limit)
+{
+    const hl_iv *v = hl_ivs_data(s);
+    for (size_t i = 0; i < s->n; i++) {
+        if (v[i].a > x)
+            return min_sz(v[i].a, limit);
+        if (v[i].b > x)
+            return min_sz(v[i].b, limit);
+    }
+    return limit;
+}
+
 /* Whether [a, b) lies inside one interval of s. */
 int hl_ivs_covers(const hl_interval_set *s, size_t a, size_t b)
 {
@@ -345,6 +397,7 @@ static void slot_free(hl_region *r)
     }
     ivs_release(&r->unmapped);
     ivs_release(&r->released);
+    ivs_release(&r->locked);
     if (r->units)
         hl_mem_free(r->units, round_up(r->nunits, KB4));
     r->units = NULL;

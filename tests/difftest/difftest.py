@@ -1,29 +1,39 @@
 """Differential tester for the preload library: the kernel is the specification.
 
-A seeded generator (syzkaller-style: typed resources, slots and files, that later
-calls refer to) writes a random sequence of memory and file calls; prog.c runs it
-once without the library and once under it, set up as `hugeload run` sets it up
-(runner.environment), and prints what the program observes: return values and
-errno, memory contents and protections page by page, file contents, children's
-exit statuses, whether a thread finished before its pending cancellation.  The
-outputs must be equal, except where the kernel itself leaves the answer open or
-where page size is the whole point; those exceptions are rules applied
-mechanically here, never per case:
+A seeded generator (syzkaller-style: typed resources, slots and files, that later calls
+refer to, and a model of what the program may still touch, so every sequence is a correct
+program without the library) writes a random sequence of memory and file calls; prog.c runs
+it once without the library and once under it, set up as `hugeload run` sets it up
+(runner.environment, --copy, small thresholds so small maps are managed), and prints what the
+program observes: return values and errno, memory contents and protections page by page,
+which pages are mapped, file contents, children's exit statuses, whether a thread finished
+before its pending cancellation.  The outputs must be equal, except where the kernel itself
+leaves the answer open or where page size is the point; those exceptions are rules applied
+mechanically, never per case:
 
-  - addresses: prog.c never prints one (slots, offsets, "same address or not");
-  - a 4 KB page the program unmapped may stay mapped inside a hugetlb page of
-    which the program still maps another 4 KB page (a huge page cannot lose
-    part of itself); its contents and protection are then not compared;
-  - contents the kernel leaves unspecified are masked ("taint" ops, emitted by
-    the generator): after MADV_FREE, and a private map of a file that was
-    written after the map was made (POSIX: unspecified whether it shows);
-  - a page past the end of its file (SIGBUS in the reference) is compared only
-    as "mapped".
-Anything else that differs is a divergence: the sequence is shrunk (ddmin over
-ops and fork blocks) and printed with its seed.
+  - addresses: prog.c never prints one (slots, offsets, "same address or not" only where the
+    call promises it: MAP_FIXED, MREMAP_FIXED, mremap without MREMAP_MAYMOVE);
+  - a 4 KB page the program unmapped may stay mapped inside a hugetlb page of which the program
+    still maps another page (a huge page cannot lose part of itself); its contents and
+    protection are then not compared;
+  - contents the kernel leaves unspecified are masked ("taint" ops, emitted by the generator):
+    after MADV_FREE, and a private map of a file written after the map was made (POSIX leaves
+    it open whether the map shows the change; a private copy is a snapshot);
+  - a page past the end of its file (SIGBUS without the library) is compared only as mapped,
+    and the program never reads, writes or populates it;
+  - errno only after a failure (POSIX: a successful call may change it; free keeps it);
+  - malloc_usable_size only as ">= the size asked for"; malloc'd bytes only once written;
+  - generated sequences avoid what depends on where the kernel puts maps: mremap without
+    MREMAP_MAYMOVE grows only into the slot's own just-freed tail (regrow), MAP_FIXED and
+    mremap only over the program's own pages, MADV_COLLAPSE not at all, and mremap only over
+    a map no call has split (the library hands units to ordinary memory at huge page
+    boundaries, where the kernel splits at the program's 4 KB ones).
+Anything else that differs is a divergence: the sequence is shrunk (ddmin over ops and fork
+blocks, keeping the annotations) to the shortest one that diverges at the same kind of op,
+and printed with its seed.  Keep it in regressions/.
 
-Modes: "2m" (2 MB pages reserved), "1g" (1 GB pages where the pool gives them,
-page size 1g from 2 MiB up), "empty" (both pools empty: the fallbacks).
+Modes: "2m" (2 MB pages reserved), "1g" (1 GB pages where the pool gives them, page size 1g
+from 2 MiB up), "empty" (both pools empty: the fallbacks, THP).
 
     python tests/difftest/difftest.py --seeds 200 --mode 2m [--first 1000]
     scripts/difftest.sh --seeds N            (holds the test lock while pages are reserved)

@@ -263,9 +263,14 @@ static void test_unit_state(void)
     reset();
     hl_region *h = add(BASE, 8 * MB, 8 * MB, ORIGIN_ALLOC, "h");
     CHECK(h->units && h->nunits == 4 && hl_unit_get(h, 0) == 3);
-    CHECK(hl_unit_set(h, 2 * MB, 6 * MB, HL_U_PROT, PROT_READ | HL_U_LOCKED) == 0);
-    CHECK(hl_unit_get(h, 0) == 3 && hl_unit_get(h, 2 * MB) == (PROT_READ | HL_U_LOCKED));
-    CHECK(hl_unit_get(h, 5 * MB) == (PROT_READ | HL_U_LOCKED) && hl_unit_get(h, 6 * MB) == 3);
+    CHECK(hl_unit_set(h, 2 * MB, 6 * MB, HL_U_PROT, PROT_READ | HL_U_DONTFORK) == 0);
+    CHECK(hl_unit_get(h, 0) == 3 && hl_unit_get(h, 2 * MB) == (PROT_READ | HL_U_DONTFORK));
+    CHECK(hl_unit_get(h, 5 * MB) == (PROT_READ | HL_U_DONTFORK) && hl_unit_get(h, 6 * MB) == 3);
+    /* mlock is kept to the 4 KB page, in an interval set */
+    CHECK(hl_ivs_add(&h->locked, 4096, 3 * MB) == 0 && hl_ivs_sub(&h->locked, MB, MB + 8192) == 0);
+    CHECK(h->locked.n == 2 && hl_ivs_overlaps(&h->locked, 0, 4097) && !hl_ivs_overlaps(&h->locked, MB, MB + 8192));
+    CHECK(hl_ivs_boundary(&h->locked, 0, 8 * MB) == 4096 && hl_ivs_boundary(&h->locked, MB, 8 * MB) == MB + 8192);
+    CHECK(hl_ivs_sub(&h->locked, 0, 8 * MB) == 0 && h->locked.n == 0);
     /* THP regions (4 KB units) get the array only once something differs. */
     hl_region *t = hl_region_add(BASE + 64 * MB, 4 * MB, 4 * MB, KB4, ORIGIN_ALLOC, PAGE_THP, "t", -1, 3, 0);
     CHECK(t && !t->units && hl_unit_get(t, 4096) == 3);
