@@ -21,7 +21,13 @@
  *   mremap S NEWLEN FLAGS       FLAGS: 0|maymove: S's whole span
  *   regrow S HALF               mremap to HALF bytes, then back, without MAYMOVE
  *   mremap_to S T OFF           S's span moved onto T's span at OFF (MREMAP_FIXED)
- *   malloc|calloc S N | memalign S ALIGN N | realloc S N | free S | usable S
+ *   malloc|calloc S N | memalign S ALIGN N [HOW] | realloc S N [array] | free S | usable S
+ *                               HOW: posix (posix_memalign, the default)|aligned|memalign|
+ *                               valloc|pvalloc; realloc ... array: reallocarray(p, 1, N)
+ *   anon S LEN PROT TYPE 64     the same map through mmap64
+ *   forkread S                  fork; the child reads S (and writes it if it can), exits
+ *                               0 when it read what the parent had; the parent prints
+ *                               the status (with small: the fork handlers on 16 KB)
  *   write S OFF LEN VAL | read S OFF LEN
  *   fork ... endfork [CODE]     the ops in between run in a child (and are printed
  *                               with "child" before them); the parent prints the status
@@ -425,11 +431,12 @@ static void exec_op(result_t *r)
         r->ret = p == MAP_FAILED ? -1 : 0;
         if (p != MAP_FAILED)
             slots[s] = (slot_t){.kind = K_MAP, .base = p, .len = len};
-    } else if (!strcmp(name, "anon") && op->argc == 5 && slot_ok(s)) {
+    } else if (!strcmp(name, "anon") && (op->argc == 5 || op->argc == 6) && slot_ok(s)) {
         size_t len = num(a[2]);
         int type = !strcmp(a[4], "sh") ? MAP_SHARED : MAP_PRIVATE;
         errno = SENTINEL;
-        void *p = mmap(NULL, len, parse_prot(a[3]), type | MAP_ANONYMOUS, -1, 0);
+        void *p = op->argc == 6 ? mmap64(NULL, len, parse_prot(a[3]), type | MAP_ANONYMOUS, -1, 0)
+                                : mmap(NULL, len, parse_prot(a[3]), type | MAP_ANONYMOUS, -1, 0);
         r->err = errno;
         r->ret = p == MAP_FAILED ? -1 : 0;
         if (p != MAP_FAILED)
@@ -514,22 +521,37 @@ static void exec_op(result_t *r)
             slots[s] = (slot_t){.kind = K_MALLOC, .base = p, .len = n};
         if (p && name[0] == 'm')
             init_fill(p, 0, n, s); /* malloc's contents are unspecified: the program writes first */
-    } else if (!strcmp(name, "memalign") && op->argc == 4 && slot_ok(s)) {
-        size_t n = num(a[3]);
+    } else if (!strcmp(name, "memalign") && (op->argc == 4 || op->argc == 5) && slot_ok(s)) {
+        size_t n = num(a[3]), al = num(a[2]);
+        const char *how = op->argc == 5 ? a[4] : "posix";
         void *p = NULL;
+        int rc;
         errno = SENTINEL;
-        int rc = posix_memalign(&p, num(a[2]), n);
+        if (!strcmp(how, "posix"))
+            rc = posix_memalign(&p, al, n);
+        else {
+            if (!strcmp(how, "aligned"))
+                p = aligned_alloc(al, n);
+            else if (!strcmp(how, "memalign"))
+                p = memalign(al, n);
+            else if (!strcmp(how, "valloc"))
+                p = valloc(n);
+            else
+                p = pvalloc(n);
+            rc = p ? 0 : -1;
+        }
         r->err = errno;
         r->ret = rc;
         if (!rc) {
             slots[s] = (slot_t){.kind = K_MALLOC, .base = p, .len = n};
             init_fill(p, 0, n, s);
         }
-    } else if (!strcmp(name, "realloc") && op->argc == 3 && slot_ok(s) && slots[s].kind == K_MALLOC) {
+    } else if (!strcmp(name, "realloc") && (op->argc == 3 || op->argc == 4) && slot_ok(s) &&
+               slots[s].kind == K_MALLOC) {
         size_t n = num(a[2]);
         errno = SENTINEL;
         size_t was = slots[s].len;
-        void *p = realloc(slots[s].base, n);
+        void *p = op->argc == 4 ? reallocarray(slots[s].base, 1, n) : realloc(slots[s].base, n);
         r->err = errno;
         r->ret = p ? 0 : -1;
         if (p && n > was)
@@ -547,6 +569,28 @@ static void exec_op(result_t *r)
         errno = SENTINEL;
         r->ret = malloc_usable_size(slots[s].base) >= slots[s].len;
         r->err = errno;
+    } else if (!strcmp(name, "forkread") && op->argc == 2 && slot_ok(s) && slots[s].kind != K_NONE) {
+        /* The library's fork handlers run on this thread's stack, in the parent and in the child. */
+        unsigned char *p = (unsigned char *)slots[s].base;
+        size_t len = slots[s].len < PG ? slots[s].len : PG;
+        int rd = len && accessible((uintptr_t)p, len, 1), wr = rd && accessible((uintptr_t)p, len, 3);
+        uint64_t want = rd ? fnv(p, len) : 0;
+        errno = SENTINEL;
+        pid_t pid = fork();
+        if (pid == 0) {
+            int ok = !rd || fnv(p, len) == want;
+            if (wr)
+                p[0] ^= 0x5a; /* the child's write stays the child's */
+            _exit(ok ? 0 : 1);
+        }
+        r->err = errno;
+        int st = 0;
+        if (pid > 0 && waitpid(pid, &st, 0) == pid)
+            r->ret = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+        else
+            r->ret = -1;
+        if (rd)
+            snprintf(r->note, sizeof r->note, "%d", fnv(p, len) == want); /* the parent's bytes kept */
     } else if ((!strcmp(name, "write") || !strcmp(name, "read")) && op->argc >= 4 && slot_ok(s) &&
                slots[s].kind != K_NONE) {
         size_t off = num(a[2]), len = num(a[3]);
