@@ -10,6 +10,7 @@ decides whether a size that cannot be had moves on to the next one or raises
 PoolError.  Only the standard library is imported here.
 """
 
+import contextlib
 import ctypes
 import errno
 import mmap
@@ -215,10 +216,8 @@ def _map_anon(backing: str, nbytes: int) -> _Anon:
         return _Anon(mm, offset, "thp")
     mm = mmap.mmap(-1, max(nbytes, 1), flags=base, prot=prot)
     if hasattr(mmap, "MADV_NOHUGEPAGE"):
-        try:  # a true 4 KB baseline even where THP is "always"
+        with contextlib.suppress(OSError):  # a true 4 KB baseline even where THP is "always"
             mm.madvise(mmap.MADV_NOHUGEPAGE)
-        except OSError:
-            pass
     return _Anon(mm, 0, "4k")
 
 
@@ -449,10 +448,8 @@ class HugeMapping:
                 return
             for view in (self._rw, self._ro):  # internal views, never handed out
                 if view is not None:
-                    try:
+                    with contextlib.suppress(BufferError):  # a read in flight on another thread
                         view.release()
-                    except BufferError:  # a read in flight on another thread
-                        pass
             self._rw = self._ro = None
             try:
                 mm.close()
@@ -620,10 +617,8 @@ def map_file(
         anon, fallbacks = _map_cascade(order, size, f"{path} ({format_bytes(size)})")
         mapping = HugeMapping(anon.mm, anon.offset, size, anon.backing, path=path, fallbacks=fallbacks, requested=kind)
         try:
-            try:
+            with contextlib.suppress(OSError, AttributeError):
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-            except (OSError, AttributeError):
-                pass
             _fill(fd, mapping._rw, size, path, threads)
             after = os.fstat(fd)
             if _identity(after) != _identity(before):

@@ -36,7 +36,7 @@ Modes: "2m" (2 MB pages reserved), "1g" (1 GB pages where the pool gives them, p
 from 2 MiB up), "empty" (both pools empty: the fallbacks, THP).
 
     python tests/difftest/difftest.py --seeds 200 --mode 2m [--first 1000]
-    scripts/difftest.sh --seeds N            (holds the test lock while pages are reserved)
+    scripts/difftest.sh --seeds N            (holds the test lock while it reserves pages and runs programs)
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ class SlotModel:
         if not self.pages:
             self.pages = bytearray([MAPPED]) * max(1, -(-self.length // KB4))
 
-    def copy(self) -> "SlotModel":
+    def copy(self) -> SlotModel:
         return dataclasses.replace(
             self, pages=bytearray(self.pages), shared_of=set(self.shared_of), private_of=set(self.private_of)
         )
@@ -278,9 +278,9 @@ class Gen:
         x = self.r.randrange(sum(w for _, w in kinds))
         for kind, w in kinds:
             if x < w:
-                break
+                getattr(self, "g_" + kind)(into, in_child)
+                return
             x -= w
-        getattr(self, "g_" + kind)(into, in_child)
 
     def prefix(self, into: list) -> str:
         x = self.r.random()
@@ -604,7 +604,7 @@ class Gen:
         body: list = []
         saved = {s: m.copy() for s, m in self.slots.items()}
         self.written, self.truncated = set(), []
-        for s, m in self.slots.items():  # what MADV_DONTFORK kept from the child is a hole there
+        for m in self.slots.values():  # what MADV_DONTFORK kept from the child is a hole there
             for i, v in enumerate(m.pages):
                 if v == DONTFORK:
                     m.pages[i] = FRESH
@@ -739,19 +739,19 @@ def compare_obs(ref: str, lib: str) -> str | None:
     rst, lst, lhuge = _rle(rf["st"]), _rle(lf["st"]), _rle(lf["huge"])
     rh, lh = _rle(rf["hash"]), _rle(lf["hash"])
     groups_mapped = {lhuge[j] for j in range(len(rst)) if rst[j] != "." and lhuge[j] != "0"}
-    for i, (r, l) in enumerate(zip(rst, lst)):
-        if r == ".":
-            if l == ".":
+    for i, (want, got) in enumerate(zip(rst, lst, strict=True)):
+        if want == ".":
+            if got == ".":
                 continue
             if lhuge[i] != "0" and lhuge[i] in groups_mapped:
                 continue  # inside a huge page the program still maps part of
-            return f"page {i}: unmapped without the library, mapped ({l}) with it"
-        if r == "B":
-            if l == ".":
+            return f"page {i}: unmapped without the library, mapped ({got}) with it"
+        if want == "B":
+            if got == ".":
                 return f"page {i}: mapped past the file's end without the library, unmapped with it"
             continue
-        if l != r:
-            return f"page {i}: protection {r} without the library, {l} with it"
+        if got != want:
+            return f"page {i}: protection {want} without the library, {got} with it"
         if not tainted and rh[i] != lh[i]:
             return f"page {i}: contents differ"
     return None
@@ -900,7 +900,8 @@ def pools_for(mode: str, lock: bool = True):
     every pool back as it was; yields what was reserved {kb: pages}."""
     fd = None
     if lock:
-        fd = os.open(LOCK_PATH, os.O_CREAT | os.O_RDWR, 0o666)
+        # O_NOFOLLOW as the conftest's: a link planted in /tmp would make root create what it names.
+        fd = os.open(LOCK_PATH, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
         fcntl.flock(fd, fcntl.LOCK_EX)
     before = {kb: int(_pool_path(kb).read_text()) for kb in (2048, 1048576) if _pool_path(kb).exists()}
     want = {"2m": {2048: POOL_2M}, "1g": {1048576: POOL_1G, 2048: POOL_2M}, "empty": {2048: 0, 1048576: 0}}[mode]
