@@ -1037,7 +1037,8 @@ def test_report_file_is_never_one_another_user_can_steer(build, tmp_path):
 
 def test_overrides_linked_in(build, tmp_path):
     """tests/native/test_override.c: cases a program cannot reach from outside (issue 20, item 13:
-    realloc(p, 0) of a pointer from the bootstrap arena allocated instead of freeing)."""
+    realloc(p, 0) of a pointer from the bootstrap arena allocated instead of freeing; fork did not
+    wait for a lookup in another thread to let go of the redirect index)."""
     cc = shutil.which("cc") or shutil.which("gcc")
     exe = tmp_path / "test_override"
     sources = sorted(str(p) for p in build.src.glob("*.c"))
