@@ -233,9 +233,29 @@ static int page_state(uintptr_t x, int *group_shift)
 
 static char outbuf[1 << 22];
 
-static void rle_put(char **o, const char *tok, int count)
+/* One run-length encoded field: "tok*count," per run of equal tokens. */
+typedef struct {
+    char *o;
+    char prev[24];
+    int cnt;
+} rle_t;
+
+static void rle_end(rle_t *r)
 {
-    *o += sprintf(*o, count > 1 ? "%s*%d," : "%s,", tok, count);
+    if (r->cnt)
+        r->o += sprintf(r->o, r->cnt > 1 ? "%s*%d," : "%s,", r->prev, r->cnt);
+    r->cnt = 0;
+}
+
+static void rle_add(rle_t *r, const char *tok)
+{
+    if (r->cnt && !strcmp(tok, r->prev)) {
+        r->cnt++;
+        return;
+    }
+    rle_end(r);
+    snprintf(r->prev, sizeof r->prev, "%s", tok);
+    r->cnt = 1;
 }
 
 static void observe_slot(int s)
@@ -246,11 +266,10 @@ static void observe_slot(int s)
         return;
     }
     size_t n = (sl->len + PG - 1) / PG;
-    char *o = outbuf;
-    o += sprintf(o, "obs %d len=%zu%s st=", s, sl->len, sl->tainted ? " tainted" : "");
+    rle_t rl = {.o = outbuf};
+    rl.o += sprintf(rl.o, "obs %d len=%zu%s st=", s, sl->len, sl->tainted ? " tainted" : "");
     /* states */
-    char prev[24] = "", cur[24];
-    int cnt = 0;
+    char cur[24];
     for (size_t i = 0; i < n; i++) {
         uintptr_t x = (uintptr_t)sl->base + i * PG;
         int gs, st = 0, st2 = 0;
@@ -266,19 +285,11 @@ static void observe_slot(int s)
             st = page_state(x, &gs);
         }
         snprintf(cur, sizeof cur, "%c", st == -1 ? '.' : st == -2 ? 'B' : st == -3 ? 'x' : '0' + st);
-        if (cnt && !strcmp(cur, prev))
-            cnt++;
-        else {
-            if (cnt)
-                rle_put(&o, prev, cnt);
-            strcpy(prev, cur), cnt = 1;
-        }
+        rle_add(&rl, cur);
     }
-    if (cnt)
-        rle_put(&o, prev, cnt);
+    rle_end(&rl);
     /* hugetlb groups: the huge page each page lies in, numbered from 1 in this span */
-    o += sprintf(o, " huge=");
-    cnt = 0, prev[0] = 0;
+    rl.o += sprintf(rl.o, " huge=");
     uintptr_t first_group = 0;
     for (size_t i = 0; i < n; i++) {
         uintptr_t x = (uintptr_t)sl->base + i * PG;
@@ -292,19 +303,11 @@ static void observe_slot(int s)
         } else {
             strcpy(cur, "0");
         }
-        if (cnt && !strcmp(cur, prev))
-            cnt++;
-        else {
-            if (cnt)
-                rle_put(&o, prev, cnt);
-            strcpy(prev, cur), cnt = 1;
-        }
+        rle_add(&rl, cur);
     }
-    if (cnt)
-        rle_put(&o, prev, cnt);
+    rle_end(&rl);
     /* contents of readable pages */
-    o += sprintf(o, " hash=");
-    cnt = 0, prev[0] = 0;
+    rl.o += sprintf(rl.o, " hash=");
     for (size_t i = 0; i < n; i++) {
         uintptr_t x = (uintptr_t)sl->base + i * PG;
         size_t len = sl->len - i * PG < PG ? sl->len - i * PG : PG;
@@ -313,16 +316,9 @@ static void observe_slot(int s)
             snprintf(cur, sizeof cur, "%016llx", (unsigned long long)fnv((unsigned char *)x, len));
         else
             strcpy(cur, "-");
-        if (cnt && !strcmp(cur, prev))
-            cnt++;
-        else {
-            if (cnt)
-                rle_put(&o, prev, cnt);
-            strcpy(prev, cur), cnt = 1;
-        }
+        rle_add(&rl, cur);
     }
-    if (cnt)
-        rle_put(&o, prev, cnt);
+    rle_end(&rl);
     printf("%s%s\n", in_child ? "child " : "", outbuf);
 }
 
@@ -336,27 +332,19 @@ static void observe_file(int f)
         return;
     }
     static unsigned char buf[PG];
-    char *o = outbuf;
+    rle_t rl = {.o = outbuf};
     struct stat st;
     fstat(fd, &st);
-    o += sprintf(o, "file %d size=%lld hash=", f, (long long)st.st_size);
-    char prev[24] = "", cur[24];
-    int cnt = 0;
+    rl.o += sprintf(rl.o, "file %d size=%lld hash=", f, (long long)st.st_size);
+    char cur[24];
     for (off_t off = 0;; off += PG) {
         ssize_t r = pread(fd, buf, PG, off);
         if (r <= 0)
             break;
         snprintf(cur, sizeof cur, "%016llx", (unsigned long long)fnv(buf, (size_t)r));
-        if (cnt && !strcmp(cur, prev))
-            cnt++;
-        else {
-            if (cnt)
-                rle_put(&o, prev, cnt);
-            strcpy(prev, cur), cnt = 1;
-        }
+        rle_add(&rl, cur);
     }
-    if (cnt)
-        rle_put(&o, prev, cnt);
+    rle_end(&rl);
     close(fd);
     printf("%s%s\n", in_child ? "child " : "", outbuf);
 }
