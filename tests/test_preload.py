@@ -967,6 +967,106 @@ def test_every_frame_is_under_1_kb(build, tmp_path):
     assert not big, big
 
 
+# libc's doors to the kernel: the library reaches them only through os.c (hl_os_*, r_*), so one
+# file says how it talks to the kernel and the fake OS of tests/native can stand in for it
+KERNEL_CALLS = frozenset(
+    [
+        "mmap",
+        "mmap64",
+        "munmap",
+        "mremap",
+        "mprotect",
+        "madvise",
+        "posix_madvise",
+        "msync",
+        "mlock",
+        "munlock",
+        "mincore",
+        "open",
+        "open64",
+        "openat",
+        "creat",
+        "close",
+        "read",
+        "write",
+        "pread",
+        "pread64",
+        "pwrite",
+        "pwrite64",
+        "fstat",
+        "fstat64",
+        "stat",
+        "stat64",
+        "lstat",
+        "fstatat",
+        "fstatfs",
+        "statfs",
+        "ftruncate",
+        "fallocate",
+        "fcntl",
+        "ioctl",
+        "memfd_create",
+        "pipe",
+        "pipe2",
+        "prctl",
+        "readlink",
+        "unlink",
+        "mkdir",
+        "syscall",
+        "sysconf",
+        "sched_getaffinity",
+        "getpid",
+        "gettid",
+        "geteuid",
+        "getuid",
+        "fork",
+        "vfork",
+        "clone",
+        "kill",
+        "raise",
+        "sigaction",
+        "signal",
+        "sigprocmask",
+        "pthread_sigmask",
+        "pthread_create",
+        "pthread_join",
+        "pthread_kill",
+        "clock_gettime",
+        "nanosleep",
+        "usleep",
+        "getrandom",
+        "mbind",
+        "set_mempolicy",
+        "get_mempolicy",
+        "fopen",
+        "fdopen",
+        "fread",
+        "fwrite",
+        "fprintf",
+        "dprintf",
+        "perror",
+    ]
+)
+
+
+def test_only_os_c_talks_to_the_kernel(build, tmp_path):
+    """Issue 20, deliver 3: no part of the library but os.c calls a libc function that enters the
+    kernel (each object's undefined symbols, as the linker sees them)."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    calls = {}
+    for c in sorted(build.src.glob("*.c")):
+        obj = tmp_path / f"{c.stem}.o"
+        subprocess.run(
+            [cc, "-O2", "-std=gnu11", "-fPIC", "-fvisibility=hidden", "-pthread", "-c", str(c), "-o", str(obj)],
+            check=True,
+        )
+        nm = subprocess.run(["nm", "-u", str(obj)], capture_output=True, text=True, check=True).stdout
+        calls[c.name] = {line.split()[-1].split("@")[0] for line in nm.splitlines() if line.strip()}
+    assert calls["os.c"] & KERNEL_CALLS, calls["os.c"]  # the check sees what os.c calls
+    others = {name: sorted(used & KERNEL_CALLS) for name, used in calls.items() if name != "os.c"}
+    assert not any(others.values()), others
+
+
 def lockprobe_run(build, model, tmp_path, lib, env):
     """The harness's lockprobe mode with lockprobe.so preloaded after the library."""
     r = run_harness(build, "lockprobe", model, tmp=tmp_path, lib=f"{lib} {build.probe}", env=env, timeout=300)
