@@ -255,9 +255,13 @@ static int region_op(hl_region *r, uintptr_t s, uintptr_t e, int op, int arg, in
         return ((arg & MS_INVALIDATE) && locked_in(r, s, e)) ? EBUSY : 0;
     }
     if (op == OP_MLOCK || op == OP_MUNLOCK) {
-        if (cls == C_REAL || cls == C_PRIV_THP)
-            return real_op(op, s, e, arg);
         size_t a = s - r->base, b = e - r->base;
+        if (cls == C_REAL || cls == C_PRIV_THP) { /* the kernel locks it; kept here too, for MADV_DONTNEED below */
+            int err = real_op(op, s, e, arg);
+            if (!err)
+                (void)(op == OP_MLOCK ? hl_ivs_add(&r->locked, a, b) : hl_ivs_sub(&r->locked, a, b));
+            return err;
+        }
         int err = (op == OP_MLOCK ? hl_ivs_add(&r->locked, a, b) : hl_ivs_sub(&r->locked, a, b)) ? ENOMEM : 0;
         /* mlock faults the pages in: it cannot on PROT_NONE ones (ENOMEM, the range stays locked) */
         for (size_t off = round_down(a, r->release_unit); !err && op == OP_MLOCK && off < b; off += r->release_unit)
@@ -267,6 +271,10 @@ static int region_op(hl_region *r, uintptr_t s, uintptr_t e, int op, int arg, in
     }
     int act = advice_action(arg, cls);
     int locked = locked_in(r, s, e);
+    /* the map a private copy stands for is locked: the kernel refuses MADV_DONTNEED there (a
+     * demotion would map the file afresh, unlocked, and drop the pages: seeds 1086, 1099) */
+    if (act == A_DEMOTE && arg == MADV_DONTNEED && locked)
+        return EINVAL;
     switch (act) {
     case A_REAL: {
         int err = real_op(op, s, e, arg);

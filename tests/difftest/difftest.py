@@ -153,6 +153,7 @@ class Gen:
         self.r = random.Random(seed)
         self.mode = mode
         self.files: dict[int, FileModel] = {}
+        self.fd_mode: dict[int, str] = {}  # how this process has each file open: rw ro wo path closed
         self.slots: dict[int, SlotModel] = {}
         self.items: list = []
         self.used_stderr = False
@@ -304,14 +305,17 @@ class Gen:
         size = self.r.choice([MB2, 2 * MB2 + 12345, 3 * MB2, 5 * MB2 + 7, self.r.randrange(MB2, 10 * MB)])
         m = self.files.setdefault(f, FileModel())
         m.size, m.gen = size, m.gen + 1
+        self.fd_mode[f] = "rw"
         self.emit(f"file {f} {size}", into)
 
     def g_open(self, into, in_child):
         f = self.any_file()
         if f is None:
             return self.g_file(into, in_child)
-        self.emit(f"open {f} {self.r.choice(['ro', 'ro', 'rw', 'wo', 'path'])}", into)
+        self.fd_mode[f] = self.r.choice(["ro", "ro", "rw", "wo", "path"])
+        self.emit(f"open {f} {self.fd_mode[f]}", into)
         if self.r.random() < 0.2:
+            self.fd_mode[f] = "closed"
             self.emit(f"close {f}", into)
 
     def g_pwrite(self, into, in_child):
@@ -525,6 +529,12 @@ class Gen:
         if f is not None and self.r.random() < 0.5:
             foff = self.r.randrange(0, max(1, self.files[f].size // KB4)) * KB4
             self.emit(f"{pre}fixed {s} {off} {n} {prot} {typ} {f} {foff}", into)
+            mode = self.fd_mode.get(f, "rw")
+            if not (mode == "rw" or mode == "ro" and not (typ == "sh" and "w" in prot)):
+                # the kernel refuses the fd (EBADF, EACCES) before it unmaps anything: a hole in
+                # the range stays a hole, where a later map may land (seed 843, 2 MB pages)
+                m.pristine = False
+                return
             (m.shared_of if typ == "sh" else m.private_of).add((f, self.files[f].gen))
         else:
             self.emit(f"{pre}fixed {s} {off} {n} {prot} {typ}", into)
@@ -608,6 +618,7 @@ class Gen:
     def g_fork(self, into, in_child):
         body: list = []
         saved = {s: m.copy() for s, m in self.slots.items()}
+        saved_fds = dict(self.fd_mode)  # a child's open and close are its own
         self.written, self.truncated = set(), []
         for m in self.slots.values():  # what MADV_DONTFORK kept from the child is a hole there
             for i, v in enumerate(m.pages):
@@ -617,7 +628,7 @@ class Gen:
             self.forget(s, body)
         for _ in range(self.r.randrange(1, 6)):
             self.gen_op(body, in_child=True)
-        self.slots = saved  # files are shared: what the child did to them stays
+        self.slots, self.fd_mode = saved, saved_fds  # files are shared: what the child did to them stays
         # The child's writes to files reach the parent's private maps of them, as soon as it ran.
         for f, g in sorted(self.written):
             self.taint_private_of(f, g, into)
