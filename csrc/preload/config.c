@@ -1,6 +1,7 @@
 /*
  * config.c: settings from the environment, the CPU -> node map, the
- * constructor/destructor, fork handlers and SIGUSR1.
+ * constructor/destructor.  The library installs no signal handler (a
+ * program's signals stay its own: SIGUSR1 keeps its default action).
  *
  * Active only when this library is the global definition of mmap or malloc
  * (really preloaded, not dlopen'ed by ctypes) and the process is not
@@ -25,7 +26,8 @@
  *                            1: and the report on stderr (default),
  *                            2: and every region created or gone, every
  *                               fallback every time
- *   HUGELOAD_REPORT          file to append the report to (default stderr)
+ *   HUGELOAD_REPORT          file to append the report to at exit (default
+ *                            stderr; log.c says which files it accepts)
  *   HUGELOAD_STATE_DIR       default /run/hugeload
  *   HUGELOAD_DISABLE         1 makes the library inert
  *   HUGELOAD_FAULT           test builds only (-DHUGELOAD_FAULT_INJECTION):
@@ -38,13 +40,11 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <sched.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/auxv.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 int hl_active;
@@ -80,13 +80,16 @@ static void each_in_list(const char *s, void (*f)(int, int), int arg)
 
 static void set_cpu(int cpu, int node) { g_cpu_node[cpu] = (short)node; }
 
+/* The constructor runs alone: static buffers keep its frames small. */
+static char g_listbuf[4096], g_onlinebuf[1024];
+
 static void read_node(int node, int unused)
 {
     (void)unused;
-    char path[96], buf[4096];
+    char path[96];
     snprintf(path, sizeof path, "/sys/devices/system/node/node%d/cpulist", node);
-    if (hl_read_small(path, buf, sizeof buf) > 0) {
-        each_in_list(buf, set_cpu, node);
+    if (hl_os_read_file(path, g_listbuf, sizeof g_listbuf) > 0) {
+        each_in_list(g_listbuf, set_cpu, node);
         g_nodes_known = 1;
     }
 }
@@ -95,9 +98,8 @@ static void read_node_map(void)
 {
     for (int i = 0; i < MAX_CPUS; i++)
         g_cpu_node[i] = -1;
-    char buf[1024];
-    if (hl_read_small("/sys/devices/system/node/online", buf, sizeof buf) > 0)
-        each_in_list(buf, read_node, 0);
+    if (hl_os_read_file("/sys/devices/system/node/online", g_onlinebuf, sizeof g_onlinebuf) > 0)
+        each_in_list(g_onlinebuf, read_node, 0);
 }
 
 int hl_process_node(void)
@@ -107,7 +109,7 @@ int hl_process_node(void)
     if (!g_nodes_known)
         return -1;
     cpu_set_t set;
-    if (sched_getaffinity(0, sizeof set, &set) == 0) {
+    if (hl_os_affinity(&set, sizeof set) == 0) {
         int node = -2;
         for (int c = 0; c < CPU_SETSIZE && c < MAX_CPUS; c++) {
             if (!CPU_ISSET(c, &set))
@@ -121,10 +123,7 @@ int hl_process_node(void)
         if (node >= 0)
             return node;
     }
-    unsigned cpu = 0, node = 0;
-    if (syscall(SYS_getcpu, &cpu, &node, NULL) == 0)
-        return (int)node;
-    return -1;
+    return hl_os_current_node();
 }
 
 static size_t parse_size(const char *name, size_t dflt)
@@ -174,54 +173,6 @@ static int is_preloaded(void)
     return 0;
 }
 
-static void on_sigusr1(int sig)
-{
-    (void)sig;
-    int e = errno;
-    hl_report();
-    errno = e;
-}
-
-/* Fork: the child privatizes inherited hugetlb allocations (alloc.c) while
- * the forking parent thread waits on this pipe, so it cannot write first. */
-static int g_fork_pipe[2] = {-1, -1};
-
-static void atfork_prepare(void)
-{
-    g_fork_pipe[0] = g_fork_pipe[1] = -1;
-    if (atomic_load(&hl_nreg) > 0 && pipe2(g_fork_pipe, O_CLOEXEC) != 0)
-        g_fork_pipe[0] = g_fork_pipe[1] = -1;
-    hl_lock();
-    hl_fork_prepare_regions();
-}
-
-static void atfork_parent(void)
-{
-    hl_unlock();
-    if (g_fork_pipe[0] >= 0) {
-        close(g_fork_pipe[1]);
-        char c;
-        while (read(g_fork_pipe[0], &c, 1) < 0 && errno == EINTR)
-            ;
-        close(g_fork_pipe[0]);
-    }
-}
-
-/* The child reports only what it creates itself; inherited regions stay managed. */
-static void atfork_child(void)
-{
-    hl_lock_reinit_child();
-    hl_index_reset_child();
-    hl_fork_child_regions();
-    for (int i = 0; i < hl_reg_hwm; i++)
-        hl_reg[i].rec = -1;
-    hl_records_forget();
-    if (g_fork_pipe[0] >= 0) {
-        close(g_fork_pipe[0]);
-        close(g_fork_pipe[1]); /* the parent's read returns 0: done */
-    }
-}
-
 __attribute__((constructor)) static void hl_ctor(void)
 {
     if (getauxval(AT_SECURE))
@@ -232,6 +183,7 @@ __attribute__((constructor)) static void hl_ctor(void)
     hl_resolve();
     if (!is_preloaded())
         return;
+    hl_log_init();
 
     const char *s = getenv("HUGELOAD_LOG");
     if (s && *s)
@@ -261,7 +213,7 @@ __attribute__((constructor)) static void hl_ctor(void)
     hl_min_file = parse_size("HUGELOAD_MIN_FILE_SIZE", GB1);
     hl_copy = env_true("HUGELOAD_COPY");
     size_t th = parse_size("HUGELOAD_ALLOC_THRESHOLD", (size_t)64 << 20);
-    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    long cpus = hl_os_cpus();
     hl_fill_threads = cpus > 0 && cpus < 4 ? (int)cpus : 4;
     s = getenv("HUGELOAD_FILL_THREADS");
     if (s && atoi(s) > 0)
@@ -272,9 +224,8 @@ __attribute__((constructor)) static void hl_ctor(void)
     s = getenv("HUGELOAD_STATE_DIR");
     snprintf(hl_index_path, sizeof hl_index_path, "%s/store/redirects", s && *s ? s : "/run/hugeload");
 
-    char buf[128];
-    ssize_t n = hl_read_small("/sys/kernel/mm/transparent_hugepage/enabled", buf, sizeof buf);
-    hl_thp_ok = n > 0 && !strstr(buf, "[never]");
+    ssize_t n = hl_os_read_file("/sys/kernel/mm/transparent_hugepage/enabled", g_listbuf, sizeof g_listbuf);
+    hl_thp_ok = n > 0 && !strstr(g_listbuf, "[never]");
     read_node_map();
 #ifdef HUGELOAD_FAULT_INJECTION
     s = getenv("HUGELOAD_FAULT");
@@ -287,16 +238,8 @@ __attribute__((constructor)) static void hl_ctor(void)
         hl_fault |= strstr(s, "populate") ? F_POPULATE : 0;
     }
 #endif
-    pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
-    struct sigaction old;
-    if (sigaction(SIGUSR1, NULL, &old) == 0 && !(old.sa_flags & SA_SIGINFO) && old.sa_handler == SIG_DFL) {
-        struct sigaction sa;
-        memset(&sa, 0, sizeof sa);
-        sa.sa_handler = on_sigusr1;
-        sa.sa_flags = SA_RESTART;
-        sigemptyset(&sa.sa_mask);
-        sigaction(SIGUSR1, &sa, NULL);
-    }
+    hl_mem_init();
+    hl_fork_install();
     hl_active = 1;
     if (th && th < MB2) {
         hl_warn_once(R_ENV, "HUGELOAD_ALLOC_THRESHOLD=%zu is below one 2 MB page: using 2 MiB", th);

@@ -1,5 +1,5 @@
 /*
- * filemap.c: mmap of regular files (no MAP_FIXED, offset 0 unless hugetlbfs).
+ * filemap.c: mmap of regular files (never MAP_FIXED).
  *
  *   - fd on hugetlbfs ("direct"): a MAP_PRIVATE map without PROT_WRITE would
  *     reserve a second set of pages, so the file is reopened read-only
@@ -13,62 +13,89 @@
  *   - a file in the redirect index ("staged", redirect.c): the staged
  *     hugetlbfs file, opened O_RDONLY, checked root-owned and not group/other
  *     writable, is mapped MAP_SHARED with the requested protection less
- *     PROT_WRITE: private writes cannot reach the staged file that other
- *     engines share (mprotect(PROT_WRITE) fails EACCES, as above).  A
- *     writable MAP_PRIVATE is never redirected.
- *   - otherwise, with HUGELOAD_COPY=1 ("copy"): anonymous huge pages,
- *     pre-faulted, filled by parallel preads, then mprotect'ed to the
- *     requested protection.
+ *     PROT_WRITE.  A shared map is redirected only from a read-only fd (from
+ *     a writable one the program could mprotect it writable and write the
+ *     file); a writable private map never is.
+ *   - otherwise, with HUGELOAD_COPY=1, a MAP_PRIVATE map ("copy"): anonymous
+ *     huge pages, pre-faulted, filled by parallel preads, then given the
+ *     requested protection.  A MAP_SHARED map is never copied: it must see
+ *     the file's changes and its writes must reach the file (stage the file
+ *     to put it in huge pages).
  *   - otherwise the real mmap (reported page=4K fill=none).
+ * Staged and copied maps keep the kernel's own mapping of the file beside
+ * them (the "shadow"): the real mmap with the program's own flags, made
+ * first (so the kernel accepts or refuses the call exactly as without the
+ * library: an O_WRONLY or O_PATH fd, a noexec mount, ...), then PROT_NONE
+ * and never touched; it lies at the start of a PROT_NONE reservation as long
+ * as the huge span, which covers the padding past the program's length.  demote.c moves pieces of it into place when a call
+ * needs the file's own semantics (MADV_DONTNEED back to the file's
+ * contents, mremap past the copy, ...).  It costs address space, no memory.
+ * A private copy is a snapshot taken at mmap time: POSIX leaves it
+ * unspecified whether a private map shows later changes to the file.
  * Only offset-0 maps of at least 2 MiB not longer than the file are
- * considered, and only selected files (HUGELOAD_FILES).
+ * considered, and only selected files (HUGELOAD_FILES).  Path names live in a
+ * scratch block of the library's own memory, not on the stack.
  */
 #include "hl.h"
 
 #include <fcntl.h>
 #include <fnmatch.h>
 #include <limits.h>
-#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
-#include <sys/statfs.h>
-#include <unistd.h>
 
 #define HL_HUGETLBFS_MAGIC 0x958458f6UL
 
-static int add_region(void *p, size_t maplen, size_t len, size_t unit, int origin, int page, const char *what,
-                      uint64_t t0, unsigned flags)
+typedef struct {
+    char path[PATH_MAX];
+    char staged[PATH_MAX];
+    char pat[PATH_MAX];
+    char what[64];
+} scratch_t;
+
+typedef struct {
+    void *p;
+    size_t maplen, unit;
+    int page, fd;
+} huge_map;
+
+static int add_region(const huge_map *m, size_t len, int origin, const char *what, uint64_t t0, int prot,
+                      unsigned flags, uintptr_t shadow, int locked)
 {
     uint64_t ns = hl_now_ns() - t0;
-    int rec = hl_record(what, len, maplen, page, origin, ns, (uintptr_t)p, 1);
+    int rec = hl_record(what, len, m->maplen, m->page, origin, ns, (uintptr_t)m->p, 1);
     hl_lock();
-    hl_region *r = hl_region_add((uintptr_t)p, maplen, len, unit, origin, page, what, rec);
-    if (r)
-        r->flags |= flags;
+    hl_region *r = hl_region_add((uintptr_t)m->p, m->maplen, len, m->unit, origin, m->page, what, rec, prot, flags);
+    if (r && locked)
+        hl_ivs_add(&r->locked, 0, round_up(len, KB4));
+    if (r && shadow) {
+        r->shadow = shadow;
+        r->shadow_len = m->maplen;
+        r->shadow_file = round_up(len, KB4);
+    }
     hl_unlock();
     if (!r) {
         hl_record_gone(rec);
         return -1;
     }
-    hl_log(2, "%s: %zu bytes on %s pages (%s) at %p, %.3f ms", what, len, hl_page_name[page], hl_origin_name[origin],
-           p, ns / 1e6);
+    hl_log(2, "%s: %zu bytes on %s pages (%s) at %p, %.3f ms", what, len, hl_page_name[m->page],
+           hl_origin_name[origin], m->p, ns / 1e6);
     return 0;
 }
 
-static int selected(const char *path, const struct stat *st, size_t len, int staged)
+static int selected(const char *path, const struct stat *st, size_t len, int staged, char *pat)
 {
     if (!hl_have_files)
         return staged || ((size_t)st->st_size >= hl_min_file && len >= (size_t)st->st_size);
     const char *base = strrchr(path, '/');
     base = base ? base + 1 : path;
     const char *s = hl_files;
-    char pat[PATH_MAX];
     while (*s) {
         const char *c = strchr(s, ':');
         size_t n = c ? (size_t)(c - s) : strlen(s);
-        if (n > 0 && n + 2 < sizeof pat) {
+        if (n > 0 && n + 2 < PATH_MAX) {
             memcpy(pat + 2, s, n);
             pat[n + 2] = 0;
             char *g = pat + 2;
@@ -88,50 +115,45 @@ static int selected(const char *path, const struct stat *st, size_t len, int sta
     return 0;
 }
 
-static void *map_staged(size_t len, int prot, int flags, const struct stat *st, const char *staged, const char *what)
+static int map_staged(size_t len, int prot, int flags, const struct stat *st, const char *staged, const char *what,
+                      huge_map *out)
 {
-    uint64_t t0 = hl_now_ns();
-    int sfd = open(staged, O_RDONLY | O_CLOEXEC);
+    int sfd = hl_os_open_ro(staged);
     if (sfd < 0) {
         hl_warn_once(R_STAGED, "staged copy %s of %s cannot be opened (%s): not redirected", staged, what,
                      strerror(errno));
-        return NULL;
+        return -1;
     }
-    struct statfs sfs;
+    size_t gran = 0;
     struct stat sst;
-    if (fstatfs(sfd, &sfs) != 0 || (unsigned long)sfs.f_type != HL_HUGETLBFS_MAGIC || fstat(sfd, &sst) != 0) {
-        close(sfd);
+    if ((unsigned long)hl_os_fs_type(sfd, &gran) != HL_HUGETLBFS_MAGIC || hl_os_fstat(sfd, &sst) != 0) {
+        hl_os_close(sfd);
         hl_warn_once(R_STAGED, "staged copy %s of %s is not on hugetlbfs: not redirected", staged, what);
-        return NULL;
+        return -1;
     }
     if (!hl_trusted(&sst, staged, "staged copy")) {
-        close(sfd);
-        return NULL;
+        hl_os_close(sfd);
+        return -1;
     }
-    size_t gran = (size_t)sfs.f_bsize;
     size_t maplen = round_up(len, gran);
     if ((size_t)sst.st_size < maplen || sst.st_size < st->st_size) {
-        close(sfd);
+        hl_os_close(sfd);
         hl_warn_once(R_STAGED, "staged copy %s of %s is too small (%lld < %zu bytes): not redirected", staged, what,
                      (long long)sst.st_size, maplen);
-        return NULL;
+        return -1;
     }
-    void *p = r_mmap(NULL, maplen, prot & (PROT_READ | PROT_EXEC),
-                     MAP_SHARED | (flags & (MAP_POPULATE | MAP_LOCKED | MAP_NONBLOCK)), sfd, 0);
+    void *p = hl_os_map_fd(NULL, maplen, prot & (PROT_READ | PROT_EXEC),
+                           MAP_SHARED | (flags & (MAP_POPULATE | MAP_NONBLOCK)), sfd, 0);
     int e = errno;
-    close(sfd);
-    if (p == MAP_FAILED) {
+    hl_os_close(sfd);
+    if (!p) {
         hl_warn_once(R_STAGED, "mapping staged copy %s of %s failed (%s): not redirected", staged, what,
                      strerror(e));
-        return NULL;
+        return -1;
     }
-    if (add_region(p, maplen, len, gran, ORIGIN_STAGED, gran == GB1 ? PAGE_1G : PAGE_2M, what, t0, 0) != 0) {
-        r_munmap(p, maplen);
-        return NULL;
-    }
-    return p;
+    *out = (huge_map){p, maplen, gran, gran == GB1 ? PAGE_1G : PAGE_2M, -1};
+    return 0;
 }
-
 
 typedef struct {
     int fd;
@@ -142,34 +164,28 @@ typedef struct {
 } hl_fill_job;
 #define FILL_CHUNK ((size_t)32 << 20)
 
-static void *hl_fill_worker(void *arg)
+static void fill_worker(void *arg)
 {
-    hl_fill_job *j = arg;
+    hl_fill_job *j = *(hl_fill_job **)arg;
     for (;;) {
         size_t off = atomic_fetch_add(&j->next, FILL_CHUNK);
         if (off >= j->total || atomic_load(&j->err))
             break;
-        size_t n = min_sz(FILL_CHUNK, j->total - off), done = 0;
-        while (done < n) {
-            ssize_t r;
-            if (FAULT(F_PREAD | F_EOF) && off + done >= j->total / 2) {
-                r = FAULT(F_PREAD) ? -1 : 0;
-                errno = EIO;
-            } else {
-                r = pread(j->fd, j->dst + off + done, n - done, (off_t)(off + done));
-            }
-            if (r < 0 && errno == EINTR)
-                continue;
-            if (r <= 0) {
-                int e = r < 0 ? errno : ENODATA; /* 0 before the end: the file shrank */
-                int zero = 0;
-                atomic_compare_exchange_strong(&j->err, &zero, e);
-                return NULL;
-            }
-            done += (size_t)r;
+        size_t n = min_sz(FILL_CHUNK, j->total - off);
+        ssize_t r;
+        if (FAULT(F_PREAD | F_EOF) && off + n >= j->total / 2) {
+            r = FAULT(F_PREAD) ? -1 : 0;
+            errno = EIO;
+        } else {
+            r = hl_os_read_all(j->fd, j->dst + off, n, (off_t)off);
+        }
+        if (r != (ssize_t)n) {
+            int e = r < 0 ? errno : ENODATA; /* short: the file shrank */
+            int zero = 0;
+            atomic_compare_exchange_strong(&j->err, &zero, e);
+            return;
         }
     }
-    return NULL;
 }
 
 /* Fills dst with the file's first total bytes using a few threads; 0 or an errno. */
@@ -182,167 +198,153 @@ static int fill(int fd, void *dst, size_t total)
     int nt = hl_fill_threads;
     if ((size_t)nt > chunks)
         nt = (int)chunks;
-    pthread_t th[16];
-    int started = 0;
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old); /* the program's handlers never run on our threads */
-    for (int i = 1; i < nt && i < 16; i++)
-        if (pthread_create(&th[started], NULL, hl_fill_worker, &j) == 0)
-            started++;
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    hl_fill_worker(&j);
-    for (int i = 0; i < started; i++)
-        pthread_join(th[i], NULL);
+    if (nt > 16)
+        nt = 16;
+    hl_fill_job *ptrs[16];
+    for (int i = 0; i < 16; i++)
+        ptrs[i] = &j;
+    hl_os_parallel(fill_worker, ptrs, sizeof ptrs[0], nt < 1 ? 1 : nt);
     return atomic_load(&j.err);
 }
 
-/* A read-only copy on a memfd (1 GB pages) is mapped again from a read-only
- * fd of the same file: the pages stay, and the map can no longer be made
- * writable, so the program and its forked children share it safely (a
- * write through it would reach every process mapping it; mprotect(PROT_WRITE)
- * fails with EACCES instead, as on a staged copy).  0; -1: not sealed, the
- * map as it was; -2: the map is gone (a failed MAP_FIXED may unmap first). */
-static int reopen_rdonly(int fd);
-
-static int seal(int memfd, void *p, size_t maplen, int prot)
+static int map_copy(size_t len, int prot, int fd, const struct stat *st, const char *what, huge_map *out)
 {
-    int rfd = reopen_rdonly(memfd);
-    if (rfd < 0)
-        return -1;
-    void *q = r_mmap(p, maplen, prot & (PROT_READ | PROT_EXEC), MAP_SHARED | MAP_FIXED, rfd, 0);
-    close(rfd);
-    return q == p ? 0 : -2;
-}
-
-static void *map_copy(size_t len, int prot, int fd, const struct stat *st, const char *what)
-{
-    uint64_t t0 = hl_now_ns();
     hl_anon a;
     if (!hl_anon_huge(len, 0, what, 1, &a))
-        return NULL;
+        return -1;
     int e = fill(fd, a.p, min_sz(len, (size_t)st->st_size));
+    if (!e && prot != (PROT_READ | PROT_WRITE) && hl_os_protect((uintptr_t)a.p, a.maplen, prot) != 0)
+        e = errno;
     if (e) {
-        r_munmap(a.p, a.maplen);
+        hl_os_unmap((uintptr_t)a.p, a.maplen);
         if (a.fd >= 0)
-            close(a.fd);
+            hl_os_close(a.fd);
         hl_warn_once(R_READ, "reading %s for its huge page copy failed (%s): using the real mmap", what,
                      e == ENODATA ? "file shorter than its size" : strerror(e));
-        return NULL;
+        return -1;
     }
-    unsigned fl = (prot & PROT_WRITE) ? HL_RF_WRITABLE : 0;
-    if (a.fd >= 0) {
-        int sealed = (prot & PROT_WRITE) ? -1 : seal(a.fd, a.p, a.maplen, prot);
-        close(a.fd);
-        if (sealed == -2) {
-            r_munmap(a.p, a.maplen);
-            hl_warn_once(R_MPROTECT, "mapping the copy of %s read-only failed (%s): using the real mmap", what,
-                         strerror(errno));
-            return NULL;
-        }
-        fl |= HL_RF_SHARED | (sealed == 0 ? HL_RF_SEALED : 0);
-        if (sealed != 0)
-            fl |= HL_RF_WRITABLE; /* writable by mprotect: a forked child gets its own copy */
-    }
-    if (prot != (PROT_READ | PROT_WRITE) && !(fl & HL_RF_SEALED) && mprotect(a.p, a.maplen, prot) != 0)
-        hl_warn_once(R_MPROTECT, "mprotect of the copy of %s failed (%s): left writable", what, strerror(errno));
-    if (add_region(a.p, a.maplen, len, a.unit, ORIGIN_COPY, a.page, what, t0, fl) != 0) {
-        r_munmap(a.p, a.maplen);
-        return NULL;
-    }
-    return a.p;
-}
-
-/* The same open file again, read-only (through /proc/self/fd), or -1: a
- * MAP_SHARED map of it can never be made writable. */
-static int reopen_rdonly(int fd)
-{
-    char link[64];
-    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
-    return open(link, O_RDONLY | O_CLOEXEC);
-}
-
-static void fd_path(int fd, char *path, size_t size)
-{
-    char link[64];
-    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
-    ssize_t n = readlink(link, path, size - 1);
-    path[n > 0 ? n : 0] = 0;
+    if (a.fd >= 0)
+        hl_os_close(a.fd); /* the map keeps the memfd alive */
+    *out = (huge_map){a.p, a.maplen, a.unit, a.page, a.fd};
+    return 0;
 }
 
 /* The program maps a hugetlbfs file itself. */
-static void *map_hugetlbfs(size_t len, int prot, int flags, int fd, off_t off, const struct statfs *sfs)
+static void *map_hugetlbfs(size_t len, int prot, int flags, int fd, off_t off, size_t gran, scratch_t *sc)
 {
     uint64_t t0 = hl_now_ns();
-    void *p = MAP_FAILED;
+    void *p = NULL;
     if ((flags & MAP_TYPE) == MAP_PRIVATE && !(prot & PROT_WRITE)) {
-        int rfd = reopen_rdonly(fd);
+        int rfd = hl_os_reopen_ro(fd);
         if (rfd >= 0) {
-            p = r_mmap(NULL, len, prot, (flags & ~MAP_TYPE) | MAP_SHARED, rfd, off);
-            close(rfd);
+            p = hl_os_map_fd(NULL, len, prot, (flags & ~MAP_TYPE) | MAP_SHARED, rfd, off);
+            hl_os_close(rfd);
         }
     }
-    if (p == MAP_FAILED)
-        p = r_mmap(NULL, len, prot, flags, fd, off);
-    if (p == MAP_FAILED)
-        return p;
-    size_t gran = (size_t)sfs->f_bsize;
+    if (!p)
+        p = hl_os_map_fd(NULL, len, prot, flags, fd, off);
+    if (!p)
+        return MAP_FAILED;
     if (gran < MB2 || !pow2(gran) || ((uintptr_t)p & (gran - 1)))
         return p;
-    char path[PATH_MAX], what[64];
-    fd_path(fd, path, sizeof path);
-    hl_encode_what(path, what, sizeof what);
-    add_region(p, round_up(len, gran), len, gran, ORIGIN_DIRECT, gran == GB1 ? PAGE_1G : PAGE_2M, what, t0, 0);
+    hl_os_fd_path(fd, sc->path, sizeof sc->path);
+    hl_encode_what(sc->path, sc->what, sizeof sc->what);
+    huge_map m = {p, round_up(len, gran), gran, gran == GB1 ? PAGE_1G : PAGE_2M, -1};
+    unsigned fl = (flags & MAP_TYPE) == MAP_PRIVATE ? HL_RF_PRIVATE_REF : 0;
+    add_region(&m, len, ORIGIN_DIRECT, sc->what, t0, prot, fl, 0, 0);
+    return p;
+}
+
+static void *real_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
+{
+    void *p = r_mmap(addr, len, prot, flags, fd, off);
     return p;
 }
 
 void *hl_mmap_file(void *addr, size_t len, int prot, int flags, int fd, off_t off)
 {
-    int saved = errno;
     struct stat st;
-    struct statfs sfs;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))
-        goto real;
-    if (fstatfs(fd, &sfs) == 0 && (unsigned long)sfs.f_type == HL_HUGETLBFS_MAGIC) {
-        void *p = map_hugetlbfs(len, prot, flags, fd, off, &sfs);
-        if (p != MAP_FAILED)
-            errno = saved;
-        return p;
-    }
+    int acc = hl_os_accmode(fd);
+    if (acc < 0 || acc == O_PATH || acc == O_WRONLY || hl_os_fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))
+        return real_mmap(addr, len, prot, flags, fd, off); /* the kernel's answer, refusals included */
+    size_t gran = 0;
+    long fstype = hl_os_fs_type(fd, &gran);
     int type = flags & MAP_TYPE, writable = prot & PROT_WRITE;
-    if (off != 0 || len < MB2 || len > round_up((size_t)st.st_size, KB4) ||
-        (type != MAP_SHARED && type != MAP_PRIVATE) ||
-        (flags & ~(MAP_TYPE | MAP_POPULATE | MAP_NORESERVE | MAP_LOCKED | MAP_NONBLOCK)) ||
-        (prot & ~(PROT_READ | PROT_WRITE | PROT_EXEC)) || (type == MAP_SHARED && writable))
-        goto real;
-    char path[PATH_MAX], what[64];
-    hl_staged_copy staged;
-    fd_path(fd, path, sizeof path);
-    hl_encode_what(path, what, sizeof what);
-    int found = hl_index_lookup(&st, what, &staged);
-    if (!selected(path, &st, len, found))
-        goto real;
-    void *p = NULL;
-    if (found) {
-        if (type == MAP_PRIVATE && writable)
-            hl_warn_once(R_PRIVW, "%s is mapped writable and private: not redirected to its staged copy", what);
-        else
-            p = map_staged(len, prot, flags, &st, staged.path, what);
-    }
-    if (!p && hl_copy)
-        p = map_copy(len, prot, fd, &st, what);
-    if (!p && !found && !hl_copy)
-        hl_warn_once(R_NOTSTAGED, "%s is not staged and HUGELOAD_COPY is off: left on 4 KB pages", what);
-    if (p) {
-        errno = saved;
+    if ((unsigned long)fstype != HL_HUGETLBFS_MAGIC &&
+        (off != 0 || len < MB2 || len > round_up((size_t)st.st_size, KB4) || (type != MAP_SHARED && type != MAP_PRIVATE) ||
+         (flags & ~(MAP_TYPE | MAP_POPULATE | MAP_NORESERVE | MAP_LOCKED | MAP_NONBLOCK)) ||
+         (prot & ~(PROT_READ | PROT_WRITE | PROT_EXEC)) || (type == MAP_SHARED && (writable || acc != O_RDONLY))))
+        return real_mmap(addr, len, prot, flags, fd, off);
+    scratch_t *sc = hl_mem_alloc(sizeof *sc);
+    if (!sc)
+        return real_mmap(addr, len, prot, flags, fd, off);
+    if ((unsigned long)fstype == HL_HUGETLBFS_MAGIC) {
+        void *p = map_hugetlbfs(len, prot, flags, fd, off, gran, sc);
+        hl_mem_free(sc, sizeof *sc);
         return p;
     }
-    errno = saved;
-    p = r_mmap(addr, len, prot, flags, fd, off);
+    hl_staged_copy staged = {sc->staged, -1};
+    hl_os_fd_path(fd, sc->path, sizeof sc->path);
+    hl_encode_what(sc->path, sc->what, sizeof sc->what);
+    int found = hl_index_lookup(&st, sc->what, &staged);
+    int sel = selected(sc->path, &st, len, found, sc->pat);
+    if (!sel || (!found && (type == MAP_SHARED || !hl_copy))) {
+        if (sel && type == MAP_SHARED && hl_copy)
+            hl_warn_once(R_SHARED, "%s is mapped shared: a copy would not see the file change; stage it "
+                                   "(hugeload stage) to put it in huge pages", sc->what);
+        else if (sel)
+            hl_warn_once(R_NOTSTAGED, "%s is not staged and HUGELOAD_COPY is off: left on 4 KB pages", sc->what);
+        void *p = real_mmap(addr, len, prot, flags, fd, off);
+        if (p != MAP_FAILED && sel)
+            hl_record(sc->what, len, len, PAGE_4K, ORIGIN_NONE, 0, (uintptr_t)p, 0);
+        hl_mem_free(sc, sizeof *sc);
+        return p;
+    }
+    /* The kernel's own map first: it accepts or refuses the call, and stays as the shadow.  It is
+     * made inside a reservation as long as the huge span can be, so it never has to move. */
+    uint64_t t0 = hl_now_ns();
+    size_t shadow_len = round_up(len, found ? GB1 : hl_first_page(len, hl_page_size, &hl_pol)); /* staged: any page */
+    void *shadow = hl_os_map_anon(NULL, shadow_len, PROT_NONE, MAP_NORESERVE);
+    if (!shadow || r_mmap(shadow, len, prot, (flags & ~(MAP_POPULATE | MAP_LOCKED | MAP_NONBLOCK)) | MAP_FIXED, fd,
+                          off) != shadow) {
+        int e = errno;
+        if (shadow)
+            hl_os_unmap((uintptr_t)shadow, shadow_len);
+        hl_mem_free(sc, sizeof *sc);
+        errno = e;
+        return MAP_FAILED;
+    }
+    hl_os_protect((uintptr_t)shadow, round_up(len, KB4), PROT_NONE);
+    huge_map m;
+    int ok = 0, origin = ORIGIN_COPY;
+    unsigned fl = type == MAP_PRIVATE ? HL_RF_PRIVATE_REF : 0;
+    if (found && type == MAP_PRIVATE && writable)
+        hl_warn_once(R_PRIVW, "%s is mapped writable and private: not redirected to its staged copy", sc->what);
+    else if (found && map_staged(len, prot, flags, &st, staged.path, sc->what, &m) == 0)
+        ok = 1, origin = ORIGIN_STAGED;
+    if (!ok && hl_copy && type == MAP_PRIVATE && map_copy(len, prot, fd, &st, sc->what, &m) == 0) {
+        ok = 1, origin = ORIGIN_COPY;
+        fl |= m.fd >= 0 ? HL_RF_SHARED : 0;
+    }
+    if (ok && m.maplen < shadow_len) { /* smaller pages than the first try: the rest is not needed */
+        hl_os_unmap((uintptr_t)shadow + m.maplen, shadow_len - m.maplen);
+        shadow_len = m.maplen;
+    }
+    if (ok) { /* the shadow covers the whole huge span, so any unit can be handed back */
+        if (m.maplen > shadow_len || add_region(&m, len, origin, sc->what, t0, prot, fl, (uintptr_t)shadow,
+                                                  (flags & MAP_LOCKED) != 0) != 0) {
+            hl_os_unmap((uintptr_t)m.p, m.maplen);
+            ok = 0;
+        }
+    }
+    if (ok) {
+        hl_mem_free(sc, sizeof *sc);
+        return m.p;
+    }
+    hl_os_unmap((uintptr_t)shadow, shadow_len);
+    void *p = real_mmap(addr, len, prot, flags, fd, off);
     if (p != MAP_FAILED)
-        hl_record(what, len, len, PAGE_4K, ORIGIN_NONE, 0, (uintptr_t)p, 0);
+        hl_record(sc->what, len, len, PAGE_4K, ORIGIN_NONE, 0, (uintptr_t)p, 0);
+    hl_mem_free(sc, sizeof *sc);
     return p;
-real:
-    errno = saved;
-    return r_mmap(addr, len, prot, flags, fd, off);
 }

@@ -26,35 +26,24 @@
  */
 #include "hl.h"
 
-#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/prctl.h>
-#include <sys/syscall.h>
-#include <unistd.h>
 
 #ifndef MAP_HUGE_SHIFT
 #define MAP_HUGE_SHIFT 26
 #endif
 #define HL_HUGE_2MB (21 << MAP_HUGE_SHIFT)
 #define HL_HUGE_1GB (30 << MAP_HUGE_SHIFT)
-#ifndef MFD_HUGETLB
-#define MFD_CLOEXEC 1u
-#define MFD_HUGETLB 4u
-#endif
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23
 #endif
-#ifndef PR_SET_VMA
-#define PR_SET_VMA 0x53564d41
-#define PR_SET_VMA_ANON_NAME 0
-#endif
 
+/* For the warning only, and only when it will be written (hl_warn_wanted): never on every fallback. */
 static long pool_free(size_t page)
 {
-    return hl_read_long(page == GB1 ? "/sys/kernel/mm/hugepages/hugepages-1048576kB/free_hugepages"
-                                    : "/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages");
+    return hl_os_read_long(page == GB1 ? "/sys/kernel/mm/hugepages/hugepages-1048576kB/free_hugepages"
+                                       : "/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages");
 }
 
 /* "hugeload:<what>" in what the kernel accepts as a VMA or memfd name:
@@ -67,42 +56,28 @@ static void vma_name(char *name, size_t size, const char *what)
             *c = '_';
 }
 
-void hl_name_vma(void *p, size_t len, const char *what)
-{
-    char name[64];
-    vma_name(name, sizeof name, what);
-    if (prctl(PR_SET_VMA, PR_SET_VMA_ANON_NAME, (unsigned long)p, len, (unsigned long)name) != 0)
-        hl_log(2, "naming %s's memory failed (%s)", what, strerror(errno));
-}
-
 typedef struct {
     char *p;
-    size_t len, unit;
-    atomic_int err;
-} pop_job;
-
-typedef struct {
-    pop_job *j;
     size_t a, b;
+    atomic_int *err;
 } pop_slice;
 
-static void *pop_slice_run(void *arg)
+static void pop_slice_run(void *arg)
 {
     pop_slice *s = arg;
-    pop_job *j = s->j;
-    if (s->a < s->b && madvise(j->p + s->a, s->b - s->a, MADV_POPULATE_WRITE) != 0) {
-        int zero = 0, e = errno;
-        atomic_compare_exchange_strong(&j->err, &zero, e);
+    int e = s->a < s->b ? hl_os_advise((uintptr_t)s->p + s->a, s->b - s->a, MADV_POPULATE_WRITE) : 0;
+    if (e) {
+        int zero = 0;
+        atomic_compare_exchange_strong(s->err, &zero, e);
     }
-    return NULL;
 }
 
 int hl_populate(void *p, size_t len, size_t unit)
 {
     if (FAULT(F_POPULATE))
         return EFAULT;
-    pop_job j = {.p = p, .len = len, .unit = unit};
-    atomic_init(&j.err, 0);
+    atomic_int err;
+    atomic_init(&err, 0);
     int nt = hl_fill_threads;
     size_t units = len / unit;
     if ((size_t)nt > units)
@@ -113,23 +88,11 @@ int hl_populate(void *p, size_t len, size_t unit)
         nt = 16;
     size_t per = round_up(len / (size_t)nt, unit);
     pop_slice sl[16];
-    pthread_t th[16];
-    int started = 0;
     for (int i = 0; i < nt; i++)
-        sl[i] = (pop_slice){&j, min_sz(len, (size_t)i * per), i == nt - 1 ? len : min_sz(len, (size_t)(i + 1) * per)};
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old); /* the program's handlers never run on our threads */
-    for (int i = 1; i < nt; i++)
-        if (pthread_create(&th[started], NULL, pop_slice_run, &sl[i]) == 0)
-            started++;
-        else
-            pop_slice_run(&sl[i]);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    pop_slice_run(&sl[0]);
-    for (int i = 0; i < started; i++)
-        pthread_join(th[i], NULL);
-    int e = atomic_load(&j.err);
+        sl[i] = (pop_slice){p, min_sz(len, (size_t)i * per), i == nt - 1 ? len : min_sz(len, (size_t)(i + 1) * per),
+                            &err};
+    hl_os_parallel(pop_slice_run, sl, sizeof sl[0], nt);
+    int e = atomic_load(&err);
     return e == EINVAL ? 0 : e; /* EINVAL: a kernel before 5.14 without populate; nothing checked */
 }
 
@@ -138,67 +101,53 @@ int hl_populate(void *p, size_t len, size_t unit)
 static void *map_hugetlb(size_t size, size_t align, size_t pg, int hflag, int fd)
 {
     size_t maplen = round_up(size, pg);
-    int flags = fd >= 0 ? MAP_SHARED : MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | hflag;
-    if (align <= pg) {
-        void *p = r_mmap(NULL, maplen, PROT_READ | PROT_WRITE, flags, fd, 0);
-        return p == MAP_FAILED ? NULL : p;
-    }
+    int prot = PROT_READ | PROT_WRITE;
+    if (align <= pg)
+        return fd >= 0 ? hl_os_map_fd(NULL, maplen, prot, MAP_SHARED, fd, 0)
+                       : hl_os_map_anon(NULL, maplen, prot, MAP_HUGETLB | hflag);
     /* Over-aligned: reserve address space, put the huge pages in at an aligned spot. */
     size_t span = maplen + align;
-    char *res = r_mmap(NULL, span, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (res == MAP_FAILED)
+    char *res = hl_os_map_anon(NULL, span, PROT_NONE, MAP_NORESERVE);
+    if (!res)
         return NULL;
     uintptr_t al = round_up((uintptr_t)res, align);
-    void *p = r_mmap((void *)al, maplen, PROT_READ | PROT_WRITE, flags | MAP_FIXED, fd, 0);
-    if (p == MAP_FAILED) {
+    void *p = fd >= 0 ? hl_os_map_fd((void *)al, maplen, prot, MAP_SHARED | MAP_FIXED, fd, 0)
+                      : hl_os_map_anon((void *)al, maplen, prot, MAP_HUGETLB | hflag | MAP_FIXED);
+    if (!p) {
         int e = errno;
-        r_munmap(res, span);
+        hl_os_unmap((uintptr_t)res, span);
         errno = e;
         return NULL;
     }
     if (al > (uintptr_t)res)
-        r_munmap(res, al - (uintptr_t)res);
+        hl_os_unmap((uintptr_t)res, al - (uintptr_t)res);
     uintptr_t tail = (uintptr_t)res + span, end = al + maplen;
     if (tail > end)
-        r_munmap((void *)end, tail - end);
+        hl_os_unmap(end, tail - end);
     return p;
 }
 
-static void *map_thp(size_t size, size_t align)
+static void *map_thp(size_t size, size_t align, const char *what)
 {
     size_t maplen = round_up(size, MB2), a = max_sz(align, MB2), span = maplen + a;
-    char *res = r_mmap(NULL, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (res == MAP_FAILED)
+    char *res = hl_os_map_anon(NULL, span, PROT_READ | PROT_WRITE, 0);
+    if (!res)
         return NULL;
     uintptr_t al = round_up((uintptr_t)res, a), end = al + maplen, tail = (uintptr_t)res + span;
     if (al > (uintptr_t)res)
-        r_munmap(res, al - (uintptr_t)res);
+        hl_os_unmap((uintptr_t)res, al - (uintptr_t)res);
     if (tail > end)
-        r_munmap((void *)end, tail - end);
-    if (r_madvise((void *)al, maplen, MADV_HUGEPAGE) != 0) {
-        int e = errno;
-        r_munmap((void *)al, maplen);
+        hl_os_unmap(end, tail - end);
+    int e = hl_os_advise(al, maplen, MADV_HUGEPAGE);
+    if (e) {
+        hl_os_unmap(al, maplen);
         errno = e;
         return NULL;
     }
-    return (void *)al;
-}
-
-/* A hugetlb memfd of maplen bytes of 1 GB pages, or -1 with errno. */
-static int memfd_1g(size_t maplen, const char *what)
-{
     char name[64];
     vma_name(name, sizeof name, what);
-    int fd = (int)syscall(SYS_memfd_create, name, MFD_CLOEXEC | MFD_HUGETLB | HL_HUGE_1GB);
-    if (fd < 0)
-        return -1;
-    if (ftruncate(fd, (off_t)maplen) != 0) {
-        int e = errno;
-        close(fd);
-        errno = e;
-        return -1;
-    }
-    return fd;
+    hl_os_name((void *)al, maplen, name);
+    return (void *)al;
 }
 
 /* One hugetlb try: map, then (if asked) pre-fault; 0 with *out set, or an errno value. */
@@ -208,22 +157,29 @@ static int try_hugetlb(size_t size, size_t align, size_t pg, int populate, const
     size_t maplen = round_up(size, pg);
     int fd = -1;
     void *p = NULL;
-    if (!FAULT(pg == GB1 ? F_1G : F_2M) && (pg != GB1 || (fd = memfd_1g(maplen, what)) >= 0))
-        p = map_hugetlb(size, align, pg, pg == GB1 ? HL_HUGE_1GB : HL_HUGE_2MB, fd);
+    if (!FAULT(pg == GB1 ? F_1G : F_2M)) {
+        if (pg == GB1) {
+            char name[64];
+            vma_name(name, sizeof name, what);
+            fd = hl_os_memfd_huge(name, maplen, 30);
+        }
+        if (pg != GB1 || fd >= 0)
+            p = map_hugetlb(size, align, pg, pg == GB1 ? HL_HUGE_1GB : HL_HUGE_2MB, fd);
+    }
     if (!p) {
         int e = errno;
         if (fd >= 0)
-            close(fd);
+            hl_os_close(fd);
         return e;
     }
     uint64_t t0 = hl_now_ns();
     int e = populate ? hl_populate(p, maplen, pg) : 0;
     if (e) {
-        r_munmap(p, maplen);
+        hl_os_unmap((uintptr_t)p, maplen);
         if (fd >= 0)
-            close(fd);
-        hl_warn_once(R_POPULATE, "pre-faulting %zu MB pages failed (%s): trying the next page size",
-                     pg >> 20, strerror(e));
+            hl_os_close(fd);
+        hl_warn_once(R_POPULATE, "pre-faulting %zu MB pages failed (%s): trying the next page size", pg >> 20,
+                     strerror(e));
         return e;
     }
     *out = (hl_anon){p, maplen, pg, pg == GB1 ? PAGE_1G : PAGE_2M, hl_now_ns() - t0, fd};
@@ -238,19 +194,21 @@ int hl_anon_huge(size_t size, size_t align, const char *what, int populate, hl_a
     if (hl_first_page(size, hl_page_size, &hl_pol) == GB1) {
         if ((e = try_hugetlb(size, align, GB1, populate, what, out)) == 0)
             return 1;
-        hl_warn_once(R_1G, "1 GB pages unavailable (%s; pool has %ld free, %zu needed), trying 2 MB for %s (%zu bytes)",
-                     strerror(e), pool_free(GB1), round_up(size, GB1) / GB1, what, size);
+        if (hl_warn_wanted(R_1G))
+            hl_warn_once(R_1G,
+                         "1 GB pages unavailable (%s; pool has %ld free, %zu needed), trying 2 MB for %s (%zu bytes)",
+                         strerror(e), pool_free(GB1), round_up(size, GB1) / GB1, what, size);
     } else {
         hl_log(2, "%s (%zu bytes): the page-size policy says 2 MB", what, size);
     }
     if ((e = try_hugetlb(size, align, MB2, populate, what, out)) == 0)
         return 1;
-    hl_warn_once(R_2M, "2 MB pages unavailable (%s; pool has %ld free, %zu needed), trying THP for %s (%zu bytes)",
-                 strerror(e), pool_free(MB2), round_up(size, MB2) / MB2, what, size);
+    if (hl_warn_wanted(R_2M))
+        hl_warn_once(R_2M, "2 MB pages unavailable (%s; pool has %ld free, %zu needed), trying THP for %s (%zu bytes)",
+                     strerror(e), pool_free(MB2), round_up(size, MB2) / MB2, what, size);
     errno = ENOTSUP;
-    void *p = (!hl_thp_ok || FAULT(F_THP)) ? NULL : map_thp(size, align);
+    void *p = (!hl_thp_ok || FAULT(F_THP)) ? NULL : map_thp(size, align, what);
     if (p) {
-        hl_name_vma(p, round_up(size, MB2), what);
         *out = (hl_anon){p, round_up(size, MB2), KB4, PAGE_THP, 0, -1};
         return 1;
     }

@@ -1,15 +1,22 @@
 /*
  * log.c: log lines, the lock, report records and the report.
  *
- * Every line starts "hugeload: ".  A line logged while this thread holds the
- * lock is formatted into a buffer the lock guards and written by hl_unlock() after
- * the mutex is released: write(2) may block on a full stderr pipe and is a
- * cancellation point, and neither may happen with the lock held (a thread
- * cancelled in free() while logging used to leave the lock held for good).
+ * Every line starts "hugeload: ".  Lines go to the stderr the process had when
+ * the library started, and only while fd 2 is still that file (same device
+ * and inode): a daemon that closed fd 2 and opened a data file gets nothing
+ * written into it.  A line logged while this thread holds the lock is kept in
+ * a buffer the lock guards and written by hl_unlock() after the mutex is
+ * released: write(2) may block on a full stderr pipe and is a cancellation
+ * point, and neither may happen with the lock held.
  *
- * Report (at exit and on SIGUSR1 if the program has no handler of its own),
- * to HUGELOAD_REPORT (appended) or stderr; stderr gets no report when no
- * region was recorded or HUGELOAD_LOG=0.  One header line, then one line per
+ * Report, at exit, to HUGELOAD_REPORT or stderr (the library installs no
+ * signal handler, so there is no report on demand: the live state is in
+ * /proc/PID/smaps).  HUGELOAD_REPORT is appended to, opened O_NOFOLLOW and
+ * O_CLOEXEC, and used only when it is a regular file owned by the process's
+ * effective uid, not writable by others and with one link (the library runs as
+ * root inside engines: another user must not steer where it writes).  stderr
+ * gets no report when no region was recorded or HUGELOAD_LOG=0.  One header
+ * line, then one line per
  * region ever created (at most 2048), space-separated key=value fields, stable
  * order:
  *   hugeload: report pid=<pid> regions=<n> dropped=<n>
@@ -37,7 +44,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
-#include <unistd.h>
+#include <sys/stat.h>
 
 const char *const hl_page_name[] = {"4K", "THP", "2M", "1G"};
 const char *const hl_origin_name[] = {"none", "staged", "direct", "copy", "alloc"};
@@ -45,30 +52,45 @@ const char *const hl_origin_name[] = {"none", "staged", "direct", "copy", "alloc
 int hl_log_level = 1;
 static atomic_ulong g_warned;
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t g_idle = PTHREAD_COND_INITIALIZER;
 
 /* Lines logged by the lock holder wait here (guarded by the lock itself: only the
- * holder appends) and are written by hl_unlock() from a copy on its stack.  Not
- * thread-local: the library's TLS must stay tiny (initial-exec, dlopen-able). */
+ * holder appends) and are written by hl_unlock() from a copy in the library's own
+ * memory.  Not thread-local: the library's TLS must stay tiny (initial-exec, dlopen-able). */
 #define PENDING 2048
 static char g_pending[PENDING];
 static size_t g_pending_len;
 static atomic_int g_locked;
 static pthread_t g_owner;
 
+/* The stderr the process started with. */
+static int g_err_known;
+static dev_t g_err_dev;
+static ino_t g_err_ino;
+
 static int holding_lock(void) { return atomic_load(&g_locked) && pthread_equal(g_owner, pthread_self()); }
 
-static void write_all(int fd, const char *buf, size_t n)
+void hl_log_init(void)
 {
-    while (n) {
-        ssize_t w = write(fd, buf, n);
-        if (w < 0) {
-            if (errno == EINTR)
-                continue;
-            return;
-        }
-        buf += w;
-        n -= (size_t)w;
+    struct stat st;
+    if (hl_os_fstat(2, &st) == 0) {
+        g_err_dev = st.st_dev, g_err_ino = st.st_ino;
+        g_err_known = 1;
     }
+}
+
+static int stderr_is_ours(void)
+{
+    struct stat st;
+    return g_err_known && hl_os_fstat(2, &st) == 0 && st.st_dev == g_err_dev && st.st_ino == g_err_ino;
+}
+
+static void write_err(const char *buf, size_t n)
+{
+    int saved = errno;
+    if (stderr_is_ours())
+        hl_os_write_all(2, buf, n);
+    errno = saved;
 }
 
 void hl_lock(void)
@@ -78,34 +100,74 @@ void hl_lock(void)
     atomic_store(&g_locked, 1);
 }
 
+/* Unmaps queued under the lock, done by hl_unlock() once the mutex is released. */
+#define DEFER_MAX 16
+static uintptr_t g_defer_a[DEFER_MAX];
+static size_t g_defer_len[DEFER_MAX];
+static int g_ndefer;
+
+int hl_defer_pending(void) { return g_ndefer > 0; }
+
+void hl_defer_unmap(uintptr_t a, size_t len)
+{
+    if (g_ndefer == DEFER_MAX) { /* full: now, under the lock (rare) */
+        hl_os_unmap(a, len);
+        return;
+    }
+    g_defer_a[g_ndefer] = a, g_defer_len[g_ndefer++] = len;
+}
+
 void hl_unlock(void)
 {
-    char buf[PENDING];
     size_t n = g_pending_len;
-    if (n)
-        memcpy(buf, g_pending, n);
+    char *copy = n ? hl_mem_alloc(n) : NULL;
+    if (copy)
+        memcpy(copy, g_pending, n);
     g_pending_len = 0;
+    int nd = g_ndefer;
+    uintptr_t da[DEFER_MAX];
+    size_t dl[DEFER_MAX];
+    for (int i = 0; i < nd; i++)
+        da[i] = g_defer_a[i], dl[i] = g_defer_len[i];
+    g_ndefer = 0;
     atomic_store(&g_locked, 0);
     pthread_mutex_unlock(&g_lock);
-    if (n) {
+    if (nd) {
         int saved = errno;
-        write_all(2, buf, n);
+        for (int i = 0; i < nd; i++)
+            hl_os_unmap(da[i], dl[i]);
         errno = saved;
     }
+    if (copy) {
+        write_err(copy, n);
+        hl_mem_free(copy, n);
+    }
 }
+
+void hl_wait(void)
+{
+    atomic_store(&g_locked, 0);
+    pthread_cond_wait(&g_idle, &g_lock); /* not a cancellation point here: slow paths disable it */
+    g_owner = pthread_self();
+    atomic_store(&g_locked, 1);
+}
+
+void hl_wake(void) { pthread_cond_broadcast(&g_idle); }
 
 /* The child of fork() is single-threaded: a fresh mutex, held by nobody. */
 void hl_lock_reinit_child(void)
 {
     pthread_mutex_init(&g_lock, NULL);
+    pthread_cond_init(&g_idle, NULL);
     atomic_store(&g_locked, 0);
     g_pending_len = 0;
+    g_ndefer = 0;
 }
 
 static void vlog(const char *fmt, va_list ap)
 {
     int saved = errno;
-    char buf[1024];
+    char buf[512];
     int n = snprintf(buf, sizeof buf, "hugeload: ");
     int m = vsnprintf(buf + n, sizeof buf - (size_t)n - 1, fmt, ap);
     if (m < 0)
@@ -120,7 +182,7 @@ static void vlog(const char *fmt, va_list ap)
             g_pending_len += (size_t)n;
         }
     } else {
-        write_all(2, buf, (size_t)n);
+        write_err(buf, (size_t)n);
     }
     errno = saved;
 }
@@ -134,6 +196,8 @@ void hl_log(int level, const char *fmt, ...)
     vlog(fmt, ap);
     va_end(ap);
 }
+
+int hl_warn_wanted(int reason) { return hl_log_level >= 2 || !(atomic_load(&g_warned) & (1UL << reason)); }
 
 /* Logs a fallback once per reason (every time with HUGELOAD_LOG=2), even with HUGELOAD_LOG=0. */
 void hl_warn_once(int reason, const char *fmt, ...)
@@ -219,7 +283,37 @@ void hl_records_forget(void)
     atomic_store(&g_rec_dropped, 0);
 }
 
-/* Async-signal-safe enough: snprintf of integers and strings, write(). */
+/* HUGELOAD_REPORT opened for appending, or -1 (logged) when it is not a file this process
+ * may trust: a symlink, another user's file, writable by others, or a hard link. */
+static int open_report(void)
+{
+    int fd = hl_os_open(hl_report_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0600);
+    if (fd < 0) {
+        hl_warn_once(R_REPORT, "report file %s cannot be opened (%s): report on stderr", hl_report_path,
+                     strerror(errno));
+        return -1;
+    }
+    struct stat st;
+    if (hl_os_fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != hl_os_geteuid() || (st.st_mode & S_IWOTH) ||
+        st.st_nlink != 1) {
+        hl_os_close(fd);
+        hl_warn_once(R_REPORT,
+                     "report file %s is not a regular file of this user with one link and no write for others: "
+                     "report on stderr",
+                     hl_report_path);
+        return -1;
+    }
+    return fd;
+}
+
+static void report_write(int fd, const char *buf, size_t n)
+{
+    if (fd == 2)
+        write_err(buf, n);
+    else
+        hl_os_write_all(fd, buf, n);
+}
+
 void hl_report(void)
 {
     int fd = 2, close_it = 0;
@@ -227,7 +321,7 @@ void hl_report(void)
     if (n > HL_MAX_RECORDS)
         n = HL_MAX_RECORDS;
     if (hl_report_path[0]) {
-        fd = open(hl_report_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+        fd = open_report();
         if (fd >= 0)
             close_it = 1;
         else
@@ -235,11 +329,11 @@ void hl_report(void)
     }
     if (!close_it && (hl_log_level < 1 || n == 0))
         return;
-    int pid = (int)getpid();
+    int pid = hl_os_getpid();
     char line[512];
     int len = snprintf(line, sizeof line, "hugeload: report pid=%d regions=%d dropped=%ld\n", pid, n,
                        (long)atomic_load(&g_rec_dropped));
-    write_all(fd, line, (size_t)len);
+    report_write(fd, line, (size_t)len);
     for (int i = 0; i < n; i++) {
         hl_rec *r = &g_rec[i];
         if (!atomic_load_explicit(&r->ready, memory_order_acquire))
@@ -252,8 +346,8 @@ void hl_report(void)
                        (unsigned long long)(r->us % 1000), (unsigned long)r->addr, atomic_load(&r->live));
         if (len > (int)sizeof line - 1)
             len = (int)sizeof line - 1;
-        write_all(fd, line, (size_t)len);
+        report_write(fd, line, (size_t)len);
     }
     if (close_it)
-        close(fd);
+        hl_os_close(fd);
 }

@@ -25,12 +25,10 @@
  */
 #include "hl.h"
 
-#include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
-#include <unistd.h>
 
 typedef struct {
     uint64_t dev, ino, size, mtime, ctime;
@@ -55,13 +53,17 @@ static uint64_t ts_ns(struct timespec t) { return (uint64_t)t.tv_sec * 100000000
 static void index_free(hl_index *x)
 {
     if (x->text)
-        r_munmap(x->text, x->text_map);
+        hl_mem_free(x->text, x->text_map);
     if (x->ent)
-        r_munmap(x->ent, x->ent_map);
+        hl_mem_free(x->ent, x->ent_map);
     memset(x, 0, sizeof *x);
 }
 
 void hl_index_reset_child(void) { pthread_mutex_init(&g_idx_lock, NULL); }
+
+/* Held across fork (fork.c), so a child never inherits the table half swapped. */
+void hl_index_fork_lock(void) { pthread_mutex_lock(&g_idx_lock); }
+void hl_index_fork_unlock(void) { pthread_mutex_unlock(&g_idx_lock); }
 
 int hl_trusted(const void *stp, const char *what, const char *kind)
 {
@@ -127,16 +129,17 @@ static int unescape(char *s)
     return 0;
 }
 
-/* Reads and parses the index into x (anonymous memory, never malloc: we may be inside it).  No lock held. */
+/* Reads and parses the index into x (the library's own memory, never malloc: we may be inside it).
+ * No lock held. */
 static void index_read(const char *path, hl_index *x)
 {
     memset(x, 0, sizeof *x);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = hl_os_open_ro(path);
     if (fd < 0)
         return;
     struct stat st;
-    if (fstat(fd, &st) != 0 || st.st_size > (64 << 20)) {
-        close(fd);
+    if (hl_os_fstat(fd, &st) != 0 || st.st_size > (64 << 20)) {
+        hl_os_close(fd);
         hl_warn_once(R_INDEX, "redirect index %s unreadable or too large", path);
         return;
     }
@@ -144,25 +147,18 @@ static void index_read(const char *path, hl_index *x)
     x->dev = st.st_dev, x->ino = st.st_ino, x->size = (uint64_t)st.st_size;
     x->mtime = ts_ns(st.st_mtim), x->ctime = ts_ns(st.st_ctim);
     if (!hl_trusted(&st, path, "redirect index")) {
-        close(fd);
+        hl_os_close(fd);
         return;
     }
     size_t size = (size_t)st.st_size, tmap = round_up(size + 1, KB4);
-    char *text = r_mmap(NULL, tmap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (text == MAP_FAILED) {
-        close(fd);
+    char *text = hl_mem_alloc(tmap);
+    if (!text) {
+        hl_os_close(fd);
         return;
     }
-    size_t got = 0;
-    while (got < size) {
-        ssize_t r = read(fd, text + got, size - got);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            break;
-        got += (size_t)r;
-    }
-    close(fd);
+    ssize_t r = hl_os_read_all(fd, text, size, 0);
+    size_t got = r > 0 ? (size_t)r : 0;
+    hl_os_close(fd);
     text[got] = 0;
     x->text = text, x->text_map = tmap;
     static const char header[] = "hugeload-redirects 2\n";
@@ -174,8 +170,8 @@ static void index_read(const char *path, hl_index *x)
     for (size_t i = 0; i < got; i++)
         lines += text[i] == '\n';
     size_t emap = round_up(lines * sizeof(hl_redir), KB4);
-    hl_redir *ent = r_mmap(NULL, emap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (ent == MAP_FAILED)
+    hl_redir *ent = hl_mem_alloc(emap);
+    if (!ent)
         return;
     x->ent = ent, x->ent_map = emap;
     char *line = text + sizeof header - 1;
@@ -203,7 +199,7 @@ int hl_index_lookup(const void *stp, const char *what, hl_staged_copy *out)
 {
     const struct stat *st = stp;
     struct stat ist;
-    int have = stat(hl_index_path, &ist) == 0;
+    int have = hl_os_stat(hl_index_path, &ist) == 0;
     hl_index fresh, old;
     memset(&old, 0, sizeof old);
     pthread_mutex_lock(&g_idx_lock);
@@ -241,7 +237,7 @@ int hl_index_lookup(const void *stp, const char *what, hl_staged_copy *out)
     }
     if (best >= 0) {
         hl_redir *e = &g_idx.ent[best];
-        snprintf(out->path, sizeof out->path, "%s", g_idx.text + e->path_off);
+        snprintf(out->path, PATH_MAX, "%s", g_idx.text + e->path_off);
         out->node = e->node;
         found = 1;
     }

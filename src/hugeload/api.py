@@ -10,6 +10,7 @@ decides whether a size that cannot be had moves on to the next one or raises
 PoolError.  Only the standard library is imported here.
 """
 
+import contextlib
 import ctypes
 import errno
 import mmap
@@ -177,9 +178,11 @@ def _map_anon(backing: str, nbytes: int) -> _Anon:
             raise PoolError(f"this kernel offers no {backing.upper()} huge pages")
         # hugetlb munmap needs the length in whole pages: map whole pages, expose a slice.
         length = page.round_up(nbytes)
-        flags = base | page.mmap_flags
         try:
-            mm = mmap.mmap(-1, length, flags=flags, prot=prot)
+            if page == pages.PAGE_1G:
+                mm = _map_memfd(page, length, prot)
+            else:
+                mm = mmap.mmap(-1, length, flags=base | page.mmap_flags, prot=prot)
         except OSError as e:
             need = length // (kb * 1024)
             if e.errno == errno.ENOMEM:
@@ -213,11 +216,103 @@ def _map_anon(backing: str, nbytes: int) -> _Anon:
         return _Anon(mm, offset, "thp")
     mm = mmap.mmap(-1, max(nbytes, 1), flags=base, prot=prot)
     if hasattr(mmap, "MADV_NOHUGEPAGE"):
-        try:  # a true 4 KB baseline even where THP is "always"
+        with contextlib.suppress(OSError):  # a true 4 KB baseline even where THP is "always"
             mm.madvise(mmap.MADV_NOHUGEPAGE)
-        except OSError:
-            pass
     return _Anon(mm, 0, "4k")
+
+
+def _map_memfd(page: pages.PageSize, length: int, prot: int) -> mmap.mmap:
+    """1 GB pages from a hugetlb memfd of our own, mapped shared (see _fork below)."""
+    size_bits = page.mmap_flags & ~pages.MAP_HUGETLB  # the page size, encoded as memfd_create wants it too
+    fd = os.memfd_create("hugeload:alloc", os.MFD_CLOEXEC | os.MFD_HUGETLB | size_bits)
+    try:
+        os.ftruncate(fd, length)
+        return mmap.mmap(fd, length, flags=mmap.MAP_SHARED, prot=prot)  # reserves the pages, or ENOMEM
+    finally:
+        os.close(fd)  # the map keeps the file
+
+
+# --------------------------------------------------------------------------- fork
+# A private 1 GB hugetlb page loses its page-table entry in about half the forked children
+# (kernel 6.18, scripts/repro/fork-1g.c), and a private 2 MB one needs a fresh page when the
+# child writes it: with an empty pool, the child dies of SIGBUS where it would have lived.  So
+# 1 GB allocations come from a memfd mapped shared (a child finds the pages in the file), and
+# what a private map gives a child, its own copy, the child's fork handler makes for every
+# writable huge allocation: its bytes go to ordinary memory at the same address while the
+# parent waits (a pipe), so the forking thread cannot write first.  The preload library does
+# the same for engines (csrc/preload/fork.c).  Children made by subprocess (fork + exec) run no
+# Python fork handlers unless they run Python code first (preexec_fn).
+
+_forkable: "weakref.WeakKeyDictionary[mmap.mmap, bool]" = weakref.WeakKeyDictionary()  # mm -> shared (memfd)
+_fork_pipe: list[int] = []
+_libc = None
+
+
+def _libc_calls():
+    global _libc
+    if _libc is None:
+        lib = ctypes.CDLL(None, use_errno=True)
+        lib.mmap.restype = ctypes.c_void_p
+        lib.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+        lib.mremap.restype = ctypes.c_void_p
+        lib.mremap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_int, ctypes.c_void_p]
+        lib.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        lib.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        _libc = lib
+    return _libc
+
+
+_MAP_FAILED = ctypes.c_void_p(-1).value
+_MREMAP_MAYMOVE, _MREMAP_FIXED = 1, 2
+
+
+def _private_copy(mm: mmap.mmap, shared: bool) -> bool:
+    """In a child: mm's bytes into ordinary private memory at the same address."""
+    libc = _libc_calls()
+    addr, length = _buffer_address(mm), len(mm)
+    rw = mmap.PROT_READ | mmap.PROT_WRITE
+    tmp = libc.mmap(None, length, rw, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
+    if tmp not in (None, _MAP_FAILED):
+        ctypes.memmove(tmp, addr, length)
+        if libc.mremap(tmp, length, length, _MREMAP_MAYMOVE | _MREMAP_FIXED, addr) == addr:
+            return True
+        libc.munmap(tmp, length)
+    if shared:  # still the parent's pages: the child may read them, never write them
+        libc.mprotect(addr, length, mmap.PROT_READ)
+    return False
+
+
+def _fork_before() -> None:
+    _fork_pipe.clear()
+    if any(not mm.closed for mm in list(_forkable)):
+        _fork_pipe.extend(os.pipe())
+
+
+def _fork_parent() -> None:
+    if _fork_pipe:
+        r, w = _fork_pipe
+        _fork_pipe.clear()
+        os.close(w)
+        try:
+            os.read(r, 1)  # returns when the child has its copies (or is gone)
+        finally:
+            os.close(r)
+
+
+def _fork_child() -> None:
+    pipe = list(_fork_pipe)
+    _fork_pipe.clear()
+    try:
+        for mm, shared in list(_forkable.items()):
+            if not mm.closed:
+                _private_copy(mm, shared)
+    finally:
+        if pipe:
+            os.close(pipe[0])
+            os.close(pipe[1])
+
+
+os.register_at_fork(before=_fork_before, after_in_parent=_fork_parent, after_in_child=_fork_child)
 
 
 def _map_cascade(order: list[str], nbytes: int, what: str) -> tuple[_Anon, list[tuple[str, str]]]:
@@ -353,10 +448,8 @@ class HugeMapping:
                 return
             for view in (self._rw, self._ro):  # internal views, never handed out
                 if view is not None:
-                    try:
+                    with contextlib.suppress(BufferError):  # a read in flight on another thread
                         view.release()
-                    except BufferError:  # a read in flight on another thread
-                        pass
             self._rw = self._ro = None
             try:
                 mm.close()
@@ -526,10 +619,8 @@ def map_file(
         anon, fallbacks = _map_cascade(order, size, f"{path} ({format_bytes(size)})")
         mapping = HugeMapping(anon.mm, anon.offset, size, anon.backing, path=path, fallbacks=fallbacks, requested=kind)
         try:
-            try:
+            with contextlib.suppress(OSError, AttributeError):
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-            except (OSError, AttributeError):
-                pass
             _fill(fd, mapping._rw, size, path, threads)
             after = os.fstat(fd)
             if _identity(after) != _identity(before):
@@ -551,12 +642,16 @@ def alloc(nbytes: int, page_size: str = "auto", fallback: bool | None = None) ->
 
     `page_size` and `fallback` as for map_file ("auto": hugeload.pages' size rule;
     falls back for "auto" only).  hugetlb pages are claimed from the pool at
-    once, so a successful alloc cannot run out of huge pages later."""
+    once, so a successful alloc cannot run out of huge pages later.  A forked child
+    (multiprocessing) gets its own copy, as of a private map, and never needs a page
+    from the pool for it."""
     nbytes = int(nbytes)
     if nbytes < 0:
         raise UsageError(f"cannot allocate a negative size: {nbytes}")
     order = _cascade(page_size, nbytes, fallback)
     anon, fallbacks = _map_cascade(order, nbytes, format_bytes(nbytes))
+    if pages.Backing(anon.backing).hugetlb:  # a forked child gets its own copy (see _fork above)
+        _forkable[anon.mm] = anon.backing == pages.PAGE_1G.name
     return HugeMapping(
         anon.mm,
         anon.offset,

@@ -16,9 +16,9 @@
  *   harness fork THRESHOLD
  *       a forked child uses and frees the parent's big buffer, then makes its own.
  *   harness threads THRESHOLD N ITERS [FILE]
- *       N threads allocating/freeing around THRESHOLD (and mapping FILE).
+ *       N threads allocating/freeing around THRESHOLD (and mapping FILE privately).
  *   harness hole FILE SIZE
- *       maps FILE whole, gives 4 x 2 MB in the middle back (munmap), then
+ *       maps FILE whole (private), gives 4 x 2 MB in the middle back (munmap), then
  *       malloc(SIZE) hoping the kernel puts it in that hole ("HOLE hit=0|1"),
  *       frees it, unmaps the rest; a munmap after that must reach the kernel.
  *   harness privw FILE
@@ -41,6 +41,21 @@
  *   harness stall SIZE
  *       fills stderr (a pipe nobody reads), starts a thread whose logging
  *       blocks, then checks the main thread still gets the lock ("STALL ok").
+ *   harness forkfail SIZE
+ *       malloc(SIZE) filled; a child is forked under an RLIMIT_AS that leaves no
+ *       room for its own copy of it; the parent frees it, then the child reads
+ *       it: "FORKFAIL child=<status>" (0: it still saw the data).
+ *   harness unmap1g FILE
+ *       maps FILE private read-only, pauses, unmaps all but its first GiB,
+ *       pauses, unmaps the rest.
+ *   harness accmode FILE
+ *       maps FILE (private, read-only) from an O_WRONLY and from an O_PATH fd:
+ *       "ACCMODE wronly=<errno> path=<errno>" (the kernel refuses both).
+ *   harness lockprobe FILE
+ *       with tests/native/lockprobe.c preloaded after the library: arms it with
+ *       a large allocation, then MADV_DONTNEED on a 256 MiB allocation, a
+ *       private map of FILE (copied) unmapped across a given-back hole, and
+ *       eight large allocations; prints lockprobe's report.
  *
  * Output: "READY addr=0x.. size=N" then waits for a line on stdin (pauses);
  * "ERROR ..." lines for failed checks; at the end "HUGE_LEFT vmas=N kb=N"
@@ -48,6 +63,7 @@
  * when there was no error.
  */
 #define _GNU_SOURCE
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <malloc.h>
@@ -57,6 +73,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -378,7 +395,7 @@ static void *thread_main(void *arg)
         p = realloc(p, n + (1 << 20));
         free(p);
         if (t_file && i % 4 == 0)
-            map_cycle(t_file, 0, 0);
+            map_cycle(t_file, 1, 0); /* private: the copy path (a shared map is never copied) */
     }
     return NULL;
 }
@@ -416,7 +433,7 @@ static void run_hole(const char *path, size_t size)
     struct stat st;
     fstat(fd, &st);
     size_t len = (size_t)st.st_size;
-    uint8_t *m = mmap(NULL, len, PROT_READ, MAP_SHARED, fd, 0);
+    uint8_t *m = mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0);
     close(fd);
     if (m == MAP_FAILED) {
         FAIL("mmap: %s", strerror(errno));
@@ -637,6 +654,131 @@ static void run_stall(size_t size)
     _exit(errors ? 1 : 0); /* the other thread is still blocked in write */
 }
 
+static void run_forkfail(size_t size)
+{
+    uint8_t *p = malloc(size);
+    memset(p, 0x5a, size);
+    int go[2];
+    if (pipe(go)) {
+        FAIL("pipe");
+        return;
+    }
+    FILE *f = fopen("/proc/self/statm", "r");
+    unsigned long vm_pages = 0;
+    if (!f || fscanf(f, "%lu", &vm_pages) != 1)
+        FAIL("statm");
+    if (f)
+        fclose(f);
+    struct rlimit old, lim;
+    getrlimit(RLIMIT_AS, &old);
+    lim = old;
+    lim.rlim_cur = vm_pages * 4096 + size / 4; /* the child cannot map a copy of p */
+    setrlimit(RLIMIT_AS, &lim);
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        char c;
+        close(go[1]);
+        if (read(go[0], &c, 1) < 0)
+            _exit(3);
+        _exit(p[0] == 0x5a && p[size / 2] == 0x5a && p[size - 1] == 0x5a ? 0 : 1);
+    }
+    setrlimit(RLIMIT_AS, &old);
+    close(go[0]);
+    free(p); /* the parent gives its pages back while the child still has them */
+    if (write(go[1], "x", 1) != 1)
+        FAIL("write");
+    close(go[1]);
+    int status = -1;
+    waitpid(pid, &status, 0);
+    printf("FORKFAIL child=%d\n", status);
+}
+
+static void run_unmap1g(const char *path)
+{
+    int fd = open(path, O_RDONLY);
+    struct stat st;
+    fstat(fd, &st);
+    size_t size = (size_t)st.st_size, gb = (size_t)1 << 30;
+    uint8_t *m = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (m == MAP_FAILED) {
+        FAIL("mmap: %s", strerror(errno));
+        return;
+    }
+    pause_here(m, size);
+    if (munmap(m + gb, size - gb))
+        FAIL("munmap: %s", strerror(errno));
+    pause_here(m, size);
+    if (munmap(m, gb))
+        FAIL("munmap: %s", strerror(errno));
+}
+
+static void run_accmode(const char *path)
+{
+    int e[2];
+    int modes[2] = {O_WRONLY, O_PATH};
+    for (int i = 0; i < 2; i++) {
+        int fd = open(path, modes[i]);
+        if (fd < 0) {
+            FAIL("open: %s", strerror(errno));
+            return;
+        }
+        struct stat st;
+        fstat(fd, &st);
+        errno = 0;
+        void *m = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+        e[i] = m == MAP_FAILED ? errno : 0;
+        if (m != MAP_FAILED)
+            munmap(m, (size_t)st.st_size);
+        close(fd);
+    }
+    printf("ACCMODE wronly=%d path=%d\n", e[0], e[1]);
+}
+
+static void run_lockprobe(const char *path)
+{
+    void (*arm)(void *) = (void (*)(void *))dlsym(RTLD_DEFAULT, "lockprobe_arm");
+    void (*report)(void) = (void (*)(void))dlsym(RTLD_DEFAULT, "lockprobe_report");
+    if (!arm || !report) {
+        FAIL("lockprobe.so is not preloaded");
+        return;
+    }
+    size_t mb = 1 << 20;
+    uint8_t *probe = malloc(64 * mb);
+    probe[0] = 1;
+    arm(probe);
+    /* The zeroing MADV_DONTNEED means on an allocation. */
+    uint8_t *q = malloc(256 * mb);
+    q[0] = q[256 * mb - 1] = 7;
+    if (madvise(q, 256 * mb, MADV_DONTNEED))
+        FAIL("madvise DONTNEED: %s", strerror(errno));
+    if (q[0] || q[256 * mb - 1])
+        FAIL("DONTNEED left data");
+    free(q);
+    /* A munmap across a hole nobody owns any more: a real munmap of that piece. */
+    int fd = open(path, O_RDONLY);
+    struct stat st;
+    fstat(fd, &st);
+    uint8_t *m = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (m == MAP_FAILED) {
+        FAIL("mmap: %s", strerror(errno));
+    } else {
+        if (munmap(m + 4 * mb, 2 * mb) || munmap(m, (size_t)st.st_size))
+            FAIL("munmap: %s", strerror(errno));
+    }
+    /* Large allocations, each falling back when the pools are empty. */
+    for (int i = 0; i < 8; i++) {
+        void *p = malloc(4 * mb);
+        memset(p, 1, 4096);
+        free(p);
+    }
+    arm(NULL);
+    free(probe);
+    report();
+}
+
 int main(int argc, char **argv)
 {
     page_size = (size_t)sysconf(_SC_PAGESIZE);
@@ -705,6 +847,14 @@ int main(int argc, char **argv)
         run_cancel(strtoull(argv[2], NULL, 0), atoi(argv[3]));
     } else if (!strcmp(argv[1], "stall")) {
         run_stall(strtoull(argv[2], NULL, 0));
+    } else if (!strcmp(argv[1], "lockprobe")) {
+        run_lockprobe(argv[2]);
+    } else if (!strcmp(argv[1], "forkfail")) {
+        run_forkfail(strtoull(argv[2], NULL, 0));
+    } else if (!strcmp(argv[1], "unmap1g")) {
+        run_unmap1g(argv[2]);
+    } else if (!strcmp(argv[1], "accmode")) {
+        run_accmode(argv[2]);
     } else {
         fprintf(stderr, "unknown mode %s\n", argv[1]);
         return 2;
