@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from hugeload.errors import PoolError, UsageError
-from hugeload.units import GiB, KiB, ceil_div, format_bytes, page_size_name
+from hugeload.pages import name as page_size_name
+from hugeload.units import GiB, KiB, ceil_div, format_bytes
 
 GIGANTIC_KB = 1048576
 HUGE_KB = 2048
