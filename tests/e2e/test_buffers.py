@@ -13,7 +13,6 @@ import subprocess
 import pytest
 
 from hugeload import engines, runner
-from hugeload.plan import buffers
 from hugeload.probe import cpu
 
 BENCH = engines.find_llama("llama-bench")
@@ -27,13 +26,13 @@ BUFFER_LINE = re.compile(r"(\w+) model buffer size =\s+([\d.]+) MiB")
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    from hugeload.modelgen import make_model  # what `hugeload make-model OUT --size 100M --type T` writes
+    from hugeload.modelgen import ModelSpec, make_model  # what `hugeload make-model OUT --size 100M --type T` writes
 
     d = tmp_path_factory.mktemp("buffers")
     out = {}
     for qtype in ("Q8_0", "Q4_0"):
         out[qtype] = d / f"tiny-{qtype}.gguf"
-        make_model(out[qtype], 100 << 20, qtype)
+        make_model(out[qtype], ModelSpec(100 << 20, qtype))
     return out
 
 

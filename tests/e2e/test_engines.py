@@ -216,10 +216,10 @@ def servers():
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory) -> Path:
-    from hugeload.modelgen import make_model
+    from hugeload.modelgen import ModelSpec, make_model
 
     p = tmp_path_factory.mktemp("e2e-model") / "e2e-q4.gguf"
-    make_model(p, MODEL_BYTES, "Q4_0")
+    make_model(p, ModelSpec(MODEL_BYTES, "Q4_0"))
     return p
 
 

@@ -83,15 +83,14 @@ def machine_state() -> dict:
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
-    from hugeload.modelgen import (
-        make_model,
-    )  # what `hugeload make-model OUT --size S --type T [--experts N ...]` writes
+    # what `hugeload make-model OUT --size S --type T [--experts N ...]` writes
+    from hugeload.modelgen import ModelSpec, make_model
 
     d = tmp_path_factory.mktemp("model-types")
     out = {}
     for case, (qtype, size, n_expert, n_used) in CASES.items():
         out[case] = d / f"tiny-{case}.gguf"
-        make_model(out[case], size, qtype, n_expert=n_expert, n_expert_used=n_used)
+        make_model(out[case], ModelSpec(size, qtype, n_expert=n_expert, n_expert_used=n_used))
     return out
 
 
