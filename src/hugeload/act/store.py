@@ -383,7 +383,9 @@ def choose_page_size(
     sizes = [sizes] if isinstance(sizes, int) else list(sizes)
     need = sum(max(1, PAGE_1G.pages_for(s)) for s in sizes)
     fits = PAGE_1G.kb in offered and (reserve or probe_pools.system_pool(root, PAGE_1G.kb).available >= need)
-    rec = plan_pages.recommend(sizes, offered, True, {PAGE_1G.kb: fits, PAGE_2M.kb: True}, policy=policy)
+    rec = plan_pages.recommend(
+        sizes, offered, supports_1g=True, obtainable={PAGE_1G.kb: fits, PAGE_2M.kb: True}, policy=policy
+    )
     if rec.page_size_kb == PAGE_1G.kb:
         return rec.page_size_kb, f"{pages.why(sizes, None, policy)}, and the 1G pool can hold it"
     if pages.first_page(sizes, None, policy) == PAGE_1G and PAGE_1G.kb in offered:
