@@ -10,11 +10,11 @@ decides whether a size that cannot be had moves on to the next one or raises
 PoolError.  Only the standard library is imported here.
 """
 
+import contextlib
 import ctypes
 import errno
 import mmap
 import os
-import re
 import stat
 import sys
 import threading
@@ -25,7 +25,8 @@ from hugeload import pages
 from hugeload.errors import FormatError, PoolError, UsageError
 from hugeload.pages import BACKINGS
 from hugeload.probe import pools as probe_pools
-from hugeload.probe.procs import parse_smaps
+from hugeload.probe import procs
+from hugeload.probe.thp import THP_DIR, read_thp
 from hugeload.units import MiB, ceil_div, format_bytes
 
 __all__ = ["map_file", "alloc", "HugeMapping", "FileChanged", "page_size_of", "BACKINGS"]
@@ -34,7 +35,7 @@ THP_KB = pages.Backing.THP.page.kb
 
 READ_CHUNK = 64 * MiB
 MAX_READ_THREADS = 4
-THP_ENABLED = "/sys/kernel/mm/transparent_hugepage/enabled"
+THP_ENABLED = f"/{THP_DIR}/enabled"  # named in messages; read through probe.thp
 RESERVE_HINT = "hugeload reserve --page-size {name} --count {count}"
 
 
@@ -62,28 +63,6 @@ def _buffer_address(obj) -> int:
         _pyapi.PyBuffer_Release(ctypes.addressof(view))
 
 
-_VMA_HEAD = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) ", re.M)
-
-
-def _vma(address: int):
-    """The /proc/self/smaps entry (probe.procs.Mapping) that holds `address`, or None.
-
-    Only that entry is parsed: smaps of a process with torch loaded runs to
-    thousands of entries."""
-    try:
-        with open("/proc/self/smaps") as f:
-            text = f.read()
-    except OSError:
-        return None
-    heads = list(_VMA_HEAD.finditer(text))
-    for i, h in enumerate(heads):
-        if int(h.group(1), 16) <= address < int(h.group(2), 16):
-            end = heads[i + 1].start() if i + 1 < len(heads) else len(text)
-            found = parse_smaps(text[h.start() : end])
-            return found[0] if found else None
-    return None
-
-
 def page_size_of(obj) -> int | None:
     """Page size in kB backing `obj`, read from /proc/self/smaps.
 
@@ -101,7 +80,7 @@ def page_size_of(obj) -> int | None:
         address = obj.__array_interface__["data"][0]
     else:
         address = _buffer_address(obj)
-    m = _vma(address)
+    m = procs.smaps_entry("/", "self", address)
     if m is None:
         return None
     if m.kernel_page_kb > 4:
@@ -111,13 +90,8 @@ def page_size_of(obj) -> int | None:
 
 def _parse_page_size(page_size: str) -> str:
     """ "auto" or a backing name; page sizes in any spelling hugeload.pages accepts."""
-    t = str(page_size).strip().lower()
-    if t in ("auto", "thp"):
-        return t
-    try:
-        return pages.parse(t, ("1g", "2m", "4k"), auto=False).name
-    except UsageError:
-        raise UsageError(f"unknown page size {page_size!r}: choose one of auto, {', '.join(BACKINGS)}") from None
+    backing = pages.parse_backing(page_size)
+    return "auto" if backing is None else backing.value
 
 
 def _cascade(page_size: str, nbytes: int, fallback: bool | None) -> list[str]:
@@ -138,16 +112,6 @@ def _cascade(page_size: str, nbytes: int, fallback: bool | None) -> list[str]:
 
 def _round_up(n: int, align: int) -> int:
     return ceil_div(n, align) * align
-
-
-def _thp_mode() -> str | None:
-    try:
-        with open(THP_ENABLED) as f:
-            text = f.read()
-    except OSError:
-        return None
-    start, end = text.find("["), text.find("]")
-    return text[start + 1 : end] if 0 <= start < end else None
 
 
 def _pool_note(name: str, kb: int, need: int) -> str:
@@ -190,7 +154,7 @@ def _map_anon(backing: str, nbytes: int) -> _Anon:
             raise PoolError(f"mapping {format_bytes(length)} in {backing.upper()} pages failed: {e.strerror}") from None
         return _Anon(mm, 0, backing)
     if backing == "thp":
-        mode = _thp_mode()
+        mode = read_thp("/").enabled
         if mode is None or mode == "never":
             raise PoolError(
                 f"transparent huge pages are {'unavailable' if mode is None else 'disabled (never)'} in {THP_ENABLED}"
@@ -213,10 +177,8 @@ def _map_anon(backing: str, nbytes: int) -> _Anon:
         return _Anon(mm, offset, "thp")
     mm = mmap.mmap(-1, max(nbytes, 1), flags=base, prot=prot)
     if hasattr(mmap, "MADV_NOHUGEPAGE"):
-        try:  # a true 4 KB baseline even where THP is "always"
+        with contextlib.suppress(OSError):  # a true 4 KB baseline even where THP is "always"
             mm.madvise(mmap.MADV_NOHUGEPAGE)
-        except OSError:
-            pass
     return _Anon(mm, 0, "4k")
 
 
@@ -353,10 +315,8 @@ class HugeMapping:
                 return
             for view in (self._rw, self._ro):  # internal views, never handed out
                 if view is not None:
-                    try:
+                    with contextlib.suppress(BufferError):  # a read in flight on another thread
                         view.release()
-                    except BufferError:  # a read in flight on another thread
-                        pass
             self._rw = self._ro = None
             try:
                 mm.close()
@@ -445,14 +405,11 @@ def _find_staged(path: str) -> Staged | None:
     found = find_staged(path)
     if found is None:
         return None
-    staged = getattr(found, "staged", None) or found.path  # StagedFile, or a Manifest-like object
-    kb = getattr(found, "page_size_kb", None)
-    if not kb:
-        try:
-            kb = os.statvfs(staged).f_bsize // 1024  # hugetlbfs reports its page size here
-        except OSError:
-            return None
-    return Staged(staged, int(found.size), int(kb))
+    try:
+        kb = os.statvfs(found.staged).f_bsize // 1024  # hugetlbfs reports its page size here
+    except OSError:
+        return None
+    return Staged(found.staged, int(found.size), kb)
 
 
 def _map_staged(manifest: Staged, path: str) -> HugeMapping | None:
@@ -524,10 +481,8 @@ def map_file(
         anon, fallbacks = _map_cascade(order, size, f"{path} ({format_bytes(size)})")
         mapping = HugeMapping(anon.mm, anon.offset, size, anon.backing, path=path, fallbacks=fallbacks, requested=kind)
         try:
-            try:
+            with contextlib.suppress(OSError, AttributeError):
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-            except (OSError, AttributeError):
-                pass
             _fill(fd, mapping._rw, size, path, threads)
             after = os.fstat(fd)
             if _identity(after) != _identity(before):
