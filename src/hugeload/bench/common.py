@@ -48,6 +48,19 @@ def on_hypervisor(root="/") -> bool:
         return False
 
 
+def envelope(root, how: str, pages, tlb: bool = True) -> dict:
+    """The fields every memory bench's result ends with: how it was measured, whether this is a
+    VM (and what that hides), and the reservations (bench/reservations.PageReservations)."""
+    hypervisor = on_hypervisor(root)
+    return {
+        "note": measured_note(root, how, tlb),
+        "hypervisor": hypervisor,
+        "vm_note": VM_NOTE if hypervisor else None,
+        "reservations": pages.reservations,
+        "pools_restored": pages.restored,
+    }
+
+
 def cpu_vendor(root="/") -> str | None:
     """The CPU vendor, for the raw TLB events (perf.open_counters); None when unknown."""
     try:

@@ -33,7 +33,7 @@ from hugeload import pages
 from hugeload.act import mounts as act_mounts
 from hugeload.act import store
 from hugeload.api import alloc
-from hugeload.bench.common import VM_NOTE, measured_note, mem_available, native_loops, on_hypervisor
+from hugeload.bench.common import envelope, mem_available, native_loops
 from hugeload.bench.pagecache import drop_from_cache, read_into_cache, resident_fraction
 from hugeload.bench.reservations import PageReservations, PoolUse, Reservation, sigint_deferred
 from hugeload.bench.scratch import create_private
@@ -219,7 +219,6 @@ def run(options: StageBenchOptions = StageBenchOptions(), *, root="/", log=lambd
     warm_short = [r for r in resident["warm"] if r is not None and r < 0.95]
     if warm_short:
         notes.append(f"only {min(warm_short):.0%} of the file stayed cached before a warm load (memory pressure)")
-    hypervisor = on_hypervisor(root)
     return {
         "size": size,
         "page_size_kb": kb,
@@ -229,15 +228,11 @@ def run(options: StageBenchOptions = StageBenchOptions(), *, root="/", log=lambd
         "filesystem": fs,
         "memcpy_bytes": copy_bytes,
         "confidence": confidence,
-        "note": measured_note(
-            root, "time.perf_counter around store.stage; memcpy timed in the native library", tlb=False
-        ),
         "notes": notes,
-        "hypervisor": hypervisor,
-        "vm_note": VM_NOTE if hypervisor else None,
         "results": results,
-        "reservations": reservations.reservations,
-        "pools_restored": reservations.restored,
+        **envelope(
+            root, "time.perf_counter around store.stage; memcpy timed in the native library", reservations, False
+        ),
         "cleaned": cleaned,
     }
 

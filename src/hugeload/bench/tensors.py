@@ -7,7 +7,7 @@ and returns medians with bootstrap 95% intervals and ratios against 4K.
 
 Times are wall-clock measurements (time.perf_counter): virtual machines expose
 no CPU performance counters, so TLB misses are inferred, not counted.  The
-shared machinery (reservations, smaps checks, intervals) is bench/common.py.
+shared machinery is bench/reservations.py, verify.py and stats.py.
 """
 
 import time
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from hugeload.bench.backings import MEMORY_BACKINGS, parse_memory_backings
-from hugeload.bench.common import measured_note, on_hypervisor
+from hugeload.bench.common import envelope
 from hugeload.bench.reservations import PageReservations, PoolUse, Reservation
 from hugeload.bench.stats import paired_ratio, round_orders, stat
 from hugeload.bench.verify import prepare_backing
@@ -134,9 +134,6 @@ def run(options: TensorOptions = TensorOptions(), *, root="/", log=lambda msg: N
         "rounds": rounds,
         "reps": reps,
         "confidence": confidence,
-        "note": measured_note(root, "time.perf_counter"),
-        "hypervisor": on_hypervisor(root),
         "results": results,
-        "reservations": pages.reservations,
-        "pools_restored": pages.restored,
+        **envelope(root, "time.perf_counter", pages),
     }

@@ -28,10 +28,9 @@ from hugeload.bench.common import (
     VM_NOTE,
     bar_charts,
     cpu_vendor,
-    measured_note,
+    envelope,
     mem_available,
     native_loops,
-    on_hypervisor,
 )
 from hugeload.bench.reservations import PageReservations, PoolUse, Reservation
 from hugeload.bench.stats import Stat, median_counts, paired_ratio, round_orders, stat
@@ -202,7 +201,6 @@ def run(options: TlbOptions = TlbOptions(), *, root="/", log=lambda msg: None) -
                 _ratios(b, random_ns, seq, confidence, seed),
             )
         )
-    hypervisor = on_hypervisor(root)
     return {
         "size": size,
         "rounds": rounds,
@@ -211,14 +209,10 @@ def run(options: TlbOptions = TlbOptions(), *, root="/", log=lambda msg: None) -
         "seq_passes": seq_repeats,
         "confidence": confidence,
         "metrics": METRICS,
-        "note": measured_note(root, "clock_gettime around loops in the native library"),
-        "hypervisor": hypervisor,
-        "vm_note": VM_NOTE if hypervisor else None,
         "results": results,
         "tlb_counters": {b: median_counts(v) for b, v in counted.items() if v},
         "tlb_note": "" if counted and any(counted.values()) else perf.why_none(),
-        "reservations": pages.reservations,
-        "pools_restored": pages.restored,
+        **envelope(root, "clock_gettime around loops in the native library", pages),
     }
 
 

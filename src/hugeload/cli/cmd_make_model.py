@@ -60,21 +60,24 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+# option (its dest) -> ModelSpec field
+SPEC_FIELDS = {
+    "size": "size_bytes",
+    "qtype": "qtype",
+    "experts": "n_expert",
+    "seed": "seed",
+    "vocab": "n_vocab",
+    "layers": "n_layer",
+    "embd": "n_embd",
+    "ff": "n_ff",
+    "ctx": "n_ctx_train",
+    "align": "alignment",
+}
+
+
 def spec_from(args) -> ModelSpec:
     used = args.experts_used if args.experts_used is not None else (min(2, args.experts) if args.experts else 0)
-    return ModelSpec(
-        size_bytes=args.size,
-        qtype=args.qtype,
-        n_expert=args.experts,
-        n_expert_used=used,
-        seed=args.seed,
-        n_vocab=args.vocab,
-        n_layer=args.layers,
-        n_embd=args.embd,
-        n_ff=args.ff,
-        n_ctx_train=args.ctx,
-        alignment=args.align,
-    )
+    return ModelSpec(n_expert_used=used, **{field: getattr(args, dest) for dest, field in SPEC_FIELDS.items()})
 
 
 def run(args) -> int:

@@ -27,20 +27,11 @@ def register(sub) -> None:
         "--files", action="append", default=[], metavar="GLOB", help="manage files matching GLOB (repeatable)"
     )
     p.add_argument("--report", metavar="FILE", help="write the per-region report here instead of stderr")
-    short = p.add_mutually_exclusive_group()
-    short.add_argument(
-        "--strict",
-        dest="shortfall",
-        action="store_const",
-        const=runner.Shortfall.REFUSE,
-        help="refuse to run when the pools cannot hold what the run needs",
-    )
-    short.add_argument(
-        "--reserve",
-        dest="shortfall",
-        action="store_const",
-        const=runner.Shortfall.RESERVE,
-        help="reserve what is missing for the run and give it back after",
+    _choice(
+        p,
+        "shortfall",
+        ("--strict", runner.Shortfall.REFUSE, "refuse to run when the pools cannot hold what the run needs"),
+        ("--reserve", runner.Shortfall.RESERVE, "reserve what is missing for the run and give it back after"),
     )
     p.add_argument(
         "--node",
@@ -49,16 +40,22 @@ def register(sub) -> None:
         help="bind the engine's CPUs and memory to NUMA node N and map "
         "that node's copy (numactl --cpunodebind=N --membind=N; docs/numa.md)",
     )
-    level = p.add_mutually_exclusive_group()
-    level.add_argument(
-        "--quiet", dest="log", action="store_const", const=runner.LogLevel.QUIET, help="only warnings from the library"
-    )
-    level.add_argument(
-        "--verbose", dest="log", action="store_const", const=runner.LogLevel.VERBOSE, help="log every managed call"
+    _choice(
+        p,
+        "log",
+        ("--quiet", runner.LogLevel.QUIET, "only warnings from the library"),
+        ("--verbose", runner.LogLevel.VERBOSE, "log every managed call"),
     )
     add_state_dir(p)
     p.add_argument("command", nargs="*", metavar="CMD")
     p.set_defaults(func=run, shortfall=runner.Shortfall.NOTE, log=runner.LogLevel.NORMAL)
+
+
+def _choice(p, dest: str, *options) -> None:
+    """Flags that each pick one value of an enum, at most one of them given."""
+    group = p.add_mutually_exclusive_group()
+    for flag, value, text in options:
+        group.add_argument(flag, dest=dest, action="store_const", const=value, help=text)
 
 
 def _say(line: str) -> None:

@@ -5,18 +5,13 @@ package doc)."""
 import math
 from dataclasses import dataclass
 
+from hugeload.plan.buffers import BLOCKS
+
 QTYPES = ("F16", "Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K", "Q4_K_M", "Q5_K_M")
 
-# ggml type -> (values per block, bytes per block); checked against gguf.GGML_QUANT_SIZES in the tests
-QUANT_SIZES = {
-    "F32": (1, 4),
-    "F16": (1, 2),
-    "Q8_0": (32, 34),
-    "Q4_0": (32, 18),
-    "Q4_K": (256, 144),
-    "Q5_K": (256, 176),
-    "Q6_K": (256, 210),
-}
+# ggml type -> (values per block, bytes per block), from plan.buffers' one table (checked against
+# gguf.GGML_QUANT_SIZES in the tests)
+QUANT_SIZES = {"F32": (1, 4), "F16": (1, 2), **{t: BLOCKS[t] for t in ("Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K")}}
 
 # model type -> (base ggml type, llama_ftype name written as general.file_type)
 MODEL_TYPES = {
