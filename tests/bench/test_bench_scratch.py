@@ -3,8 +3,11 @@ root must neither write through it nor use what it holds (bench/scratch.py), and
 tmpfs copy must stay out of it while `hugeload gc` still finds the copy after a kill -9."""
 
 import os
+import shutil
 import stat
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -93,8 +96,6 @@ def test_bench_engine_tmpfs_copy_stays_out_of_what_was_planted(tmp_path, state_d
         if os.path.islink(name):
             os.unlink(name)
         else:
-            import shutil
-
             shutil.rmtree(name, ignore_errors=True)
 
 
@@ -107,3 +108,46 @@ def test_the_model_copy_is_what_the_engine_reads(tmp_path, state_dir):
     engine.run(str(model), argv, ["pagecache-4k"], engine.EngineOptions(rounds=1, bandwidth=False))
     paths = set(seen.read_text().split())
     assert paths == {os.path.join(copies.SHM_DIR, copies.shm_name(), "model.gguf")}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to plant a directory another user owns")
+def test_gc_removes_a_dead_benchs_own_tmpfs_dirs_and_nothing_planted(tmp_path, state_dir):
+    # A killed bench's tmpfs copy is at shm_name(pid), or at mkdtemp's shm_name(pid)-XXXXXXXX when
+    # someone else held that name. gc removes the bench's own directories under either name and
+    # leaves a planted link (and what it points to), another user's directory and other runs' names.
+    from hugeload.act import store
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (state_dir / "bench" / str(dead.pid)).mkdir(parents=True)
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep").write_bytes(b"the user's file")
+    shm = Path(copies.SHM_DIR)
+    name = copies.shm_name(dead.pid)
+    link, foreign = shm / name, shm / f"{name}-foreign"
+    ours, ours_nested, other_run = shm / f"{name}-abcd1234", shm / f"{name}-x" / "sub", shm / f"{name}0"
+    made = [link, foreign, ours, ours_nested.parent, other_run]
+    try:
+        link.symlink_to(victim)
+        foreign.mkdir(mode=0o777)
+        (foreign / "model.gguf").write_bytes(b"theirs")
+        os.chown(foreign, NOBODY, NOBODY)
+        for d in (ours, ours_nested, other_run):
+            d.mkdir(mode=0o700, parents=True)
+        (ours / "model.gguf").write_bytes(b"copy")
+        (ours_nested / "escape").symlink_to(victim / "keep")  # rmtree must unlink the link, not follow it
+
+        store.gc(state_dir)
+
+        assert not ours.exists() and not ours_nested.parent.exists()
+        assert not (state_dir / "bench" / str(dead.pid)).exists()
+        assert os.path.islink(link) and (victim / "keep").read_bytes() == b"the user's file"
+        assert os.lstat(foreign).st_uid == NOBODY and (foreign / "model.gguf").read_bytes() == b"theirs"
+        assert other_run.is_dir()
+    finally:
+        for p in made:
+            if os.path.islink(p):
+                os.unlink(p)
+            else:
+                shutil.rmtree(p, ignore_errors=True)

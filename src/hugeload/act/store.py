@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from hugeload import pages
-from hugeload.act import ledger, persist, redirects, state
+from hugeload.act import ledger, persist, redirects, shm, state
 from hugeload.act import mounts as act_mounts
 from hugeload.act import pools as act_pools
 from hugeload.errors import HugeloadError, PoolError, UsageError
@@ -742,7 +742,7 @@ def _gc_run_reports(state_dir=None, root="/") -> list[str]:
 
 def _gc_bench_runs(state_dir=None, root="/") -> list[str]:
     """What a killed `hugeload bench engine` left: its own store under <state>/bench/<pid>
-    (staged copies, their mounts and pages) and its tmpfs copy /dev/shm/hugeload-bench-<pid>."""
+    (staged copies, their mounts and pages) and its tmpfs copy (act/shm.py)."""
     removed = []
     top = state.state_dir(state_dir) / "bench"
     if not top.is_dir():
@@ -761,10 +761,8 @@ def _gc_bench_runs(state_dir=None, root="/") -> list[str]:
                 act_pools.release(root, None, owner=None, state_dir=nested)
             if act_mounts.hugeload_mounts(nested):
                 continue  # a mount still busy (an engine still running): the next gc retries
-        shm = Path("/dev/shm") / f"hugeload-bench-{d.name}"
-        if str(root) == "/" and shm.is_dir():
-            shutil.rmtree(shm, ignore_errors=True)
-            removed.append(str(shm))
+        if str(root) == "/":
+            removed += shm.remove_bench_dirs(int(d.name))
         shutil.rmtree(d, ignore_errors=True)
         removed.append(str(d))
     return removed

@@ -19,6 +19,7 @@ from typing import NamedTuple
 from hugeload import pages
 from hugeload.act import numa as act_numa
 from hugeload.act import pools as act_pools
+from hugeload.act import shm as act_shm
 from hugeload.act import state, store
 from hugeload.bench.backings import EngineBacking, Heap, Placement, Weights
 from hugeload.bench.reservations import bench_owner, sigint_deferred
@@ -27,7 +28,7 @@ from hugeload.errors import HugeloadError
 from hugeload.pages import PAGE_2M, PageSize
 from hugeload.probe import pools as probe_pools
 
-SHM_DIR = "/dev/shm"
+SHM_DIR = act_shm.SHM_DIR
 
 
 def bench_dir(state_dir=None, pid: int | None = None) -> Path:
@@ -37,8 +38,8 @@ def bench_dir(state_dir=None, pid: int | None = None) -> Path:
 
 
 def shm_name(pid: int | None = None) -> str:
-    """The tmpfs copy's directory in /dev/shm (act/store's gc removes it by this name)."""
-    return f"hugeload-bench-{pid or os.getpid()}"
+    """The tmpfs copy's directory in SHM_DIR (gc removes it, and a mkdtemp beside it, by this name: act/shm.py)."""
+    return act_shm.bench_name(pid or os.getpid())
 
 
 class CopyKind(Enum):

@@ -49,7 +49,8 @@ def private_dir(parent: str | os.PathLike, name: str) -> Path:
 
 
 def create_private(path: str | os.PathLike) -> int:
-    """A new file at `path`, 0600, open for writing; never through a symlink, never an existing file."""
+    """A new file at `path`, 0600, open for writing; never an existing file, never through a symlink
+    in its last component (the directories above are the caller's: a private_dir())."""
     try:
         return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except FileExistsError:
