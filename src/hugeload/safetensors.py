@@ -188,7 +188,7 @@ def parse_header(data: bytes | memoryview, file_size: int) -> Header:
             continue
         if not isinstance(entry, dict):
             _fail(f"tensor {name!r}: expected an object, got {type(entry).__name__}")
-        if not _ENTRY_KEYS <= set(entry):  # other keys are ignored, as by the reference
+        if not set(entry) >= _ENTRY_KEYS:  # other keys are ignored, as by the reference
             _fail(f"tensor {name!r}: expected the keys dtype, shape, data_offsets, got {sorted(entry)[:8]}")
         dtype = entry["dtype"]
         if not isinstance(dtype, str) or dtype not in DTYPES:

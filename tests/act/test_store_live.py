@@ -57,7 +57,8 @@ def model(tmp_path):
 def mapper(path):
     """A process that maps the staged file read-only MAP_SHARED, as llama.cpp does, and waits."""
     code = (
-        "import mmap,os,sys; f=open(sys.argv[1],'rb'); m=mmap.mmap(f.fileno(),0,flags=mmap.MAP_SHARED,prot=mmap.PROT_READ);"
+        "import mmap,os,sys; f=open(sys.argv[1],'rb'); "
+        "m=mmap.mmap(f.fileno(),0,flags=mmap.MAP_SHARED,prot=mmap.PROT_READ);"
         "s=sum(m[i] for i in range(0,len(m),1<<21)); print('ready',flush=True); sys.stdin.read()"
     )
     p = subprocess.Popen(

@@ -1,5 +1,6 @@
 """hugetlbfs mounts: the seed's dual layout, idempotent, recorded in the ledger."""
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -7,11 +8,11 @@ import os
 from pathlib import Path
 from typing import NamedTuple
 
+from hugeload import pages
 from hugeload.act import ledger
 from hugeload.errors import HugeloadError, PermissionNeeded, UsageError
 from hugeload.probe import procs
 from hugeload.probe.mounts import HugetlbfsMount, hugetlbfs_supported, read_mounts
-from hugeload import pages
 from hugeload.units import KiB
 
 # The seed's layout; any other size gets the same shape of name.
@@ -68,9 +69,8 @@ def mount(
     existing = find_mount(root, path)
     if existing:
         if existing.page_size_kb != kb:
-            raise UsageError(
-                f"{path} is already a hugetlbfs mount of {pages.name(existing.page_size_kb)} pages, not {pages.name(kb)}"
-            )
+            have, want = pages.name(existing.page_size_kb), pages.name(kb)
+            raise UsageError(f"{path} is already a hugetlbfs mount of {have} pages, not {want}")
         return MountResult(existing.path, kb, False)
     p = Path(path)
     if p.is_symlink():  # mount(2) would follow it, wherever someone pointed it
@@ -142,10 +142,8 @@ def umount(root, path: str, force: bool = False, state_dir=None) -> bool:
         data["mounts"] = [e for e in data["mounts"] if e["path"] != m.path]
         data["events"].append({"action": "umount", "path": m.path, "page_size_kb": m.page_size_kb})
     if entry and entry.get("created_dir"):
-        try:
+        with contextlib.suppress(OSError):
             os.rmdir(m.path)
-        except OSError:
-            pass
     return True
 
 

@@ -4,6 +4,7 @@ The kernel often grants fewer pages than asked (seen: 8 x 1 GB asked, 2 given)
 and still reports the write as successful, so every write is followed by a read.
 """
 
+import contextlib
 import ctypes
 import os
 import threading
@@ -14,11 +15,12 @@ from typing import NamedTuple
 from hugeload.act import ledger
 from hugeload.act.sysfs import write_text
 from hugeload.errors import PoolError, UsageError
+from hugeload.pages import PAGE_1G
+from hugeload.pages import name as page_size_name
 from hugeload.probe import pools as probe_pools
 from hugeload.probe import procs
 from hugeload.probe.memory import read_buddyinfo, read_meminfo
 from hugeload.probe.mounts import read_mounts
-from hugeload.pages import PAGE_1G, name as page_size_name
 
 MAX_RETRIES = 5
 RETRY_SECONDS = 60.0
@@ -153,10 +155,8 @@ def reserve(
     if prefault and result.after > result.before and str(root) == "/":
         # Advisory, like llama.cpp's madvise calls: the pages are reserved and in the ledger
         # already, and the caller must get them back to release them, whatever went wrong here.
-        try:
+        with contextlib.suppress(Exception):  # a failed pre-fault only leaves the faults for later
             result = result._replace(prefault_s=prefault_pages(kb, result.after - result.before))
-        except Exception:  # noqa: BLE001 - a failed pre-fault only leaves the faults for later
-            pass
     return result
 
 

@@ -17,8 +17,9 @@ and given back its old mtime is not served the stale copy.
 """
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, NamedTuple
+from typing import NamedTuple
 
 from hugeload.act import state
 

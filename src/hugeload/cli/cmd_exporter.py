@@ -42,7 +42,8 @@ def register(sub) -> None:
     p.add_argument(
         "--release-under-pressure",
         action="store_true",
-        help="give back idle pages hugeload reserved while memory pressure lasts (never staged models, never pages in use)",
+        help="give back idle pages hugeload reserved while memory pressure lasts "
+        "(never staged models, never pages in use)",
     )
     p.add_argument(
         "--psi-threshold",

@@ -1,8 +1,8 @@
 """`hugeload mount` / `hugeload umount`: hugetlbfs mounts, the seed's dual layout by default."""
 
+from hugeload import pages
 from hugeload.act import mounts as act_mounts
 from hugeload.cli import render
-from hugeload import pages
 from hugeload.cli.common import add_json, add_state_dir, octal, require_hugetlb
 from hugeload.errors import UsageError
 from hugeload.units import parse_size

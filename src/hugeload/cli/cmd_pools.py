@@ -1,8 +1,8 @@
 """`hugeload reserve` / `hugeload release`: grow and shrink huge page pools safely."""
 
+from hugeload import pages
 from hugeload.act import pools as act_pools
 from hugeload.cli import render
-from hugeload import pages
 from hugeload.cli.common import add_json, add_state_dir, require_hugetlb
 from hugeload.errors import PoolError, UsageError
 from hugeload.plan import reserve as plan_reserve

@@ -70,7 +70,7 @@ def read_status_fields(root, pid, keys) -> dict[str, str]:
         return {}
     finally:
         os.close(fd)
-    out = {}
+    out: dict[str, str] = {}
     for line in b"".join(chunks).split(b"\n"):
         key, sep, value = line.partition(b":")
         if sep and key in want:
