@@ -30,7 +30,7 @@ import struct
 from typing import Any, NamedTuple, NoReturn
 
 from hugeload.errors import FormatError, UsageError
-from hugeload.modelfile import open_regular
+from hugeload.regularfile import open_regular
 
 __all__ = ["Array", "GGUFTensors", "Header", "MissingPackage", "TensorInfo", "is_gguf", "read_header", "tensors"]
 

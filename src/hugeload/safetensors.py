@@ -30,7 +30,7 @@ from typing import NamedTuple
 
 from hugeload.api import HugeMapping, map_file
 from hugeload.errors import FormatError, UsageError
-from hugeload.modelfile import open_regular
+from hugeload.regularfile import open_regular
 
 __all__ = ["DTYPES", "Header", "TensorInfo", "Tensors", "bf16_to_f32", "load", "parse_header", "read_header"]
 

@@ -1,0 +1,35 @@
+"""The one way hugeload opens a file it did not write (a model, a header): read-only, never
+hanging on a FIFO, and refusing anything that is not a regular file in one line.  Below the model
+readers (gguf, safetensors) and modelfile, which picks between them, so none imports the other."""
+
+import contextlib
+import os
+import stat
+from collections.abc import Iterator
+
+from hugeload.errors import UsageError
+
+
+@contextlib.contextmanager
+def open_regular(path: str) -> Iterator[tuple[int, int]]:
+    """(descriptor, size) of a regular file opened read-only; UsageError, in one line, for a
+    missing or unreadable path, a directory, or anything else that is not a regular file.
+    O_NONBLOCK: a FIFO planted under a model's name must not hang the open."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise UsageError(f"no such file: {path}") from None
+    except IsADirectoryError:
+        raise UsageError(f"{path} is a directory, not a file") from None
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UsageError(f"{path} is not a regular file")
+        try:
+            yield fd, st.st_size
+        except OSError as e:
+            raise UsageError(f"cannot read {path}: {e.strerror}") from None
+    finally:
+        os.close(fd)
