@@ -8,6 +8,7 @@ import mmap
 import threading
 import time
 
+from hugeload import gguf
 from hugeload.bench.common import native_loops
 from hugeload.errors import HugeloadError
 from hugeload.units import GiB
@@ -52,26 +53,21 @@ def bytes_per_token(model: str) -> tuple[int | None, str]:
     (one row per token; counted when it doubles as the output matrix), and for MoE only
     the active share (experts_used / experts) of the expert tensors."""
     try:
-        from gguf import GGUFReader
-
-        r = GGUFReader(model, "r")
-    except Exception as e:  # not GGUF, or no gguf package: the share is left out
+        header = gguf.read_header(model)  # the checked reader: a model file is untrusted input
+    except HugeloadError as e:  # not GGUF, a bad header, or no gguf package: the share is left out
         return None, f"no weight count ({type(e).__name__})"
-    fields = {f.name: f for f in r.fields.values()}
 
     def scalar(suffix: str) -> int | None:
-        for name, f in fields.items():
-            if name.endswith(suffix) and f.data:
-                with contextlib.suppress(Exception):
-                    return int(f.parts[f.data[0]][0])
+        for name, value in header.kv.items():
+            if name.endswith(suffix) and isinstance(value, int) and not isinstance(value, bool):
+                return value
         return None
 
     experts, used = scalar(".expert_count"), scalar(".expert_used_count")
-    names = {t.name for t in r.tensors}
     total = 0
-    for t in r.tensors:
-        n = int(t.n_bytes)
-        if t.name == "token_embd.weight" and "output.weight" in names:
+    for t in header.tensors.values():
+        n = t.nbytes
+        if t.name == "token_embd.weight" and "output.weight" in header.tensors:
             continue
         if "_exps" in t.name and experts and used:
             n = n * used // experts
