@@ -10,6 +10,15 @@ from collections.abc import Iterator
 from hugeload.errors import UsageError
 
 
+def _refusal(path: str, e: OSError) -> UsageError:
+    """The one line for a path that could not be opened."""
+    if isinstance(e, FileNotFoundError):
+        return UsageError(f"no such file: {path}")
+    if isinstance(e, IsADirectoryError):
+        return UsageError(f"{path} is a directory, not a file")
+    return UsageError(f"cannot read {path}: {e.strerror}")
+
+
 @contextlib.contextmanager
 def open_regular(path: str) -> Iterator[tuple[int, int]]:
     """(descriptor, size) of a regular file opened read-only; UsageError, in one line, for a
@@ -17,12 +26,8 @@ def open_regular(path: str) -> Iterator[tuple[int, int]]:
     O_NONBLOCK: a FIFO planted under a model's name must not hang the open."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    except FileNotFoundError:
-        raise UsageError(f"no such file: {path}") from None
-    except IsADirectoryError:
-        raise UsageError(f"{path} is a directory, not a file") from None
     except OSError as e:
-        raise UsageError(f"cannot read {path}: {e.strerror}") from None
+        raise _refusal(path, e) from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -30,6 +35,6 @@ def open_regular(path: str) -> Iterator[tuple[int, int]]:
         try:
             yield fd, st.st_size
         except OSError as e:
-            raise UsageError(f"cannot read {path}: {e.strerror}") from None
+            raise _refusal(path, e) from None
     finally:
         os.close(fd)

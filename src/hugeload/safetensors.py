@@ -235,9 +235,9 @@ class Tensors(dict):
     """name -> array, in the header's order.  `.mapping` is the HugeMapping they
     view, `.dtypes` the file's dtype per name, `.metadata` the __metadata__."""
 
-    mapping: HugeMapping
-    dtypes: dict[str, str]
-    metadata: dict[str, str] | None
+    def __init__(self, arrays: dict, mapping: HugeMapping, dtypes: dict[str, str], metadata: dict[str, str] | None):
+        super().__init__(arrays)
+        self.mapping, self.dtypes, self.metadata = mapping, dtypes, metadata
 
 
 def _numpy_views(mapping: HugeMapping, header: Header, buf) -> dict:
@@ -314,11 +314,7 @@ def load(
     except BaseException:
         mapping.close()
         raise
-    out = Tensors(views)
-    out.mapping = mapping
-    out.dtypes = {t.name: t.dtype for t in header.tensors.values()}
-    out.metadata = header.metadata
-    return out
+    return Tensors(views, mapping, {t.name: t.dtype for t in header.tensors.values()}, header.metadata)
 
 
 def bf16_to_f32(bits):
