@@ -26,10 +26,7 @@ import re
 from dataclasses import dataclass
 
 from hugeload import pages
-from hugeload.units import GiB, MiB, ceil_div
 
-GIGANTIC_KB = 1048576
-HUGE_KB = 2048
 MODELS_INSIDE = "/models/hugeload"
 LIB_INSIDE = "/opt/hugeload/libhugeload.so"
 # Variables the preload library reads from the environment (csrc/hugeload.c); the rest of
@@ -104,9 +101,9 @@ def heap_request(nbytes: int) -> dict[str, str]:
     if nbytes <= 0:
         return {}
     kb = heap_page_kb(nbytes)
-    if kb == GIGANTIC_KB:
-        return {"hugepages-1Gi": f"{ceil_div(nbytes, GiB)}Gi"}
-    return {"hugepages-2Mi": f"{ceil_div(nbytes, 2 * MiB) * 2}Mi"}
+    if kb == pages.PAGE_1G.kb:
+        return {"hugepages-1Gi": f"{pages.PAGE_1G.pages_for(nbytes)}Gi"}
+    return {"hugepages-2Mi": f"{pages.PAGE_2M.pages_for(nbytes) * 2}Mi"}
 
 
 def environment(opts: Options) -> dict[str, str]:
