@@ -58,7 +58,7 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def staged_model(name: str, state_dir) -> tuple[store.Manifest, plan.StagedModel]:
+def staged_model(name: str, state_dir) -> tuple[store.Manifest, plan.ContainerModel]:
     m = store.resolve(name, state_dir)
     states = {store.file_state(f) for f in m.files}
     if states != {"ready"}:
@@ -66,7 +66,9 @@ def staged_model(name: str, state_dir) -> tuple[store.Manifest, plan.StagedModel
             f"model {m.name!r} is {', '.join(sorted(states - {'ready'}))}, not ready: hugeload load it again"
         )
     mnt = os.path.dirname(os.path.dirname(m.path))
-    return m, plan.StagedModel(m.name, m.page_size_kb, m.pages, mnt, tuple(os.path.basename(f.staged) for f in m.files))
+    return m, plan.ContainerModel(
+        m.name, m.page_size_kb, m.pages, mnt, tuple(os.path.basename(f.staged) for f in m.files)
+    )
 
 
 def heap_bytes(text: str, m: store.Manifest, root) -> int:
