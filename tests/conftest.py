@@ -7,6 +7,7 @@ that touch the kernel also hold a machine-wide lock, because the pools are one
 shared resource and pytest runs may overlap on a developer's machine.
 """
 
+import contextlib
 import fcntl
 import os
 import subprocess
@@ -24,10 +25,8 @@ def pool_snapshot() -> dict[str, str]:
     """Every counter under /sys/kernel/mm/hugepages, and per-node pool sizes."""
     snap = {}
     for f in sorted(HUGEPAGES.glob("hugepages-*/*")):
-        try:
+        with contextlib.suppress(OSError):
             snap[str(f)] = f.read_text().strip()
-        except OSError:
-            pass
     for f in sorted(NODES.glob("node*/hugepages/hugepages-*/nr_hugepages")):
         snap[str(f)] = f.read_text().strip()
     return snap
@@ -41,10 +40,8 @@ def hugetlbfs_mounts() -> list[str]:
 def restore_pools(before: dict[str, str]) -> None:
     for path, value in before.items():
         if path.endswith("/nr_hugepages") and "/node" not in path:
-            try:
+            with contextlib.suppress(OSError):
                 Path(path).write_text(value)
-            except OSError:
-                pass
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,8 @@ from hugeload.units import parse_size
 gguf = pytest.importorskip("gguf")
 
 from hugeload import engines, modelgen
+from hugeload.cli import main
+from hugeload.modelgen import ModelSpec
 
 MiB = 1 << 20
 SIZE = 64 * MiB
@@ -26,7 +28,7 @@ TYPES = ("Q4_0", "Q8_0", "F16")
 def models(tmp_path_factory):
     """One ~64 MiB model per type, shared by the tests of this module."""
     d = tmp_path_factory.mktemp("models")
-    return {t: modelgen.make_model(d / f"{t}.gguf", SIZE, t, seed=1) for t in TYPES}
+    return {t: modelgen.make_model(d / f"{t}.gguf", ModelSpec(SIZE, t, seed=1)) for t in TYPES}
 
 
 @pytest.mark.parametrize("qtype", TYPES)
@@ -60,9 +62,9 @@ def test_weights_are_finite_and_random(models, qtype):
 
 
 def test_same_seed_same_bytes(tmp_path):
-    a = modelgen.make_model(tmp_path / "a.gguf", 4 * MiB, "Q4_0", seed=7)
-    b = modelgen.make_model(tmp_path / "b.gguf", 4 * MiB, "Q4_0", seed=7)
-    c = modelgen.make_model(tmp_path / "c.gguf", 4 * MiB, "Q4_0", seed=8)
+    a = modelgen.make_model(tmp_path / "a.gguf", ModelSpec(4 * MiB, "Q4_0", seed=7))
+    b = modelgen.make_model(tmp_path / "b.gguf", ModelSpec(4 * MiB, "Q4_0", seed=7))
+    c = modelgen.make_model(tmp_path / "c.gguf", ModelSpec(4 * MiB, "Q4_0", seed=8))
     assert a.path.read_bytes() == b.path.read_bytes() != c.path.read_bytes()
     assert not list(tmp_path.glob("*.tmp"))
 
@@ -72,7 +74,7 @@ def test_same_seed_same_bytes(tmp_path):
 @pytest.mark.parametrize("experts", [0, 8])
 def test_plan_hits_size(qtype, size, experts):
     target = parse_size(size)
-    s = modelgen.plan(target, qtype, n_expert=experts, n_expert_used=2 if experts else 0)
+    s = modelgen.plan(ModelSpec(target, qtype, n_expert=experts, n_expert_used=2 if experts else 0))
     assert s.n_embd % s.n_head == 0 and s.n_ff % modelgen.ff_step(qtype) == 0 and s.n_layer >= 2
     assert s.n_embd % modelgen.QUANT_SIZES[modelgen.tensor_type(qtype, "output.weight", s.n_layer)][0] == 0
     data = sum(t.nbytes for t in modelgen.tensors(s, qtype))
@@ -81,19 +83,20 @@ def test_plan_hits_size(qtype, size, experts):
 
 def test_alignment(tmp_path):
     out = tmp_path / "a.gguf"
-    assert modelgen.main([str(out), "--size", "2M", "--align", "64K"]) == 0
+    assert main(["make-model", str(out), "--size", "2M", "--align", "64K"]) == 0
     r = gguf.GGUFReader(out)
     assert r.alignment == 65536 and all(t.data_offset % 65536 == 0 for t in r.tensors)
 
 
 def test_explicit_shape(tmp_path):
-    info = modelgen.make_model(tmp_path / "s.gguf", None, "Q8_0", n_layer=2, n_embd=256, n_ff=512, n_vocab=300)
+    spec = ModelSpec(None, "Q8_0", n_layer=2, n_embd=256, n_ff=512, n_vocab=300)
+    info = modelgen.make_model(tmp_path / "s.gguf", spec)
     assert (info.n_layer, info.n_embd, info.n_ff, info.n_vocab) == (2, 256, 512, 300)
 
 
 def test_main_writes_model(tmp_path, capsys):
     out = tmp_path / "m.gguf"
-    assert modelgen.main([str(out), "--size", "8M", "--type", "q4_0"]) == 0
+    assert main(["make-model", str(out), "--size", "8M", "--type", "q4_0"]) == 0
     assert out.exists() and "Q4_0" in capsys.readouterr().out
 
 
@@ -114,7 +117,7 @@ def test_main_writes_model(tmp_path, capsys):
 def test_main_bad_input(tmp_path, capsys, argv):
     argv = [str(tmp_path / argv[0])] + argv[1:]
     with pytest.raises(SystemExit) as e:
-        rc = modelgen.main(argv)
+        rc = main(["make-model", *argv])
         raise SystemExit(rc)
     assert e.value.code == 2
     err = capsys.readouterr().err

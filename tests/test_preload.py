@@ -911,8 +911,8 @@ def test_model_replaced_with_its_old_mtime_is_not_served_stale(build, model, poo
 
 @pytest.mark.kernel
 def test_node_local_copy_is_chosen(build, model, pools, hugetlbfs, tmp_path):
-    """An index with a copy per node: the process's node's copy; HUGELOAD_NODE picks another; a missing node
-    falls back."""
+    """An index with a copy per node: the process's node's copy; HUGELOAD_NODE picks another; a missing
+    node falls back."""
     pools(P2M, 2 * 160)
     mnt = hugetlbfs("2M")
     state = tmp_path / "state"

@@ -11,22 +11,22 @@ PoolError.  Only the standard library is imported here.
 """
 
 import contextlib
-import ctypes
 import errno
 import mmap
 import os
-import re
 import stat
 import sys
 import threading
 import weakref
 from typing import NamedTuple
 
-from hugeload import pages
+from hugeload import forkcopy, pages
 from hugeload.errors import FormatError, PoolError, UsageError
+from hugeload.forkcopy import buffer_address as _buffer_address
 from hugeload.pages import BACKINGS
 from hugeload.probe import pools as probe_pools
-from hugeload.probe.procs import parse_smaps
+from hugeload.probe import procs
+from hugeload.probe.thp import THP_DIR, read_thp
 from hugeload.units import MiB, ceil_div, format_bytes
 
 __all__ = ["map_file", "alloc", "HugeMapping", "FileChanged", "page_size_of", "BACKINGS"]
@@ -35,7 +35,7 @@ THP_KB = pages.Backing.THP.page.kb
 
 READ_CHUNK = 64 * MiB
 MAX_READ_THREADS = 4
-THP_ENABLED = "/sys/kernel/mm/transparent_hugepage/enabled"
+THP_ENABLED = f"/{THP_DIR}/enabled"  # named in messages; read through probe.thp
 RESERVE_HINT = "hugeload reserve --page-size {name} --count {count}"
 
 
@@ -44,45 +44,6 @@ class FileChanged(FormatError):
 
 
 # --------------------------------------------------------------------------- helpers
-
-_pyapi = ctypes.PyDLL(None)  # own handle: setting argtypes must not touch ctypes.pythonapi
-_pyapi.PyObject_GetBuffer.argtypes = [ctypes.py_object, ctypes.c_void_p, ctypes.c_int]
-_pyapi.PyObject_GetBuffer.restype = ctypes.c_int
-_pyapi.PyBuffer_Release.argtypes = [ctypes.c_void_p]
-_pyapi.PyBuffer_Release.restype = None
-
-
-def _buffer_address(obj) -> int:
-    """Address of the first byte of any buffer-exporting object (read-only ones too)."""
-    view = (ctypes.c_char * 256)()  # larger than a Py_buffer; `buf` is its first field
-    if _pyapi.PyObject_GetBuffer(obj, ctypes.addressof(view), 0) != 0:
-        raise TypeError(f"{type(obj).__name__} does not export a buffer")
-    try:
-        return ctypes.c_void_p.from_buffer(view).value or 0
-    finally:
-        _pyapi.PyBuffer_Release(ctypes.addressof(view))
-
-
-_VMA_HEAD = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) ", re.M)
-
-
-def _vma(address: int):
-    """The /proc/self/smaps entry (probe.procs.Mapping) that holds `address`, or None.
-
-    Only that entry is parsed: smaps of a process with torch loaded runs to
-    thousands of entries."""
-    try:
-        with open("/proc/self/smaps") as f:
-            text = f.read()
-    except OSError:
-        return None
-    heads = list(_VMA_HEAD.finditer(text))
-    for i, h in enumerate(heads):
-        if int(h.group(1), 16) <= address < int(h.group(2), 16):
-            end = heads[i + 1].start() if i + 1 < len(heads) else len(text)
-            found = parse_smaps(text[h.start() : end])
-            return found[0] if found else None
-    return None
 
 
 def page_size_of(obj) -> int | None:
@@ -102,7 +63,7 @@ def page_size_of(obj) -> int | None:
         address = obj.__array_interface__["data"][0]
     else:
         address = _buffer_address(obj)
-    m = _vma(address)
+    m = procs.smaps_entry("/", "self", address)
     if m is None:
         return None
     if m.kernel_page_kb > 4:
@@ -112,13 +73,8 @@ def page_size_of(obj) -> int | None:
 
 def _parse_page_size(page_size: str) -> str:
     """ "auto" or a backing name; page sizes in any spelling hugeload.pages accepts."""
-    t = str(page_size).strip().lower()
-    if t in ("auto", "thp"):
-        return t
-    try:
-        return pages.parse(t, ("1g", "2m", "4k"), auto=False).name
-    except UsageError:
-        raise UsageError(f"unknown page size {page_size!r}: choose one of auto, {', '.join(BACKINGS)}") from None
+    backing = pages.parse_backing(page_size)
+    return "auto" if backing is None else backing.value
 
 
 def _cascade(page_size: str, nbytes: int, fallback: bool | None) -> list[str]:
@@ -139,16 +95,6 @@ def _cascade(page_size: str, nbytes: int, fallback: bool | None) -> list[str]:
 
 def _round_up(n: int, align: int) -> int:
     return ceil_div(n, align) * align
-
-
-def _thp_mode() -> str | None:
-    try:
-        with open(THP_ENABLED) as f:
-            text = f.read()
-    except OSError:
-        return None
-    start, end = text.find("["), text.find("]")
-    return text[start + 1 : end] if 0 <= start < end else None
 
 
 def _pool_note(name: str, kb: int, need: int) -> str:
@@ -193,7 +139,7 @@ def _map_anon(backing: str, nbytes: int) -> _Anon:
             raise PoolError(f"mapping {format_bytes(length)} in {backing.upper()} pages failed: {e.strerror}") from None
         return _Anon(mm, 0, backing)
     if backing == "thp":
-        mode = _thp_mode()
+        mode = read_thp("/").enabled
         if mode is None or mode == "never":
             raise PoolError(
                 f"transparent huge pages are {'unavailable' if mode is None else 'disabled (never)'} in {THP_ENABLED}"
@@ -230,89 +176,6 @@ def _map_memfd(page: pages.PageSize, length: int, prot: int) -> mmap.mmap:
         return mmap.mmap(fd, length, flags=mmap.MAP_SHARED, prot=prot)  # reserves the pages, or ENOMEM
     finally:
         os.close(fd)  # the map keeps the file
-
-
-# --------------------------------------------------------------------------- fork
-# A private 1 GB hugetlb page loses its page-table entry in about half the forked children
-# (kernel 6.18, scripts/repro/fork-1g.c), and a private 2 MB one needs a fresh page when the
-# child writes it: with an empty pool, the child dies of SIGBUS where it would have lived.  So
-# 1 GB allocations come from a memfd mapped shared (a child finds the pages in the file), and
-# what a private map gives a child, its own copy, the child's fork handler makes for every
-# writable huge allocation: its bytes go to ordinary memory at the same address while the
-# parent waits (a pipe), so the forking thread cannot write first.  The preload library does
-# the same for engines (csrc/preload/fork.c).  Children made by subprocess (fork + exec) run no
-# Python fork handlers unless they run Python code first (preexec_fn).
-
-_forkable: "weakref.WeakKeyDictionary[mmap.mmap, bool]" = weakref.WeakKeyDictionary()  # mm -> shared (memfd)
-_fork_pipe: list[int] = []
-_libc = None
-
-
-def _libc_calls():
-    global _libc
-    if _libc is None:
-        lib = ctypes.CDLL(None, use_errno=True)
-        lib.mmap.restype = ctypes.c_void_p
-        lib.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
-        lib.mremap.restype = ctypes.c_void_p
-        lib.mremap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_int, ctypes.c_void_p]
-        lib.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-        lib.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-        _libc = lib
-    return _libc
-
-
-_MAP_FAILED = ctypes.c_void_p(-1).value
-_MREMAP_MAYMOVE, _MREMAP_FIXED = 1, 2
-
-
-def _private_copy(mm: mmap.mmap, shared: bool) -> bool:
-    """In a child: mm's bytes into ordinary private memory at the same address."""
-    libc = _libc_calls()
-    addr, length = _buffer_address(mm), len(mm)
-    rw = mmap.PROT_READ | mmap.PROT_WRITE
-    tmp = libc.mmap(None, length, rw, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
-    if tmp not in (None, _MAP_FAILED):
-        ctypes.memmove(tmp, addr, length)
-        if libc.mremap(tmp, length, length, _MREMAP_MAYMOVE | _MREMAP_FIXED, addr) == addr:
-            return True
-        libc.munmap(tmp, length)
-    if shared:  # still the parent's pages: the child may read them, never write them
-        libc.mprotect(addr, length, mmap.PROT_READ)
-    return False
-
-
-def _fork_before() -> None:
-    _fork_pipe.clear()
-    if any(not mm.closed for mm in list(_forkable)):
-        _fork_pipe.extend(os.pipe())
-
-
-def _fork_parent() -> None:
-    if _fork_pipe:
-        r, w = _fork_pipe
-        _fork_pipe.clear()
-        os.close(w)
-        try:
-            os.read(r, 1)  # returns when the child has its copies (or is gone)
-        finally:
-            os.close(r)
-
-
-def _fork_child() -> None:
-    pipe = list(_fork_pipe)
-    _fork_pipe.clear()
-    try:
-        for mm, shared in list(_forkable.items()):
-            if not mm.closed:
-                _private_copy(mm, shared)
-    finally:
-        if pipe:
-            os.close(pipe[0])
-            os.close(pipe[1])
-
-
-os.register_at_fork(before=_fork_before, after_in_parent=_fork_parent, after_in_child=_fork_child)
 
 
 def _map_cascade(order: list[str], nbytes: int, what: str) -> tuple[_Anon, list[tuple[str, str]]]:
@@ -651,7 +514,7 @@ def alloc(nbytes: int, page_size: str = "auto", fallback: bool | None = None) ->
     order = _cascade(page_size, nbytes, fallback)
     anon, fallbacks = _map_cascade(order, nbytes, format_bytes(nbytes))
     if pages.Backing(anon.backing).hugetlb:  # a forked child gets its own copy (see _fork above)
-        _forkable[anon.mm] = anon.backing == pages.PAGE_1G.name
+        forkcopy.track(anon.mm, shared=anon.backing == pages.PAGE_1G.name)
     return HugeMapping(
         anon.mm,
         anon.offset,

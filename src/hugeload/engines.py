@@ -99,7 +99,7 @@ def _parse_markdown(output: str) -> list[dict]:
             continue
         if header is None or len(cells) != len(header) or set("".join(cells)) <= set("-: "):
             continue
-        row = dict(zip(header, cells))
+        row = dict(zip(header, cells, strict=True))
         m = _ROW_TPS.match(row["t/s"])
         if not m:
             continue

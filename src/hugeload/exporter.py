@@ -24,11 +24,12 @@ from typing import NamedTuple
 
 from hugeload.act import ledger, store
 from hugeload.act import pools as act_pools
+from hugeload.pages import name as page_size_name
 from hugeload.plan import pressure as plan_pressure
 from hugeload.probe import pools as probe_pools
 from hugeload.probe import procs as probe_procs
 from hugeload.probe.memory import read_meminfo, read_pressure
-from hugeload.units import KiB, page_size_name
+from hugeload.units import KiB
 
 log = logging.getLogger("hugeload.agent")
 

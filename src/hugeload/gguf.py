@@ -30,7 +30,7 @@ import struct
 from typing import Any, NamedTuple, NoReturn
 
 from hugeload.errors import FormatError, UsageError
-from hugeload.modelfile import open_regular
+from hugeload.regularfile import open_regular
 
 __all__ = ["Array", "GGUFTensors", "Header", "MissingPackage", "TensorInfo", "is_gguf", "read_header", "tensors"]
 
@@ -321,9 +321,9 @@ class GGUFTensors(dict):
     """name -> array, in file order.  `.mapping` is the HugeMapping they view,
     `.types` the GGML type name of each (F32, Q4_K, ...), `.header` the checked header."""
 
-    mapping: Any
-    types: dict[str, str]
-    header: Header
+    def __init__(self, arrays: dict, mapping: Any, types: dict[str, str], header: Header):
+        super().__init__(arrays)
+        self.mapping, self.types, self.header = mapping, types, header
 
 
 def view_layout(t: TensorInfo, types: dict | None = None):
@@ -368,8 +368,4 @@ def tensors(path, page_size: str = "auto", fallback: bool | None = None, staged:
     except BaseException:
         mapping.close()
         raise
-    result = GGUFTensors(out)
-    result.mapping = mapping
-    result.types = {t.name: t.type for t in header.tensors.values()}
-    result.header = header
-    return result
+    return GGUFTensors(out, mapping, {t.name: t.type for t in header.tensors.values()}, header)

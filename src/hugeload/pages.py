@@ -24,7 +24,7 @@ An explicit size on one object the caller names (`hugeload stage FILE
 """
 
 import argparse
-from enum import Enum
+from enum import StrEnum
 from typing import NamedTuple
 
 from hugeload.errors import UsageError
@@ -74,7 +74,7 @@ _BY_KB = {p.kb: p for p in ALL}
 _ALIASES = {alias: p for p in ALL for alias in (p.name, f"{p.name}b", f"{p.name}ib", f"{p.kb}kb")}
 
 
-class Backing(str, Enum):
+class Backing(StrEnum):
     """What may back memory, in the cascade's fallback order (THP: transparent huge
     pages, 2M when the kernel manages to, no pool)."""
 
@@ -82,9 +82,6 @@ class Backing(str, Enum):
     M2 = "2m"
     THP = "thp"
     K4 = "4k"
-
-    def __str__(self) -> str:
-        return self.value
 
     @property
     def page(self) -> PageSize:
@@ -109,7 +106,9 @@ def by_kb(kb: int) -> PageSize:
 
 
 def by_name(text: str) -> PageSize:
-    return parse(text, auto=False)
+    page = parse(text, auto=False)
+    assert page is not None  # parse() returns None for "auto" only, and auto is off
+    return page
 
 
 def name(kb: int) -> str:
@@ -123,6 +122,7 @@ def name(kb: int) -> str:
 def parse(text, allow: tuple[str, ...] = ("1g", "2m", "4k"), auto: bool = True) -> PageSize | None:
     """`1g`, `1G`, `1GB`, `1GiB`, `1048576kB`, `1073741824` (bytes) -> PAGE_1G; `auto` -> None
     when `auto`.  UsageError names the accepted choices."""
+    found: PageSize | None
     if isinstance(text, PageSize):
         found = text
     else:
@@ -155,6 +155,20 @@ def arg_type(allow: tuple[str, ...] = ("1g", "2m"), auto: bool = True):
 
     convert.__name__ = "page size"  # argparse names the type in its messages
     return convert
+
+
+def parse_backing(text, auto: bool = True) -> Backing | None:
+    """A backing: `thp`, or a page size in any spelling parse() takes (`1GiB` -> Backing.G1);
+    `auto` -> None when `auto`.  UsageError names the accepted choices."""
+    t = str(text).strip().lower()
+    if t == Backing.THP.value:
+        return Backing.THP
+    try:
+        page = parse(t, ("1g", "2m", "4k"), auto)
+    except UsageError:
+        choices = ", ".join((("auto",) if auto else ()) + BACKINGS)
+        raise UsageError(f"unknown page size {text!r}: choose one of {choices}") from None
+    return None if page is None else Backing(page.name)
 
 
 def env_name(page: PageSize | None) -> str:
@@ -223,7 +237,10 @@ def why(sizes: int | list[int], requested: PageSize | None = None, policy: Polic
             return f"{requested.label} requested"
         return f"1G requested, but the model is under {size_words(policy.forced_1g_min)}: 2M"
     if chosen == PAGE_1G:
-        return f"model is at least {size_words(policy.auto_1g_min)} and 1G pages waste at most {ppm_words(policy.auto_1g_max_waste_ppm)}"
+        return (
+            f"model is at least {size_words(policy.auto_1g_min)} and 1G pages waste at most "
+            f"{ppm_words(policy.auto_1g_max_waste_ppm)}"
+        )
     if total < policy.auto_1g_min:
         return f"model is under {size_words(policy.auto_1g_min)}"
     waste = waste_1g(sizes)

@@ -1,19 +1,28 @@
 """`hugeload run`: an unmodified engine with the preload library, and the pages it needs.
 
-The preload library reads its settings from HUGELOAD_* environment variables
-that this module sets; see csrc/preload/config.c for their meaning.
+The decisions are here, for the CLI and for Python code alike: `plan_run()` finds the model
+files an engine command names, predicts the heap copies llama.cpp will make of them, counts the
+pages the run may take and checks the NUMA node; `execute()` reserves what is missing (when
+asked), starts the engine through hugeload.launch with signals forwarded, gives the pages back
+and reads the library's report.  `hugeload run` only parses its options and prints.
+
+The preload library reads its settings from HUGELOAD_* environment variables that
+`environment()` sets; see csrc/preload/config.c for their meaning.
 """
 
+import contextlib
+import dataclasses
 import fnmatch
 import os
-import signal
-import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
-from enum import IntEnum
+from enum import Enum, IntEnum
+from pathlib import Path
 from typing import NamedTuple
 
-from hugeload import engines, native, pages
+from hugeload import engines, launch, native, pages, report
 from hugeload.act import store
+from hugeload.errors import PoolError
 from hugeload.pages import PageSize
 from hugeload.plan import buffers
 from hugeload.probe import cpu as probe_cpu
@@ -44,6 +53,7 @@ class PreloadOptions:
     report: str | None = None  # the per-region report goes here instead of stderr
     log: LogLevel = LogLevel.NORMAL
     policy: pages.Policy = pages.DEFAULT_POLICY
+    library: str | None = None  # another build of libhugeload.so to preload (bench hotpath); None: ours
 
 
 class Candidate(NamedTuple):
@@ -160,33 +170,11 @@ def estimate_needs(
     return out
 
 
-def estimate_need(candidates: list[Candidate], kb: int, copy: bool, alloc: bool, root="/") -> Need:
-    """Staged models need no new pages.  A private copy needs the file's size in pages; the
-    large-allocation path may need about as much again for weights an engine repacks."""
-    page = kb * KiB
-    pages = 0
-    for c in candidates:
-        if copy and not c.staged:
-            pages += ceil_div(c.size, page)
-        if alloc:
-            pages += ceil_div(c.size, page)
-    pool = probe_pools.system_pool(root, kb)
-    return Need(kb, pages, max(0, pool.available), candidates)
-
-
-def first_page(
-    candidates: list[Candidate], requested: PageSize | None, policy: pages.Policy = pages.DEFAULT_POLICY
-) -> PageSize:
-    """The page size the library will try first for this run's largest model file (it decides
-    each mapping on its own, by the same rule); 2M when there is none."""
-    return pages.first_page(max((c.size for c in candidates), default=0), requested, policy)
-
-
 def environment(options: PreloadOptions = PreloadOptions(), state_dir=None, base: dict | None = None) -> dict:
     """`base` (default os.environ) with LD_PRELOAD and the HUGELOAD_* variables for `options`.
     HUGELOAD_POLICY is always set, so the library applies the rule Python decided with."""
     env = dict(os.environ if base is None else base)
-    lib = str(native.library_path())
+    lib = options.library or str(native.library_path())
     preload = env.get("LD_PRELOAD", "")
     env["LD_PRELOAD"] = lib if not preload else f"{lib}:{preload}" if lib not in preload else preload
     env["HUGELOAD_PAGE_SIZE"] = pages.env_name(options.page_size)
@@ -202,55 +190,155 @@ def environment(options: PreloadOptions = PreloadOptions(), state_dir=None, base
     return env
 
 
-def run(argv: list[str], env: dict, bind: tuple[int, tuple[int, ...]] | None = None) -> int:
+def run(argv: list[str], env: dict, bind: launch.NodeBinding | tuple[int, tuple[int, ...]] | None = None) -> int:
     """Run the engine, forwarding SIGINT/SIGTERM/SIGHUP to it, and return its exit status
     the way a shell would (128 + signal for a signalled engine).  `bind` = (node, its CPUs):
-    the child binds its CPUs and memory there before exec (act/numa.bind_process)."""
-    preexec = None
-    if bind:
-        from hugeload.act import numa
+    the child binds its CPUs and memory there before exec."""
+    binding = launch.NodeBinding(*bind) if bind else None
+    return launch.run(launch.Command(argv, env, binding), forward_signals=True).shell_status
 
-        def preexec():
-            numa.bind_process(*bind)
 
+# ---------------------------------------------------------------- a run, decided and executed
+
+
+class Shortfall(Enum):
+    """What a run does when the pools cannot hold what it may take."""
+
+    NOTE = "note"  # say so, and run: what does not fit falls back to smaller pages
+    REFUSE = "refuse"  # `--strict`: PoolError before the engine starts
+    RESERVE = "reserve"  # `--reserve`: reserve what is missing for the run, give it back after
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    preload: PreloadOptions = PreloadOptions()  # its `report`: keep the report there (else temporary)
+    node: int | None = None  # bind the engine's CPUs and memory to this NUMA node
+    shortfall: Shortfall = Shortfall.NOTE
+
+
+class RunPlan(NamedTuple):
+    argv: list[str]
+    options: RunOptions
+    candidates: list[Candidate]
+    predictions: dict[str, buffers.Prediction | None]
+    needs: list[Need]
+    bind: launch.NodeBinding | None
+    notes: list[str]  # what the user should know before the engine starts
+
+
+class RunOutcome(NamedTuple):
+    status: int  # the engine's, as a shell reports it
+    report_text: str  # this run's lines of the report
+    regions: list[report.Region]
+    summary: list[str]  # read_summary(): per model, where inference read its weights from
+
+
+def plan_run(argv: list[str], options: RunOptions = RunOptions(), root="/", state_dir=None) -> RunPlan:
+    """Everything `hugeload run` decides before it starts the engine; UsageError (one line) for a
+    NUMA node that cannot be used.  Changes nothing."""
+    from hugeload.act import numa
+
+    candidates = model_args(argv, list(options.preload.files), state_dir=state_dir)
+    staged = [c.path for c in candidates if c.staged]
+    notes = []
+    bind = None
+    if options.node is not None:
+        node = numa.check_run_node(options.node, root)
+        numa.check_copies_for_node(options.node, staged, state_dir)
+        bind = launch.NodeBinding(options.node, tuple(node.cpus))
+    else:
+        note = numa.spanning_note(staged, state_dir, root)
+        if note:
+            notes.append(note)
+    repack = repack_enabled(argv)
+    predictions = {c.path: predict_buffers(c.path, argv[0], repack=repack, root=root) for c in candidates}
+    p = options.preload
+    needs = estimate_needs(candidates, p.page_size, p.copy, p.alloc_threshold, predictions, root, p.policy)
+    if options.shortfall is Shortfall.NOTE:
+        notes += [f"{describe_need(n)}; running anyway on the fallback" for n in needs if n.missing]
+    elif options.shortfall is Shortfall.REFUSE:
+        short = [n for n in needs if n.missing]
+        if short:
+            raise PoolError(describe_need(short[0]))
+    return RunPlan(list(argv), options, candidates, predictions, needs, bind, notes)
+
+
+@contextlib.contextmanager
+def reserved_for(plan: RunPlan, note: Callable[[str], None] = lambda m: None, root="/", state_dir=None):
+    """With Shortfall.RESERVE, the missing pages reserved for the run (owner `run:<pid>@<start>`, so
+    `hugeload gc` frees them after a kill -9) and given back when the block ends, however it
+    ends.  A short reservation is a note, not a failure: the rest falls back."""
+    from hugeload.act import ledger
+    from hugeload.act import pools as act_pools
+
+    owner = str(ledger.Owner.process("run"))
+    reserved = False
     try:
-        proc = subprocess.Popen(argv, env=env, preexec_fn=preexec)
-    except FileNotFoundError:
-        from hugeload.errors import UsageError
-
-        raise UsageError(f"command not found: {argv[0]}") from None
-    except PermissionError:
-        from hugeload.errors import UsageError
-
-        raise UsageError(f"cannot execute {argv[0]}: permission denied") from None
-    forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    old = {s: signal.signal(s, lambda sig, _f: proc.send_signal(sig)) for s in forwarded}
-    try:
-        rc = proc.wait()
+        for need in plan.needs if plan.options.shortfall is Shortfall.RESERVE else ():
+            if not need.missing:
+                continue
+            try:
+                reserved = True
+                got = act_pools.reserve(
+                    root, need.page_size_kb, need.missing, partial=True, owner=owner, state_dir=state_dir
+                )
+                if got.obtained < need.missing:
+                    note(
+                        f"note: the kernel gave {got.obtained} of the {need.missing} missing "
+                        f"{pages.name(need.page_size_kb)} pages; what does not fit falls back to smaller pages"
+                    )
+            except PoolError as e:
+                note(f"warning: {e}")
+        yield
     finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-    return 128 - rc if rc < 0 else rc
+        if reserved:
+            act_pools.release(root, None, owner=owner, state_dir=state_dir)
+
+
+def _report_file(path: str | None, state_dir=None) -> tuple[Path, int]:
+    """Where the library writes this run's report, and the offset this run's lines start at."""
+    if path is not None:
+        p = Path(path)
+        try:
+            return p, p.stat().st_size  # the library appends: read only this run's lines
+        except OSError:
+            return p, 0
+    # In the state dir, named by our pid, so `hugeload gc` removes it after a kill -9.
+    from hugeload.act import state
+
+    p = store.run_report_path(os.getpid(), state_dir)
+    state.ensure_dir(p.parent)
+    with contextlib.suppress(FileNotFoundError):
+        p.unlink()  # a previous process of the same pid, killed
+    os.close(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+    return p, 0
+
+
+def execute(plan: RunPlan, note: Callable[[str], None] = lambda m: None, root="/", state_dir=None) -> RunOutcome:
+    """Run the planned engine with the preload library: reserve what the plan says, start it with
+    signals forwarded, give the pages back, and read its report (a temporary one is removed)."""
+    for line in plan.notes:
+        note(f"note: {line}")
+    p = plan.options.preload
+    path, start = _report_file(p.report, state_dir)
+    try:
+        env = environment(dataclasses.replace(p, report=str(path)), state_dir)
+        if plan.bind:
+            env["HUGELOAD_NODE"] = str(plan.bind.node)
+        with reserved_for(plan, note, root, state_dir):
+            status = launch.run(launch.Command(plan.argv, env, plan.bind), forward_signals=True).shell_status
+        text = report.read(path, start)
+    finally:
+        if p.report is None:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+    regions = report.parse(text)
+    return RunOutcome(
+        status, text, regions, read_summary(plan.candidates, plan.predictions, regions, p.alloc_threshold)
+    )
 
 
 # ---------------------------------------------------------------- the report, after the run
-
-
-def parse_report(text: str) -> list[dict[str, str]]:
-    """The preload library's `hugeload: region ...` lines as dicts (format: csrc header)."""
-    out = []
-    for line in text.splitlines():
-        if not line.startswith("hugeload: region "):
-            continue
-        fields = dict(f.split("=", 1) for f in line.split()[2:] if "=" in f)
-        out.append(fields)
-    return out
-
-
-def _unescape(what: str) -> str:
-    import urllib.parse
-
-    return urllib.parse.unquote(what)
 
 
 def _mib(n: int) -> str:
@@ -260,20 +348,20 @@ def _mib(n: int) -> str:
 def read_summary(
     candidates: list[Candidate],
     predictions: dict[str, buffers.Prediction | None],
-    regions: list[dict[str, str]],
+    regions: list[report.Region],
     alloc_threshold: int,
 ) -> list[str]:
     """One line per model: whether inference read the mapping or a heap copy, and the page
-    size of each, from the report's regions (the mapping: the region named after the
-    file; a heap copy: the allocation of the predicted size)."""
+    size of each, from the report's regions (the mapping: the region of that very file, by
+    its name as the library encodes it; a heap copy: the allocation of the predicted size)."""
     lines = []
     used: set[int] = set()
     for c in candidates:
         name = os.path.basename(c.path)
-        maps = [r for r in regions if _unescape(r.get("what", "")) == name]
+        maps = [r for r in regions if r.is_file(c.path)]
         if maps:
             r = maps[-1]
-            mapping = f"the mapping (fill={r.get('fill')}, page={r.get('page')})"
+            mapping = f"the mapping (fill={r.fill}, page={r.page})"
         else:
             mapping = "the mapping (page=4K: not managed)"
         p = predictions.get(c.path)
@@ -284,18 +372,13 @@ def read_summary(
         for b in p.heap:
             found = None
             for i, r in enumerate(regions):
-                if (
-                    i not in used
-                    and r.get("fill") == "alloc"
-                    and r.get("bytes", "").isdigit()
-                    and abs(int(r["bytes"]) - b.bytes) <= max(BYTES_SLACK, b.bytes // 1000)
-                ):
+                if i not in used and r.allocation and abs(r.bytes - b.bytes) <= max(BYTES_SLACK, b.bytes // 1000):
                     found = i
                     break
             if found is not None:
                 used.add(found)
                 r = regions[found]
-                where = f"what={r.get('what')}, page={r.get('page')}"
+                where = f"what={r.name}, page={r.page}"
             elif b.bytes < alloc_threshold or alloc_threshold <= 0:
                 where = "page=4K: under the allocation threshold"
             else:

@@ -30,7 +30,7 @@ from typing import NamedTuple
 
 from hugeload.api import HugeMapping, map_file
 from hugeload.errors import FormatError, UsageError
-from hugeload.modelfile import open_regular
+from hugeload.regularfile import open_regular
 
 __all__ = ["DTYPES", "Header", "TensorInfo", "Tensors", "bf16_to_f32", "load", "parse_header", "read_header"]
 
@@ -188,7 +188,7 @@ def parse_header(data: bytes | memoryview, file_size: int) -> Header:
             continue
         if not isinstance(entry, dict):
             _fail(f"tensor {name!r}: expected an object, got {type(entry).__name__}")
-        if not _ENTRY_KEYS <= set(entry):  # other keys are ignored, as by the reference
+        if not set(entry) >= _ENTRY_KEYS:  # other keys are ignored, as by the reference
             _fail(f"tensor {name!r}: expected the keys dtype, shape, data_offsets, got {sorted(entry)[:8]}")
         dtype = entry["dtype"]
         if not isinstance(dtype, str) or dtype not in DTYPES:
@@ -235,9 +235,9 @@ class Tensors(dict):
     """name -> array, in the header's order.  `.mapping` is the HugeMapping they
     view, `.dtypes` the file's dtype per name, `.metadata` the __metadata__."""
 
-    mapping: HugeMapping
-    dtypes: dict[str, str]
-    metadata: dict[str, str] | None
+    def __init__(self, arrays: dict, mapping: HugeMapping, dtypes: dict[str, str], metadata: dict[str, str] | None):
+        super().__init__(arrays)
+        self.mapping, self.dtypes, self.metadata = mapping, dtypes, metadata
 
 
 def _numpy_views(mapping: HugeMapping, header: Header, buf) -> dict:
@@ -314,11 +314,7 @@ def load(
     except BaseException:
         mapping.close()
         raise
-    out = Tensors(views)
-    out.mapping = mapping
-    out.dtypes = {t.name: t.dtype for t in header.tensors.values()}
-    out.metadata = header.metadata
-    return out
+    return Tensors(views, mapping, {t.name: t.dtype for t in header.tensors.values()}, header.metadata)
 
 
 def bf16_to_f32(bits):

@@ -1,5 +1,7 @@
-"""Sizes: parsing and formatting.  Pure functions.  Page sizes are hugeload.pages'."""
+"""Sizes: parsing and formatting.  Pure functions.  Page sizes are hugeload.pages' (which imports
+this module; this one imports nothing of hugeload but its errors)."""
 
+import argparse
 import re
 
 from hugeload.errors import UsageError
@@ -33,11 +35,21 @@ def parse_size(text: str | int) -> int:
     return int(value)
 
 
-def page_size_name(kb: int) -> str:
-    """4 -> '4K', 2048 -> '2M', 1048576 -> '1G' (hugeload.pages.name, kept here for old imports)."""
-    from hugeload.pages import name
+def arg_type(minimum: int = 0):
+    """An argparse `type=` that parses a size at parse time (`--size 2G`), so a bad size is one
+    line from argparse before any work starts, and handlers get bytes."""
 
-    return name(kb)
+    def convert(text: str) -> int:
+        try:
+            value = parse_size(text)
+        except UsageError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"size {text!r} is too small: at least {format_bytes(minimum)}")
+        return value
+
+    convert.__name__ = "size"  # argparse names the type in its messages
+    return convert
 
 
 def format_bytes(n: int | float) -> str:

@@ -117,8 +117,8 @@ def fork_cli(argv: list[str], log_path: str | None = None, crash_at: int = 0, co
         fd = os.open(log_path or os.devnull, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         os.dup2(fd, 1)
         os.dup2(fd, 2)
-        sys.stdout = open(1, "w", closefd=False)  # pytest replaced the objects: write to the fds
-        sys.stderr = open(2, "w", closefd=False)
+        sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115  pytest replaced the objects: write to the fds
+        sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
         from hugeload.act import crashpoint
         from hugeload.cli import main
 

@@ -17,6 +17,7 @@ import random
 import signal
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from store_check import check_consistent, files_on_store_mounts, pools, run_and_maybe_kill
@@ -58,8 +59,8 @@ def worker(seed: int, sources: dict, log: str, deadline: float) -> None:
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
-    sys.stdout = open(1, "w", closefd=False)  # pytest replaced the objects: write to the fds
-    sys.stderr = open(2, "w", closefd=False)
+    sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115  pytest replaced the objects: write to the fds
+    sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
     code = 0
     ops: dict[str, int] = {}
     try:
@@ -119,7 +120,7 @@ def test_commands_at_once_keep_the_store_consistent(state_dir, tmp_path, capsys)
             _, status = os.waitpid(pid, 0)
             codes.append(os.waitstatus_to_exitcode(status))
         pids = []
-        text = "\n".join(open(p).read() for p in logs)
+        text = "\n".join(Path(p).read_text() for p in logs)
         bad = [
             line
             for line in text.splitlines()

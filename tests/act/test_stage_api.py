@@ -2,6 +2,7 @@
 
 import mmap
 import os
+from pathlib import Path
 
 import pytest
 
@@ -17,7 +18,7 @@ pytestmark = [pytest.mark.kernel]
 def test_stage_then_map_then_unstage(needs_root, state_dir, tmp_path):
     src = tmp_path / "w.bin"
     src.write_bytes(os.urandom(5 << 20))
-    before = int(open("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages").read())
+    before = int(Path("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages").read_text())
     m = hugeload.stage(src, page_size="2m", reserve=True)
     try:
         assert (m.page_size, m.size, m.pages) == (2048, 5 << 20, 3)
@@ -25,11 +26,12 @@ def test_stage_then_map_then_unstage(needs_root, state_dir, tmp_path):
         with open(m.path, "rb") as f:
             mm = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
             assert mm[: 5 << 20] == src.read_bytes()
-            assert procs.mapping_page_sizes("/", os.getpid(), m.path) == {2048}
+            mine = [x for x in procs.read_smaps("/", os.getpid(), 0) if x.path == os.path.realpath(m.path)]
+            assert {x.kernel_page_kb for x in mine} == {2048}
             mm.close()
     finally:
         hugeload.unstage(m)
-    assert int(open("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages").read()) == before
+    assert int(Path("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages").read_text()) == before
     assert not os.path.exists(m.path)
 
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -38,7 +39,7 @@ def test_clear_keep_persisted_gives_pages_back_and_keeps_models_json(hugeload_cl
     # The boot unit's stop (ExecStop=... clear --force --keep-persisted): pages, mounts and
     # copies go, the list of models to restore at the next boot stays as it was.
     pool = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"
-    before = open(pool).read()
+    before = Path(pool).read_text()
     cfg = tmp_path / "etc"
     for name, persist in (("kept", ["--persist"]), ("other", [])):
         src = tmp_path / f"{name}.gguf"
@@ -52,8 +53,9 @@ def test_clear_keep_persisted_gives_pages_back_and_keeps_models_json(hugeload_cl
     assert sorted(json.loads(out.stdout)["unloaded"]) == ["kept", "other"]
     assert (cfg / "models.json").read_text() == listed
     assert json.loads(hugeload_cli("staged", "--json").stdout)["models"] == []
-    assert open(pool).read() == before and not any(
-        line.split()[2] == "hugetlbfs" and line.split()[1].startswith(str(state_dir)) for line in open("/proc/mounts")
+    mounts = Path("/proc/mounts").read_text().splitlines()
+    assert Path(pool).read_text() == before and not any(
+        line.split()[2] == "hugetlbfs" and Path(line.split()[1]).is_relative_to(state_dir) for line in mounts
     )
     out = hugeload_cli("restore", "--config-dir", cfg, "--json")
     assert out.returncode == 0 and [r["name"] for r in json.loads(out.stdout)["restored"]] == ["kept"], out.stderr

@@ -57,7 +57,8 @@ def model(tmp_path):
 def mapper(path):
     """A process that maps the staged file read-only MAP_SHARED, as llama.cpp does, and waits."""
     code = (
-        "import mmap,os,sys; f=open(sys.argv[1],'rb'); m=mmap.mmap(f.fileno(),0,flags=mmap.MAP_SHARED,prot=mmap.PROT_READ);"
+        "import mmap,os,sys; f=open(sys.argv[1],'rb'); "
+        "m=mmap.mmap(f.fileno(),0,flags=mmap.MAP_SHARED,prot=mmap.PROT_READ);"
         "s=sum(m[i] for i in range(0,len(m),1<<21)); print('ready',flush=True); sys.stdin.read()"
     )
     p = subprocess.Popen(
@@ -91,7 +92,7 @@ def test_stage_map_unload(hugeload_cli, model, page, kb, state_dir):
     ]
     p = mapper(staged)
     try:
-        assert procs.mapping_page_sizes("/", p.pid, str(staged)) == {kb}
+        assert {x.kernel_page_kb for x in procs.read_smaps("/", p.pid, 0) if x.path == os.path.realpath(staged)} == {kb}
         refused = hugeload_cli("unload", "model")
         assert refused.returncode != 0 and str(p.pid) in refused.stderr
         assert str(p.pid) in json.dumps(json.loads(hugeload_cli("loaded", "--json").stdout))

@@ -284,7 +284,8 @@ def as_user(code: str, state: Path, groups: list[int] = ()) -> subprocess.Comple
     hugeload imported first."""
     prelude = (
         "import os, sys, json\n"
-        "import hugeload, hugeload.api, hugeload.act.store, hugeload.act.redirects, hugeload.cli.cmd_store, rich.console\n"
+        "import hugeload, hugeload.api, hugeload.act.store, hugeload.act.redirects, hugeload.cli.cmd_store\n"
+        "import rich.console\n"
         "from hugeload.cli import main, build_parser; build_parser()\n"
         f"os.setgroups({list(groups)}); os.setgid({NOBODY}); os.setuid({NOBODY})\n"
     )
@@ -326,7 +327,10 @@ def test_stage_group_makes_the_copy_readable_by_root_and_that_group_only(hugeloa
     staged = Path(stage_json(hugeload_cli, src, "--page-size", "2m", "--reserve", "--group", gid, env=env)["path"])
     st, dst = staged.stat(), staged.parent.stat()
     assert (st.st_mode & 0o777, st.st_gid, dst.st_mode & 0o777, dst.st_gid) == (0o640, gid, 0o750, gid)
-    code = f"m = hugeload.map_file({str(src)!r})\nprint(json.dumps({{'staged': m.staged, 'equal': bytes(m.buffer) == open({str(src)!r}, 'rb').read()}}))\n"
+    code = (
+        f"m = hugeload.map_file({str(src)!r})\n"
+        f"print(json.dumps({{'staged': m.staged, 'equal': bytes(m.buffer) == open({str(src)!r}, 'rb').read()}}))\n"
+    )
     outsider = as_user(code, shared_dir / "state")
     assert outsider.returncode == 0 and outsider.stderr == ""
     assert json.loads(outsider.stdout) == {"staged": False, "equal": True}  # reads the source instead

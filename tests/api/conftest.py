@@ -9,16 +9,6 @@ import pytest
 from hugeload.act import pools as act_pools
 from hugeload.probe import pools as probe_pools
 
-KB_1G = 1048576
-KB_2M = 2048
-
-
-def available(kb: int) -> int:
-    """Free pages no mapping has claimed yet."""
-    if kb not in probe_pools.page_sizes("/"):
-        return 0
-    return probe_pools.system_pool("/", kb).available
-
 
 @contextlib.contextmanager
 def reserved(kb: int, count: int):

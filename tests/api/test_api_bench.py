@@ -4,12 +4,12 @@ import json
 import os
 
 import pytest
+from api_helpers import KB_1G, KB_2M
 
 from hugeload.act import pools as act_pools
-from hugeload.bench import tensors
+from hugeload.bench import stats, tensors
+from hugeload.bench.reservations import PoolUse
 from hugeload.units import MiB
-
-from conftest import KB_1G, KB_2M
 
 
 def counts():
@@ -17,14 +17,14 @@ def counts():
 
 
 def test_bootstrap_interval():
-    med, lo, hi = tensors.bootstrap_median_ci([1.0, 2.0, 3.0, 4.0, 100.0])
+    med, lo, hi = stats.bootstrap_median_ci([1.0, 2.0, 3.0, 4.0, 100.0])
     assert med == 3.0 and lo <= med <= hi and hi <= 100.0
-    assert tensors.bootstrap_median_ci([5.0]) == (5.0, 5.0, 5.0)
+    assert stats.bootstrap_median_ci([5.0]) == (5.0, 5.0, 5.0)
 
 
 def test_all_backings(needs_root):
     before = counts()
-    data = tensors.run(size=4 * MiB, rounds=3, reps=1, warmup=1)
+    data = tensors.run(tensors.TensorOptions(size=4 * MiB, rounds=3, reps=1, warmup=1))
     assert counts() == before and data["pools_restored"]
     assert "measured" in data["note"] and "counters" in data["note"]
     by = {r.backing: r for r in data["results"]}
@@ -43,12 +43,13 @@ def test_pools_restored_on_failure(needs_root, monkeypatch):
     before = counts()
     monkeypatch.setattr(tensors.time, "perf_counter", lambda: (_ for _ in ()).throw(RuntimeError("boom")))
     with pytest.raises(RuntimeError, match="boom"):
-        tensors.run(size=2 * MiB, backings=["4k", "2m"], rounds=1, reps=1)
+        tensors.run(tensors.TensorOptions(size=2 * MiB, backings=("4k", "2m"), rounds=1, reps=1))
     assert counts() == before
 
 
 def test_skips_backing_without_pages():
-    data = tensors.run(size=2 * MiB, backings=["4k", "2m"], rounds=2, reps=1, reserve=False)
+    options = tensors.TensorOptions(size=2 * MiB, backings=("4k", "2m"), rounds=2, reps=1, pool=PoolUse.FREE)
+    data = tensors.run(options)
     r2 = data["results"][1]
     if r2.status == "skipped":
         assert "reserve" in r2.reason

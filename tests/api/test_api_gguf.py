@@ -5,11 +5,11 @@ import pytest
 
 gguf = pytest.importorskip("gguf")
 
+from api_helpers import KB_2M  # noqa: E402
+
 import hugeload  # noqa: E402
 import hugeload.gguf as hg  # noqa: E402
 from hugeload import api  # noqa: E402
-
-from conftest import KB_2M  # noqa: E402
 
 
 @pytest.fixture

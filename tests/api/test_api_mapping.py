@@ -5,12 +5,12 @@ import time
 
 import numpy as np
 import pytest
+from api_helpers import KB_1G, KB_2M, available
 
 import hugeload
 from hugeload import api
+from hugeload.probe.thp import read_thp
 from hugeload.units import GiB, MiB
-
-from conftest import KB_1G, KB_2M, available
 
 
 @pytest.fixture
@@ -52,7 +52,7 @@ def test_thp_backing_is_aligned_and_verified():
     with hugeload.alloc(8 * MiB, page_size="thp") as m:
         assert m.backing == "thp" and m.address % (2 * MiB) == 0
         np.frombuffer(m.buffer, dtype=np.uint8)[:] = 1  # fault it in
-        if api._thp_mode() in ("madvise", "always"):
+        if read_thp("/").enabled in ("madvise", "always"):
             assert m.page_size == KB_2M
 
 
@@ -171,9 +171,8 @@ def test_auto_falls_back_when_the_1g_pool_is_empty(data_file):
 
 
 def test_auto_uses_2m_for_small_files(reserve, data_file):
-    with reserve(KB_2M, 2):
-        with hugeload.map_file(data_file) as m:
-            assert m.backing == "2m" and m.page_size == KB_2M
+    with reserve(KB_2M, 2), hugeload.map_file(data_file) as m:
+        assert m.backing == "2m" and m.page_size == KB_2M
 
 
 # --------------------------------------------------------------------------- files that change
@@ -280,8 +279,9 @@ def test_edited_source_is_not_served_from_a_stale_copy(stage):
 def test_staged_safetensors_numpy_and_torch(stage, tmp_path):
     import warnings
 
-    import hugeload.safetensors as hs
     from safetensors.numpy import save_file
+
+    import hugeload.safetensors as hs
 
     ref = {"w": np.arange(600, dtype=np.float32).reshape(20, 30), "b": np.ones(5, np.int16)}
     save_file(ref, str(tmp_path / "m.safetensors"))

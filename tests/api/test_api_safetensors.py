@@ -5,14 +5,13 @@ import struct
 
 import numpy as np
 import pytest
+from api_helpers import KB_1G, available
 from safetensors.numpy import load_file as st_load_numpy
 from safetensors.numpy import save_file as st_save_numpy
 
 import hugeload
 import hugeload.safetensors as hs
 from hugeload import api
-
-from conftest import KB_1G, available
 
 
 def numpy_tensors(seed=0):

@@ -4,7 +4,6 @@ positive ratios and that the machine is left as found (the top-level fixture
 checks pools and mounts after every test)."""
 
 import pytest
-
 from bench_helpers import FIXTURES
 
 

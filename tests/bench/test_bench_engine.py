@@ -5,7 +5,7 @@ import json
 import pytest
 
 from hugeload import engines
-from hugeload.bench import engine
+from hugeload.bench import engine, summary
 
 pytestmark = [pytest.mark.kernel, pytest.mark.llama]
 BENCH = engines.find_llama("llama-bench")
@@ -16,7 +16,7 @@ def small_model(tmp_path_factory):
     from hugeload import modelgen
 
     p = tmp_path_factory.mktemp("m") / "small-q4_0.gguf"
-    modelgen.make_model(p, 100 << 20, "Q4_0")  # repack buffer above the 64 MiB threshold
+    modelgen.make_model(p, modelgen.ModelSpec(100 << 20, "Q4_0"))  # repack buffer above the 64 MiB threshold
     return p
 
 
@@ -71,9 +71,8 @@ def test_a_backing_that_cannot_be_had_is_skipped_not_timed(small_model, needs_ro
 
     real = store.ensure_pages
     monkeypatch.setattr(store, "ensure_pages", lambda kb, *a, **k: refuse() if kb == 1048576 else real(kb, *a, **k))
-    data = engine.run(
-        str(small_model), [str(BENCH), "-p", "8", "-n", "4", "-r", "1", "-t", "2"], ["default", "1g"], rounds=1
-    )
+    argv = [str(BENCH), "-p", "8", "-n", "4", "-r", "1", "-t", "2"]
+    data = engine.run(str(small_model), argv, ["default", "1g"], engine.EngineOptions(rounds=1))
     by = {r["backing"]: r for r in data["results"]}
     assert by["1g"]["status"] == "skipped" and "cannot grow" in by["1g"]["reason"]
     assert by["default"]["status"] == "ok"
@@ -116,5 +115,5 @@ def test_plot_draws_every_test(tmp_path):
             {"backing": "2m", "status": "skipped", "metrics": None},
         ],
     }
-    engine.plot(data, str(tmp_path / "p.png"))
+    summary.plot(data, str(tmp_path / "p.png"))
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -5,27 +5,32 @@ tests/numa/test_numa_guest.py), allocations in a chosen page size, and the 1 GB 
 
 import pytest
 
-from hugeload.bench import engine
+from hugeload.bench import backings, engine, summary, verify
+from hugeload.bench.backings import Placement, backing
+from hugeload.bench.copies import CopyKey, CopyKind, needs
 from hugeload.errors import UsageError
+from hugeload.pages import PAGE_1G, PAGE_2M
 
 
 def test_staged_backings_run_once_per_placement_the_others_once():
-    names = engine.with_placements(["default", "default#2", "2m", "1g+alloc", "private"], ["local", "remote"])
+    names = backings.with_placements(
+        ["default", "default#2", "2m", "1g+alloc", "private"], [Placement.LOCAL, Placement.REMOTE]
+    )
     assert names == ["default", "default#2", "2m@local", "2m@remote", "1g+alloc@local", "1g+alloc@remote", "private"]
-    assert engine.parse_backings("2m@local,2m@local") == ["2m@local", "2m@local#2"]  # an A/A of one placement
+    assert backings.parse_backings("2m@local,2m@local") == ["2m@local", "2m@local#2"]  # an A/A of one placement
 
 
 def test_a_placed_backing_keeps_its_base_and_needs_its_own_copy():
-    b = engine.backing("2m@remote")
-    assert (b.name, b.kind, b.placement, b.staged_kb) == ("2m@remote", "2m@remote", "remote", 2048)
-    aa = engine.backing("2m@remote#2")
-    assert (aa.name, aa.kind, aa.placement) == ("2m@remote#2", "2m@remote", "remote")
+    b = backing("2m@remote")
+    assert (b.name, b.kind, b.placement, b.staged_page) == ("2m@remote", "2m@remote", Placement.REMOTE, PAGE_2M)
+    aa = backing("2m@remote#2")
+    assert (aa.name, aa.kind, aa.placement) == ("2m@remote#2", "2m@remote", Placement.REMOTE)
     size = 100 << 20
-    assert engine.Copies.needs(b, size) == ["stage-2048@remote"]
-    assert engine.Copies.needs(engine.backing("2m@local"), size) == ["stage-2048@local"]
-    assert engine.Copies.needs(engine.backing("2m"), size) == ["stage-2048"]
-    assert engine._stage_kb("stage-2048@interleave") == 2048
-    assert engine._stage_name("stage-1048576@local") == "bench-1048576-local"
+    assert needs(b, size) == [CopyKey(CopyKind.STAGED, PAGE_2M, placement=Placement.REMOTE)]
+    assert [str(k) for k in needs(backing("2m@local"), size)] == ["stage-2048@local"]
+    assert [str(k) for k in needs(backing("2m"), size)] == ["stage-2048"]
+    assert CopyKey(CopyKind.STAGED, PAGE_1G, placement=Placement.LOCAL).stage_name == "bench-1048576-local"
+    assert CopyKey(CopyKind.STAGED, PAGE_2M).bytes(size + 1) == 51 * (2 << 20)
 
 
 @pytest.mark.parametrize(
@@ -37,13 +42,13 @@ def test_a_placed_backing_keeps_its_base_and_needs_its_own_copy():
 )
 def test_unknown_placements_are_refused(text, message):
     with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        engine.parse_placements(text)
+        backings.parse_placements(text)
 
 
 @pytest.mark.parametrize("name", ["default@local", "private@remote", "2m@far"])
 def test_only_staged_backings_take_a_placement(name):
     with pytest.raises(UsageError, match="unknown backing"):
-        engine.parse_backings(name)
+        backings.parse_backings(name)
 
 
 def test_one_node_machine_refuses_before_staging_anything(tmp_path, monkeypatch):
@@ -56,33 +61,34 @@ def test_one_node_machine_refuses_before_staging_anything(tmp_path, monkeypatch)
     model.write_bytes(b"\0" * 4096)
     monkeypatch.setenv("HUGELOAD_STATE_DIR", str(tmp_path / "state"))
     with pytest.raises(UsageError, match="at least two NUMA nodes with memory"):
-        engine.run(str(model), ["true"], ["default", "2m"], node_placement=["local", "remote"], bandwidth=False)
+        options = engine.EngineOptions(bandwidth=False, node_placement=(Placement.LOCAL, Placement.REMOTE))
+        engine.run(str(model), ["true"], ["default", "2m"], options)
     assert not (tmp_path / "state").exists() or not any((tmp_path / "state").rglob("*.gguf"))
 
 
 def test_alloc_in_a_chosen_page_size_reserves_that_pool():
     size = 8 << 30
-    assert engine.Copies.needs(engine.backing("alloc-1g"), size) == ["pool-1048576-8"]
-    assert engine.Copies.needs(engine.backing("alloc-2m"), size) == ["pool-2048-4096"]
-    assert engine.Copies.needs(engine.backing("2m+alloc"), size) == ["stage-2048", "pool-2048-4096"]
-    assert engine._page_size(engine.backing("alloc-2m")) == "2m"
-    assert engine._page_size(engine.backing("alloc")) == "auto"
+    assert [str(k) for k in needs(backing("alloc-1g"), size)] == ["pool-1048576-8"]
+    assert [str(k) for k in needs(backing("alloc-2m"), size)] == ["pool-2048-4096"]
+    assert [str(k) for k in needs(backing("2m+alloc"), size)] == ["stage-2048", "pool-2048-4096"]
+    assert backing("alloc-2m").page_size == PAGE_2M
+    assert backing("alloc").page_size is None  # auto: the size rule
 
 
 def test_an_alloc_backing_whose_heap_fell_back_is_not_timed():
-    v = engine.Verification(alloc_kb={4, 2048})
-    assert "expected 1048576 kB" in engine._fell_back(engine.backing("alloc-1g"), v, 1 << 30)
-    assert engine._fell_back(engine.backing("alloc-2m"), v, 1 << 30) is None
+    v = verify.Verification(alloc_kb={4, 2048})
+    assert "expected 1048576 kB" in verify.fell_back(backing("alloc-1g"), v, 1 << 30)
+    assert verify.fell_back(backing("alloc-2m"), v, 1 << 30) is None
 
 
 def test_1g_is_paired_with_the_2m_backing_that_differs_only_in_page_size():
     runs = [
-        engine.Run(name, r, 0, 1.0, None, {"tg8": rate})
+        summary.Run(name, r, 0, 1.0, None, {"tg8": rate})
         for r in range(4)
         for name, rate in (("alloc-1g", 2.0), ("alloc-2m", 1.0), ("1g", 3.0), ("2m", 3.0), ("1g#2", 5.0))
     ]
     results = [{"backing": n, "status": "ok"} for n in ("alloc-1g", "alloc-2m", "1g", "2m", "1g#2")]
-    pairs = engine.gigantic_vs_huge(results, runs, ["tg8"])
+    pairs = summary.gigantic_vs_huge(results, runs, ["tg8"])
     assert set(pairs) == {"alloc-1g vs alloc-2m", "1g vs 2m"}
     assert pairs["alloc-1g vs alloc-2m"]["tg8"]["ratio"] == 2.0
     assert pairs["1g vs 2m"]["tg8"]["within_noise"]

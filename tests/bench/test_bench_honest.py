@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from hugeload import engines
-from hugeload.bench import engine, perf
-from hugeload.bench.common import has_cpu_counters
+from hugeload import engines, launch
+from hugeload.bench import backings, copies, engine, perf, stats, summary, verify
+from hugeload.bench.backings import backing
+from hugeload.probe.cpu import has_pmu
 
 BENCH = engines.find_llama("llama-bench")
 FAKE = ["sh", "-c", "sleep 0.05; echo 'generated, 10.5 tokens per second' # {model}"]
@@ -66,8 +67,9 @@ def test_no_proc_reads_while_a_run_is_timed(small_file, opens, monkeypatch, stat
             opens.timed.clear()
 
     monkeypatch.setattr(engine, "timed_run", timed)
-    monkeypatch.setattr(engine._Sampler, "__init__", _slow_sampler_init(engine._Sampler.__init__))
-    data = engine.run(str(small_file), FAKE, engine.parse_backings("default,default"), rounds=3, bandwidth=False)
+    monkeypatch.setattr(verify.Sampler, "__init__", _slow_sampler_init(verify.Sampler.__init__))
+    options = engine.EngineOptions(rounds=3, bandwidth=False)
+    data = engine.run(str(small_file), FAKE, backings.parse_backings("default,default"), options)
     assert opens.during == [], opens.during
     # The verification runs did sample /proc (so the recorder sees what it should).
     assert any(p.endswith("/status") or p.endswith("/smaps") for p in opens.outside)
@@ -84,25 +86,24 @@ def _slow_sampler_init(init):
 
 def test_the_sampler_would_be_caught(small_file, opens, monkeypatch, state_dir):
     # The check above can fail: put the sampler back into the timed run and it does.
-    def timed(argv, env, timeout, *rest):
+    def timed(command, *rest):
         opens.timed.set()
         try:
-            v, out = engine.verification_run(argv, env, set(), timeout)
-            return v.returncode, 0.1, out
+            return engine.verification_run(command, set())[1]
         finally:
             opens.timed.clear()
 
     monkeypatch.setattr(engine, "timed_run", timed)
-    monkeypatch.setattr(engine._Sampler, "__init__", _slow_sampler_init(engine._Sampler.__init__))
-    engine.run(str(small_file), FAKE, ["default"], rounds=1, bandwidth=False)
+    monkeypatch.setattr(verify.Sampler, "__init__", _slow_sampler_init(verify.Sampler.__init__))
+    engine.run(str(small_file), FAKE, ["default"], engine.EngineOptions(rounds=1, bandwidth=False))
     assert opens.during
 
 
 def test_backings_named_twice_are_the_aa_check():
-    assert engine.parse_backings("default,1g,default") == ["default", "1g", "default#2"]
-    b = engine.backing("default#2")
+    assert backings.parse_backings("default,1g,default") == ["default", "1g", "default#2"]
+    b = backing("default#2")
     assert b.kind == "default" and not b.hugeload
-    assert set(engine.ALTERNATIVES) == {
+    assert set(backings.ALTERNATIVES) == {
         "default",
         "pagecache-4k",
         "mlock",
@@ -126,41 +127,36 @@ def test_paired_ratio_cancels_round_drift():
     # Round 2 is twice as slow for both: the paired ratio stays exactly 1.1.
     a = {0: 11.0, 1: 5.5, 2: 11.0}
     b = {0: 10.0, 1: 5.0, 2: 10.0}
-    med, lo, hi = engine.paired_ratio(a, b)
+    med, lo, hi = stats.paired_ratio(a, b)
     assert med == pytest.approx(1.1) and lo == pytest.approx(1.1) and hi == pytest.approx(1.1)
-    assert engine.paired_ratio({0: 1.0}, {1: 1.0}) is None
+    assert stats.paired_ratio({0: 1.0}, {1: 1.0}) is None
 
 
 def test_best_hugeload_against_best_alternative():
     runs = [
-        engine.Run(name, r, 0, 1.0, None, {"tg8": v * (1 + r / 10)})
+        summary.Run(name, r, 0, 1.0, None, {"tg8": v * (1 + r / 10)})
         for r in range(3)
         for name, v in (("default", 10.0), ("mlock", 12.0), ("2m", 11.0), ("1g", 12.6))
     ]
-    chosen = [engine.backing(n) for n in ("default", "mlock", "2m", "1g")]
-    data = engine.summarize("/m", 1, ["x"], chosen, runs, {}, 3)
+    chosen = [backing(n) for n in ("default", "mlock", "2m", "1g")]
+    data = summary.summarize("/m", 1, ["x"], 3, summary.Measured(chosen, runs))
     best = data["best"]["tg8"]
     assert (best["hugeload"], best["alternative"]) == ("1g", "mlock")
     assert best["ratio"] == pytest.approx(1.05) and not best["within_noise"]
 
 
 def test_fallback_rules():
-    v = engine.Verification(weights_kb={4}, file_pmd_kb=2048)
-    assert "PMDs" in engine._fell_back(engine.backing("pagecache-4k"), v, 1 << 30)
-    assert engine._fell_back(engine.backing("pagecache-4k"), engine.Verification(weights_kb={4}), 1 << 30) is None
-    assert "expected 1048576" in engine._fell_back(
-        engine.backing("1g"), engine.Verification(weights_kb={2048}), 1 << 30
-    )
-    assert "locked" in engine._fell_back(engine.backing("mlock"), engine.Verification(vmlck_kb=10), 1 << 30)
-    assert "transparent" in engine._fell_back(
-        engine.backing("thp"), engine.Verification(anon_kb=1000, thp_kb=100), 1 << 30
-    )
+    V = verify.Verification
+    assert "PMDs" in verify.fell_back(backing("pagecache-4k"), V(weights_kb={4}, file_pmd_kb=2048), 1 << 30)
+    assert verify.fell_back(backing("pagecache-4k"), V(weights_kb={4}), 1 << 30) is None
+    assert "expected 1048576" in verify.fell_back(backing("1g"), V(weights_kb={2048}), 1 << 30)
+    assert "locked" in verify.fell_back(backing("mlock"), V(vmlck_kb=10), 1 << 30)
+    assert "transparent" in verify.fell_back(backing("thp"), V(anon_kb=1000, thp_kb=100), 1 << 30)
 
 
 def test_copies_that_do_not_fit_are_skipped_others_run(small_file, state_dir):
-    data = engine.run(
-        str(small_file), FAKE, ["default", "pagecache-4k", "1g"], rounds=1, bandwidth=False, memory_limit=4 << 20
-    )
+    options = engine.EngineOptions(rounds=1, bandwidth=False, memory_limit=4 << 20)
+    data = engine.run(str(small_file), FAKE, ["default", "pagecache-4k", "1g"], options)
     by = {r["backing"]: r for r in data["results"]}
     assert by["default"]["status"] == "ok"
     for name in ("pagecache-4k", "1g"):
@@ -174,7 +170,7 @@ def test_an_engine_that_crashes_under_one_backing(small_file, state_dir):
         "-c",
         "case \"$GLIBC_TUNABLES\" in *hugetlb=1*) echo boom; exit 3;; esac; echo '9 tokens per second' # {model}",
     ]
-    data = engine.run(str(small_file), crash, ["default", "glibc-hugetlb1"], rounds=2, bandwidth=False)
+    data = engine.run(str(small_file), crash, ["default", "glibc-hugetlb1"], engine.EngineOptions(2, bandwidth=False))
     by = {r["backing"]: r for r in data["results"]}
     assert by["default"]["status"] == "ok"
     assert by["glibc-hugetlb1"]["status"] == "skipped" and "boom" in by["glibc-hugetlb1"]["reason"]
@@ -182,10 +178,10 @@ def test_an_engine_that_crashes_under_one_backing(small_file, state_dir):
 
 @pytest.mark.kernel
 def test_pagecache_4k_copy_is_verified_and_removed(small_file, state_dir, needs_root):
-    data = engine.run(str(small_file), FAKE, ["pagecache-4k"], rounds=1, bandwidth=False)
+    data = engine.run(str(small_file), FAKE, ["pagecache-4k"], engine.EngineOptions(1, bandwidth=False))
     r = data["results"][0]
     assert r["status"] in ("ok", "skipped"), r
-    assert not list(__import__("pathlib").Path(engine.SHM_DIR).glob(f"hugeload-bench-{os.getpid()}"))
+    assert not list(Path(copies.SHM_DIR).glob(f"hugeload-bench-{os.getpid()}*"))
 
 
 @pytest.mark.kernel
@@ -270,7 +266,7 @@ def test_event_encoding():
 def test_counters_here_match_what_the_kernel_offers():
     c = perf.open_counters(0)
     if c is None:
-        assert not has_cpu_counters() or perf.why_none()
+        assert not has_pmu() or perf.why_none()
         assert "\n" not in perf.why_none() and "TLB" in perf.why_none()
     else:
         c.start()
@@ -288,7 +284,7 @@ def q8_model(tmp_path_factory):
     from hugeload import modelgen
 
     p = tmp_path_factory.mktemp("m") / "aa-q8_0.gguf"
-    modelgen.make_model(p, 60 << 20, "Q8_0")
+    modelgen.make_model(p, modelgen.ModelSpec(60 << 20, "Q8_0"))
     return p
 
 
@@ -301,14 +297,15 @@ def test_bench_default_agrees_with_plain_llama_bench(q8_model, state_dir):
     argv = [str(BENCH), "-p", "16", "-n", "16", "-r", "1", "-t", "1"]  # 1 thread: robust to other load
     plain = []
     data = None
+    plain_run = launch.Command(engine.command_for(argv, str(q8_model)), output=launch.Output.CAPTURE, timeout=120)
     for _ in range(2):
-        rc, _, out = engine.timed_run(engine.command_for(argv, str(q8_model)), dict(os.environ), 120)
-        assert rc == 0
-        plain.append(engine.parse_rates(out)["tg16"])
-    data = engine.run(str(q8_model), argv, engine.parse_backings("default,default"), rounds=6, bandwidth=False)
+        done = engine.timed_run(plain_run)
+        assert done.returncode == 0
+        plain.append(engine.parse_rates(done.output)["tg16"])
+    aa = backings.parse_backings("default,default")
+    data = engine.run(str(q8_model), argv, aa, engine.EngineOptions(rounds=6, bandwidth=False))
     for _ in range(2):
-        rc, _, out = engine.timed_run(engine.command_for(argv, str(q8_model)), dict(os.environ), 120)
-        plain.append(engine.parse_rates(out)["tg16"])
+        plain.append(engine.parse_rates(engine.timed_run(plain_run).output)["tg16"])
     by = {r["backing"]: r for r in data["results"]}
     # Tolerances, not intervals alone: six ~0.1 s runs on a shared 2-core machine give bootstrap
     # intervals narrower than the drift between them.  The sampler this replaced moved the
@@ -316,7 +313,7 @@ def test_bench_default_agrees_with_plain_llama_bench(q8_model, state_dir):
     aa = by["default#2"]["metrics"]["tg16"]
     assert aa["ratio_low"] - 0.08 <= 1.0 <= aa["ratio_high"] + 0.08, aa
     d = by["default"]["metrics"]["tg16"]
-    assert abs(engine.median(plain) / d["median"] - 1) <= 0.1 + (d["high"] - d["low"]) / d["median"], (plain, d)
+    assert abs(stats.median(plain) / d["median"] - 1) <= 0.1 + (d["high"] - d["low"]) / d["median"], (plain, d)
 
 
 SERVER = engines.find_llama("llama-server")
@@ -328,7 +325,8 @@ SERVER = engines.find_llama("llama-server")
 def test_fleet_counts_memory_once(q8_model, state_dir, needs_root):
     from hugeload.bench import fleet
 
-    data = fleet.run(str(q8_model), 2, ["warm", "private", "staged"], rounds=1, server=str(SERVER))
+    options = fleet.FleetOptions(2, ("warm", "private", "staged"), rounds=1, server=str(SERVER))
+    data = fleet.run(str(q8_model), options)
     by = {r["case"]: r for r in data["results"]}
     assert all(r["status"] == "ok" for r in by.values()), by
     size_kb = os.path.getsize(q8_model) >> 10
@@ -343,14 +341,8 @@ def test_fleet_counts_memory_once(q8_model, state_dir, needs_root):
 def test_copies_that_fit_one_at_a_time_are_swapped(small_file, state_dir, needs_root):
     size = os.path.getsize(small_file)
     limit = size + (512 << 20) + (4 << 20) + (1 << 20)  # the engine plus one copy, not two
-    data = engine.run(
-        str(small_file),
-        FAKE,
-        ["default", "pagecache-4k", "glibc-hugetlb2"],
-        rounds=3,
-        bandwidth=False,
-        memory_limit=limit,
-    )
+    options = engine.EngineOptions(rounds=3, bandwidth=False, memory_limit=limit)
+    data = engine.run(str(small_file), FAKE, ["default", "pagecache-4k", "glibc-hugetlb2"], options)
     by = {r["backing"]: r for r in data["results"]}
     assert all(r["status"] == "ok" for r in by.values()), by
     assert "oldest torn down" in data["copies_held"]

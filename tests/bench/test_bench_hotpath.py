@@ -17,7 +17,7 @@ MAX_EXTRA_INSTRUCTIONS = 19
 
 
 def test_timing_runs_both_configurations_in_each_round():
-    data = hotpath.run(pairs=20_000, rounds=2, instructions=False)
+    data = hotpath.run(hotpath.HotpathOptions(pairs=20_000, rounds=2, instructions=hotpath.Instructions.SKIP))
     names = [e["library"] for e in data["results"]]
     assert names == ["none", "hugeload"]
     for e in data["results"]:
@@ -29,7 +29,7 @@ def test_timing_runs_both_configurations_in_each_round():
 
 @pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed (apt-get install valgrind)")
 def test_the_preload_library_adds_few_instructions_per_small_malloc_free_pair():
-    data = hotpath.run(pairs=200_000, rounds=1, instructions=True)
+    data = hotpath.run(hotpath.HotpathOptions(pairs=200_000, rounds=1, instructions=hotpath.Instructions.COUNT))
     none, lib = data["results"]
     assert 20 < none["instructions_per_pair"] < 1000, none  # a real glibc malloc/free was counted
     assert 0 < lib["extra_instructions"] <= MAX_EXTRA_INSTRUCTIONS, lib  # the overrides run, and stay small
@@ -37,7 +37,7 @@ def test_the_preload_library_adds_few_instructions_per_small_malloc_free_pair():
 
 def test_bad_input_is_one_line(hugeload_cli):
     with pytest.raises(UsageError, match="no such library"):
-        hotpath.run(pairs=1000, rounds=1, libraries={"old": "/nonexistent/lib.so"}, instructions=False)
+        hotpath.run(hotpath.HotpathOptions(pairs=1000, rounds=1, libraries={"old": "/nonexistent/lib.so"}))
     for args in (["--pairs", "10"], ["--library", "old=/nonexistent/lib.so"]):
         p = hugeload_cli("bench", "hotpath", *args)
         assert p.returncode != 0 and "Traceback" not in p.stderr

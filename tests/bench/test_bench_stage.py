@@ -3,12 +3,11 @@
 import json
 
 import pytest
+from bench_helpers import pool_counts, positive
 
 from hugeload.act import store
-from hugeload.bench import stage
+from hugeload.bench import pagecache, stage
 from hugeload.units import MiB
-
-from bench_helpers import pool_counts, positive
 
 
 def check(data):
@@ -21,7 +20,7 @@ def check(data):
 
 def test_run(needs_root, tmp_path):
     before = pool_counts()
-    data = stage.run(size=64 * MiB, rounds=2, directory=str(tmp_path))
+    data = stage.run(stage.StageBenchOptions(size=64 * MiB, rounds=2, directory=str(tmp_path)))
     assert pool_counts() == before
     by = check(data)
     for case in ("cold", "warm"):
@@ -46,17 +45,17 @@ def test_cleanup_on_ctrl_c_mid_run(needs_root, tmp_path, monkeypatch):
 
     monkeypatch.setattr(store, "stage", load_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
-        stage.run(size=8 * MiB, rounds=1, directory=str(tmp_path))
+        stage.run(stage.StageBenchOptions(size=8 * MiB, rounds=1, directory=str(tmp_path)))
     assert pool_counts() == before and list(tmp_path.iterdir()) == []
 
 
 def test_resident_fraction(tmp_path):
     path = tmp_path / "f"
     stage.write_file(str(path), 4 * MiB, seed=1)
-    stage.read_into_cache(str(path))
-    warm = stage.resident_fraction(str(path))
-    stage.drop_from_cache(str(path))
-    cold = stage.resident_fraction(str(path))
+    pagecache.read_into_cache(str(path))
+    warm = pagecache.resident_fraction(str(path))
+    pagecache.drop_from_cache(str(path))
+    cold = pagecache.resident_fraction(str(path))
     assert warm is not None and cold is not None and 0.0 <= cold < warm <= 1.0
 
 
@@ -92,7 +91,7 @@ def test_cli_json(hugeload_cli, needs_root, tmp_path):
     "args, message",
     [
         (["--size", "lots"], "cannot parse size"),
-        (["--page-size", "4k"], "unknown page size"),
+        (["--page-size", "4k"], "page size '4k'"),
         (["--dir", "/nonexistent/hugeload"], "is not a directory"),
         (["--size", "64T"], "memory"),
     ],

@@ -3,14 +3,18 @@
 import json
 
 import pytest
+from bench_helpers import KB_1G, KB_2M, pool_counts, positive
 
 from hugeload.bench import tlb
+from hugeload.bench.reservations import PoolUse
 from hugeload.units import MiB
-
-from bench_helpers import KB_1G, KB_2M, pool_counts, positive
 
 PAGE_KB = {"4k": 4, "thp": 2048, "2m": KB_2M, "1g": KB_1G}
 SMALL = dict(size=64 * MiB, rounds=2, accesses=100_000)
+
+
+def options(**kw) -> tlb.TlbOptions:
+    return tlb.TlbOptions(**{**SMALL, **kw})
 
 
 def check_ok(r, rounds=2):
@@ -27,7 +31,7 @@ def check_ok(r, rounds=2):
 
 def test_all_backings(needs_root):
     before = pool_counts()
-    data = tlb.run(**SMALL)
+    data = tlb.run(options())
     assert pool_counts() == before and data["pools_restored"] is True
     assert "measured" in data["note"] and "counters" in data["note"]
     assert (data["vm_note"] is not None) == data["hypervisor"]
@@ -47,7 +51,7 @@ def test_all_backings(needs_root):
 def test_empty_pool_without_reservation_is_skipped(no1g_root):
     """The fixture machine's 2M pool is empty and its kernel has no 1G pages; 4K still runs here."""
     before = pool_counts()
-    data = tlb.run(backings=["4k", "2m", "1g"], reserve=False, root=no1g_root, **SMALL)
+    data = tlb.run(options(backings=("4k", "2m", "1g"), pool=PoolUse.FREE), root=no1g_root)
     assert pool_counts() == before and data["reservations"] == []
     r4, r2, r1 = data["results"]
     check_ok(r4)
@@ -77,7 +81,7 @@ def test_pools_given_back_on_ctrl_c(needs_root, monkeypatch):
     real = tlb.native_loops()
     monkeypatch.setattr(tlb, "native_loops", lambda: _Interrupting(real))
     with pytest.raises(KeyboardInterrupt):
-        tlb.run(backings=["4k", "2m"], **SMALL)
+        tlb.run(options(backings=("4k", "2m")))
     assert pool_counts() == before
 
 

@@ -21,7 +21,7 @@ kv = pytest.importorskip(
 )
 yaml = pytest.importorskip("yaml", reason="PyYAML comes with kubernetes-validate")
 
-MODEL = plan.StagedModel("Tiny_Q4.0", 1048576, 1, "/run/hugeload/store/mnt-1g", ("tiny.gguf",))
+MODEL = plan.ContainerModel("Tiny_Q4.0", 1048576, 1, "/run/hugeload/store/mnt-1g", ("tiny.gguf",))
 OPTS = plan.Options(
     host_lib="/usr/lib/hugeload/libhugeload.so",
     env=(("HUGELOAD_PAGE_SIZE", "auto"), ("HUGELOAD_STATE_DIR", "/tmp/x"), ("PATH", "/bin")),
@@ -123,7 +123,7 @@ def test_run_args_and_compose():
 
 
 def test_a_split_model_binds_each_of_its_files():
-    split = plan.StagedModel("big", 2048, 4, "/s/mnt-2m", ("big-00001-of-00002.gguf", "big-00002-of-00002.gguf"))
+    split = plan.ContainerModel("big", 2048, 4, "/s/mnt-2m", ("big-00001-of-00002.gguf", "big-00002-of-00002.gguf"))
     argv = plan.run_args(split, OPTS)
     assert [argv[i + 1] for i, a in enumerate(argv) if a == "-v"][:2] == [
         f"/s/mnt-2m/big/{f}:{plan.MODELS_INSIDE}/big/{f}:ro" for f in split.files

@@ -13,8 +13,8 @@ import subprocess
 import pytest
 
 from hugeload import engines, runner
-from hugeload.plan import buffers
 from hugeload.probe import cpu
+from hugeload.report import parse as parse_report
 
 BENCH = engines.find_llama("llama-bench")
 pytestmark = [
@@ -27,13 +27,13 @@ BUFFER_LINE = re.compile(r"(\w+) model buffer size =\s+([\d.]+) MiB")
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    from hugeload.modelgen import make_model  # what `hugeload make-model OUT --size 100M --type T` writes
+    from hugeload.modelgen import ModelSpec, make_model  # what `hugeload make-model OUT --size 100M --type T` writes
 
     d = tmp_path_factory.mktemp("buffers")
     out = {}
     for qtype in ("Q8_0", "Q4_0"):
         out[qtype] = d / f"tiny-{qtype}.gguf"
-        make_model(out[qtype], 100 << 20, qtype)
+        make_model(out[qtype], ModelSpec(100 << 20, qtype))
     return out
 
 
@@ -91,18 +91,18 @@ def test_run_summary_names_the_heap_copy(models, hugeload_cli, state_dir, tmp_pa
     )
     assert r.returncode == 0, r.stderr[-3000:]
     line = next(x for x in r.stderr.splitlines() if x.startswith(f"hugeload: {model.name}: inference reads"))
-    regions = runner.parse_report(report.read_text())
-    mapping = next(g for g in regions if g["what"] == model.name)
+    regions = parse_report(report.read_text())
+    mapping = next(g for g in regions if g.is_file(model))
     if not p.heap:
-        assert line.endswith(f"inference reads the mapping (fill={mapping['fill']}, page={mapping['page']})"), line
+        assert line.endswith(f"inference reads the mapping (fill={mapping.fill}, page={mapping.page})"), line
         return
     (copy,) = p.heap
-    alloc = next(g for g in regions if g["fill"] == "alloc" and int(g["bytes"]) == copy.bytes)
+    alloc = next(g for g in regions if g.allocation and g.bytes == copy.bytes)
     assert (
         f"a {copy.buffer} heap copy ({copy.bytes / 2**20:.2f} MiB, {copy.tensors} tensors, "
-        f"what={alloc['what']}, page={alloc['page']})" in line
+        f"what={alloc.name}, page={alloc.page})" in line
     ), line
-    assert f"from the mapping (fill={mapping['fill']}, page={mapping['page']})" in line, line
+    assert f"from the mapping (fill={mapping.fill}, page={mapping.page})" in line, line
 
 
 @pytest.mark.kernel

@@ -36,6 +36,8 @@ import pytest
 from e2e_helpers import free_port, http
 
 from hugeload.engines import find_llama, parse_llama_bench
+from hugeload.report import Region
+from hugeload.report import parse as parse_report
 
 BENCH, SERVER = find_llama("llama-bench"), find_llama("llama-server")
 pytestmark = [pytest.mark.llama, pytest.mark.kernel, pytest.mark.slow]
@@ -71,14 +73,6 @@ def machine_state() -> dict:
     with open("/proc/mounts") as f:
         mounts = sorted(line.split()[1] for line in f if line.split()[2:3] == ["hugetlbfs"])
     return {"pools": pools, "mounts": mounts}
-
-
-def parse_report(text: str) -> list[dict[str, str]]:
-    return [
-        dict(kv.split("=", 1) for kv in line.split()[2:])
-        for line in text.splitlines()
-        if line.startswith("hugeload: region ")
-    ]
 
 
 def smaps(pid: int) -> list[dict]:
@@ -197,7 +191,7 @@ class Server:
     def text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
-    def regions(self) -> list[dict[str, str]]:
+    def regions(self) -> list[Region]:
         return parse_report(self.report.read_text()) if self.report.exists() else []
 
 
@@ -216,10 +210,10 @@ def servers():
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory) -> Path:
-    from hugeload.modelgen import make_model
+    from hugeload.modelgen import ModelSpec, make_model
 
     p = tmp_path_factory.mktemp("e2e-model") / "e2e-q4.gguf"
-    make_model(p, MODEL_BYTES, "Q4_0")
+    make_model(p, ModelSpec(MODEL_BYTES, "Q4_0"))
     return p
 
 
@@ -293,15 +287,15 @@ def run_bench(hugeload_cli, tmp_path, model, *run_opts):
     )
 
 
-def region(regions, what):
-    found = [g for g in regions if g["what"] == what]
+def region(regions, path):
+    found = [g for g in regions if g.is_file(path)]
     return found[0] if found else None
 
 
 def repack_region(regions):
     """The CPU_REPACK buffer: the largest allocation-path region."""
-    allocs = [g for g in regions if g["fill"] == "alloc"]
-    return max(allocs, key=lambda g: int(g["bytes"])) if allocs else None
+    allocs = [g for g in regions if g.allocation]
+    return max(allocs, key=lambda g: g.bytes) if allocs else None
 
 
 def skip_if_short(stderr: str, what: str) -> None:
@@ -318,10 +312,10 @@ def test_bench_staged_weights_in_1g_pages(staged, hugeload_cli, tmp_path, model_
     r, regions, log = run_bench(hugeload_cli, tmp_path, model_file)
     assert r.returncode == 0, log
     assert [t["test"] for t in parse_llama_bench(r.stdout)] == ["pp16", "tg8"], log
-    weights = region(regions, model_file.name)
+    weights = region(regions, model_file)
     assert weights is not None, log
-    assert (weights["page"], weights["fill"]) == ("1G", "staged"), log
-    assert int(weights["bytes"]) == model_file.stat().st_size and int(weights["mapped"]) == 1 << 30, log
+    assert (weights.page, weights.fill) == ("1G", "staged"), log
+    assert weights.bytes == model_file.stat().st_size and weights.mapped == 1 << 30, log
     # llama.cpp unmaps the unused head and tail of its mapping in 4 KB pieces: the library
     # must make those succeed (the control below shows they fail on hugetlbfs by themselves).
     assert "munmap failed" not in r.stdout + r.stderr, log
@@ -353,15 +347,15 @@ def test_bench_repack_buffer_in_1g_page(staged, hugeload_cli, tmp_path, model_fi
     r, regions, log = run_bench(hugeload_cli, tmp_path, model_file, "--page-size", "1g", "--reserve")
     assert r.returncode == 0, log
     assert pool_1g()["nr"] == before, "hugeload run --reserve did not give back its page"
-    weights = region(regions, model_file.name)
-    assert weights is not None and (weights["page"], weights["fill"]) == ("1G", "staged"), log
+    weights = region(regions, model_file)
+    assert weights is not None and (weights.page, weights.fill) == ("1G", "staged"), log
     assert "munmap failed" not in r.stdout + r.stderr, log
     repack = repack_region(regions)
     assert repack is not None, f"no allocation region: is the build without CPU_REPACK?\n{log}"
-    assert repack["what"] in ("posix_memalign", "malloc", "aligned_alloc", "memalign"), log
-    assert 0.8 * model_file.stat().st_size < int(repack["bytes"]) <= model_file.stat().st_size, log
+    assert repack.what in ("posix_memalign", "malloc", "aligned_alloc", "memalign"), log
+    assert 0.8 * model_file.stat().st_size < repack.bytes <= model_file.stat().st_size, log
     skip_if_short(r.stderr, "the repack buffer")
-    assert (repack["page"], repack["fill"]) == ("1G", "alloc"), log
+    assert (repack.page, repack.fill) == ("1G", "alloc"), log
     staged.unload()
 
 
@@ -387,13 +381,13 @@ def test_server_completion_and_smaps(staged, tmp_path):
         assert srv.proc.returncode == 0, text[-3000:]
         assert "munmap failed" not in text, text[-3000:]
     regions = srv.regions()
-    weights = region(regions, staged.source.name)
-    assert weights is not None and (weights["page"], weights["fill"]) == ("1G", "staged"), regions
+    weights = region(regions, staged.source)
+    assert weights is not None and (weights.page, weights.fill) == ("1G", "staged"), regions
     repack = repack_region(regions)
     assert repack is not None, regions
     skip_if_short(text, "the repack buffer")
-    assert (repack["page"], repack["fill"]) == ("1G", "alloc"), regions
-    m = mapping_at(maps, int(repack["addr"], 16))
+    assert (repack.page, repack.fill) == ("1G", "alloc"), regions
+    m = mapping_at(maps, repack.addr)
     assert m is not None and m["KernelPageSize"] == GIB_KB, (repack, m)
     staged.unload()
 
@@ -437,8 +431,8 @@ def test_two_servers_share_one_set_of_pages(staged, hugeload_cli, tmp_path):
             hugeload_cli("release", "--page-size", "1g")
     for srv in running:
         assert srv.proc.returncode == 0 and "munmap failed" not in srv.text(), srv.text()[-3000:]
-        weights = region(srv.regions(), staged.source.name)
-        assert weights is not None and (weights["page"], weights["fill"]) == ("1G", "staged"), srv.regions()
+        weights = region(srv.regions(), staged.source)
+        assert weights is not None and (weights.page, weights.fill) == ("1G", "staged"), srv.regions()
     staged.unload()
 
 

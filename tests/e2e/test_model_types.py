@@ -30,6 +30,7 @@ from e2e_helpers import free_port, http
 from hugeload import pages, runner
 from hugeload.engines import find_llama, parse_llama_bench
 from hugeload.plan import buffers
+from hugeload.report import parse as parse_report
 
 BENCH, SERVER = find_llama("llama-bench"), find_llama("llama-server")
 pytestmark = [
@@ -83,15 +84,14 @@ def machine_state() -> dict:
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
-    from hugeload.modelgen import (
-        make_model,
-    )  # what `hugeload make-model OUT --size S --type T [--experts N ...]` writes
+    # what `hugeload make-model OUT --size S --type T [--experts N ...]` writes
+    from hugeload.modelgen import ModelSpec, make_model
 
     d = tmp_path_factory.mktemp("model-types")
     out = {}
     for case, (qtype, size, n_expert, n_used) in CASES.items():
         out[case] = d / f"tiny-{case}.gguf"
-        make_model(out[case], size, qtype, n_expert=n_expert, n_expert_used=n_used)
+        make_model(out[case], ModelSpec(size, qtype, n_expert=n_expert, n_expert_used=n_used))
     return out
 
 
@@ -121,25 +121,25 @@ def staged_1g(cli, model: Path):
 def check_report(report: Path, model: Path, prediction, requested: pages.PageSize | None, log: str) -> None:
     """The mapping in the staged 1 GB page; each predicted heap copy in the policy's page size."""
     text = report.read_text() if report.exists() else ""
-    regions = runner.parse_report(text)
+    regions = parse_report(text)
     log = f"{log}\n--- report\n{text}\n--- predicted: {prediction.summary()}"
-    mapping = [g for g in regions if g.get("what") == model.name]
+    mapping = [g for g in regions if g.is_file(model)]
     assert mapping, log
     for g in mapping:
-        assert (g["page"], g["fill"]) == ("1G", "staged"), log
-    allocs = [g for g in regions if g.get("fill") == "alloc"]
+        assert (g.page, g.fill) == ("1G", "staged"), log
+    allocs = [g for g in regions if g.allocation]
     for copy in prediction.heap:
         kb = buffers.alloc_page_kb(copy.bytes, requested, ALLOC_THRESHOLD)
         assert kb != 4, f"{copy} is below the allocation threshold: the test's threshold is wrong"
-        found = [g for g in allocs if int(g["bytes"]) == copy.bytes]
+        found = [g for g in allocs if g.bytes == copy.bytes]
         assert found, f"no allocation region of {copy.bytes} bytes for the {copy.buffer} heap copy\n{log}"
         short = re.search(r"the kernel gave \d+ of the \d+ missing 1G pages", log)
-        if found[0]["page"] != pages.name(kb).upper() and kb == pages.PAGE_1G.kb and short:
+        if found[0].page != pages.name(kb).upper() and kb == pages.PAGE_1G.kb and short:
             pytest.skip(
                 f"{short.group(0)} for the {copy.buffer} heap copy (fragmented memory); "
-                f"it fell back to {found[0]['page']}, as it must"
+                f"it fell back to {found[0].page}, as it must"
             )
-        assert found[0]["page"] == pages.name(kb).upper(), log
+        assert found[0].page == pages.name(kb).upper(), log
 
 
 def run_opts(case: str) -> tuple[list[str], pages.PageSize | None]:

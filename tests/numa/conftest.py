@@ -4,7 +4,6 @@ boots one (a two-node guest) and runs them there.  Elsewhere they skip, saying s
 import os
 
 import pytest
-
 from numa_helpers import MAPPER, NODES
 
 

@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from numa_helpers import mappings_over, node_count, pages_on_nodes, staged_pages
 
 from hugeload.act import redirects

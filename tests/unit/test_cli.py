@@ -230,8 +230,6 @@ def test_doctor_table(tree, capsys, name, verdict):
 @pytest.mark.parametrize(
     "argv",
     [
-        ["plan", "--size", "thirty"],
-        ["plan", "--size", "30G", "--threshold-1g", "big"],
         ["plan", "/nonexistent/model.gguf"],
         ["plan"],
         ["plan", "--size", "30G", "extra-file"],
@@ -244,12 +242,15 @@ def test_bad_input_exits_2(tree, capsys, argv):
 
 
 def test_argparse_errors_exit_2(tree, capsys):
-    # page sizes are checked at parse time (an argparse type=), so they exit here too
+    # page sizes and sizes are checked at parse time (an argparse type=), so they exit here too
     for argv in (
         ["status", "--bogus"],
         ["nosuchcommand"],
         ["status", "--pid", "abc"],
         ["plan", "--size", "30G", "--page-size", "16m"],
+        ["plan", "--size", "thirty"],
+        ["plan", "--size", "30G", "--threshold-1g", "big"],
+        ["run", "--alloc-threshold", "lots", "--", "true"],
     ):
         with pytest.raises(SystemExit) as e:
             main(["--root", tree("zen-vm"), *argv])

@@ -8,7 +8,7 @@ from hugeload.errors import PoolError, UsageError
 from hugeload.plan import numa as plan_numa
 from hugeload.plan.numa import Mode, Placement
 from hugeload.probe import numa as probe_numa
-from hugeload.units import GiB, MiB
+from hugeload.units import GiB
 
 MACHINES = Path(__file__).resolve().parent.parent / "fixtures" / "machines"
 NUMA2 = MACHINES / "numa2-1g"

@@ -13,9 +13,9 @@ import pytest
 
 from hugeload import pages, runner
 from hugeload.act import store
-from hugeload.cli.cmd_plan import make_plan
 from hugeload.pages import PAGE_1G, PAGE_2M
 from hugeload.plan.numa import Mode, Placement
+from hugeload.plan.pages import plan_for
 from hugeload.probe import numa as probe_numa
 from hugeload.probe import pools as probe_pools
 from hugeload.probe.machine import read_machine
@@ -32,14 +32,16 @@ def sizes():
     return sorted(out)
 
 
-def run_path(size: int, requested, tmp_path) -> int:
+def run_path(size: int, requested, tmp_path, root) -> int:
     options = runner.PreloadOptions(page_size=requested)
     env = runner.environment(options, state_dir=tmp_path, base={})
     told = pages.parse(env["HUGELOAD_PAGE_SIZE"])
     policy = pages.Policy.from_env(env["HUGELOAD_POLICY"])
     assert (told, policy) == (requested, pages.DEFAULT_POLICY)
+    # What `run --copy` reserves for an unstaged file of that size: the page size of its copy.
     cands = [runner.Candidate("/models/m.gguf", size, False)]
-    return runner.first_page(cands, told, policy).kb
+    (need,) = runner.estimate_needs(cands, told, True, 0, {cands[0].path: None}, root, policy)
+    return need.page_size_kb
 
 
 @pytest.mark.parametrize("requested", [None, PAGE_1G, PAGE_2M], ids=["auto", "1g", "2m"])
@@ -48,8 +50,8 @@ def test_plan_stage_and_run_agree_from_1_to_4_gib(tree, tmp_path, requested):
     machine = read_machine(root)
     disagree = []
     for size in sizes():
-        planned = make_plan(machine, [size], requested and requested.kb)["recommended_page_size_kb"]
-        ran = run_path(size, requested, tmp_path)
+        planned = plan_for(machine, [size], requested and requested.kb)["recommended_page_size_kb"]
+        ran = run_path(size, requested, tmp_path, root)
         staged = store.choose_page_size(size, requested and requested.kb, True, root)[0]
         if not planned == ran == staged:
             disagree.append(f"{size}: plan {planned}, run {ran}, stage {staged}")

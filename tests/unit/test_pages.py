@@ -87,7 +87,7 @@ def test_page_sizes():
 
 def test_mmap_flags_encode_the_page_size():
     huge = getattr(mmap, "MAP_HUGETLB", pages.MAP_HUGETLB)
-    assert pages.MAP_HUGETLB == huge
+    assert huge == pages.MAP_HUGETLB
     assert PAGE_2M.mmap_flags == huge | 21 << pages.MAP_HUGE_SHIFT
     assert PAGE_1G.mmap_flags == huge | 30 << pages.MAP_HUGE_SHIFT
     assert PAGE_4K.mmap_flags == 0

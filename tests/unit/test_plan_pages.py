@@ -2,7 +2,6 @@
 
 import pytest
 
-from hugeload.cli.cmd_plan import make_plan
 from hugeload.plan import pages
 from hugeload.probe.machine import read_machine
 
@@ -59,7 +58,7 @@ BOTH = {M: True, G: True}
 
 
 def test_recommend_1g_for_large_model():
-    r = pages.recommend(30 * GiB, [M, G], True, BOTH)
+    r = pages.recommend(30 * GiB, [M, G], supports_1g=True, obtainable=BOTH)
     assert r.page_size_kb == G
     assert (
         r.reason == "model is at least 1 GiB and 1G pages waste at most 1/8, and 1G pages are supported and obtainable"
@@ -67,49 +66,63 @@ def test_recommend_1g_for_large_model():
 
 
 def test_recommend_2m_under_threshold():
-    r = pages.recommend(512 * MiB, [M, G], True, BOTH)
+    r = pages.recommend(512 * MiB, [M, G], supports_1g=True, obtainable=BOTH)
     assert r == pages.Recommendation(M, "model is under 1 GiB; 2M pages are obtainable")
 
 
 def test_recommend_threshold_parameter():
-    assert pages.recommend(30 * GiB, [M, G], True, BOTH, threshold_1g=64 * GiB).page_size_kb == M
-    assert pages.recommend(2 * GiB, [M, G], True, BOTH, threshold_1g=2 * GiB).page_size_kb == G
-    assert pages.recommend(2 * GiB - 1, [M, G], True, BOTH, threshold_1g=2 * GiB).page_size_kb == M
-    assert pages.recommend(960 * MiB, [M, G], True, BOTH, threshold_1g=256 * MiB).page_size_kb == G
+    assert pages.recommend(30 * GiB, [M, G], supports_1g=True, obtainable=BOTH, threshold_1g=64 * GiB).page_size_kb == M
+    assert pages.recommend(2 * GiB, [M, G], supports_1g=True, obtainable=BOTH, threshold_1g=2 * GiB).page_size_kb == G
+    assert (
+        pages.recommend(2 * GiB - 1, [M, G], supports_1g=True, obtainable=BOTH, threshold_1g=2 * GiB).page_size_kb == M
+    )
+    assert (
+        pages.recommend(960 * MiB, [M, G], supports_1g=True, obtainable=BOTH, threshold_1g=256 * MiB).page_size_kb == G
+    )
     # above the threshold the waste still counts: 512 MiB in a 1 GiB page wastes half
-    assert pages.recommend(512 * MiB, [M, G], True, BOTH, threshold_1g=256 * MiB).page_size_kb == M
+    assert (
+        pages.recommend(512 * MiB, [M, G], supports_1g=True, obtainable=BOTH, threshold_1g=256 * MiB).page_size_kb == M
+    )
 
 
 def test_recommend_waste_rule():
-    r = pages.recommend(int(1.5 * GiB), [M, G], True, BOTH)
+    r = pages.recommend(int(1.5 * GiB), [M, G], supports_1g=True, obtainable=BOTH)
     assert r == pages.Recommendation(
         M, "1G pages would waste 33 % (more than 1/8) of the model; 2M pages are obtainable"
     )
-    assert pages.recommend(2 * GiB, [M, G], True, BOTH).page_size_kb == G
-    assert pages.recommend([GiB, GiB], [M, G], True, BOTH).page_size_kb == G
-    assert pages.recommend([GiB, 1], [M, G], True, BOTH).page_size_kb == M  # each file rounds up on its own
+    assert pages.recommend(2 * GiB, [M, G], supports_1g=True, obtainable=BOTH).page_size_kb == G
+    assert pages.recommend([GiB, GiB], [M, G], supports_1g=True, obtainable=BOTH).page_size_kb == G
+    assert (
+        pages.recommend([GiB, 1], [M, G], supports_1g=True, obtainable=BOTH).page_size_kb == M
+    )  # each file rounds up on its own
 
 
 def test_recommend_reason_for_sub_gib_threshold():
-    assert "0 GiB" not in pages.recommend(512 * MiB, [M, G], True, BOTH, threshold_1g=256 * MiB).reason
-    assert "0 GiB" not in pages.recommend(128 * MiB, [M, G], True, BOTH, threshold_1g=256 * MiB).reason
+    assert (
+        "0 GiB"
+        not in pages.recommend(512 * MiB, [M, G], supports_1g=True, obtainable=BOTH, threshold_1g=256 * MiB).reason
+    )
+    assert (
+        "0 GiB"
+        not in pages.recommend(128 * MiB, [M, G], supports_1g=True, obtainable=BOTH, threshold_1g=256 * MiB).reason
+    )
 
 
 def test_recommend_without_1g_support():
-    r = pages.recommend(30 * GiB, [M, G], False, BOTH)
+    r = pages.recommend(30 * GiB, [M, G], supports_1g=False, obtainable=BOTH)
     assert r == pages.Recommendation(M, "the CPU or kernel has no 1G pages; 2M pages are obtainable")
-    assert pages.recommend(30 * GiB, [M], True, BOTH).page_size_kb == M
+    assert pages.recommend(30 * GiB, [M], supports_1g=True, obtainable=BOTH).page_size_kb == M
 
 
 def test_recommend_1g_not_obtainable():
-    r = pages.recommend(30 * GiB, [M, G], True, {M: True, G: False})
+    r = pages.recommend(30 * GiB, [M, G], supports_1g=True, obtainable={M: True, G: False})
     assert r == pages.Recommendation(M, "1G pages cannot be obtained now; 2M pages are obtainable")
 
 
 def test_recommend_falls_back_to_4k():
-    r = pages.recommend(30 * GiB, [M, G], True, {M: False, G: False})
+    r = pages.recommend(30 * GiB, [M, G], supports_1g=True, obtainable={M: False, G: False})
     assert r == pages.Recommendation(K, "1G pages cannot be obtained now; no 2M pages obtainable either: 4K")
-    assert pages.recommend(30 * GiB, [], False, {}).page_size_kb == K
+    assert pages.recommend(30 * GiB, [], supports_1g=False, obtainable={}).page_size_kb == K
 
 
 @pytest.mark.parametrize(
@@ -123,25 +136,17 @@ def test_recommend_falls_back_to_4k():
 )
 def test_recommend_forced_size(requested, sizes, expected, reason):
     # a forced size wins over threshold and obtainability
-    r = pages.recommend(GiB, sizes, False, {}, requested_kb=requested)
+    r = pages.recommend(GiB, sizes, supports_1g=False, obtainable={}, requested_kb=requested)
     assert r == pages.Recommendation(expected, reason)
 
 
 def test_recommend_forced_1g_for_a_small_model_is_2m():
     # as the preload library does with HUGELOAD_PAGE_SIZE=1g: under forced_1g_min a 1 GB page is mostly waste
-    r = pages.recommend(MiB, [M, G], True, BOTH, requested_kb=G)
+    r = pages.recommend(MiB, [M, G], supports_1g=True, obtainable=BOTH, requested_kb=G)
     assert r == pages.Recommendation(M, "1G requested, but the model is under 256 MiB: 2M")
 
 
-def test_obtainable_from_memory():
-    need = {G: 30 * GiB, M: 30 * GiB}
-    got = pages.obtainable_from_memory(need, {G: 20, M: 0}, mem_available_bytes=12 * GiB)
-    assert got == {G: True, M: False}  # 1G: 10 GiB missing fits; 2M: 30 GiB missing does not
-    assert pages.obtainable_from_memory(need, {G: 30}, 0) == {G: True, M: False}
-    assert pages.obtainable_from_memory({G: 30 * GiB}, {G: 20}, 12 * GiB, floor_bytes=4 * GiB) == {G: False}
-
-
-# --- make_plan over fixture machines ---------------------------------------------------
+# --- plan_for over fixture machines ---------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -153,27 +158,27 @@ def test_obtainable_from_memory():
         ("container-v2", G, "cpuid"),
     ],
 )
-def test_make_plan_30g(tree, name, recommended, source):
-    plan = make_plan(read_machine(tree(name)), [30 * GiB], None, GiB)
+def test_plan_for_30g(tree, name, recommended, source):
+    plan = pages.plan_for(read_machine(tree(name)), [30 * GiB], None, GiB)
     assert plan["recommended_page_size_kb"] == recommended
     assert plan["tlb_source"] == source
     assert plan["total_bytes"] == 30 * GiB
 
 
-def test_make_plan_without_free_pages_or_root(tree):
+def test_plan_for_without_free_pages_or_root(tree):
     # no1g: empty 2M pool and not allowed to grow it -> 4K
-    plan = make_plan(read_machine(tree("no1g"), is_root=False), [30 * GiB], None, GiB)
+    plan = pages.plan_for(read_machine(tree("no1g"), is_root=False), [30 * GiB], None, GiB)
     assert plan["recommended_page_size_kb"] == K
 
 
-def test_make_plan_notes_memory_shortfall(tree):
-    plan = make_plan(read_machine(tree("zen-vm")), [30 * GiB], None, GiB)
+def test_plan_for_notes_memory_shortfall(tree):
+    plan = pages.plan_for(read_machine(tree("zen-vm")), [30 * GiB], None, GiB)
     assert plan["notes"] and "more huge pages than are free" in plan["notes"][0]
-    assert make_plan(read_machine(tree("zen-vm")), [2 * GiB], None, GiB)["notes"] == []
+    assert pages.plan_for(read_machine(tree("zen-vm")), [2 * GiB], None, GiB)["notes"] == []
 
 
-def test_make_plan_uses_cpu_tlb(tree):
-    plan = make_plan(read_machine(tree("numa2-1g")), [30 * GiB], None, GiB)
+def test_plan_for_uses_cpu_tlb(tree):
+    plan = pages.plan_for(read_machine(tree("numa2-1g")), [30 * GiB], None, GiB)
     o = by_size(plan["options"])
     assert o[G].cpu_tlb_entries == {1: 8, 2: 1024}
     assert o[G].pool_free == 20

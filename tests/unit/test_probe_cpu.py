@@ -1,6 +1,7 @@
 """probe/cpu.py: identity and flags from /proc/cpuinfo, TLB geometry from CPUID (AMD, Intel) or cpuinfo."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -93,7 +94,7 @@ def test_intel_leaf_18_subleaves(tree):
 
 def test_numa2_cpuid_json_encodes_leaf_18_per_sdm(tree):
     """The fixture's own encoding, checked field by field against the SDM layout."""
-    table = json.loads(open(f"{tree('numa2-1g')}/cpuid.json").read())
+    table = json.loads(Path(tree("numa2-1g"), "cpuid.json").read_text())
     regs = {k: [int(r, 16) for r in v] for k, v in table.items()}
     assert regs["0x18:0"][0] == 6  # EAX of sub-leaf 0: the last sub-leaf
     stlb_1g = regs["0x18:6"]

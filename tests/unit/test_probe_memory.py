@@ -59,20 +59,12 @@ def test_buddyinfo_two_nodes(tree):
     assert zones[3].free_blocks[10] == 44785
     # order 9 (2 MiB) and order 10 (4 MiB) blocks on node 1
     assert zones[3].free_bytes_at_least(9) == 88 * 2 * MiB + 44785 * 4 * MiB
-    assert memory.largest_free_block_bytes(zones) == 4 * MiB
 
 
 def test_buddyinfo_captured(tree):
     zones = memory.read_buddyinfo(tree("zen-vm"))
     assert zones[0] == BuddyZone(0, "DMA", (0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 3))
     assert zones[0].free_bytes_at_least(0) == (1 << 8) * 4096 + (1 << 9) * 4096 + 3 * (1 << 10) * 4096
-
-
-def test_largest_free_block():
-    zones = [BuddyZone(0, "Normal", (5, 0, 2, 0)), BuddyZone(1, "Normal", (1, 1))]
-    assert memory.largest_free_block_bytes(zones) == 4 * 4096
-    assert memory.largest_free_block_bytes([]) == 0
-    assert memory.largest_free_block_bytes([BuddyZone(0, "DMA", (0, 0))]) == 0
 
 
 def test_buddyinfo_skips_bad_lines(tmp_path):

@@ -86,3 +86,16 @@ def test_unescape_keeps_non_ascii(tmp_path):
         "hugetlbfs /mnt/modèles\\0401g hugetlbfs rw,pagesize=1024M 0 0\n", encoding="utf-8"
     )
     assert mounts.read_mounts(tmp_path)[0].path == "/mnt/modèles 1g"
+
+
+def test_mount_table_and_filesystem_of(tmp_path):
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc/mounts").write_text(
+        "/dev/vda1 / ext4 rw 0 0\ntmpfs /dev/shm tmpfs rw,nosuid 0 0\nnone /srv/my\\040dir tmpfs rw 0 0\nshort line\n"
+    )
+    table = mounts.read_mount_table(tmp_path)
+    assert [(m.path, m.fstype) for m in table] == [("/", "ext4"), ("/dev/shm", "tmpfs"), ("/srv/my dir", "tmpfs")]
+    assert mounts.filesystem_of(tmp_path, "/dev/shm/x") == "tmpfs"
+    assert mounts.filesystem_of(tmp_path, "/srv/my dir/model.gguf") == "tmpfs"
+    assert mounts.filesystem_of(tmp_path, "/dev/shmem") == "ext4"  # a prefix of the name is not the mount
+    assert mounts.filesystem_of(tmp_path / "nothing", "/x") == "unknown"

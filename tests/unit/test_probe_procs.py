@@ -59,11 +59,34 @@ def test_small_mapping_with_min_size_zero(tree):
     assert (small.path, small.size, small.kernel_page_kb, small.rss_kb) == ("/usr/bin/llama-server", 4096, 4, 4)
 
 
-def test_mapping_page_sizes(tree):
+def test_smaps_entry_by_address(tree):
     root = tree("zen-vm")
-    assert procs.mapping_page_sizes(root, 4242, MODEL) == {1048576}
-    assert procs.mapping_page_sizes(root, 4242, "/usr/bin/llama-server") == {4}
-    assert procs.mapping_page_sizes(root, 4242, "/nowhere") == set()
+    assert procs.smaps_entry(root, 4242, 0x7F0000000000).path == MODEL
+    assert procs.smaps_entry(root, 4242, 0x7F0080000000 - 1).kernel_page_kb == 1048576
+    assert procs.smaps_entry(root, 4242, 0x10) is None
+    assert procs.smaps_entry(root, 99999, 0x7F0000000000) is None
+
+
+def test_status_is_read_by_key_first_line_wins(tmp_path):
+    # A process may name itself anything: its Name line never yields another key.
+    (tmp_path / "proc" / "7").mkdir(parents=True)
+    (tmp_path / "proc" / "7" / "status").write_text(
+        "Name:\tHugetlbPages: 99999999 kB\nHugetlbPages:\t  2048 kB\nHugetlbPages:\t1 kB\nbroken line\n"
+    )
+    s = procs.read_status(tmp_path, 7)
+    assert s["Name"] == "HugetlbPages: 99999999 kB"
+    assert procs.status_kb(s, "HugetlbPages") == 2048 and procs.status_kb(s, "VmLck") == 0
+
+
+def test_smaps_rollup_by_key(tmp_path):
+    (tmp_path / "proc" / "7").mkdir(parents=True)
+    (tmp_path / "proc" / "7" / "smaps_rollup").write_text(
+        "55d0-7ffd ---p 00000000 00:00 0                          [rollup]\n"
+        "Rss:                1024 kB\nPss:                 512 kB\nPss_Anon:  100 kB\nAnonHugePages: 2048 kB\n"
+    )
+    assert procs.read_smaps_rollup(tmp_path, 7) == {"Rss": 1024, "Pss": 512, "Pss_Anon": 100, "AnonHugePages": 2048}
+    assert procs._thp_kb(tmp_path, 7) == 2048
+    assert procs.read_smaps_rollup(tmp_path, 8) == {}
 
 
 def test_pids(tree):

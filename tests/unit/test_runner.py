@@ -1,9 +1,8 @@
-"""runner.model_args / estimate_need: which files `hugeload run` plans pages for."""
+"""runner.model_args / estimate_needs: which files `hugeload run` plans pages for."""
 
-import os
-
-from hugeload import runner
+from hugeload import report, runner
 from hugeload.act import redirects, store
+from hugeload.pages import PAGE_1G
 
 MiB = 1 << 20
 
@@ -28,9 +27,11 @@ def test_staged_file_under_min_size_is_a_candidate(tmp_path, tree):
     stage_fake(sd, src, staged)
     cands = runner.model_args(["llama-bench", "-m", str(src)], [], state_dir=sd)
     assert cands == [runner.Candidate(str(src), 3 * MiB, True)]
-    need = runner.estimate_need(cands, 1048576, copy=False, alloc=True, root=tree("zen-vm"))
-    assert need.pages == 1
-    assert runner.estimate_need(cands, 1048576, copy=True, alloc=False, root=tree("zen-vm")).pages == 0
+    # Not GGUF: its heap copy cannot be predicted and counts as the whole file (in 2M pages: a
+    # 1g run applies 1G only from 256 MiB); a staged file needs no copy of its own.
+    need = runner.estimate_needs(cands, PAGE_1G, False, 1 << 20, {cands[0].path: None}, tree("zen-vm"))
+    assert [(n.page_size_kb, n.pages) for n in need] == [(2048, 2)]
+    assert runner.estimate_needs(cands, PAGE_1G, True, 0, {cands[0].path: None}, tree("zen-vm")) == []
 
 
 def test_unstaged_small_file_is_not_a_candidate_without_glob(tmp_path):
@@ -44,7 +45,6 @@ def test_unstaged_small_file_is_not_a_candidate_without_glob(tmp_path):
 
 # --- heap copies: prediction, pages, summary ------------------------------------------------
 
-from hugeload.pages import PAGE_1G  # noqa: E402
 from hugeload.plan import buffers  # noqa: E402
 
 GiB = 1 << 30
@@ -108,8 +108,8 @@ hugeload: region pid=7 what=malloc bytes=20685264 mapped=20971520 page=2M fill=a
 
 
 def test_read_summary_names_buffers_and_pages():
-    regions = runner.parse_report("noise\n" + REPORT)
-    assert len(regions) == 3 and regions[0]["what"] == "tiny%20model.gguf"
+    regions = report.parse("noise\n" + REPORT)
+    assert len(regions) == 3 and regions[0].what == "tiny%20model.gguf"
     c = runner.Candidate("/m/tiny model.gguf", 25334464, True)
     (line,) = runner.read_summary([c], {c.path: prediction((buffers.Buffer.CPU_REPACK, 24827904))}, regions, 8 << 20)
     assert line == (

@@ -3,7 +3,7 @@
 import pytest
 
 from hugeload.errors import UsageError
-from hugeload.units import GiB, KiB, MiB, TiB, ceil_div, format_bytes, page_size_name, parse_size
+from hugeload.units import GiB, KiB, MiB, TiB, arg_type, ceil_div, format_bytes, parse_size
 
 
 @pytest.mark.parametrize(
@@ -39,11 +39,15 @@ def test_parse_size_rejects(text):
     assert "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize(
-    "kb,name", [(4, "4K"), (2048, "2M"), (1048576, "1G"), (16, "16K"), (16384, "16M"), (2097152, "2G"), (3, "3K")]
-)
-def test_page_size_name(kb, name):
-    assert page_size_name(kb) == name
+def test_size_arg_type_parses_at_parse_time():
+    import argparse
+
+    convert = arg_type(minimum=KiB)
+    assert convert("2M") == 2 * MiB
+    for bad in ("lots", "10"):
+        with pytest.raises(argparse.ArgumentTypeError) as e:
+            convert(bad)
+        assert "\n" not in str(e.value)
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ the same way and never overwritten.  A planted symlink or a directory another us
 ends the command with one line, before anything is written.
 """
 
+import contextlib
 import os
 import secrets
 import stat
@@ -127,10 +128,8 @@ def write_at(dfd: int, name: str, text: str, mode: int) -> None:
         os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
         os.fsync(dfd)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp, dir_fd=dfd)
-        except FileNotFoundError:
-            pass
         raise
 
 

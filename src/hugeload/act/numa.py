@@ -73,6 +73,7 @@ def spanning_note(paths: list[str], state_dir=None, root="/") -> str | None:
         if plan_numa.INTERLEAVED not in nodes and not set(span) <= nodes:
             return (
                 f"this engine may run on nodes {','.join(map(str, span))} but {m.name!r} is staged on node(s) "
-                f"{','.join(map(str, sorted(nodes)))} only; pin it with --node N, or load with --replicate or --interleave"
+                f"{','.join(map(str, sorted(nodes)))} only; pin it with --node N, "
+                "or load with --replicate or --interleave"
             )
     return None

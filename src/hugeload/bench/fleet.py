@@ -19,24 +19,34 @@ in use.  Rounds interleave the cases in a shuffled order.
 import contextlib
 import json
 import os
-import random
 import shutil
 import socket
-import subprocess
 import time
 import urllib.request
-from pathlib import Path
+from dataclasses import dataclass
 
-from hugeload import engines
+from hugeload import engines, launch, runner
 from hugeload.act import state, store
-from hugeload.bench.common import bootstrap_median_ci
-from hugeload.bench.stage import drop_from_cache, read_into_cache, resident_fraction
+from hugeload.bench.copies import bench_dir
+from hugeload.bench.pagecache import drop_from_cache, read_into_cache, resident_fraction
+from hugeload.bench.stats import round_orders, stat_dict
 from hugeload.errors import HugeloadError, UsageError
 from hugeload.probe import pools as probe_pools
-from hugeload.probe.procs import read_status
+from hugeload.probe import procs
 
 CASES = ("cold", "warm", "mlock", "private", "staged")
 LOAD_MODE = {"mlock": "mmap+mlock", "private": "none"}
+
+
+@dataclass(frozen=True)
+class FleetOptions:
+    engines: int = 2  # started together per case
+    cases: tuple[str, ...] = CASES
+    rounds: int = 3
+    threads: int = 1  # per engine
+    server: str | None = None  # llama-server (None: the one hugeload finds)
+    timeout: float = 300.0  # seconds the engines may take to answer
+    seed: int = 0
 
 
 def parse_cases(text: str) -> list[str]:
@@ -64,20 +74,10 @@ def _get(url: str, timeout: float = 1.0, body: dict | None = None) -> int:
         return 0
 
 
-def _kb(status: dict, key: str) -> int:
-    with contextlib.suppress(ValueError, IndexError):
-        return int(status.get(key, "0 kB").split()[0])
-    return 0
-
-
 def _private_pss_kb(pid: int) -> int:
     """Pss less its file-backed part (the page cache is counted once, from mincore)."""
-    out = 0
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith(("Pss_Anon:", "Pss_Shmem:")):
-                out += int(line.split()[1])
-    return out
+    rollup = procs.read_smaps_rollup("/", pid)
+    return rollup.get("Pss_Anon", 0) + rollup.get("Pss_Shmem", 0)
 
 
 def _pool_used_kb(root) -> int:
@@ -88,128 +88,90 @@ def _pool_used_kb(root) -> int:
     return used
 
 
-def _one_case(
-    case: str,
-    model: str,
-    server: str,
-    n: int,
-    threads: int,
-    timeout: float,
-    root,
-    env: dict | None = None,
-    pool_before: int = 0,
-    source: str | None = None,
-) -> dict:
-    procs, ports = [], []
+class _Case:
+    """One case of one round: what is started and how."""
+
+    def __init__(self, case: str, model: str, options: FleetOptions, env: dict | None):
+        self.case, self.model, self.options, self.env = case, model, options, env
+
+    def command(self, server: str, port: int) -> launch.Command:
+        o = self.options
+        argv = [server, "-m", self.model, "--port", str(port), "--host", "127.0.0.1", "-t", str(o.threads)]
+        argv += ["-c", "256", "-np", "1", "--no-warmup"]
+        argv += ["-lm", LOAD_MODE[self.case]] if self.case in LOAD_MODE else []
+        return launch.Command(argv, self.env, output=launch.Output.TAIL)
+
+
+def _wait_loaded(engines_: list[launch.Running], ports: list[int], t0: float, timeout: float) -> list[float | None]:
+    """Seconds from the spawn until each engine's /health answered (None: it did not)."""
+    loaded: list[float | None] = [None] * len(engines_)
+    deadline = t0 + timeout
+    while any(x is None for x in loaded) and time.perf_counter() < deadline:
+        for i, (e, port) in enumerate(zip(engines_, ports, strict=True)):
+            if loaded[i] is None and e.poll() is None and _get(f"http://127.0.0.1:{port}/health", 0.5) == 200:
+                loaded[i] = time.perf_counter() - t0
+        if any(e.poll() is not None for e in engines_):
+            break
+        time.sleep(0.02)
+    return loaded
+
+
+def _one_case(c: _Case, server: str, root, pool_before: int, source: str) -> dict:
+    o = c.options
+    started: list[launch.Running] = []
+    ports: list[int] = []
     try:
         t0 = time.perf_counter()
-        for _ in range(n):
-            port = _free_port()
-            argv = [
-                server,
-                "-m",
-                model,
-                "--port",
-                str(port),
-                "--host",
-                "127.0.0.1",
-                "-t",
-                str(threads),
-                "-c",
-                "256",
-                "-np",
-                "1",
-                "--no-warmup",
-            ] + (["-lm", LOAD_MODE[case]] if case in LOAD_MODE else [])
-            procs.append(
-                subprocess.Popen(
-                    argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, errors="replace", env=env
-                )
-            )
-            ports.append(port)
-        loaded: list[float | None] = [None] * n
-        first: list[float | None] = [None] * n
-        deadline = t0 + timeout
-        while any(x is None for x in loaded) and time.perf_counter() < deadline:
-            for i, (p, port) in enumerate(zip(procs, ports)):
-                if loaded[i] is None and p.poll() is None and _get(f"http://127.0.0.1:{port}/health", 0.5) == 200:
-                    loaded[i] = time.perf_counter() - t0
-            if any(p.poll() is not None for p in procs):
-                break
-            time.sleep(0.02)
+        for _ in range(o.engines):
+            ports.append(_free_port())
+            started.append(launch.start(c.command(server, ports[-1])))
+        loaded = _wait_loaded(started, ports, t0, o.timeout)
+        first: list[float | None] = [None] * o.engines
         for i, port in enumerate(ports):
             if loaded[i] is not None:
-                ok = (
-                    _get(
-                        f"http://127.0.0.1:{port}/completion",
-                        timeout,
-                        {"prompt": "hello", "n_predict": 1, "cache_prompt": False},
-                    )
-                    == 200
-                )
+                body = {"prompt": "hello", "n_predict": 1, "cache_prompt": False}
+                ok = _get(f"http://127.0.0.1:{port}/completion", o.timeout, body) == 200
                 first[i] = time.perf_counter() - t0 if ok else None
-        dead = [p for p in procs if p.poll() is not None]
+        dead = [e for e in started if e.poll() is not None]
         if dead or any(x is None for x in first):
-            err = ""
-            if dead:
-                with contextlib.suppress(Exception):
-                    err = [x for x in (dead[0].stderr.read() or "").splitlines() if x.strip()][-1]
-            return {"case": case, "error": err or "an engine did not answer in time"}
+            err = dead[0].wait().last_line() if dead else ""
+            return {"case": c.case, "error": err or "an engine did not answer in time"}
         # Memory, once every engine answered.
-        statuses = [read_status("/", p.pid) for p in procs]
+        statuses = [procs.read_status("/", e.pid) for e in started]
         return {
-            "case": case,
+            "case": c.case,
             "error": None,
             "loaded_s": loaded,
             "first_token_s": first,
-            "pss_kb": sum(_private_pss_kb(p.pid) for p in procs),
-            "hugetlb_kb": sum(_kb(s, "HugetlbPages") for s in statuses),
-            "vmlck_kb": sum(_kb(s, "VmLck") for s in statuses),
+            "pss_kb": sum(_private_pss_kb(e.pid) for e in started),
+            "hugetlb_kb": sum(procs.status_kb(s, "HugetlbPages") for s in statuses),
+            "vmlck_kb": sum(procs.status_kb(s, "VmLck") for s in statuses),
             # The staged copy's pages count for the staged case only (it waits, unused, meanwhile).
-            "pool_used_kb": max(0, _pool_used_kb(root) - pool_before) if case == "staged" else 0,
-            "page_cache_kb": int((resident_fraction(source or model) or 0) * os.path.getsize(source or model)) >> 10,
+            "pool_used_kb": max(0, _pool_used_kb(root) - pool_before) if c.case == "staged" else 0,
+            "page_cache_kb": int((resident_fraction(source) or 0) * os.path.getsize(source)) >> 10,
         }
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        for e in started:
+            e.stop()
 
 
-def run(
-    model: str,
-    n: int = 2,
-    cases: list[str] | None = None,
-    rounds: int = 3,
-    threads: int = 1,
-    server: str | None = None,
-    timeout: float = 300.0,
-    root="/",
-    seed: int = 0,
-    log=lambda m: None,
-    state_dir=None,
-) -> dict:
+def run(model: str, options: FleetOptions = FleetOptions(), *, root="/", log=lambda m: None, state_dir=None) -> dict:
+    o = options
     if not os.path.isfile(model):
         raise UsageError(f"no such model file: {model}")
-    if n < 1 or rounds < 1:
+    if o.engines < 1 or o.rounds < 1:
         raise UsageError("--engines and --rounds must be at least 1")
-    server = server or (str(engines.find_llama("llama-server") or "") or None)
+    server = o.server or (str(engines.find_llama("llama-server") or "") or None)
     if not server:
         raise UsageError("llama-server not found (scripts/get-llama.sh, or --server PATH)")
-    cases = cases or list(CASES)
-    from hugeload.bench.engine import bench_dir
-
+    cases = list(o.cases) or list(CASES)
     d = bench_dir(state_dir)
     store_dir = d / "state"
     staged_path, setup_s, skipped = None, None, {}
     out: list[dict] = []
     pool_before = _pool_used_kb(root)
     try:
+        state.ensure_dir(d)
         if "staged" in cases:
             state.ensure_dir(store_dir)
             t = time.perf_counter()
@@ -222,34 +184,18 @@ def run(
                 skipped["staged"] = f"could not stage: {e}"
         # As `hugeload run` would: the preload library keeps the engines' sub-page munmaps of the
         # staged file from failing; nothing else (no allocations, no copy).
-        from hugeload import runner
-
-        empty = d / "empty"
-        state.ensure_dir(empty)
+        empty = state.ensure_dir(d / "empty")
         staged_env = runner.environment(runner.PreloadOptions(alloc_threshold=0, log=runner.LogLevel.QUIET), str(empty))
         active = [c for c in cases if c not in skipped]
-        rng = random.Random(seed)
-        for r in range(rounds):
-            order = active[:]
-            rng.shuffle(order)
+        for r, order in enumerate(round_orders(active, o.rounds, o.seed)):
             for c in order:
-                log(f"round {r + 1}/{rounds}: {c} x {n}")
+                log(f"round {r + 1}/{o.rounds}: {c} x {o.engines}")
                 if c in ("cold", "staged"):
                     drop_from_cache(model)  # staged engines do not need the source's page cache
                 elif c in ("warm", "mlock"):
                     read_into_cache(model)
-                res = _one_case(
-                    c,
-                    staged_path if c == "staged" else model,
-                    server,
-                    n,
-                    threads,
-                    timeout,
-                    root,
-                    staged_env if c == "staged" else None,
-                    pool_before,
-                    model,
-                )
+                case = _Case(c, staged_path if c == "staged" else model, o, staged_env if c == "staged" else None)
+                res = _one_case(case, server, root, pool_before, model)
                 res["round"] = r
                 out.append(res)
     finally:
@@ -259,17 +205,10 @@ def run(
         with contextlib.suppress(HugeloadError):
             store.gc(store_dir, root)
         shutil.rmtree(d, ignore_errors=True)
-    return summarize(model, n, cases, rounds, out, skipped, setup_s)
+    return summarize(model, o, cases, out, skipped, setup_s)
 
 
-def _stat(values: list[float]) -> dict | None:
-    if not values:
-        return None
-    med, lo, hi = bootstrap_median_ci(values)
-    return {"median": med, "low": lo, "high": hi, "values": values}
-
-
-def summarize(model, n, cases, rounds, out, skipped, setup_s) -> dict:
+def summarize(model: str, options: FleetOptions, cases: list[str], out: list[dict], skipped, setup_s) -> dict:
     results = []
     for c in cases:
         if c in skipped:
@@ -285,8 +224,8 @@ def summarize(model, n, cases, rounds, out, skipped, setup_s) -> dict:
             "status": "ok",
             "reason": None,
             "failed_runs": len(mine) - len(ok),
-            "loaded_s": _stat([max(x["loaded_s"]) for x in ok]),
-            "first_token_s": _stat([max(x["first_token_s"]) for x in ok]),
+            "loaded_s": stat_dict([max(x["loaded_s"]) for x in ok]),
+            "first_token_s": stat_dict([max(x["first_token_s"]) for x in ok]),
         }
         for k in ("pss_kb", "hugetlb_kb", "vmlck_kb", "pool_used_kb", "page_cache_kb"):
             e[k] = int(sorted(x[k] for x in ok)[len(ok) // 2])
@@ -297,8 +236,8 @@ def summarize(model, n, cases, rounds, out, skipped, setup_s) -> dict:
     return {
         "model": model,
         "model_size": os.path.getsize(model),
-        "engines": n,
-        "rounds": rounds,
+        "engines": options.engines,
+        "rounds": options.rounds,
         "staging_s": setup_s,
         "results": results,
         "note": "times from spawning the N engines together until the last one answered; memory read once "

@@ -20,125 +20,139 @@ third configuration, so a change to the hot path can be checked against it.
 """
 
 import os
-import random
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass, field
+from enum import Enum
 
-from hugeload import native
-from hugeload.bench.common import bootstrap_median_ci
+from hugeload import launch, native, runner
+from hugeload.bench.stats import round_orders, stat
 from hugeload.errors import UsageError
 
 CHILD = (
     "import sys\nfrom hugeload import native\nl = native.load()\n"
     "n, size, reps = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])\n"
-    "print(min(l.hugeload_malloc_free_ns(n, size) for _ in range(reps)))\n"
+    "print(f'hugeload-hotpath-ns={min(l.hugeload_malloc_free_ns(n, size) for _ in range(reps))}')\n"
 )
 NONE = "none"
+_NS = re.compile(r"hugeload-hotpath-ns=([0-9.eE+-]+)")
 _TOTAL = re.compile(r"Collected\s*:\s*([0-9]+)")
 
 
+class Instructions(Enum):
+    """Whether to count instructions with callgrind."""
+
+    AUTO = "auto"  # when valgrind is installed
+    COUNT = "count"
+    SKIP = "skip"
+
+
+@dataclass(frozen=True)
+class HotpathOptions:
+    pairs: int = 2_000_000  # malloc/free pairs per measurement
+    size: int = 64  # bytes per allocation
+    rounds: int = 10
+    libraries: dict[str, str] = field(default_factory=dict)  # name -> another build of libhugeload.so
+    instructions: Instructions = Instructions.AUTO
+    seed: int = 0
+
+
 def _env(lib: str | None, state_dir: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HUGELOAD_") and k != "LD_PRELOAD"}
-    env["PYTHONHASHSEED"] = "0"  # the same start-up instructions in every child
-    env["HUGELOAD_STATE_DIR"] = state_dir  # an empty store: no index to read
-    if lib:
-        env["LD_PRELOAD"] = lib
-    return env
+    """The child's environment: ours without any preload setting, then, for a library, what
+    `hugeload run` would set (runner.environment) with that build in LD_PRELOAD."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("HUGELOAD_") and k != "LD_PRELOAD"}
+    base["PYTHONHASHSEED"] = "0"  # the same start-up instructions in every child
+    if lib is None:
+        base["HUGELOAD_STATE_DIR"] = state_dir
+        return base
+    return runner.environment(runner.PreloadOptions(library=lib), state_dir, base)  # an empty store: no index
 
 
-def _child(lib: str | None, pairs: int, size: int, reps: int, state_dir: str, wrap: list[str] = ()) -> str:
+def _child(lib: str | None, pairs: int, size: int, reps: int, state_dir: str, wrap: tuple[str, ...] = ()) -> str:
     argv = [*wrap, sys.executable, "-c", CHILD, str(pairs), str(size), str(reps)]
-    p = subprocess.run(argv, env=_env(lib, state_dir), capture_output=True, text=True, timeout=600)
-    if p.returncode != 0:
-        last = (p.stderr.strip().splitlines() or [f"exit {p.returncode}"])[-1]
-        raise UsageError(f"the measuring process failed{' under ' + lib if lib else ''}: {last}")
-    return p.stdout + p.stderr
+    done = launch.run(launch.Command(argv, _env(lib, state_dir), output=launch.Output.CAPTURE, timeout=600))
+    if done.returncode != 0:
+        raise UsageError(f"the measuring process failed{' under ' + lib if lib else ''}: {done.last_line()}")
+    return done.output
+
+
+def _ns(lib: str | None, pairs: int, size: int, state_dir: str) -> float:
+    m = _NS.search(_child(lib, pairs, size, 3, state_dir))
+    if not m:
+        raise UsageError("the measuring process printed no time")
+    return float(m.group(1))
 
 
 def _instructions(lib: str | None, pairs: int, size: int, state_dir: str) -> int:
-    out = _child(lib, pairs, size, 1, state_dir, ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"])
-    m = _TOTAL.search(out)
+    wrap = ("valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null")
+    m = _TOTAL.search(_child(lib, pairs, size, 1, state_dir, wrap))
     if not m:
         raise UsageError("callgrind printed no instruction count")
     return int(m.group(1))
 
 
-def run(
-    pairs: int = 2_000_000,
-    size: int = 64,
-    rounds: int = 10,
-    libraries: dict[str, str] | None = None,
-    instructions: bool | None = None,
-    seed: int = 0,
-    log=lambda msg: None,
-) -> dict:
-    if pairs < 1000 or rounds < 1 or size < 1:
-        raise UsageError("--pairs must be at least 1000, --rounds and --size at least 1")
-    libs = {NONE: None, "hugeload": str(native.library_path())}
-    for name, path in (libraries or {}).items():
+def _libraries(extra: dict[str, str]) -> dict[str, str | None]:
+    libs: dict[str, str | None] = {NONE: None, "hugeload": str(native.library_path())}
+    for name, path in extra.items():
         if not os.path.isfile(path):
             raise UsageError(f"no such library: {path}")
         libs[name] = os.path.abspath(path)
-    if not os.path.isfile(libs["hugeload"]):
+    if not os.path.isfile(libs["hugeload"] or ""):
         raise UsageError(f"the preload library is not built: {libs['hugeload']} (pip install .)")
+    return libs
+
+
+def run(options: HotpathOptions = HotpathOptions(), *, log=lambda msg: None) -> dict:
+    o = options
+    if o.pairs < 1000 or o.rounds < 1 or o.size < 1:
+        raise UsageError("--pairs must be at least 1000, --rounds and --size at least 1")
+    libs = _libraries(o.libraries)
     have_valgrind = shutil.which("valgrind") is not None
-    if instructions is None:
-        instructions = have_valgrind
-    elif instructions and not have_valgrind:
+    if o.instructions is Instructions.COUNT and not have_valgrind:
         raise UsageError("--instructions needs valgrind (apt-get install valgrind)")
-    rng = random.Random(seed)
-    ns: dict[str, dict[int, float]] = {k: {} for k in libs}
+    count = o.instructions is Instructions.COUNT or (o.instructions is Instructions.AUTO and have_valgrind)
+    ns: dict[str, list[float]] = {k: [] for k in libs}
+    counts = {}
     with tempfile.TemporaryDirectory(prefix="hugeload-hotpath-") as state_dir:
-        for r in range(rounds):
-            order = list(libs)
-            rng.shuffle(order)
-            log(f"round {r + 1}/{rounds}")
+        for r, order in enumerate(round_orders(list(libs), o.rounds, o.seed)):
+            log(f"round {r + 1}/{o.rounds}")
             for name in order:
-                ns[name][r] = float(_child(libs[name], pairs, size, 3, state_dir).split()[0])
-        counts = {}
-        if instructions:
-            short, long_ = 100_000, 100_000 + min(pairs, 1_000_000)
+                ns[name].append(_ns(libs[name], o.pairs, o.size, state_dir))
+        if count:
+            short, long_ = 100_000, 100_000 + min(o.pairs, 1_000_000)
             for name, lib in libs.items():
                 log(f"counting instructions: {name}")
-                a, b = _instructions(lib, short, size, state_dir), _instructions(lib, long_, size, state_dir)
+                a, b = _instructions(lib, short, o.size, state_dir), _instructions(lib, long_, o.size, state_dir)
                 counts[name] = (b - a) / (long_ - short)
     results = []
     for name in libs:
-        vals = [ns[name][r] for r in sorted(ns[name])]
-        med, lo, hi = bootstrap_median_ci(vals)
-        entry = {
-            "library": name,
-            "path": libs[name],
-            "ns_per_pair": {"median": med, "low": lo, "high": hi, "values": vals},
-        }
+        entry = {"library": name, "path": libs[name], "ns_per_pair": stat(ns[name]).as_dict()}
         if name != NONE:
-            diffs = [ns[name][r] - ns[NONE][r] for r in sorted(ns[name])]
-            dm, dl, dh = bootstrap_median_ci(diffs, seed=seed)
-            entry["extra_ns"] = {"median": dm, "low": dl, "high": dh}
+            diffs = [x - y for x, y in zip(ns[name], ns[NONE], strict=True)]
+            entry["extra_ns"] = stat(diffs, seed=o.seed).as_dict()
         if name in counts:
             entry["instructions_per_pair"] = counts[name]
             if name != NONE:
                 entry["extra_instructions"] = counts[name] - counts[NONE]
         results.append(entry)
     return {
-        "pairs": pairs,
-        "size": size,
-        "rounds": rounds,
+        "pairs": o.pairs,
+        "size": o.size,
+        "rounds": o.rounds,
         "results": results,
-        "instructions_counted": bool(instructions),
+        "instructions_counted": count,
         "note": (
             "time: wall-clock of the native loop, best of 3 per process, median over interleaved rounds, "
             "extra = median of per-round differences with a bootstrap 95% interval"
             + (
                 "; instructions: callgrind, two loop lengths, difference per pair"
-                if instructions
+                if count
                 else "; instructions not counted (no valgrind)"
             )
         ),
     }
 
 
-__all__ = ["run"]
+__all__ = ["run", "HotpathOptions", "Instructions"]

@@ -11,7 +11,8 @@ import ctypes
 import errno
 import os
 import struct
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 PERF_TYPE_RAW, PERF_TYPE_HW_CACHE = 4, 3
 CACHE_DTLB, OP_READ, RESULT_ACCESS, RESULT_MISS = 3, 0, 0, 1

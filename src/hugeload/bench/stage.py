@@ -20,34 +20,30 @@ could reach, not a like-for-like rival.
 
 import contextlib
 import ctypes
-import mmap
 import os
 import random
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from hugeload import pages as vocab
+from hugeload import pages
+from hugeload.act import mounts as act_mounts
+from hugeload.act import store
 from hugeload.api import alloc
-from hugeload.bench.common import (
-    VM_NOTE,
-    PageReservations,
-    Reservation,
-    Stat,
-    mem_available,
-    measured_note,
-    native_loops,
-    on_hypervisor,
-    round_orders,
-    sigint_deferred,
-    stat,
-)
+from hugeload.bench.common import envelope, mem_available, native_loops
+from hugeload.bench.pagecache import drop_from_cache, read_into_cache, resident_fraction
+from hugeload.bench.reservations import PageReservations, PoolUse, Reservation, sigint_deferred
+from hugeload.bench.scratch import create_private
+from hugeload.bench.stats import Stat, round_orders, stat
 from hugeload.errors import HugeloadError, PermissionNeeded, PoolError, UsageError
-from hugeload.units import GiB, MiB, format_bytes, page_size_name
+from hugeload.pages import PAGE_1G, PAGE_2M, PageSize
+from hugeload.probe.mounts import filesystem_of, read_mounts
+from hugeload.units import GiB, MiB, format_bytes
 
-__all__ = ["run", "StageResult", "Stat", "Reservation", "resident_fraction"]
+__all__ = ["run", "StageBenchOptions", "StagingResult", "Stat", "Reservation", "resident_fraction"]
 
 CASES = ("cold", "warm", "memcpy")
 MIN_SIZE = 1 * MiB
@@ -59,7 +55,18 @@ COLD_MAX_RESIDENT = 0.05  # above this share still cached, "cold" is noted as no
 RAM_FILESYSTEMS = {"tmpfs", "ramfs"}
 
 
-class StageResult(NamedTuple):
+@dataclass(frozen=True)
+class StageBenchOptions:
+    size: int = 1 * GiB  # of the generated file
+    page_size: PageSize | None = None  # None: auto (the size rule, when the pages can be had), else 1g or 2m
+    rounds: int = 3
+    directory: str | None = None  # where the file is written (default: the system's temporary directory)
+    pool: PoolUse = PoolUse.RESERVE
+    seed: int = 0
+    confidence: float = 0.95
+
+
+class StagingResult(NamedTuple):
     case: str  # cold / warm / memcpy
     gbps: Stat  # GB/s (1e9 bytes per second)
     seconds: list[float] | None  # per round, the whole load (None for memcpy)
@@ -67,77 +74,10 @@ class StageResult(NamedTuple):
     vs_memcpy: Stat | None  # per-round ratio gbps / memcpy gbps
 
 
-# --------------------------------------------------------------------------- page cache
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.mmap.restype = ctypes.c_void_p
-_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
-_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
-MAP_FAILED = ctypes.c_void_p(-1).value
-
-
-def resident_fraction(path: str) -> float | None:
-    """Share of the file's pages in the page cache (mincore on a fresh mapping,
-    which reads nothing); None when it cannot be told."""
-    size = os.path.getsize(path)
-    if size == 0:
-        return 1.0
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        addr = _libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
-        if addr in (None, MAP_FAILED):
-            return None
-        try:
-            pages = -(-size // mmap.PAGESIZE)
-            vec = (ctypes.c_ubyte * pages)()
-            if _libc.mincore(addr, size, vec) != 0:
-                return None
-            return sum(b & 1 for b in bytes(vec)) / pages
-        finally:
-            _libc.munmap(addr, size)
-    finally:
-        os.close(fd)
-
-
-def drop_from_cache(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fdatasync(fd)  # dirty pages cannot be dropped
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-
-
-def read_into_cache(path: str) -> None:
-    buf = bytearray(WRITE_BLOCK)
-    with open(path, "rb", buffering=0) as f:
-        while f.readinto(buf):
-            pass
-
-
-def filesystem_of(path: str) -> str:
-    """Type of the filesystem holding `path` (longest mount point prefix in /proc/self/mounts)."""
-    best, kind = "", "unknown"
-    real = os.path.realpath(path)
-    try:
-        with open("/proc/self/mounts") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) < 3:
-                    continue
-                mnt = parts[1].replace("\\040", " ")
-                if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
-                    best, kind = mnt, parts[2]
-    except OSError:
-        pass
-    return kind
-
-
 def write_file(path: str, size: int, seed: int) -> None:
-    """`size` bytes of pseudo-random data, synced to disk."""
+    """`size` bytes of pseudo-random data in a new private file, synced to disk."""
     block = random.Random(seed).randbytes(min(size, WRITE_BLOCK))
-    with open(path, "wb", buffering=0) as f:
+    with os.fdopen(create_private(path), "wb", buffering=0) as f:
         left = size
         while left:
             n = f.write(memoryview(block)[: min(left, len(block))])
@@ -148,48 +88,38 @@ def write_file(path: str, size: int, seed: int) -> None:
 # --------------------------------------------------------------------------- run
 
 
-def _choose(page_size: str, size: int, reservations: PageReservations, log) -> tuple[str, str]:
-    """(backing, why): auto follows hugeload.pages' size rule when the pages can be had, else 2M."""
-    if page_size != "auto":
-        reason = reservations.ensure(page_size, size)
+def _choose(page_size: PageSize | None, size: int, reservations: PageReservations, log) -> tuple[PageSize, str]:
+    """(page size, why): auto follows hugeload.pages' size rule when the pages can be had, else 2M."""
+    if page_size is not None:
+        reason = reservations.ensure(page_size.name, size)
         if reason:
-            raise PoolError(f"cannot stage into {page_size.upper()} pages: {reason}")
-        return page_size, f"{page_size.upper()} requested"
-    why = vocab.why(size)
-    if vocab.first_page(size) == vocab.PAGE_1G:
-        reason = reservations.ensure("1g", size)
+            raise PoolError(f"cannot stage into {page_size.label} pages: {reason}")
+        return page_size, f"{page_size.label} requested"
+    why = pages.why(size)
+    if pages.first_page(size) == PAGE_1G:
+        reason = reservations.ensure(PAGE_1G.name, size)
         if not reason:
-            return "1g", f"{why}, and 1G pages could be had"
+            return PAGE_1G, f"{why}, and 1G pages could be had"
         log(f"1G: {reason}; staging into 2M pages")
         why = f"1G pages could not be had ({reason}); 2M used"
-    reason = reservations.ensure("2m", size)
+    reason = reservations.ensure(PAGE_2M.name, size)
     if reason:
         raise PoolError(f"cannot stage into 2M pages: {reason}")
-    return "2m", why
+    return PAGE_2M, why
 
 
-def run(
-    size: int = 1 * GiB,
-    page_size: str = "auto",
-    rounds: int = 3,
-    directory: str | None = None,
-    reserve: bool = True,
-    root="/",
-    seed: int = 0,
-    confidence: float = 0.95,
-    log=lambda msg: None,
-) -> dict:
-    """Stage a generated file of `size` bytes `rounds` times cold and warm; see the module doc."""
-    from hugeload.act import store
-
+def run(options: StageBenchOptions = StageBenchOptions(), *, root="/", log=lambda msg: None) -> dict:
+    """Stage a generated file of `options.size` bytes `rounds` times cold and warm; see the module doc."""
+    o = options
+    size, rounds, seed, confidence = o.size, o.rounds, o.seed, o.confidence
     if rounds < 1:
         raise UsageError("--rounds must be at least 1")
     if size < MIN_SIZE:
         raise UsageError(f"size {format_bytes(size)} is too small: at least {format_bytes(MIN_SIZE)}")
-    if directory is not None and not os.path.isdir(directory):
-        raise UsageError(f"--dir {directory} is not a directory")
-    if page_size not in ("auto", "1g", "2m"):
-        raise UsageError(f"unknown page size {page_size!r}: choose one of auto, 1g, 2m")
+    if o.directory is not None and not os.path.isdir(o.directory):
+        raise UsageError(f"--dir {o.directory} is not a directory")
+    if o.page_size is not None and o.page_size not in pages.HUGE:
+        raise UsageError(f"page size {o.page_size.label} is not allowed here: choose one of auto, 1g, 2m")
     copy_bytes = min(size, MEMCPY_MAX)
     avail = mem_available(root)
     if avail is not None and 2 * size + 2 * copy_bytes > avail * 0.9:
@@ -200,8 +130,8 @@ def run(
     if os.geteuid() != 0:
         raise PermissionNeeded("bench stage mounts hugetlbfs and reserves huge pages: run it as root")
     lib = native_loops()
-    tmp = Path(tempfile.mkdtemp(prefix="hugeload-bench-stage-", dir=directory))
-    fs = filesystem_of(str(tmp))
+    tmp = Path(tempfile.mkdtemp(prefix="hugeload-bench-stage-", dir=o.directory))
+    fs = filesystem_of(root, str(tmp))
     free = shutil.disk_usage(tmp).free
     if free < size + 64 * MiB:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -211,7 +141,7 @@ def run(
         )
     state_dir = tmp / "state"
     path = str(tmp / "bench-stage.bin")
-    pages = PageReservations(root, reserve, log)
+    reservations = PageReservations(root, o.pool, log)
     buffers = []
     seconds = {"cold": [], "warm": []}
     resident = {"cold": [], "warm": []}
@@ -219,10 +149,10 @@ def run(
     threads = min(4, os.cpu_count() or 1)  # the store's default
     cleaned = False
     try:
-        with pages:
+        with reservations:
             try:
-                backing, why = _choose(page_size, size, pages, log)
-                kb = vocab.by_name(backing).kb
+                page, why = _choose(o.page_size, size, reservations, log)
+                kb = page.kb
                 log(f"writing {format_bytes(size)} to a temporary file on {fs}")
                 write_file(path, size, seed)
                 for _ in range(2):
@@ -246,9 +176,7 @@ def run(
                         t0 = time.perf_counter()
                         store.stage(
                             path,
-                            store.StageOptions(
-                                page_size=vocab.by_kb(kb), name=MODEL_NAME, reserve=True, threads=threads
-                            ),
+                            store.StageOptions(page_size=page, name=MODEL_NAME, reserve=True, threads=threads),
                             state_dir=state_dir,
                             root=root,
                         )
@@ -268,17 +196,17 @@ def run(
     results = []
     for c in ("cold", "warm"):
         results.append(
-            StageResult(
+            StagingResult(
                 c,
                 stat(gbps[c], confidence, seed),
                 seconds[c],
                 resident[c],
-                stat([g / m for g, m in zip(gbps[c], memcpy)], confidence, seed),
+                stat([g / m for g, m in zip(gbps[c], memcpy, strict=True)], confidence, seed),
             )
         )
-    results.append(StageResult("memcpy", stat(memcpy, confidence, seed), None, None, None))
+    results.append(StagingResult("memcpy", stat(memcpy, confidence, seed), None, None, None))
     notes = [
-        f"a load is the whole `hugeload load` path (mount, fault and zero {page_size_name(kb)} pages, "
+        f"a load is the whole `hugeload load` path (mount, fault and zero {pages.name(kb)} pages, "
         f"copy with {threads} threads, manifest); memcpy is one thread between buffers already touched"
     ]
     if fs in RAM_FILESYSTEMS:
@@ -291,7 +219,6 @@ def run(
     warm_short = [r for r in resident["warm"] if r is not None and r < 0.95]
     if warm_short:
         notes.append(f"only {min(warm_short):.0%} of the file stayed cached before a warm load (memory pressure)")
-    hypervisor = on_hypervisor(root)
     return {
         "size": size,
         "page_size_kb": kb,
@@ -301,25 +228,17 @@ def run(
         "filesystem": fs,
         "memcpy_bytes": copy_bytes,
         "confidence": confidence,
-        "note": measured_note(
-            root, "time.perf_counter around store.stage; memcpy timed in the native library", tlb=False
-        ),
         "notes": notes,
-        "hypervisor": hypervisor,
-        "vm_note": VM_NOTE if hypervisor else None,
         "results": results,
-        "reservations": pages.reservations,
-        "pools_restored": pages.restored,
+        **envelope(
+            root, "time.perf_counter around store.stage; memcpy timed in the native library", reservations, False
+        ),
         "cleaned": cleaned,
     }
 
 
 def _clean(tmp: Path, state_dir: Path, root) -> bool:
     """Unload what is staged, remove leftovers, unmount the run's mounts; True when nothing is left mounted."""
-    from hugeload.act import mounts as act_mounts
-    from hugeload.act import store
-    from hugeload.probe.mounts import read_mounts
-
     if not state_dir.exists():
         return True
     for m in store.manifests(state_dir):

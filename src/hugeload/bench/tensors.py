@@ -7,30 +7,36 @@ and returns medians with bootstrap 95% intervals and ratios against 4K.
 
 Times are wall-clock measurements (time.perf_counter): virtual machines expose
 no CPU performance counters, so TLB misses are inferred, not counted.  The
-shared machinery (reservations, smaps checks, intervals) is bench/common.py.
+shared machinery is bench/reservations.py, verify.py and stats.py.
 """
 
 import time
+from dataclasses import dataclass
 from typing import NamedTuple
 
-from hugeload.api import alloc
-from hugeload.bench.common import (
-    BACKINGS,
-    PageReservations,
-    Reservation,
-    bootstrap_median_ci,
-    measured_note,
-    on_hypervisor,
-    parse_backings,
-    round_orders,
-    verify_backing,
-)
-from hugeload.errors import HugeloadError, UsageError
+from hugeload.bench.backings import MEMORY_BACKINGS, parse_memory_backings
+from hugeload.bench.common import envelope
+from hugeload.bench.reservations import PageReservations, PoolUse, Reservation
+from hugeload.bench.stats import paired_ratio, round_orders, stat
+from hugeload.bench.verify import prepare_backing
+from hugeload.errors import UsageError
 from hugeload.units import MiB
 
 COLS = 4096  # floats per row: 16 KiB rows
 
-__all__ = ["run", "BackingResult", "Reservation", "bootstrap_median_ci", "BACKINGS"]
+__all__ = ["run", "TensorOptions", "BackingResult", "Reservation", "MEMORY_BACKINGS"]
+
+
+@dataclass(frozen=True)
+class TensorOptions:
+    size: int = 512 * MiB  # of the weight matrix
+    backings: tuple[str, ...] = MEMORY_BACKINGS
+    rounds: int = 10
+    reps: int = 3  # products per measurement
+    warmup: int = 2  # untimed products per backing first
+    pool: PoolUse = PoolUse.RESERVE
+    seed: int = 0
+    confidence: float = 0.95
 
 
 class BackingResult(NamedTuple):
@@ -47,19 +53,8 @@ class BackingResult(NamedTuple):
     ratio_high: float | None
 
 
-def run(
-    size: int = 512 * MiB,
-    backings=BACKINGS,
-    rounds: int = 10,
-    reps: int = 3,
-    warmup: int = 2,
-    reserve: bool = True,
-    root="/",
-    seed: int = 0,
-    confidence: float = 0.95,
-    log=lambda msg: None,
-) -> dict:
-    """Time y = W @ x with W (float32, `size` bytes) in each backing.
+def run(options: TensorOptions = TensorOptions(), *, root="/", log=lambda msg: None) -> dict:
+    """Time y = W @ x with W (float32, `options.size` bytes) in each backing.
 
     Returns {"size", "shape", "rounds", "reps", "note", "results": [BackingResult],
     "reservations": [Reservation]}.  A backing whose pages cannot be had is
@@ -68,7 +63,9 @@ def run(
         import numpy as np
     except ImportError:
         raise UsageError("the tensors benchmark needs NumPy: pip install 'hugeload[numpy]'") from None
-    backings = parse_backings(backings)
+    o = options
+    backings = parse_memory_backings(o.backings)
+    size, rounds, reps, warmup, seed, confidence = o.size, o.rounds, o.reps, o.warmup, o.seed, o.confidence
     if rounds < 1 or reps < 1 or warmup < 0:
         raise UsageError("rounds and reps must be at least 1, warmup at least 0")
     rows = max(1, size // (COLS * 4))
@@ -79,31 +76,26 @@ def run(
 
     skipped: dict[str, str] = {}
     mappings, weights, page_kb = {}, {}, {}
-    pages = PageReservations(root, reserve, log)
+
+    def fill(m):
+        view = np.frombuffer(m.buffer, dtype=np.float32).reshape(rows, COLS)
+        view[...] = source  # touches every page
+        return view
+
+    pages = PageReservations(root, o.pool, log)
     with pages:
         try:
             for b in backings:
-                reason = pages.ensure(b, nbytes)
-                if reason:
-                    skipped[b] = reason
+                got = prepare_backing(pages, b, nbytes, fill)
+                if isinstance(got, str):
+                    skipped[b] = got  # never time a fallback
                     continue
-                try:
-                    m = alloc(nbytes, page_size=b, fallback=False)
-                except HugeloadError as e:
-                    skipped[b] = str(e)
-                    continue
-                w = np.frombuffer(m.buffer, dtype=np.float32).reshape(rows, COLS)
-                w[...] = source  # touches every page
-                v = verify_backing(m, b)
-                if v.problem:  # never time a fallback
-                    skipped[b] = v.problem
-                    w = None
-                    m.close()
-                    continue
+                m, v, w = got
+                got = None  # the view lives in `weights` only: close() must find no other
                 mappings[b], weights[b] = m, w
                 page_kb[b] = v.page_size_kb
                 log(f"{b}: {nbytes >> 20} MiB in {page_kb[b]} kB pages")
-            del source
+            source = None  # the weights are in the backings now
 
             order = [b for b in backings if b in weights]
             y = np.empty(rows, dtype=np.float32)
@@ -132,20 +124,16 @@ def run(
             results.append(BackingResult(b, "skipped", skipped[b], None, [], None, None, None, None, None, None))
             continue
         t = times[b]
-        med, lo, hi = bootstrap_median_ci(t, confidence, seed=seed)
-        ratio = ratio_lo = ratio_hi = None
-        if base:
-            ratio, ratio_lo, ratio_hi = bootstrap_median_ci([a / c for a, c in zip(t, base)], confidence, seed=seed)
-        results.append(BackingResult(b, "ok", None, page_kb[b], t, med, lo, hi, ratio, ratio_lo, ratio_hi))
+        s = stat(t, confidence, seed)
+        r = paired_ratio(t, base, confidence, seed) if base else None
+        ratio = (r.ratio, r.low, r.high) if r else (None, None, None)
+        results.append(BackingResult(b, "ok", None, page_kb[b], t, s.median, s.low, s.high, *ratio))
     return {
         "size": nbytes,
         "shape": [rows, COLS],
         "rounds": rounds,
         "reps": reps,
         "confidence": confidence,
-        "note": measured_note(root, "time.perf_counter"),
-        "hypervisor": on_hypervisor(root),
         "results": results,
-        "reservations": pages.reservations,
-        "pools_restored": pages.restored,
+        **envelope(root, "time.perf_counter", pages),
     }

@@ -13,37 +13,32 @@ read (GB/s).  The timing loops are in the native library (clock_gettime around
 the loop), not Python.
 
 Results are medians over rounds with bootstrap intervals, and per-round paired
-speedups against 4K and 2M (> 1: this backing is faster).  A difference whose
-intervals overlap is flagged as within noise.
+speedups against 4K and 2M (> 1: this backing is faster), flagged when within
+noise (bench/stats.py).
 """
 
 import ctypes
 import time
+from dataclasses import dataclass
 from typing import NamedTuple
 
-from hugeload.api import alloc
 from hugeload.bench import perf
+from hugeload.bench.backings import MEMORY_BACKINGS, parse_memory_backings
 from hugeload.bench.common import (
-    BACKINGS,
     VM_NOTE,
-    PageReservations,
-    Reservation,
-    Stat,
     bar_charts,
+    cpu_vendor,
+    envelope,
     mem_available,
-    measured_note,
     native_loops,
-    on_hypervisor,
-    overlap,
-    parse_backings,
-    round_orders,
-    stat,
-    verify_backing,
 )
+from hugeload.bench.reservations import PageReservations, PoolUse, Reservation
+from hugeload.bench.stats import Stat, median_counts, paired_ratio, round_orders, stat
+from hugeload.bench.verify import prepare_backing
 from hugeload.errors import HugeloadError, UsageError
 from hugeload.units import GiB, MiB, format_bytes
 
-__all__ = ["run", "plot", "TlbResult", "Ratio", "Stat", "Reservation", "BACKINGS", "VM_NOTE"]
+__all__ = ["run", "plot", "TlbOptions", "TlbResult", "Ratio", "Stat", "Reservation", "MEMORY_BACKINGS", "VM_NOTE"]
 
 STRIDE = 64  # one chain slot per cache line: the chase touches a random line of a random page
 DEFAULT_ACCESSES = 2_000_000
@@ -56,13 +51,24 @@ METRICS = {
 }
 
 
+@dataclass(frozen=True)
+class TlbOptions:
+    size: int = 1 * GiB  # working set per backing
+    backings: tuple[str, ...] = MEMORY_BACKINGS
+    rounds: int = 10
+    accesses: int = DEFAULT_ACCESSES  # dependent reads per random measurement
+    pool: PoolUse = PoolUse.RESERVE
+    seed: int = 0
+    confidence: float = 0.95
+
+
 class Ratio(NamedTuple):
     metric: str  # random_ns / seq_gbps
     against: str  # 4k / 2m
     speedup: float  # median of per-round ratios; > 1: this backing is faster
     low: float
     high: float
-    within_noise: bool  # the two backings' intervals of the median overlap
+    within_noise: bool  # the interval of the paired ratio includes 1 (bench/stats.py)
 
 
 class TlbResult(NamedTuple):
@@ -83,58 +89,36 @@ def _skipped(b: str, reason: str) -> TlbResult:
     return TlbResult(b, "skipped", reason, None, None, None, None, None, None, None, [])
 
 
-def _ratios(b: str, random_ns: dict, seq: dict, stats: dict, confidence: float, seed: int) -> list[Ratio]:
+def _ratios(b: str, random_ns: dict, seq: dict, confidence: float, seed: int) -> list[Ratio]:
+    """Speedups (> 1: faster) of `b` against 4K and 2M: ns/access is lower-is-better, so against
+    the base it is base/b; GB/s is b/base."""
     out = []
     for base in ("4k", "2m"):
         if base == b or base not in random_ns:
             continue
-        for metric, values, base_values, faster in (
-            ("random_ns", random_ns[b], random_ns[base], lambda x, y: y / x),
-            ("seq_gbps", seq[b], seq[base], lambda x, y: x / y),
-        ):
-            s = stat([faster(x, y) for x, y in zip(values, base_values)], confidence, seed)
-            noise = overlap(stats[metric][b], stats[metric][base])
-            out.append(Ratio(metric, base, s.median, s.low, s.high, noise))
+        for metric, faster, slower in (("random_ns", random_ns[base], random_ns[b]), ("seq_gbps", seq[b], seq[base])):
+            r = paired_ratio(faster, slower, confidence, seed)
+            if r:
+                out.append(Ratio(metric, base, r.ratio, r.low, r.high, r.within_noise))
     return out
 
 
-def _counters(root):
-    """dTLB counters for this thread, or None (perf.why_none() says why)."""
-    from hugeload.probe.cpu import read_cpu
-
-    try:
-        vendor = read_cpu(root).vendor
-    except Exception:  # only picks the raw events
-        vendor = None
-    return perf.open_counters(0, vendor)
+def _fill(m) -> float:
+    """The first touch of every page (libc's memset): faults and zeroing, timed once."""
+    t0 = time.perf_counter()
+    ctypes.memset(m.address, 0x5A, len(m))
+    return time.perf_counter() - t0
 
 
-def _median_counts(samples: list[dict]) -> dict:
-    """Per counter, the median over rounds of the random-read measurement."""
-    out = {}
-    for k in samples[0]:
-        vals = sorted(x[k] for x in samples if x.get(k) is not None)
-        out[k] = vals[len(vals) // 2] if vals else None
-    return out
-
-
-def run(
-    size: int = 1 * GiB,
-    backings=BACKINGS,
-    rounds: int = 10,
-    accesses: int = DEFAULT_ACCESSES,
-    reserve: bool = True,
-    root="/",
-    seed: int = 0,
-    confidence: float = 0.95,
-    log=lambda msg: None,
-) -> dict:
-    """Measure each backing over a working set of `size` bytes.
+def run(options: TlbOptions = TlbOptions(), *, root="/", log=lambda msg: None) -> dict:
+    """Measure each backing over a working set of `options.size` bytes.
 
     Returns {"size", "rounds", "accesses", "stride", "confidence", "note",
     "hypervisor", "vm_note", "results": [TlbResult], "reservations":
     [Reservation], "pools_restored"}.  Pools are back at their counts on return."""
-    backings = parse_backings(backings)
+    o = options
+    backings = parse_memory_backings(o.backings)
+    size, rounds, accesses, seed, confidence = o.size, o.rounds, o.accesses, o.seed, o.confidence
     if rounds < 1 or accesses < 1:
         raise UsageError("--rounds and --accesses must be at least 1")
     if size < MIN_SIZE:
@@ -154,29 +138,17 @@ def run(
     facts: dict[str, tuple] = {}
     random_ns: dict[str, list[float]] = {}
     seq: dict[str, list[float]] = {}
-    pages = PageReservations(root, reserve, log)
+    pages = PageReservations(root, o.pool, log)
     counters, counted = None, {}
     with pages:
         try:
             for b in backings:
-                reason = pages.ensure(b, size)
-                if reason:
-                    skipped[b] = reason
+                got = prepare_backing(pages, b, size, _fill)
+                if isinstance(got, str):
+                    skipped[b] = got
                     continue
-                try:
-                    m = alloc(size, page_size=b, fallback=False)
-                except HugeloadError as e:
-                    skipped[b] = str(e)
-                    continue
+                m, v, fill = got
                 mappings[b] = m
-                t0 = time.perf_counter()
-                ctypes.memset(m.address, 0x5A, size)  # libc: the first touch of every page
-                fill = time.perf_counter() - t0
-                v = verify_backing(m, b)  # after the touch: THP is only decided at fault time
-                if v.problem:
-                    skipped[b] = v.problem
-                    mappings.pop(b).close()
-                    continue
                 t0 = time.perf_counter()
                 if lib.hugeload_chase_init(m.address, size, STRIDE, seed + 1) != 0:
                     raise HugeloadError(f"hugeload_chase_init rejected {size} bytes at stride {STRIDE}")
@@ -187,7 +159,7 @@ def run(
                 log(f"{b}: {format_bytes(size)} in {v.page_size_kb} kB pages, filled in {fill * 1e3:.0f} ms")
 
             order = [b for b in backings if b in mappings]
-            counters = _counters(root)
+            counters = perf.open_counters(0, cpu_vendor(root))  # None: perf.why_none() says why
             counted = {b: [] for b in order}
             random_ns = {b: [] for b in order}
             seq = {b: [] for b in order}
@@ -208,10 +180,6 @@ def run(
             if counters:
                 counters.close()
 
-    stats = {
-        "random_ns": {b: stat(v, confidence, seed) for b, v in random_ns.items()},
-        "seq_gbps": {b: stat(v, confidence, seed) for b, v in seq.items()},
-    }
     results = []
     for b in backings:
         if b in skipped:
@@ -228,12 +196,11 @@ def run(
                 fill_ms,
                 fill_gbps,
                 setup_ms,
-                stats["random_ns"][b],
-                stats["seq_gbps"][b],
-                _ratios(b, random_ns, seq, stats, confidence, seed),
+                stat(random_ns[b], confidence, seed),
+                stat(seq[b], confidence, seed),
+                _ratios(b, random_ns, seq, confidence, seed),
             )
         )
-    hypervisor = on_hypervisor(root)
     return {
         "size": size,
         "rounds": rounds,
@@ -242,14 +209,10 @@ def run(
         "seq_passes": seq_repeats,
         "confidence": confidence,
         "metrics": METRICS,
-        "note": measured_note(root, "clock_gettime around loops in the native library"),
-        "hypervisor": hypervisor,
-        "vm_note": VM_NOTE if hypervisor else None,
         "results": results,
-        "tlb_counters": {b: _median_counts(v) for b, v in counted.items() if v},
+        "tlb_counters": {b: median_counts(v) for b, v in counted.items() if v},
         "tlb_note": "" if counted and any(counted.values()) else perf.why_none(),
-        "reservations": pages.reservations,
-        "pools_restored": pages.restored,
+        **envelope(root, "clock_gettime around loops in the native library", pages),
     }
 
 

@@ -15,6 +15,14 @@ from hugeload.errors import UsageError
 from hugeload.plan import container as plan
 from hugeload.units import format_bytes, parse_size
 
+# Options whose defaults are plan.Options' own: flag, default, help.
+OPTIONS_WITH_DEFAULTS = (
+    ("--image", plan.Options.image, "the engine's image (see scripts/container-image.sh)"),
+    ("--memory", plan.Options.memory, "k8s: the pod's memory request and limit"),
+    ("--agent-image", plan.Options.agent_image, "k8s: an image with hugeload installed"),
+    ("--models-dir", plan.Options.models_dir, "k8s: where the node agent reads model sources"),
+)
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -29,11 +37,6 @@ def register(sub) -> None:
         choices=[k.value for k in plan.Kind],
         help="k8s: a Deployment (default) or a bare Pod",
     )
-    p.add_argument(
-        "--image",
-        default=plan.Options.image,
-        help="the engine's image (default %(default)s, see scripts/container-image.sh)",
-    )
     p.add_argument("--command", default="llama-server", help="the engine inside the image (default %(default)s)")
     p.add_argument("--port", type=int, default=plan.Options.port, help="llama-server's port (default %(default)s)")
     p.add_argument(
@@ -43,20 +46,9 @@ def register(sub) -> None:
         help="what the engine copies to its own heap in huge pages (the pod's hugepages request); "
         "auto: llama.cpp's CPU_REPACK copy on this CPU for a GGUF model",
     )
-    p.add_argument(
-        "--memory", default=plan.Options.memory, help="k8s: the pod's memory request and limit (default %(default)s)"
-    )
     p.add_argument("--no-agent", action="store_true", help="k8s: leave out the node agent DaemonSet")
-    p.add_argument(
-        "--agent-image",
-        default=plan.Options.agent_image,
-        help="k8s: an image with hugeload installed (default %(default)s)",
-    )
-    p.add_argument(
-        "--models-dir",
-        default=plan.Options.models_dir,
-        help="k8s: where the node agent reads model sources (default %(default)s)",
-    )
+    for flag, default, text in OPTIONS_WITH_DEFAULTS:
+        p.add_argument(flag, default=default, help=text + " (default %(default)s)")
     p.add_argument("--json", action="store_true", help="print JSON (argv list, or the objects)")
     # One positional list: argparse would give a second one nothing after `NAME --`.
     p.add_argument(
@@ -66,7 +58,7 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def staged_model(name: str, state_dir) -> tuple[store.Manifest, plan.StagedModel]:
+def staged_model(name: str, state_dir) -> tuple[store.Manifest, plan.ContainerModel]:
     m = store.resolve(name, state_dir)
     states = {store.file_state(f) for f in m.files}
     if states != {"ready"}:
@@ -74,7 +66,9 @@ def staged_model(name: str, state_dir) -> tuple[store.Manifest, plan.StagedModel
             f"model {m.name!r} is {', '.join(sorted(states - {'ready'}))}, not ready: hugeload load it again"
         )
     mnt = os.path.dirname(os.path.dirname(m.path))
-    return m, plan.StagedModel(m.name, m.page_size_kb, m.pages, mnt, tuple(os.path.basename(f.staged) for f in m.files))
+    return m, plan.ContainerModel(
+        m.name, m.page_size_kb, m.pages, mnt, tuple(os.path.basename(f.staged) for f in m.files)
+    )
 
 
 def heap_bytes(text: str, m: store.Manifest, root) -> int:

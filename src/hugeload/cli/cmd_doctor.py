@@ -2,8 +2,8 @@
 
 from hugeload.act import pools as act_pools
 from hugeload.cli import render
-from hugeload.pages import PAGE_1G
 from hugeload.cli.common import add_json, require_hugetlb
+from hugeload.pages import PAGE_1G
 from hugeload.plan import doctor
 from hugeload.probe.machine import read_machine
 

@@ -6,13 +6,26 @@ import signal
 import sys
 import threading
 
+from hugeload import units
 from hugeload.cli.common import add_state_dir
 from hugeload.errors import UsageError
 from hugeload.plan.container import AGENT_PORT
 from hugeload.plan.pressure import Thresholds
-from hugeload.units import parse_size
 
 DEFAULT_LISTEN = f"127.0.0.1:{AGENT_PORT}"
+# The numeric options: flag, default, metavar, help.
+NUMBERS = (
+    ("--cache-seconds", None, "S", "scrapes within this time share one walk of /proc (default 2)"),
+    ("--request-timeout", None, "S", "a client must send its request and read the answer within this (default 10)"),
+    (
+        "--psi-threshold",
+        Thresholds.some_avg10,
+        "PCT",
+        "memory PSI some avg10 that counts as pressure (default %(default)s)",
+    ),
+    ("--hold", Thresholds.hold_s, "S", "pressure must last this long (default %(default)s s)"),
+    ("--interval", 5.0, "S", "how often the agent samples pressure (default %(default)s s)"),
+)
 
 
 def register(sub) -> None:
@@ -24,53 +37,22 @@ def register(sub) -> None:
         help="where to serve /metrics (default %(default)s; ':PORT' is loopback too; "
         "all addresses only when asked: 0.0.0.0:PORT or [::]:PORT)",
     )
-    p.add_argument(
-        "--cache-seconds",
-        type=float,
-        default=None,
-        metavar="S",
-        help="scrapes within this time share one walk of /proc (default 2)",
-    )
-    p.add_argument(
-        "--request-timeout",
-        type=float,
-        default=None,
-        metavar="S",
-        help="a client must send its request and read the answer within this (default 10)",
-    )
     p.add_argument("--once", action="store_true", help="print the metrics once and exit")
     p.add_argument(
         "--release-under-pressure",
         action="store_true",
-        help="give back idle pages hugeload reserved while memory pressure lasts (never staged models, never pages in use)",
-    )
-    p.add_argument(
-        "--psi-threshold",
-        type=float,
-        default=Thresholds.some_avg10,
-        metavar="PCT",
-        help="memory PSI some avg10 that counts as pressure (default %(default)s)",
+        help="give back idle pages hugeload reserved while memory pressure lasts "
+        "(never staged models, never pages in use)",
     )
     p.add_argument(
         "--min-available",
-        default="0",
+        default=0,
+        type=units.arg_type(),
         metavar="SIZE",
         help="MemAvailable below this counts as pressure too (default: PSI only)",
     )
-    p.add_argument(
-        "--hold",
-        type=float,
-        default=Thresholds.hold_s,
-        metavar="S",
-        help="pressure must last this long (default %(default)s s)",
-    )
-    p.add_argument(
-        "--interval",
-        type=float,
-        default=5.0,
-        metavar="S",
-        help="how often the agent samples pressure (default %(default)s s)",
-    )
+    for flag, default, metavar, text in NUMBERS:
+        p.add_argument(flag, type=float, default=default, metavar=metavar, help=text)
     add_state_dir(p)
     p.set_defaults(func=run)
 
@@ -115,7 +97,7 @@ def run(args) -> int:
     agent = None
     if args.release_under_pressure:
         agent = exporter.Agent(
-            Thresholds(args.psi_threshold, parse_size(args.min_available) // 1024, args.hold), args.root, args.state_dir
+            Thresholds(args.psi_threshold, args.min_available // 1024, args.hold), args.root, args.state_dir
         )
         logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="hugeload agent: %(asctime)s %(message)s")
     if args.once:

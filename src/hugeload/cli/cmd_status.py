@@ -4,8 +4,9 @@ from hugeload.act import ledger
 from hugeload.cli import render
 from hugeload.cli.common import add_json, add_state_dir, require_hugetlb
 from hugeload.errors import HugeloadError, UsageError
+from hugeload.pages import name as page_size_name
 from hugeload.probe import mounts, pools, procs, thp
-from hugeload.units import format_bytes, page_size_name
+from hugeload.units import format_bytes
 
 
 def register(sub) -> None:

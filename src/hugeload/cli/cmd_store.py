@@ -9,9 +9,9 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from hugeload import pages
 from hugeload.act import store
 from hugeload.cli import render
-from hugeload.cli.cmd_plan import make_plan
 from hugeload.cli.common import add_json, add_state_dir, require_hugetlb
 from hugeload.errors import UsageError
+from hugeload.plan.pages import plan_for as make_plan
 from hugeload.probe.machine import read_machine
 from hugeload.units import format_bytes
 

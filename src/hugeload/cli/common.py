@@ -1,6 +1,8 @@
 """Argument helpers shared by commands."""
 
-from hugeload.errors import NotSupported
+import argparse
+
+from hugeload.errors import NotSupported, UsageError
 from hugeload.probe import pools
 
 
@@ -12,7 +14,8 @@ def require_hugetlb(root) -> None:
     """Fail with one line when the kernel has no huge page support to read."""
     if not pools.page_sizes(root):
         raise NotSupported(
-            f"no huge page support found under {root.rstrip('/')}/sys/kernel/mm/hugepages (not Linux, or a kernel without hugetlb)"
+            f"no huge page support found under {root.rstrip('/')}/sys/kernel/mm/hugepages "
+            "(not Linux, or a kernel without hugetlb)"
         )
 
 
@@ -24,9 +27,21 @@ def add_state_dir(parser) -> None:
     )
 
 
-def octal(text: str) -> int:
-    from hugeload.errors import UsageError
+def parsed_by(parse, name: str):
+    """An argparse `type=` from a parser that raises UsageError: bad input is refused at parse
+    time, in argparse's one line (exit 2), and the handler gets the parsed value."""
 
+    def convert(text: str):
+        try:
+            return parse(text)
+        except UsageError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    convert.__name__ = name  # argparse names the type in its messages
+    return convert
+
+
+def octal(text: str) -> int:
     try:
         return int(text, 8)
     except ValueError:

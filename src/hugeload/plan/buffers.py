@@ -30,7 +30,7 @@ ggml's has_avx2()/has_avx512() are compile-time answers; get-llama.sh builds wit
 -march=native, so the build's ISA is the CPU's flags.
 """
 
-from enum import Enum
+from enum import StrEnum
 from typing import NamedTuple
 
 from hugeload import pages
@@ -62,13 +62,10 @@ AMX_K_ALIGN = {"Q4_0": 32, "Q4_1": 32, "Q8_0": 32, "Q4_K": 256, "Q5_K": 256, "Q6
 COMMON_TYPES = ("F16", "Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K")  # what users run, named in describe()
 
 
-class Buffer(str, Enum):
+class Buffer(StrEnum):
     MAPPING = "mapping"
     CPU_REPACK = "CPU_REPACK"
     AMX = "AMX"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 class Tensor(NamedTuple):
@@ -144,9 +141,9 @@ def placement(t: Tensor, e: Engine) -> tuple[Buffer, int]:
     ne1 = t.ne[1] if len(t.ne) > 1 else 1
     if e.amx and dims == 2 and t.type in AMX_K_ALIGN and ne1 % 32 == 0 and t.ne[0] % AMX_K_ALIGN[t.type] == 0:
         return Buffer.AMX, _amx_bytes(t)
-    if e.repack and dims in (2, 3) and (dims == 2 or base.endswith("_exps")) and ne1 % 8 == 0:
-        if (t.type in REPACK_AVX2 and e.avx2) or (t.type in REPACK_AVX512 and e.avx512):
-            return Buffer.CPU_REPACK, t.nbytes
+    repacked = (t.type in REPACK_AVX2 and e.avx2) or (t.type in REPACK_AVX512 and e.avx512)
+    if e.repack and dims in (2, 3) and (dims == 2 or base.endswith("_exps")) and ne1 % 8 == 0 and repacked:
+        return Buffer.CPU_REPACK, t.nbytes
     return Buffer.MAPPING, t.nbytes
 
 

@@ -26,10 +26,7 @@ import re
 from dataclasses import dataclass
 
 from hugeload import pages
-from hugeload.units import GiB, MiB, ceil_div
 
-GIGANTIC_KB = 1048576
-HUGE_KB = 2048
 MODELS_INSIDE = "/models/hugeload"
 LIB_INSIDE = "/opt/hugeload/libhugeload.so"
 # Variables the preload library reads from the environment (csrc/hugeload.c); the rest of
@@ -54,8 +51,8 @@ class Kind(enum.Enum):
 
 
 @dataclass(frozen=True)
-class StagedModel:
-    """What the plan needs of a store manifest."""
+class ContainerModel:
+    """What the plan needs of a store manifest (the API's staging.StagedModel is the caller's view)."""
 
     name: str
     page_size_kb: int
@@ -81,11 +78,11 @@ class Options:
     models_dir: str = "/var/lib/hugeload/models"  # where the node agent reads model sources
 
 
-def model_path_inside(model: StagedModel) -> str:
+def model_path_inside(model: ContainerModel) -> str:
     return f"{MODELS_INSIDE}/{model.name}/{model.files[0]}"
 
 
-def model_binds(model: StagedModel) -> list[tuple[str, str]]:
+def model_binds(model: ContainerModel) -> list[tuple[str, str]]:
     """(host path, path inside) of each of the model's staged files, the only model files a
     container gets: binding the whole mount would show it every model staged on the node.
     A bind holds the file it was made with: a model staged again under the same name (a new
@@ -104,9 +101,9 @@ def heap_request(nbytes: int) -> dict[str, str]:
     if nbytes <= 0:
         return {}
     kb = heap_page_kb(nbytes)
-    if kb == GIGANTIC_KB:
-        return {"hugepages-1Gi": f"{ceil_div(nbytes, GiB)}Gi"}
-    return {"hugepages-2Mi": f"{ceil_div(nbytes, 2 * MiB) * 2}Mi"}
+    if kb == pages.PAGE_1G.kb:
+        return {"hugepages-1Gi": f"{pages.PAGE_1G.pages_for(nbytes)}Gi"}
+    return {"hugepages-2Mi": f"{pages.PAGE_2M.pages_for(nbytes) * 2}Mi"}
 
 
 def environment(opts: Options) -> dict[str, str]:
@@ -115,7 +112,7 @@ def environment(opts: Options) -> dict[str, str]:
     return dict(sorted(env.items()))
 
 
-def engine_argv(model: StagedModel, opts: Options, host: str = "0.0.0.0") -> list[str]:
+def engine_argv(model: ContainerModel, opts: Options, host: str = "0.0.0.0") -> list[str]:
     argv = [*opts.command, "-m", model_path_inside(model)]
     if opts.command and opts.command[0].endswith("llama-server") and "--host" not in opts.args:
         argv += ["--host", host, "--port", str(opts.port)]
@@ -127,7 +124,7 @@ def publishes_port(opts: Options) -> bool:
     return bool(opts.command) and opts.command[0].endswith("llama-server") and "--host" not in opts.args
 
 
-def workload_name(model: StagedModel, opts: Options) -> str:
+def workload_name(model: ContainerModel, opts: Options) -> str:
     """A DNS-1123 label from the model name (Kubernetes object names)."""
     if opts.name:
         return opts.name
@@ -138,7 +135,7 @@ def workload_name(model: StagedModel, opts: Options) -> str:
 # ---------------------------------------------------------------- docker / podman
 
 
-def run_args(model: StagedModel, opts: Options) -> list[str]:
+def run_args(model: ContainerModel, opts: Options) -> list[str]:
     """`docker run` / `podman run` arguments, image and command included.  The model
     directory and the library are read-only; the engine maps the staged file MAP_SHARED."""
     args = ["run", "--rm", "--read-only"]
@@ -155,7 +152,7 @@ def run_args(model: StagedModel, opts: Options) -> list[str]:
 # ---------------------------------------------------------------- compose
 
 
-def compose(model: StagedModel, opts: Options) -> dict:
+def compose(model: ContainerModel, opts: Options) -> dict:
     service = {
         "image": opts.image,
         "command": engine_argv(model, opts)[len(opts.command) :] if opts.command else [],
@@ -178,7 +175,7 @@ def compose(model: StagedModel, opts: Options) -> dict:
 # ---------------------------------------------------------------- kubernetes
 
 
-def _labels(model: StagedModel, opts: Options) -> dict:
+def _labels(model: ContainerModel, opts: Options) -> dict:
     return {
         "app.kubernetes.io/name": workload_name(model, opts),
         "app.kubernetes.io/part-of": "hugeload",
@@ -186,7 +183,7 @@ def _labels(model: StagedModel, opts: Options) -> dict:
     }
 
 
-def pod_spec(model: StagedModel, opts: Options) -> dict:
+def pod_spec(model: ContainerModel, opts: Options) -> dict:
     resources = {"memory": opts.memory, **heap_request(opts.heap_bytes)}
     container = {
         "name": "engine",
@@ -219,7 +216,7 @@ def pod_spec(model: StagedModel, opts: Options) -> dict:
     }
 
 
-def k8s_workload(model: StagedModel, opts: Options) -> dict:
+def k8s_workload(model: ContainerModel, opts: Options) -> dict:
     name, labels = workload_name(model, opts), _labels(model, opts)
     if opts.kind is Kind.POD:
         return {
@@ -300,7 +297,7 @@ def k8s_agent(opts: Options) -> dict:
     }
 
 
-def k8s_manifests(model: StagedModel, opts: Options, agent: bool = True) -> list[dict]:
+def k8s_manifests(model: ContainerModel, opts: Options, agent: bool = True) -> list[dict]:
     return [k8s_workload(model, opts), *([k8s_agent(opts)] if agent else [])]
 
 

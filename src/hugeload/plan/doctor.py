@@ -191,8 +191,8 @@ def check_virtualization(m) -> Check:
     return _check(
         "virtualization",
         False,
-        "running under a hypervisor: a guest's TLB entries are no larger than the host's backing pages, so 1G guest pages "
-        "measure the same as 2M unless the host backs this VM with 1G pages (measured here: equal)",
+        "running under a hypervisor: a guest's TLB entries are no larger than the host's backing pages, so 1G guest "
+        "pages measure the same as 2M unless the host backs this VM with 1G pages (measured here: equal)",
         "back the VM's memory with 1G host pages (e.g. libvirt <memoryBacking><hugepages><page size='1' unit='G'/>)",
         warn=True,
     )

@@ -8,7 +8,8 @@ from typing import NamedTuple
 
 from hugeload.errors import PoolError, UsageError
 from hugeload.pages import PAGE_2M
-from hugeload.units import KiB, ceil_div, format_bytes, page_size_name
+from hugeload.pages import name as page_size_name
+from hugeload.units import KiB, ceil_div, format_bytes
 
 INTERLEAVED = -1  # the node of a copy spread over several nodes (contract C1)
 
@@ -102,7 +103,8 @@ def check_nodes(p: Placement, nodes: list) -> None:
     if p.mode in (Mode.REPLICATE, Mode.INTERLEAVE) and len(p.nodes) < 2:
         what = "replicate" if p.mode is Mode.REPLICATE else "interleave"
         raise UsageError(
-            f"--{what} needs at least two nodes with memory (this machine has {len(p.nodes)}): use --node N or no placement"
+            f"--{what} needs at least two nodes with memory (this machine has {len(p.nodes)}): "
+            "use --node N or no placement"
         )
 
 
@@ -224,7 +226,8 @@ def doctor_check(nodes: list, model_bytes: int | None = None, kb: int = PAGE_2M.
 
 def format_cpulist(cpus) -> str:
     """(0, 1, 2, 3, 8) -> '0-3,8', the kernel's cpulist form."""
-    out, run = [], []
+    out: list[str] = []
+    run: list[int] = []
     for c in sorted(cpus):
         if run and c == run[-1] + 1:
             run.append(c)

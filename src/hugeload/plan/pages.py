@@ -5,7 +5,8 @@ from typing import NamedTuple
 
 from hugeload import pages as vocab
 from hugeload.pages import DEFAULT_POLICY, PAGE_1G, PAGE_2M, PAGE_4K, Policy
-from hugeload.units import KiB, ceil_div
+from hugeload.probe import cpu as probe_cpu
+from hugeload.units import KiB, ceil_div, format_bytes
 
 BASE_PAGE_KB = PAGE_4K.kb
 
@@ -74,6 +75,7 @@ def options(
 def recommend(
     total_bytes: int | list[int],
     page_sizes_kb: list[int],
+    *,
     supports_1g: bool,
     obtainable: dict[int, bool],
     threshold_1g: int | None = None,
@@ -117,16 +119,49 @@ def recommend(
     return Recommendation(PAGE_4K.kb, f"{why_not_1g}; no 2M pages obtainable either: 4K")
 
 
-def obtainable_from_memory(
-    total_bytes_by_kb: dict[int, int], pool_free: dict[int, int], mem_available_bytes: int, floor_bytes: int = 0
-) -> dict[int, bool]:
-    """A page size is obtainable when its pool's free pages cover the need, or when the
-    missing part fits in MemAvailable above the floor (a runtime reservation may still
-    come back short on fragmented memory; `reserve` reads the count back)."""
-    out = {}
-    for kb, need_bytes in total_bytes_by_kb.items():
-        page = kb * KiB
-        free = pool_free.get(kb, 0) * page
-        missing = max(0, need_bytes - free)
-        out[kb] = missing == 0 or missing <= mem_available_bytes - floor_bytes
-    return out
+def plan_for(
+    machine,
+    sizes: list[int],
+    requested_kb: int | None = None,
+    threshold: int | None = None,
+    policy: Policy = DEFAULT_POLICY,
+) -> dict:
+    """`hugeload plan` for a model of `sizes` (its files) on `machine` (probe.machine.Machine):
+    every page size's pages, waste and TLB reach, the recommendation and notes.  Pure."""
+    sizes_kb = machine.page_sizes_kb
+    cpu_tlb = {kb: probe_cpu.data_tlb_entries(machine.cpu, kb) for kb in [BASE_PAGE_KB, *sizes_kb]}
+    pool_free = {p.page_size_kb: p.free for p in machine.pools if p.node is None}
+    opts = options(sizes, sizes_kb, cpu_tlb, pool_free)
+    supports_1g = machine.cpu.pdpe1gb or PAGE_1G.kb in sizes_kb and not machine.cpu.vendor
+    # For planning, a size is obtainable when its pool has free pages or can be grown by us;
+    # whether today's free memory holds the whole model is a separate note.
+    obtainable = {kb: pool_free.get(kb, 0) > 0 or machine.is_root for kb in sizes_kb}
+    rec = recommend(
+        sizes,
+        sizes_kb,
+        supports_1g=supports_1g,
+        obtainable=obtainable,
+        threshold_1g=threshold,
+        requested_kb=requested_kb,
+        policy=policy,
+    )
+    notes = []
+    chosen = next(o for o in opts if o.page_size_kb == rec.page_size_kb)
+    avail = machine.meminfo.get("MemAvailable", 0) * KiB
+    if chosen.page_size_kb != BASE_PAGE_KB:
+        missing = max(0, chosen.pages - (chosen.pool_free or 0)) * chosen.page_size_kb * KiB
+        if missing > avail:
+            notes.append(
+                f"needs {format_bytes(missing)} more huge pages than are free but only {format_bytes(avail)} "
+                "of memory is available"
+            )
+    return {
+        "sizes": sizes,
+        "total_bytes": sum(sizes),
+        "options": opts,
+        "recommended_page_size_kb": rec.page_size_kb,
+        "reason": rec.reason,
+        "notes": notes,
+        "tlb_source": machine.cpu.tlb_source,
+        "tlb_detail": machine.cpu.tlb_detail,
+    }

@@ -3,7 +3,8 @@
 from typing import NamedTuple
 
 from hugeload.errors import UsageError
-from hugeload.units import KiB, format_bytes, page_size_name
+from hugeload.pages import name as page_size_name
+from hugeload.units import KiB, format_bytes
 
 DEFAULT_FLOOR_FRACTION = 0.10
 

@@ -1,5 +1,6 @@
 """cgroup hugetlb limits for this process's cgroup, and container detection."""
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 from hugeload.pages import HUGE
@@ -64,7 +65,10 @@ def _own_cgroup(root, pid: str) -> tuple[int | None, str | None]:
     return None, None
 
 
-def read_cgroup(root="/", page_sizes_kb=tuple(sorted(p.kb for p in HUGE)), pid: str = "self") -> CgroupInfo:
+HUGE_KB = tuple(sorted(p.kb for p in HUGE))
+
+
+def read_cgroup(root="/", page_sizes_kb: Sequence[int] = HUGE_KB, pid: str = "self") -> CgroupInfo:
     version, cpath = _own_cgroup(root, pid)
     limits = []
     if version is not None:

@@ -11,8 +11,10 @@ missing, never guessed.
 """
 
 import json
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
+from hugeload.pages import PAGE_1G, PAGE_2M, PAGE_4K
 from hugeload.probe.files import path, read_text
 
 CpuidFn = Callable[[int, int], tuple[int, int, int, int] | None]
@@ -46,7 +48,7 @@ class CpuInfo(NamedTuple):
 
 
 def _cpuinfo_first(root) -> dict[str, str]:
-    out = {}
+    out: dict[str, str] = {}
     for line in (read_text(root, "proc/cpuinfo", "") or "").splitlines():
         if not line.strip():
             if out:
@@ -64,25 +66,20 @@ def _amd_tlb(cpuid: CpuidFn) -> list[TlbLevel]:
         if entries:
             out.append(TlbLevel(level, kind, kb, entries))
 
-    l1 = cpuid(0x80000005, 0)
-    if l1:
-        eax, ebx = l1[0], l1[1]
-        # L1: [23:16] data entries, [7:0] instruction entries.
-        for reg, kb in ((ebx, 4), (eax, 2048)):
-            add(1, "data", kb, (reg >> 16) & 0xFF)
-            add(1, "instruction", kb, reg & 0xFF)
-    l2 = cpuid(0x80000006, 0)
-    if l2:
-        eax, ebx = l2[0], l2[1]
-        # L2: [27:16] data (or unified) entries, [11:0] instruction entries.
-        for reg, kb in ((ebx, 4), (eax, 2048)):
-            add(2, "data", kb, (reg >> 16) & 0xFFF)
-            add(2, "instruction", kb, reg & 0xFFF)
+    # L1 (0x80000005): [23:16] data entries, [7:0] instruction entries; L2 (0x80000006): [27:16]
+    # data (or unified), [11:0] instruction; EBX holds 4K pages, EAX 2M.  0x80000019: 1G pages,
+    # EAX for L1 and EBX for L2, 12-bit fields.
+    for leaf, level, mask in ((0x80000005, 1, 0xFF), (0x80000006, 2, 0xFFF)):
+        regs = cpuid(leaf, 0)
+        if regs:
+            for reg, kb in ((regs[1], PAGE_4K.kb), (regs[0], PAGE_2M.kb)):
+                add(level, "data", kb, (reg >> 16) & mask)
+                add(level, "instruction", kb, reg & mask)
     g1 = cpuid(0x80000019, 0)
     if g1:
         for level, reg in ((1, g1[0]), (2, g1[1])):
-            add(level, "data", 1048576, (reg >> 16) & 0xFFF)
-            add(level, "instruction", 1048576, reg & 0xFFF)
+            add(level, "data", PAGE_1G.kb, (reg >> 16) & 0xFFF)
+            add(level, "instruction", PAGE_1G.kb, reg & 0xFFF)
     return out
 
 
@@ -90,7 +87,7 @@ def _amd_tlb(cpuid: CpuidFn) -> list[TlbLevel]:
 _INTEL_KIND = {1: "data", 2: "instruction", 3: "unified", 4: "load", 5: "store"}
 # Leaf 0x18 EBX page-size bits.  Bit 2 (4 MB) is left out: 4 MB pages exist only
 # without PAE, never in 64-bit mode, so no mapping hugeload makes can use them.
-_LEAF18_PAGES = ((0, 4), (1, 2048), (3, 1048576))
+_LEAF18_PAGES = ((0, PAGE_4K.kb), (1, PAGE_2M.kb), (3, PAGE_1G.kb))
 MAX_LEAF18_SUBLEAF = 64
 
 
@@ -131,7 +128,7 @@ def _intel_leaf18(cpuid: CpuidFn) -> list[TlbLevel]:
 # Leaf 2 TLB descriptors (Intel SDM vol. 2A, table "Encoding of CPUID Leaf 2 Descriptors"):
 # byte -> (level, kind, {page kB: entries}).  "TLB0"/uTLB descriptors are level 1,
 # "TLB1" and "shared 2nd-level" ones level 2; 2M-or-4M descriptors count as 2M (see above).
-_K4, _M2, _G1 = 4, 2048, 1048576
+_K4, _M2, _G1 = PAGE_4K.kb, PAGE_2M.kb, PAGE_1G.kb
 LEAF2_TLB: dict[int, tuple[int, str, dict[int, int]]] = {
     0x01: (1, "instruction", {_K4: 32}),
     0x03: (1, "data", {_K4: 64}),
@@ -308,6 +305,14 @@ def read_cpu(root="/", cpuid: CpuidFn | None = None) -> CpuInfo:
         tlb_source=source,
         tlb_detail=detail,
     )
+
+
+PMU_DIR = "sys/bus/event_source/devices/cpu"  # present when the kernel exposes hardware counters
+
+
+def has_pmu(root="/") -> bool:
+    """Whether the kernel offers CPU performance counters (a VM without a virtual PMU does not)."""
+    return path(root, PMU_DIR).exists()
 
 
 def data_tlb_entries(cpu: CpuInfo, page_size_kb: int) -> dict[int, int]:

@@ -26,7 +26,7 @@ def version_tuple(release: str) -> tuple[int, ...]:
     return tuple(int(x) for x in m.groups() if x is not None) if m else ()
 
 
-_INVALID = object()
+_INVALID = -1  # a hugepagesz= that did not parse: the kernel ignores the hugepages= after it
 
 
 def _page_count(value: str) -> int:
@@ -43,9 +43,9 @@ def parse_cmdline(cmdline: str) -> BootParams:
     (`default_hugepagesz=`, else 2M on x86).
     """
     hugepages: dict[int, int] = {}
-    default_kb = None
+    default_kb: int | None = None
     thp = None
-    current = None
+    current: int | None = None  # the size a following hugepages= counts (None: the default size)
     pending_default_count = None
     # Arguments after a lone "--" go to init, not the kernel.
     kernel_args = f" {cmdline} ".split(" -- ", 1)[0]
@@ -53,11 +53,11 @@ def parse_cmdline(cmdline: str) -> BootParams:
         key, _, value = arg.partition("=")
         try:
             if key == "hugepagesz":
-                current = _INVALID  # until it parses: the kernel ignores hugepages= after a bad size
+                current = _INVALID  # until it parses
                 current = parse_size(value) // KiB
             elif key == "hugepages":
                 count = _page_count(value)
-                if current is _INVALID:
+                if current == _INVALID:
                     continue
                 if current is None:
                     pending_default_count = count

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 from hugeload.pages import HUGE
 from hugeload.probe import cgroup, cpu, kernel, memory, mounts, pools, thp
+from hugeload.probe.pools import Pool
 
 
 @dataclass
@@ -13,7 +14,7 @@ class Machine:
     kernel_release: str
     boot: kernel.BootParams
     page_sizes_kb: list[int]
-    pools: list[pools.Pool]
+    pools: list[Pool]
     nodes: list[int]
     mounts: list[mounts.HugetlbfsMount]
     hugetlbfs_supported: bool
@@ -25,7 +26,7 @@ class Machine:
     pressure: memory.Pressure | None
     is_root: bool
 
-    def system_pool(self, kb: int) -> pools.Pool | None:
+    def system_pool(self, kb: int) -> Pool | None:
         for p in self.pools:
             if p.page_size_kb == kb and p.node is None:
                 return p

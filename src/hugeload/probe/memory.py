@@ -40,15 +40,6 @@ def read_buddyinfo(root="/") -> list[BuddyZone]:
     return out
 
 
-def largest_free_block_bytes(zones: list[BuddyZone], page_bytes: int = 4096) -> int:
-    best = 0
-    for z in zones:
-        for order, n in enumerate(z.free_blocks):
-            if n:
-                best = max(best, page_bytes << order)
-    return best
-
-
 class Pressure(NamedTuple):
     some_avg10: float
     some_avg60: float

@@ -1,5 +1,7 @@
-"""hugetlbfs mounts from /proc/mounts."""
+"""The mount table (/proc/mounts): every mount, hugetlbfs mounts with their options, and the
+file system a path lives on."""
 
+import os
 import re
 from typing import NamedTuple
 
@@ -48,19 +50,46 @@ def parse_mount_options(options: str, default_kb: int | None) -> dict:
     }
 
 
+class Mount(NamedTuple):
+    source: str
+    path: str
+    fstype: str
+    options: str
+
+
+def read_mount_table(root="/") -> list[Mount]:
+    """Every line of /proc/mounts, paths unescaped; malformed lines are left out."""
+    out = []
+    for line in (read_text(root, "proc/mounts", "") or "").splitlines():
+        fields = line.split()
+        if len(fields) >= 4:
+            out.append(Mount(_unescape(fields[0]), _unescape(fields[1]), fields[2], fields[3]))
+    return out
+
+
 def read_mounts(root="/") -> list[HugetlbfsMount]:
-    text = read_text(root, "proc/mounts", "")
     default_kb = None
     out = []
-    for line in text.splitlines():
-        fields = line.split()
-        if len(fields) < 4 or fields[2] != "hugetlbfs":
+    for m in read_mount_table(root):
+        if m.fstype != "hugetlbfs":
             continue
         if default_kb is None:
             default_kb = default_page_size_kb(root)
-        info = parse_mount_options(fields[3], default_kb)
-        out.append(HugetlbfsMount(path=_unescape(fields[1]), options=fields[3], **info))
+        info = parse_mount_options(m.options, default_kb)
+        out.append(HugetlbfsMount(path=m.path, options=m.options, **info))
     return out
+
+
+def filesystem_of(root, path: str) -> str:
+    """Type of the file system holding `path` (the mount with the longest prefix of its real
+    path; the last such mount when several are stacked); "unknown" when none matches."""
+    real = os.path.realpath(path)
+    best, kind = "", "unknown"
+    for m in read_mount_table(root):
+        mnt = m.path
+        if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
+            best, kind = mnt, m.fstype
+    return kind
 
 
 def hugetlbfs_supported(root="/") -> bool:

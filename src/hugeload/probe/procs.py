@@ -1,7 +1,14 @@
-"""Processes' huge page use: /proc/PID/status and /proc/PID/smaps; who a process is: /proc/PID/stat."""
+"""Processes' huge page use: /proc/PID/status, /proc/PID/smaps and /proc/PID/smaps_rollup, and who a
+process is (/proc/PID/stat: start time; /proc/stat: btime), one reader
+each (psutil's `_pslinux.py` habit), and who holds a file or pages (one walk over /proc).
+
+The error policy of every reader here is probe/files.py's: a process that is gone, or whose files
+this user may not read, reads as empty ({} or []), never as an exception; a field that does not
+parse reads as 0."""
 
 import contextlib
 import os
+import re
 from typing import NamedTuple
 
 from hugeload.probe.files import listdir, read_text
@@ -34,11 +41,15 @@ class ProcessHugePages(NamedTuple):
     mappings: list[Mapping]  # mappings of at least min_size
 
 
-def read_status(root, pid: int) -> dict[str, str]:
-    out = {}
+def read_status(root, pid: int | str) -> dict[str, str]:
+    """/proc/PID/status by key: each line's text before its first colon is the key, and the
+    first line with a key wins.  A value is never searched for a key, so a process cannot fake
+    a field by naming itself `HugetlbPages: 99` (its Name line is key `Name`)."""
+    out: dict[str, str] = {}
     for line in (read_text(root, f"proc/{pid}/status", "") or "").splitlines():
-        key, _, value = line.partition(":")
-        out[key] = value.strip()
+        key, sep, value = line.partition(":")
+        if sep:
+            out.setdefault(key, value.strip())
     return out
 
 
@@ -60,7 +71,7 @@ def read_status_fields(root, pid, keys) -> dict[str, str]:
         return {}
     finally:
         os.close(fd)
-    out = {}
+    out: dict[str, str] = {}
     for line in b"".join(chunks).split(b"\n"):
         key, sep, value = line.partition(b":")
         if sep and key in want:
@@ -90,8 +101,25 @@ def _kb(value: str | None) -> int:
         return 0
 
 
+def status_kb(status: dict[str, str], key: str) -> int:
+    """A kB field of read_status() as an int (`HugetlbPages`, `VmPTE`, `VmLck`); 0 when absent."""
+    return _kb(status.get(key))
+
+
+def read_smaps_rollup(root, pid: int | str) -> dict[str, int]:
+    """/proc/PID/smaps_rollup's kB fields by key (Rss, Pss, Pss_Anon, AnonHugePages, ...);
+    {} when the process is gone or the kernel predates it (4.14)."""
+    out: dict[str, int] = {}
+    for line in (read_text(root, f"proc/{pid}/smaps_rollup", "") or "").splitlines():
+        key, sep, value = line.partition(":")
+        parts = value.split()
+        if sep and key.isidentifier() and parts and parts[0].isdigit():  # not the range header line
+            out.setdefault(key, int(parts[0]))
+    return out
+
+
 def parse_smaps(text: str, min_size: int = 0) -> list[Mapping]:
-    out = []
+    out: list[Mapping] = []
     head = None
     fields: dict[str, int] = {}
 
@@ -132,8 +160,24 @@ def parse_smaps(text: str, min_size: int = 0) -> list[Mapping]:
     return out
 
 
-def read_smaps(root, pid: int, min_size: int = LARGE_MAPPING) -> list[Mapping]:
+def read_smaps(root, pid: int | str, min_size: int = LARGE_MAPPING) -> list[Mapping]:
     return parse_smaps(read_text(root, f"proc/{pid}/smaps", "") or "", min_size)
+
+
+_VMA_HEAD = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) ", re.M)
+
+
+def smaps_entry(root, pid: int | str, address: int) -> Mapping | None:
+    """The /proc/PID/smaps entry that holds `address`, or None.  Only that entry is parsed: the
+    smaps of a process with torch loaded runs to thousands of entries."""
+    text = read_text(root, f"proc/{pid}/smaps", "") or ""
+    heads = list(_VMA_HEAD.finditer(text))
+    for i, h in enumerate(heads):
+        if int(h.group(1), 16) <= address < int(h.group(2), 16):
+            end = heads[i + 1].start() if i + 1 < len(heads) else len(text)
+            found = parse_smaps(text[h.start() : end])
+            return found[0] if found else None
+    return None
 
 
 def read_process(root, pid: int, min_size: int = LARGE_MAPPING) -> ProcessHugePages | None:
@@ -167,21 +211,10 @@ def huge_page_users(root="/", min_size: int = LARGE_MAPPING) -> list[ProcessHuge
 
 def _thp_kb(root, pid: int) -> int:
     """AnonHugePages + FilePmdMapped from smaps_rollup (one line per field, cheap), else smaps."""
-    text = read_text(root, f"proc/{pid}/smaps_rollup")
-    if text is None:
+    rollup = read_smaps_rollup(root, pid)
+    if not rollup:
         return sum(m.anon_huge_kb + m.file_pmd_mapped_kb for m in read_smaps(root, pid, 0))
-    total = 0
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key in ("AnonHugePages", "FilePmdMapped"):
-            total += _kb(value)
-    return total
-
-
-def mapping_page_sizes(root, pid: int, path: str) -> set[int]:
-    """KernelPageSize (kB) of every mapping of `path` in process `pid`."""
-    target = os.path.realpath(path) if str(root) == "/" else path
-    return {m.kernel_page_kb for m in read_smaps(root, pid, 0) if m.path in (path, target)}
+    return rollup.get("AnonHugePages", 0) + rollup.get("FilePmdMapped", 0)
 
 
 # --------------------------------------------------------------------------- who holds files and pages
@@ -243,7 +276,7 @@ def holders(root="/", paths=None, prefix: str | None = None, kb: int | None = No
             for p in _fd_paths(root, pid):
                 files.setdefault(p, "fd")
             found = {p: how for p, how in files.items() if p in targets or (under and p.startswith(under))}
-        by_pages = bool(smaps) and any(m.hugetlb_kb and m.kernel_page_kb == kb for m in parse_smaps(smaps))
+        by_pages = bool(smaps) and any(m.hugetlb_kb and m.kernel_page_kb == kb for m in parse_smaps(smaps or ""))
         if not found and not by_pages:
             continue
         comm = status.get("Name", "") if status else (read_text(root, f"proc/{pid}/comm", "") or "").strip()

@@ -21,7 +21,7 @@ import shutil
 from pathlib import Path
 
 from hugeload import pages
-from hugeload.act import crashpoint, ledger, state
+from hugeload.act import crashpoint, ledger, shm, state
 from hugeload.act import mounts as act_mounts
 from hugeload.act import pools as act_pools
 from hugeload.act.store import layout, lock, manifest
@@ -29,8 +29,6 @@ from hugeload.act.store.stage import model_files, refuse_if_mapped, unmount_idle
 from hugeload.errors import HugeloadError, UsageError
 from hugeload.probe import procs
 from hugeload.probe.mounts import read_mounts
-
-SHM_DIR = "/dev/shm"
 
 
 def run_report_path(pid: int, state_dir=None) -> Path:
@@ -65,7 +63,7 @@ def gc_run_reports(state_dir=None, root="/") -> list[str]:
 
 def gc_bench_runs(state_dir=None, root="/") -> list[str]:
     """What a killed `hugeload bench engine` left: its own store under <state>/bench/<pid>
-    (staged copies, their mounts and pages) and its tmpfs copy /dev/shm/hugeload-bench-<pid>."""
+    (staged copies, their mounts and pages) and its tmpfs copy (act/shm.py)."""
     removed: list[str] = []
     top = state.state_dir(state_dir) / "bench"
     if not top.is_dir():
@@ -81,10 +79,8 @@ def gc_bench_runs(state_dir=None, root="/") -> list[str]:
                 empty_store(nested, root)
             if act_mounts.hugeload_mounts(nested, root):
                 continue  # a mount still busy (an engine still running): the next gc retries
-        shm = Path(SHM_DIR) / f"hugeload-bench-{d.name}"
-        if str(root) == "/" and shm.is_dir() and not shm.is_symlink():
-            shutil.rmtree(shm, ignore_errors=True)
-            removed.append(str(shm))
+        if str(root) == "/":
+            removed += shm.remove_bench_dirs(int(d.name))
         shutil.rmtree(d, ignore_errors=True)
         removed.append(str(d))
     return removed
