@@ -301,3 +301,45 @@ def test_a_unit_refuses_an_interpreter_another_user_can_change(tmp_path):
     assert act_boot.unit_command_problem(sys.executable) is None or "uid" in act_boot.unit_command_problem(
         sys.executable
     )
+def test_cma_goes_beside_the_hugepages_line_and_replaces_an_older_one(hugeload_cli, tmp_path):
+    grub = tmp_path / "etc/default/grub"
+    grub.parent.mkdir(parents=True)
+    grub.write_text('GRUB_CMDLINE_LINUX="quiet hugetlb_cma=2G hugepagesz=1G hugepages=4 splash"\n')
+    args = ["boot-config", "--pages-2m", 512, "--cma", "0:4G,1:4G", "--apply", "--target-root", tmp_path, "--json"]
+    out = hugeload_cli(*args)
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["cma"] == "hugetlb_cma=0:4G,1:4G" and "--count 8" in data["cma_next_step"]
+    first = grub.read_text()
+    # The old area and the boot-time 1 GB pages go: the kernel would skip those with hugetlb_cma= set.
+    assert first == 'GRUB_CMDLINE_LINUX="quiet splash hugepagesz=2M hugepages=512 hugetlb_cma=0:4G,1:4G"\n'
+    assert hugeload_cli(*args).returncode == 0
+    assert grub.read_text() == first
+    # Back to boot-time pages: the area goes.
+    assert hugeload_cli("boot-config", "--pages-1g", 2, "--apply", "--target-root", tmp_path).returncode == 0
+    assert grub.read_text() == 'GRUB_CMDLINE_LINUX="quiet splash hugepagesz=1G hugepages=2 default_hugepagesz=1G"\n'
+
+
+def test_cma_alone_and_its_explanation(hugeload_cli):
+    out = hugeload_cli("boot-config", "--cma", "8G")
+    assert out.returncode == 0, out.stderr
+    assert 'GRUB_CMDLINE_LINUX="hugetlb_cma=8G"' in out.stdout
+    assert "hugeload reserve --page-size 1g --count 8" in out.stdout.replace("\n", "")
+    help_text = " ".join(hugeload_cli("boot-config", "--help").stdout.split())
+    assert "movable allocations" in help_text and "gone for everything else" in help_text
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--cma", "3M"], "multiple of 1G"),
+        (["--cma", "0:4G,0:4G"], "named twice"),
+        (["--cma", "x:4G"], "NODE:SIZE"),
+        (["--cma", "4G", "--pages-1g", "2"], "skips boot-time 1 GB pages"),
+        (["--cma", "0:4G,7:4G"], "node(s) 7"),
+    ],
+)
+def test_bad_cma_is_one_line(hugeload_cli, tmp_path, args, message):
+    out = hugeload_cli("boot-config", *args)
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert message in out.stderr
