@@ -14,7 +14,7 @@ MAX_CONFIG_BYTES = 16 << 20  # a config is ~300 kB; a larger file is not one, an
 
 class KernelConfig(NamedTuple):
     options: dict[str, str]  # CONFIG_X -> "y", "m", "123", '"text"'; options "is not set" are absent
-    source: str  # the file it came from, relative to the root
+    source: str  # the file it came from, as the machine names it (/proc/config.gz)
 
     def enabled(self, name: str) -> bool:
         return self.options.get(name) in ("y", "m")
@@ -43,10 +43,10 @@ def read_kernel_config(root="/", release: str | None = None) -> KernelConfig | N
     file is there (a kernel without IKCONFIG whose config file was not installed)."""
     text = _read_gz(root, PROC_CONFIG)
     if text is not None:
-        return KernelConfig(parse_config(text), PROC_CONFIG)
+        return KernelConfig(parse_config(text), "/" + PROC_CONFIG)
     release = read_kernel_release(root) if release is None else release
     if not release or "/" in release or release.startswith("."):
         return None
     rel = f"boot/config-{release}"
     text = read_text(root, rel)
-    return None if text is None else KernelConfig(parse_config(text), rel)
+    return None if text is None else KernelConfig(parse_config(text), "/" + rel)
