@@ -248,11 +248,17 @@ def reserve(
     result = ReserveResult(kb, node, before, count, before + gained, steps, rolled_back, hvo=hvo_state)
     if result.rolled_back:
         raise ShortReservation(result)
-    if prefault and result.after > result.before and str(root) == "/":
-        # Advisory, like llama.cpp's madvise calls: the pages are reserved and in the ledger
-        # already, and the caller must get them back to release them, whatever went wrong here.
-        with contextlib.suppress(Exception):  # a failed pre-fault only leaves the faults for later
-            result = result._replace(prefault_s=prefault_pages(kb, result.after - result.before))
+    return prefaulted(root, result) if prefault else result
+
+
+def prefaulted(root, result: ReserveResult) -> ReserveResult:
+    """The new pages of `result` faulted in once (see prefault_pages()), on the live machine."""
+    if result.after <= result.before or str(root) != "/":
+        return result
+    # Advisory, like llama.cpp's madvise calls: the pages are reserved and in the ledger
+    # already, and the caller must get them back to release them, whatever went wrong here.
+    with contextlib.suppress(Exception):  # a failed pre-fault only leaves the faults for later
+        return result._replace(prefault_s=prefault_pages(result.page_size_kb, result.after - result.before))
     return result
 
 
