@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 HUGEPAGES = Path("/sys/kernel/mm/hugepages")
+HVO = Path("/proc/sys/vm/hugetlb_optimize_vmemmap")  # hugeload turns it on and must put it back
 NODES = Path("/sys/devices/system/node")
 LOCK_PATH = "/tmp/hugeload-tests.lock"
 REPO = Path(__file__).resolve().parent.parent
@@ -29,6 +30,8 @@ def pool_snapshot() -> dict[str, str]:
             snap[str(f)] = f.read_text().strip()
     for f in sorted(NODES.glob("node*/hugepages/hugepages-*/nr_hugepages")):
         snap[str(f)] = f.read_text().strip()
+    if HVO.exists():
+        snap[str(HVO)] = HVO.read_text().strip()
     return snap
 
 
@@ -39,7 +42,7 @@ def hugetlbfs_mounts() -> list[str]:
 
 def restore_pools(before: dict[str, str]) -> None:
     for path, value in before.items():
-        if path.endswith("/nr_hugepages") and "/node" not in path:
+        if (path.endswith("/nr_hugepages") and "/node" not in path) or path == str(HVO):
             with contextlib.suppress(OSError):
                 Path(path).write_text(value)
 

@@ -301,3 +301,54 @@ def test_a_unit_refuses_an_interpreter_another_user_can_change(tmp_path):
     assert act_boot.unit_command_problem(sys.executable) is None or "uid" in act_boot.unit_command_problem(
         sys.executable
     )
+
+
+def test_cma_goes_beside_the_hugepages_line_and_the_last_one_counts(hugeload_cli, tmp_path):
+    """The marked block appends to the user's line and leaves it as it is; the kernel takes the last
+    `hugetlb_cma=` (an early_param), so the block's area is the one grub-mkconfig hands it."""
+    grub = tmp_path / "etc/default/grub"
+    grub.parent.mkdir(parents=True)
+    user_line = 'GRUB_CMDLINE_LINUX="quiet hugetlb_cma=2G splash"\n'
+    grub.write_text(user_line)
+    args = ["boot-config", "--pages-2m", 512, "--cma", "0:4G,1:4G", "--apply", "--target-root", tmp_path, "--json"]
+    out = hugeload_cli(*args)
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["cma"] == "hugetlb_cma=0:4G,1:4G" and "--count 8" in data["cma_next_step"]
+    first = grub.read_text()
+    assert first.startswith(user_line)
+    block = [ln for ln in first.splitlines()[1:] if ln.startswith("GRUB_CMDLINE_LINUX=")]
+    assert block == ['GRUB_CMDLINE_LINUX="$GRUB_CMDLINE_LINUX hugepagesz=2M hugepages=512 hugetlb_cma=0:4G,1:4G"']
+    now = data["grub_now"]["GRUB_CMDLINE_LINUX"].split()
+    assert [w for w in now if w.startswith("hugetlb_cma=")][-1] == "hugetlb_cma=0:4G,1:4G", now
+    assert hugeload_cli(*args).returncode == 0
+    assert grub.read_text() == first  # applied twice: the same file
+    # Back to boot-time pages: the block no longer names an area; the user's own line is kept.
+    assert hugeload_cli("boot-config", "--pages-1g", 2, "--apply", "--target-root", tmp_path).returncode == 0
+    text = grub.read_text()
+    assert text.startswith(user_line) and "hugetlb_cma=0:4G" not in text and "hugepages=2" in text
+
+
+def test_cma_alone_and_its_explanation(hugeload_cli):
+    out = hugeload_cli("boot-config", "--cma", "8G")
+    assert out.returncode == 0, out.stderr
+    assert 'GRUB_CMDLINE_LINUX="$GRUB_CMDLINE_LINUX hugetlb_cma=8G"' in out.stdout
+    assert "hugeload reserve --page-size 1g --count 8" in out.stdout.replace("\n", "")
+    help_text = " ".join(hugeload_cli("boot-config", "--help").stdout.split())
+    assert "movable allocations" in help_text and "gone for everything else" in help_text
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--cma", "3M"], "multiple of 1G"),
+        (["--cma", "0:4G,0:4G"], "named twice"),
+        (["--cma", "x:4G"], "NODE:SIZE"),
+        (["--cma", "4G", "--pages-1g", "2"], "skips boot-time 1 GB pages"),
+        (["--cma", "0:4G,7:4G"], "node(s) 7"),
+    ],
+)
+def test_bad_cma_is_one_line(hugeload_cli, tmp_path, args, message):
+    out = hugeload_cli("boot-config", *args)
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert message in out.stderr

@@ -40,7 +40,7 @@ def test_reserve_two_1g_pages_and_release_back(hugeload_cli, state_dir):
     assert out.returncode == 0, out.stderr
     assert count(GB) == before
     assert ledger.share(ledger.load(state_dir), GB, None) == 0
-    events = ledger.load(state_dir)["events"]
+    events = [e for e in ledger.load(state_dir)["events"] if "page_size_kb" in e]  # HVO's are act/hvo's test
     assert [(e["action"], e["before"], e["after"]) for e in events] == [
         ("reserve", before, before + 2),
         ("release", before + 2, before),
@@ -166,7 +166,7 @@ def test_release_forgets_pages_someone_else_already_removed(hugeload_cli, state_
     assert out.returncode == 0 and "kept" not in out.stdout, out.stdout
     assert ledger.share(ledger.load(state_dir), MB2, None) == 0
     assert count(MB2) == before
-    assert ledger.load(state_dir)["events"][-1]["action"] == "forget"
+    assert [e for e in ledger.load(state_dir)["events"] if "page_size_kb" in e][-1]["action"] == "forget"
 
 
 def test_gc_frees_pages_of_a_killed_benchmark(hugeload_cli, state_dir):

@@ -33,6 +33,8 @@ def test_check_names_and_order(tree):
         "memory",
         "virtualization",
         "llama_buffers",
+        "hvo",
+        "hugetlb_cma",
     ]
     for c in checks:
         assert c.status in ("pass", "warn", "fail")

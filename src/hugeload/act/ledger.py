@@ -3,6 +3,8 @@
 ledger.json in the state directory (mode 0600):
   shares:  {"<kb>:<node or all>": {"<owner>": pages}}  pages hugeload added to a pool, per Owner
   mounts:  [{"path", "page_size_kb", "created_dir", "owner"}]  hugetlbfs mounts hugeload made
+  sysctls: {"<name>": {"path", "previous", "value", "owner"}}  kernel settings hugeload changed
+           and puts back (act/hvo.py: vm.hugetlb_optimize_vmemmap)
   intents: [{"id", "what", "owner", "pid", "start", ...}]  changes begun and not yet recorded
   events:  [{"time", "action", "page_size_kb", "node", "before", "after", "owner"}]  the history
 
@@ -30,6 +32,7 @@ from hugeload.act import state
 from hugeload.errors import HugeloadError, PermissionNeeded
 from hugeload.probe import pools as probe_pools
 from hugeload.probe import procs
+from hugeload.probe.files import read_int
 from hugeload.probe.mounts import read_mounts
 
 MAX_EVENTS = 1000
@@ -122,7 +125,7 @@ def parse_pool_key(key: str) -> tuple[int, int | None]:
 
 
 def empty() -> dict:
-    return {"version": VERSION, "shares": {}, "mounts": [], "intents": [], "events": []}
+    return {"version": VERSION, "shares": {}, "mounts": [], "sysctls": {}, "intents": [], "events": []}
 
 
 def load(state_dir=None) -> dict:
@@ -355,7 +358,27 @@ def _settle(data: dict, intent: dict, root) -> bool:
         data["mounts"] = entries
         data["events"].append({"time": time.time(), "action": f"recover-{what}", "path": path, "mounted": mounted})
         return True
+    if what == "sysctl":
+        return _settle_sysctl(data, intent, root)
     return False  # an intent of a kind this version does not know: kept for the version that wrote it
+
+
+def _settle_sysctl(data: dict, intent: dict, root) -> bool:
+    """A sysctl write that may or may not have happened: the value now says which.  A write
+    that happened is recorded as act/hvo.py would have (changed: remember the value to put
+    back; restored: forget it); one that did not leaves the record as it was."""
+    name, rel = intent["name"], intent["path"]
+    before, target = int(intent["before"]), int(intent["target"])
+    now = read_int(root, rel)
+    if now is None:
+        return False  # that file is not here (another root): leave it
+    if now == target and now != before:
+        if intent.get("restore"):
+            data["sysctls"].pop(name, None)
+        else:
+            data["sysctls"][name] = {"path": rel, "previous": before, "value": target, "owner": intent["owner"]}
+    data["events"].append({"time": time.time(), "action": "recover-sysctl", "name": name, "value": now})
+    return True
 
 
 def outstanding(state_dir=None) -> list[dict]:

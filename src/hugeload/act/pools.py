@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-from hugeload.act import crashpoint, ledger
+from hugeload.act import crashpoint, hvo, ledger
 from hugeload.act.sysfs import write_text
 from hugeload.errors import HugeloadError, PoolError, UsageError
 from hugeload.pages import PAGE_1G
@@ -111,6 +111,7 @@ class ReserveResult(NamedTuple):
     steps: list[Step]
     rolled_back: bool
     prefault_s: float | None = None  # time spent faulting the new pages in once (None: not done)
+    hvo: str = ""  # HVO while the pages were allocated, in words (act/hvo.py)
 
     @property
     def obtained(self) -> int:
@@ -148,15 +149,23 @@ def write_step(
     return moved
 
 
+class Grow(NamedTuple):
+    before: int
+    after: int
+    gained: int
+    hvo: str  # HVO when the pages were allocated (act/hvo.before_grow's words)
+
+
 def grow_step(
-    root, kb: int, node: int | None, count: int, owner: str, state_dir, action="reserve"
-) -> tuple[int, int, int]:
-    """Ask the kernel for `count` more pages for `owner`, as one transaction: (count before,
-    count after, pages gained)."""
+    root, kb: int, node: int | None, count: int, owner: str, state_dir, action="reserve", hvo_mode=hvo.Hvo.LEAVE
+) -> Grow:
+    """Ask the kernel for `count` more pages for `owner`, as one transaction, HVO turned on
+    first in the same transaction (unless `hvo_mode` says leave)."""
     with ledger.edit(state_dir, root) as data:
+        hvo_state = hvo.before_grow(data, root, state_dir, owner, hvo_mode)
         before = read_count(root, kb, node)
         gained = write_step(data, root, kb, node, [owner], before, before + count, state_dir, action)
-        return before, before + gained, gained
+        return Grow(before, before + gained, gained, hvo_state)
 
 
 def shrink(root, kb: int, node: int | None, owner: str, count: int, state_dir, action="rollback") -> int:
@@ -168,7 +177,9 @@ def shrink(root, kb: int, node: int | None, owner: str, count: int, state_dir, a
         give = max(0, min(count, ledger.share(data, kb, node, owner), idle_pages(pool), total))
         if not give:
             return 0
-        return -write_step(data, root, kb, node, [owner], total, total - give, state_dir, action)
+        given = -write_step(data, root, kb, node, [owner], total, total - give, state_dir, action)
+        hvo.after_shrink(data, root, state_dir)
+        return given
 
 
 def idle_pages(pool: probe_pools.Pool) -> int:
@@ -186,6 +197,7 @@ def reserve(
     state_dir=None,
     retry_seconds: float = RETRY_SECONDS,
     prefault: bool = True,
+    hvo_mode: hvo.Hvo | str | None = None,
 ) -> ReserveResult:
     """Raise the pool by `count` pages for `owner` (a ledger.Owner or its text), reading back
     what the kernel gave.  Short 1 GB results are retried after freeing memory while retries
@@ -193,15 +205,18 @@ def reserve(
     gained when it is interrupted (Ctrl-C, an error).  Every write is one ledger transaction
     (write-ahead, see act/ledger.py): the lock is never held across the retries' sync,
     drop_caches and compaction, and a kill at any point leaves every page gained recorded.
+    HVO is turned on before the first write unless `hvo_mode` (default: act/hvo.mode()) says
+    leave, and put back when hugeload's last page goes (release, shrink, gc).
     Then the new pages are faulted in once (see prefault_pages())."""
     if count <= 0:
         raise UsageError(f"page count must be positive, got {count}")
     validate(root, kb, node)
+    how = hvo.mode(hvo_mode)
     owner = str(owner)
     gained = 0
     steps: list[Step] = []
     try:
-        before, after, got = grow_step(root, kb, node, count, owner, state_dir)
+        before, after, got, hvo_state = grow_step(root, kb, node, count, owner, state_dir, hvo_mode=how)
         gained += got
         steps.append(Step("write", after, got))
         if gained < count and kb >= PAGE_1G.kb:
@@ -213,28 +228,37 @@ def reserve(
                         steps.append(Step(name, read_count(root, kb, node), 0))
                     except HugeloadError as e:  # advisory: a read-only /proc/sys in a container
                         steps.append(Step(f"{name} skipped ({e})", read_count(root, kb, node), 0))
-                _, now, got = grow_step(root, kb, node, count - gained, owner, state_dir)
+                _, now, got, _ = grow_step(root, kb, node, count - gained, owner, state_dir, hvo_mode=how)
                 gained += got
                 steps.append(Step(f"retry {attempt}", now, got))
                 if gained >= count or got <= 0 or time.monotonic() > deadline:
                     break
     except BaseException:
-        if gained and not partial:
-            with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception):
+            if gained and not partial:
                 shrink(root, kb, node, owner, gained, state_dir)
+            hvo.settle(state_dir, root)  # HVO back off when nothing stayed (shrink did it otherwise)
         raise
     rolled_back = False
     if gained < count and not partial:
         gained -= shrink(root, kb, node, owner, gained, state_dir) if gained else 0
         rolled_back = True
-    result = ReserveResult(kb, node, before, count, before + gained, steps, rolled_back)
+    if not gained:
+        hvo.settle(state_dir, root)
+    result = ReserveResult(kb, node, before, count, before + gained, steps, rolled_back, hvo=hvo_state)
     if result.rolled_back:
         raise ShortReservation(result)
-    if prefault and result.after > result.before and str(root) == "/":
-        # Advisory, like llama.cpp's madvise calls: the pages are reserved and in the ledger
-        # already, and the caller must get them back to release them, whatever went wrong here.
-        with contextlib.suppress(Exception):  # a failed pre-fault only leaves the faults for later
-            result = result._replace(prefault_s=prefault_pages(kb, result.after - result.before))
+    return prefaulted(root, result) if prefault else result
+
+
+def prefaulted(root, result: ReserveResult) -> ReserveResult:
+    """The new pages of `result` faulted in once (see prefault_pages()), on the live machine."""
+    if result.after <= result.before or str(root) != "/":
+        return result
+    # Advisory, like llama.cpp's madvise calls: the pages are reserved and in the ledger
+    # already, and the caller must get them back to release them, whatever went wrong here.
+    with contextlib.suppress(Exception):  # a failed pre-fault only leaves the faults for later
+        return result._replace(prefault_s=prefault_pages(result.page_size_kb, result.after - result.before))
     return result
 
 
@@ -370,6 +394,7 @@ def release(root, kb: int | None = None, owner="reserve", state_dir=None) -> lis
                     describe_holders(root, pkb) if kept else "",
                 )
             )
+        hvo.after_shrink(data, root, state_dir)
     return results
 
 

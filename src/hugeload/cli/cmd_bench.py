@@ -317,4 +317,43 @@ def run_hotpath(args) -> int:
     return _print(args, data, bench_tables.hotpath, True)
 
 
-SUBCOMMANDS = [add_tensors, add_tlb, add_stage, add_engine, add_fleet, add_hotpath]
+def add_hvo(bsub) -> None:
+    p = bsub.add_parser("hvo", help="memory HVO (vm.hugetlb_optimize_vmemmap) saves: one reservation with and without")
+    p.add_argument("--page-size", default=pages.PAGE_1G, type=pages.arg_type(auto=False), help="1g (default) or 2m")
+    p.add_argument("--count", type=int, default=1, help="pages per reservation (default 1)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of without/with (default 3); medians are compared")
+    add_json(p)
+    p.set_defaults(func=run_hvo)
+
+
+def run_hvo(args) -> int:
+    from hugeload.bench import hvo
+    from hugeload.units import format_bytes
+
+    log = (lambda msg: None) if args.json else (lambda msg: render.err_console.print(f"[dim]{msg}[/]"))
+    data = hvo.run(args.root, args.page_size.kb, args.count, args.rounds, log=log)
+    if args.json:
+        render.print_json(data)
+        return 0
+    words = {
+        "used": "MemTotal - MemFree - per-CPU free pages",
+        "available": "MemTotal - MemAvailable",
+        "memmap": "struct page memory (vmstat nr_memmap*)",
+    }
+    rows = [
+        [words[m], format_bytes(v["saved_bytes"]), format_bytes(v["saved_per_gib_bytes"])]
+        for m, v in data["measures"].items()
+    ]
+    rows.append(["computed from the sizes", format_bytes(data["computed_bytes"]), "-"])
+    render.console.print(
+        render.table(
+            f"HVO: {data['count']} x {data['page_size']} reserved without and with it, "
+            f"{data['rounds']} rounds (medians)",
+            ["measure", "saved", "per GiB reserved"],
+            rows,
+        )
+    )
+    return 0
+
+
+SUBCOMMANDS = [add_tensors, add_tlb, add_stage, add_engine, add_fleet, add_hotpath, add_hvo]

@@ -8,6 +8,8 @@ from hugeload.cli import render
 from hugeload.cli.common import add_json
 from hugeload.errors import UsageError
 from hugeload.plan import boot as plan_boot
+from hugeload.plan import cma as plan_cma
+from hugeload.probe import pools as probe_pools
 
 
 def register(sub) -> None:
@@ -16,6 +18,17 @@ def register(sub) -> None:
     )
     p.add_argument("--pages-1g", type=int, help="1 GB pages to reserve at boot")
     p.add_argument("--pages-2m", type=int, help="2 MB pages to reserve at boot")
+    p.add_argument(
+        "--cma",
+        type=plan_cma.arg_type,
+        metavar="SIZE|NODE:SIZE,...",
+        help="hugetlb_cma=: set aside SIZE (a multiple of 1G; per node as 0:4G,1:4G) at boot for 1 GB pages "
+        "reserved at run time. Unlike --pages-1g, whose pages are taken at boot and are gone for everything "
+        "else, the area serves movable allocations (page cache, anonymous memory) until `hugeload reserve` "
+        "takes pages from it, and those reservations then succeed however fragmented memory is. Needs a "
+        "kernel with CONFIG_CMA (hugeload doctor says); the kernel skips boot-time 1 GB pages when it is set, "
+        "so it does not go with --pages-1g",
+    )
     p.add_argument(
         "--apply",
         action="store_true",
@@ -95,6 +108,15 @@ def run_systemd(args) -> int:
     return 0
 
 
+def cma_step(cma) -> str | None:
+    if cma is None:
+        return None
+    return (
+        f"take up to {cma.pages_1g} x 1G from the area when needed: hugeload reserve --page-size 1g "
+        f"--count {cma.pages_1g} (or stage --reserve); `hugeload doctor` shows how many it can still give"
+    )
+
+
 def report_lines(report: act_boot.GrubReport) -> list[str]:
     out = [f"{var}={value!r}" for var, value in report.values.items()]
     return out + [f"note: {n}" for n in report.notes]
@@ -119,9 +141,16 @@ def run(args) -> int:
         v = getattr(args, name)
         if v is not None and v < 0:
             raise UsageError(f"--{name.replace('_', '-')} must not be negative")
-    if not args.pages_1g and not args.pages_2m:
-        raise UsageError("give --pages-1g N and/or --pages-2m N")
-    params = plan_boot.kernel_params(args.pages_1g, args.pages_2m)
+    if not args.pages_1g and not args.pages_2m and args.cma is None:
+        raise UsageError("give --pages-1g N, --pages-2m N and/or --cma SIZE")
+    if args.cma is not None and args.pages_1g:
+        raise UsageError(
+            "--cma and --pages-1g do not go together: with hugetlb_cma= set the kernel skips boot-time 1 GB pages; "
+            "choose pages reserved at boot (--pages-1g) or an area to reserve them from at run time (--cma)"
+        )
+    if args.cma is not None and not args.target_root:  # an image's machine is not this one
+        plan_cma.check_nodes(args.cma, probe_pools.nodes(args.root))
+    params = plan_boot.kernel_params(args.pages_1g, args.pages_2m, args.cma)
     fstab = plan_boot.fstab_lines(args.pages_1g, args.pages_2m, DEFAULT_DIRS)
     sysctl = plan_boot.sysctl_line(args.pages_1g, args.pages_2m)
     dropin = act_boot.has_grub_dropins(target)
@@ -138,6 +167,8 @@ def run(args) -> int:
         "sysctl": sysctl,
         "applied": applied,
         "next_steps": ["update-grub", "reboot", "hugeload doctor"] if args.apply else [],
+        "cma": args.cma.param() if args.cma is not None else None,
+        "cma_next_step": cma_step(args.cma),
     }
     if args.json:
         render.print_json(out)
@@ -145,11 +176,15 @@ def run(args) -> int:
     where = "a drop-in of its own" if dropin else "a marked block at its end"
     render.console.print(f"# {out['grub_file']} ({where}: the existing lines are kept as they are)")
     render.console.print(str(out["grub_text"]).rstrip("\n"), soft_wrap=True, markup=False)
-    render.console.print("# /etc/fstab (nofail: a machine without the page size still boots)")
+    if fstab:
+        render.console.print("# /etc/fstab (nofail: a machine without the page size still boots)")
     for line in fstab:
         render.console.print(line, soft_wrap=True)
-    render.console.print("# /etc/sysctl.d/90-hugeload.conf (optional: retries the reservation after boot)")
-    render.console.print(sysctl)
+    if args.pages_1g or args.pages_2m:
+        render.console.print("# /etc/sysctl.d/90-hugeload.conf (optional: retries the reservation after boot)")
+        render.console.print(sysctl)
+    if args.cma is not None:
+        render.console.print(f"# {args.cma.param()}: after the reboot, {out['cma_next_step']}")
     render.console.print(f"# what grub-mkconfig will read ({', '.join(report.files) or 'no /etc/default/grub'})")
     for line in report_lines(report):
         render.console.print(line, soft_wrap=True, markup=False)

@@ -3,10 +3,11 @@
 from hugeload import pages
 from hugeload.act import pools as act_pools
 from hugeload.cli import render
-from hugeload.cli.common import add_json, add_state_dir, require_hugetlb
+from hugeload.cli.common import add_hvo, add_json, add_state_dir, require_hugetlb
 from hugeload.errors import PoolError, UsageError
+from hugeload.plan import hvo as plan_hvo
 from hugeload.plan import reserve as plan_reserve
-from hugeload.probe.memory import read_meminfo, read_pressure
+from hugeload.probe.memory import read_meminfo, read_pcp_pages, read_pressure, read_vmstat
 from hugeload.units import parse_size
 
 
@@ -20,6 +21,7 @@ def register(sub) -> None:
     p.add_argument("--partial", action="store_true", help="keep a short reservation instead of rolling it back")
     p.add_argument("--force", action="store_true", help="reserve even below the MemAvailable floor")
     p.add_argument("--min-available", help="MemAvailable to leave, a size or a percentage of RAM (default 10%%)")
+    add_hvo(p)
     add_state_dir(p)
     add_json(p)
     p.set_defaults(func=run_reserve)
@@ -30,6 +32,12 @@ def register(sub) -> None:
     add_state_dir(p)
     add_json(p)
     p.set_defaults(func=run_release)
+
+
+def hvo_measure(root) -> plan_hvo.Measure:
+    return plan_hvo.Measure(
+        plan_hvo.used_kb(read_meminfo(root), read_pcp_pages(root)), plan_hvo.memmap_kb(read_vmstat(root))
+    )
 
 
 def pressure_warning(root) -> str | None:
@@ -56,8 +64,11 @@ def run_reserve(args) -> int:
         raise PoolError(check.message)
     # Said after the reservation (which it does not stop), so that a refusal stays one line.
     warning = pressure_warning(args.root)
+    measure_before = hvo_measure(args.root)
     try:
-        result = act_pools.reserve(args.root, kb, count, args.node, args.partial, state_dir=args.state_dir)
+        result = act_pools.reserve(
+            args.root, kb, count, args.node, args.partial, state_dir=args.state_dir, hvo_mode=args.hvo, prefault=False
+        )
     except act_pools.ShortReservation as e:
         if args.json:
             render.print_json({"ok": False, "error": str(e), **e.result._asdict()})
@@ -65,8 +76,22 @@ def run_reserve(args) -> int:
             render.err_console.print(f"[yellow]{act_pools.fragmentation_note(args.root)}[/]")
         _print_steps(e.result, args.json)
         raise
+    # Only for one plain write: a retry's drop_caches frees far more than HVO saves.
+    # Read before the pre-fault, which takes seconds in which others allocate too.
+    measure_after = hvo_measure(args.root) if len(result.steps) == 1 else None
+    result = act_pools.prefaulted(args.root, result)
+    hvo_line = plan_hvo.saving_line(result.hvo, kb, result.obtained, measure_before, measure_after)
     if args.json:
-        render.print_json({"ok": True, "obtained": result.obtained, **result._asdict()})
+        render.print_json(
+            {
+                "ok": True,
+                "obtained": result.obtained,
+                **result._asdict(),
+                "hvo_saved_computed": plan_hvo.saved([(kb, result.obtained)]) if result.hvo.startswith("on") else 0,
+                "hvo_measured": {"before": measure_before, "after": measure_after},
+                "hvo_line": hvo_line,
+            }
+        )
         return 0
     if warning:
         render.err_console.print(f"[yellow]warning:[/] {warning}")
@@ -78,6 +103,7 @@ def run_reserve(args) -> int:
         f"({'+' if result.obtained >= 0 else ''}{result.obtained} of {count} asked"
         f"{', kept short with --partial' if short else ''})"
     )
+    render.console.print(hvo_line)
     return 0
 
 

@@ -9,7 +9,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from hugeload import pages
 from hugeload.act import store
 from hugeload.cli import render
-from hugeload.cli.common import add_json, add_state_dir, require_hugetlb
+from hugeload.cli.common import add_hvo, add_json, add_state_dir, require_hugetlb
 from hugeload.errors import UsageError
 from hugeload.plan.pages import plan_for as make_plan
 from hugeload.probe.machine import read_machine
@@ -36,6 +36,7 @@ def register(sub) -> None:
     p.add_argument(
         "--wait", type=float, default=store.LOCK_TIMEOUT, help="seconds to wait for another stager of the same model"
     )
+    add_hvo(p)
     add_placement(p)
     add_config_dir(p)
     add_state_dir(p)
@@ -151,6 +152,7 @@ def run_load(args) -> int:
         heap_pages=_heap_pages(files, args) if args.reserve else (),
         placement=placement,
         group=args.group,
+        hvo=args.hvo,
     )
     bar, progress = _progress(total * max(1, len(placement.copies())), args.json)
     if bar:

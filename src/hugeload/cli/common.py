@@ -2,6 +2,7 @@
 
 import argparse
 
+from hugeload.act import hvo as act_hvo
 from hugeload.errors import NotSupported, UsageError
 from hugeload.probe import pools
 
@@ -46,3 +47,16 @@ def octal(text: str) -> int:
         return int(text, 8)
     except ValueError:
         raise UsageError(f"mode {text!r} is not an octal number like 1770") from None
+
+
+def add_hvo(p) -> None:
+    p.add_argument(
+        "--hvo",
+        type=act_hvo.arg_type,
+        default=None,
+        metavar="{auto,leave}",
+        help="vm.hugetlb_optimize_vmemmap (HVO), which gives back the struct page memory of huge pages "
+        "allocated while it is on (16 MiB per 1 GB page, 14 MiB per GiB of 2 MB pages): auto turns it on "
+        "before reserving and puts it back when hugeload's last page goes, unless it was set outside "
+        "hugeload; leave never writes it (default: $HUGELOAD_HVO, else auto)",
+    )

@@ -15,9 +15,10 @@ import re
 from typing import NamedTuple
 
 from hugeload.pages import PAGE_1G, PAGE_2M
+from hugeload.plan import cma as plan_cma
 from hugeload.units import GiB, MiB
 
-HUGE_PARAMS = ("hugepagesz", "hugepages", "default_hugepagesz")
+HUGE_PARAMS = ("hugepagesz", "hugepages", "default_hugepagesz", plan_cma.PARAM)
 GRUB_VAR = "GRUB_CMDLINE_LINUX"
 GRUB_VARS = (GRUB_VAR, "GRUB_CMDLINE_LINUX_DEFAULT")
 GRUB_DROPIN = "hugeload.cfg"
@@ -26,8 +27,9 @@ BLOCK_END = "# END hugeload boot-config"
 FSTAB_MARK = "nofail"  # a missing page size (no pdpe1gb) must not send boot to emergency mode
 
 
-def kernel_params(pages_1g: int | None, pages_2m: int | None) -> list[str]:
-    """The seed's line, `hugepagesz=1G hugepages=N default_hugepagesz=1G`, plus 2M when asked."""
+def kernel_params(pages_1g: int | None, pages_2m: int | None, cma: plan_cma.CmaSpec | None = None) -> list[str]:
+    """The seed's line, `hugepagesz=1G hugepages=N default_hugepagesz=1G`, plus 2M when asked,
+    and `hugetlb_cma=` beside it (plan/cma.py says when to choose which)."""
     out = []
     if pages_1g:
         out += ["hugepagesz=1G", f"hugepages={pages_1g}"]
@@ -35,6 +37,8 @@ def kernel_params(pages_1g: int | None, pages_2m: int | None) -> list[str]:
         out += ["hugepagesz=2M", f"hugepages={pages_2m}"]
     if pages_1g:
         out.append("default_hugepagesz=1G")
+    if cma is not None:
+        out.append(cma.param())
     return out
 
 

@@ -3,8 +3,11 @@
 from typing import NamedTuple
 
 from hugeload.pages import PAGE_1G
+from hugeload.pages import name as page_size_name
+from hugeload.plan import cma as plan_cma
+from hugeload.plan import hvo as plan_hvo
 from hugeload.probe.kernel import version_tuple
-from hugeload.units import GiB, KiB
+from hugeload.units import GiB, KiB, format_bytes
 
 GIGANTIC_KB = PAGE_1G.kb
 MIN_KERNEL = (3, 8)  # MAP_HUGE_1GB and per-size hugetlbfs mounts
@@ -208,6 +211,85 @@ def check_buffers(m, engine) -> Check:
     return _check("llama_buffers", True, buffers.describe(e))
 
 
+def check_hvo(m) -> Check:
+    """HVO (vm.hugetlb_optimize_vmemmap) and what it saves, or would save, for the pools as they
+    are.  The kernel does not say which pages were allocated while it was on: "up to"."""
+    pools = sorted(((p.page_size_kb, p.total) for p in m.pools if p.node is None and p.total > 0), reverse=True)
+    saving = format_bytes(plan_hvo.saved(pools))
+    held = ", ".join(f"{n} x {page_size_name(kb)}" for kb, n in pools) or "no pages"
+    per = "16 MiB per 1G page, 14 MiB per GiB of 2M pages"
+    if m.hvo is None:
+        return _check("hvo", True, f"no HVO in this kernel (vm.hugetlb_optimize_vmemmap, Linux 5.19+): {per} not saved")
+    if m.hvo:
+        return _check("hvo", True, f"HVO on: up to {saving} of struct page memory given back for the pools ({held})")
+    return _check(
+        "hvo",
+        False,
+        f"HVO available and off: the pools ({held}) keep {saving} of struct page memory it would give back ({per}); "
+        "it applies to pages allocated while it is on",
+        "hugeload reserve turns it on before reserving (and off after its last page); or: "
+        "sysctl -w vm.hugetlb_optimize_vmemmap=1 before reserving",
+        warn=True,
+    )
+
+
+def check_cma(m) -> Check:
+    """Whether the running kernel can take 1 GB pages from a hugetlb_cma= area, and how many the
+    area can still give."""
+    cfg = m.kernel_config
+    asked = m.boot.hugetlb_cma
+    if cfg is None:
+        # Informational: nothing about 1 GB pages depends on it, so no warning.
+        return _check(
+            "hugetlb_cma",
+            True,
+            "cannot tell whether this kernel can use hugetlb_cma= (CONFIG_CMA): no /proc/config.gz (modprobe configs) "
+            f"and no /boot/config-{m.kernel_release or '<release>'}"
+            + (f"; hugetlb_cma={asked} is set, CmaTotal {m.meminfo.get('CmaTotal', 0)} kB" if asked else ""),
+        )
+    if not cfg.enabled("CONFIG_CMA"):
+        if asked:
+            return _check(
+                "hugetlb_cma",
+                False,
+                f"hugetlb_cma={asked} on the command line, but this kernel is built without CONFIG_CMA ({cfg.source})",
+                "boot a kernel with CONFIG_CMA=y, or reserve 1 GB pages at boot: hugeload boot-config --pages-1g N",
+                warn=True,
+            )
+        return _check(
+            "hugetlb_cma",
+            True,
+            f"kernel built without CONFIG_CMA ({cfg.source}): no hugetlb_cma= area; 1 GB pages at boot "
+            "(hugeload boot-config --pages-1g N) are the reliable way",
+        )
+    cma_kb = m.meminfo.get("CmaTotal", 0)
+    if not asked:
+        return _check(
+            "hugetlb_cma",
+            True,
+            f"kernel can use hugetlb_cma= (CONFIG_CMA=y, {cfg.source}); none set: hugeload boot-config --cma SIZE "
+            "sets an area that 1 GB reservations take from whatever the fragmentation",
+        )
+    if not cma_kb:
+        return _check(
+            "hugetlb_cma",
+            False,
+            f"hugetlb_cma={asked} on the command line, but no CMA area (CmaTotal 0 kB): "
+            "the kernel could not reserve it",
+            "dmesg | grep -i cma for why; a smaller hugetlb_cma=, or hugeload boot-config --pages-1g N",
+            warn=True,
+        )
+    pool = m.system_pool(GIGANTIC_KB)
+    left = plan_cma.pages_left(m.meminfo, pool.total if pool else 0, m.boot.hugepages.get(GIGANTIC_KB, 0))
+    return _check(
+        "hugetlb_cma",
+        True,
+        f"hugetlb_cma={asked}: CMA area {format_bytes(cma_kb * KiB)}, "
+        f"{format_bytes(m.meminfo.get('CmaFree', 0) * KiB)} "
+        f"free now; it can still give {left} x 1G (hugeload reserve --page-size 1g --count {left})",
+    )
+
+
 def run_checks(m, tried: TryResult | None = None, engine=None) -> list[Check]:
     """`engine`: a plan.buffers.Engine for the llama.cpp build in use (None: this CPU with
     get-llama.sh's default build, AMX off)."""
@@ -224,6 +306,8 @@ def run_checks(m, tried: TryResult | None = None, engine=None) -> list[Check]:
         check_memory(m),
         check_virtualization(m),
         check_buffers(m, engine),
+        check_hvo(m),
+        check_cma(m),
     ]
 
 

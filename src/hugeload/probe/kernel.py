@@ -15,6 +15,7 @@ class BootParams(NamedTuple):
     default_hugepagesz_kb: int | None
     transparent_hugepage: str | None
     raw: str
+    hugetlb_cma: str | None = None  # `hugetlb_cma=` as written: `4G`, or per node `0:4G,1:4G`
 
 
 def read_kernel_release(root="/") -> str:
@@ -45,6 +46,7 @@ def parse_cmdline(cmdline: str) -> BootParams:
     hugepages: dict[int, int] = {}
     default_kb: int | None = None
     thp = None
+    cma: str | None = None
     current: int | None = None  # the size a following hugepages= counts (None: the default size)
     pending_default_count = None
     # Arguments after a lone "--" go to init, not the kernel.
@@ -69,11 +71,13 @@ def parse_cmdline(cmdline: str) -> BootParams:
                 current = default_kb
             elif key == "transparent_hugepage":
                 thp = value
+            elif key == "hugetlb_cma":
+                cma = value  # the last one counts, as for every early_param
         except (ValueError, HugeloadError):
             continue  # a malformed boot parameter is ignored, as the kernel does
     if pending_default_count is not None:
         hugepages.setdefault(default_kb or PAGE_2M.kb, pending_default_count)
-    return BootParams(hugepages, default_kb, thp, cmdline.strip())
+    return BootParams(hugepages, default_kb, thp, cmdline.strip(), cma)
 
 
 def read_boot_params(root="/") -> BootParams:

@@ -4,7 +4,7 @@ import os
 from dataclasses import dataclass
 
 from hugeload.pages import HUGE
-from hugeload.probe import cgroup, cpu, kernel, memory, mounts, pools, thp
+from hugeload.probe import cgroup, cpu, hvo, kconfig, kernel, memory, mounts, pools, thp
 from hugeload.probe.pools import Pool
 
 
@@ -25,6 +25,8 @@ class Machine:
     buddyinfo: list[memory.BuddyZone]
     pressure: memory.Pressure | None
     is_root: bool
+    hvo: int | None = None  # vm.hugetlb_optimize_vmemmap; None: no HVO in this kernel
+    kernel_config: kconfig.KernelConfig | None = None  # None: neither /proc/config.gz nor /boot/config-*
 
     def system_pool(self, kb: int) -> Pool | None:
         for p in self.pools:
@@ -67,4 +69,6 @@ def read_machine(root="/", is_root: bool | None = None) -> Machine:
         buddyinfo=memory.read_buddyinfo(root),
         pressure=memory.read_pressure(root),
         is_root=has_admin(root) if is_root is None else is_root,
+        hvo=hvo.read_hvo(root),
+        kernel_config=kconfig.read_kernel_config(root),
     )

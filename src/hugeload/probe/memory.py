@@ -65,3 +65,26 @@ def read_pressure(root="/") -> Pressure | None:
         vals.get("full_avg10", 0.0),
         vals.get("full_avg60", 0.0),
     )
+
+
+def read_vmstat(root="/") -> dict[str, int]:
+    """Counters of /proc/vmstat (pages, or events)."""
+    out = {}
+    for line in (read_text(root, "proc/vmstat", "") or "").splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].lstrip("-").isdigit():
+            out[parts[0]] = int(parts[1])
+    return out
+
+
+def read_pcp_pages(root="/") -> int:
+    """Free pages held on the per-CPU lists (/proc/zoneinfo `count:`).  The kernel does not count
+    them in MemFree until they go back to the buddy lists, and a bulk free (HVO's vmemmap pages)
+    or a drain (alloc_contig_range, which every runtime 1 GB page goes through) moves megabytes
+    at once: a measurement of freed memory adds them to MemFree."""
+    total = 0
+    for line in (read_text(root, "proc/zoneinfo", "") or "").splitlines():
+        key, _, value = line.strip().partition(":")
+        if key == "count" and value.strip().isdigit():
+            total += int(value)
+    return total

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from hugeload import pages
 from hugeload.act import crashpoint, ledger, shm, state
+from hugeload.act import hvo as act_hvo
 from hugeload.act import mounts as act_mounts
 from hugeload.act import pools as act_pools
 from hugeload.act.store import layout, lock, manifest
@@ -204,6 +205,7 @@ def gc(state_dir=None, root="/") -> dict:
             manifest.write_redirects(state_dir)
     adopt_store_mounts(state_dir, root)
     out["released"] += release_dead_owners(state_dir, root)
+    act_hvo.settle(state_dir, root)  # a reservation killed after turning HVO on, before its pages
     out["removed"] += gc_bench_runs(state_dir, root)
     out["removed"] += gc_run_reports(state_dir, root)
     out["unmounted"] = unmount_idle(state_dir, root)

@@ -17,6 +17,7 @@ any of them leaves nothing gc cannot account for:
 """
 
 import contextlib
+import dataclasses
 import grp
 import os
 import time
@@ -26,6 +27,7 @@ from typing import NamedTuple
 
 from hugeload import pages
 from hugeload.act import crashpoint, ledger, mempolicy, persist
+from hugeload.act import hvo as act_hvo
 from hugeload.act import mounts as act_mounts
 from hugeload.act import pools as act_pools
 from hugeload.act.state import UntrustedState
@@ -65,6 +67,7 @@ class StageOptions:
     heap_pages: tuple[tuple[int, int], ...] = ()
     placement: plan_numa.Placement | None = None  # a node, a copy per node, or interleaved; None: not placed
     group: str | None = None  # the copies readable by root and this group only (default: by everyone)
+    hvo: act_hvo.Hvo | None = None  # HVO for the pages `reserve` adds (act/hvo.py); None: HUGELOAD_HVO, else auto
 
 
 class StageResult(NamedTuple):
@@ -314,6 +317,9 @@ def stage(
     Atomic: copies are made in .staging work directories renamed into place only when
     complete, with the manifest, under the store lock.  With `options.persist` the model is
     also listed in models.json (in `config_dir`) for `restore`."""
+    if options.hvo is not None:  # reaches every reservation below (act_pools.reserve asks act/hvo.mode())
+        with act_hvo.using(options.hvo):
+            return stage(path, dataclasses.replace(options, hvo=None), state_dir, root, progress, config_dir)
     placement = options.placement or plan_numa.Placement()
     files = layout.source_files(path)
     name = layout.check_name(options.name or layout.default_name(files[0]))
