@@ -70,11 +70,21 @@ class EngineOptions:
 # --------------------------------------------------------------------------- the engine command
 
 
+def score(rec: dict) -> float:
+    """One run's figure for a llama-bench test: the best of its samples (`-r N`, in its JSON
+    output), else the mean it printed.  Other load on the machine only ever slows a sample
+    down, so the best sample is the least disturbed one, and runs scored by it scatter far
+    less than runs scored by their mean (the A/A interval narrows accordingly)."""
+    samples = [float(x) for x in rec.get("samples_ts") or () if isinstance(x, (int, float)) and x > 0]
+    return max(samples) if samples else rec["tokens_per_s"]
+
+
 def parse_rates(output: str) -> dict[str, float]:
-    """llama-bench's table or JSON; else any 'N tokens per second' / 't/s' the command prints."""
+    """llama-bench's table or JSON (each test scored by score()); else any 'N tokens per second' /
+    't/s' the command prints."""
     recs = engines.parse_llama_bench(output)
     if recs:
-        return {r["test"]: r["tokens_per_s"] for r in recs}
+        return {r["test"]: score(r) for r in recs}
     found = _RATE.findall(output)
     return {"rate": float(found[-1])} if found else {}
 
@@ -87,6 +97,17 @@ def command_for(argv, model: str, load_mode: str | None = None) -> list[str]:
     else:
         out = [argv[0], "-m", model, *argv[1:]]
     return out + (["-lm", load_mode] if load_mode else [])
+
+
+def with_samples(argv: list[str]) -> list[str]:
+    """A llama-bench command that names no output format asks for JSON lines (`-o jsonl`), which
+    carry every sample's rate (score() takes the best); JSON lines, because the engine's log,
+    captured with it, may hold brackets that a JSON array's parse would trip over."""
+    if not argv or os.path.basename(argv[0]) != "llama-bench":
+        return list(argv)
+    if any(a in ("-o", "--output") or a.startswith("--output=") for a in argv):
+        return list(argv)
+    return [*argv, "-o", "jsonl"]
 
 
 def threads_of(argv: list[str]) -> int:
@@ -368,6 +389,7 @@ def run(
 ) -> dict:
     """Run the bench; see the module doc.  `backings` as parse_backings() returns them."""
     _check(model, engine_argv, options)
+    engine_argv = with_samples(engine_argv)
     size = os.path.getsize(model)
     names = with_placements(backings, list(options.node_placement)) if options.node_placement else backings
     chosen = [backing(b) for b in names]
