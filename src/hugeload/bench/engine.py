@@ -200,6 +200,9 @@ class _Bench:
         self.measured = Measured(chosen)
         self.vendor: str | None = None  # set when the machine has TLB counters
         self.scratch: Path | None = None  # reports and the library's empty state dir
+        # Which heap copies the engine makes of the model (plan/buffers): what the alloc pools
+        # are sized from and what each run's report is checked against.  None: not predictable.
+        self.prediction = runner.predict_buffers(self.model, engine_argv[0], repack=runner.repack_enabled(engine_argv))
         self.reports = 0
 
     def make_scratch(self) -> None:
@@ -222,7 +225,7 @@ class _Bench:
         """The model path the backing's engine gets, with its copies set up; None (reason in
         skipped) when one cannot be had."""
         path = self.model
-        keys = needs(b, self.size)
+        keys = needs(b, self.size, self.prediction)
         self.copies.make_room(keys)
         for k in keys:
             p = self.copies.setup(k)
@@ -231,6 +234,10 @@ class _Bench:
                 return None
             if p:
                 path = p
+        short = self.copies.top_up(keys)
+        if short:
+            self.measured.skipped[b.name] = f"pool pages for its allocations: {short}"
+            return None
         if path == self.model and (resident_fraction(path) or 0) < 0.99:
             read_into_cache(path)  # copies pushed part of it out: no backing pays a disk read
         return path
@@ -247,9 +254,17 @@ class _Bench:
         if v.returncode != 0:
             self.measured.skipped[b.name] = f"the engine failed under this backing: {v.error}"
             return
-        reason = verify.fell_back(b, v, self.size)
+        reason = verify.fell_back(b, v, self.size) or self.heap_fell_back(b, report_path)
         if reason:
             self.measured.skipped[b.name] = f"fell back: {reason}"
+
+    def heap_fell_back(self, b: EngineBacking, report_path: Path) -> str | None:
+        """For a backing whose heap is the preload library's: why the predicted heap copy is not
+        in the pages the size rule gives it, from the run's report; None when it is."""
+        if b.heap is not Heap.HUGELOAD or self.prediction is None:
+            return None
+        regions = report.parse(report.read(report_path))
+        return verify.heap_fell_back(self.prediction, regions, b.page_size, runner.DEFAULT_ALLOC_THRESHOLD)
 
     def one_run(self, b: EngineBacking, r: int) -> Run:
         path = self.prepare(b)
@@ -279,15 +294,19 @@ class _Bench:
         if done.returncode == 0 and b.staged_page and weights and weights != {b.staged_page.kb}:
             run.error = f"this run's weights got {sorted(weights)} kB pages"
             run.returncode = -1
+        heap = self.heap_fell_back(b, report_path) if done.returncode == 0 else None
+        if heap:
+            run.error = f"this run's heap fell back: {heap}"
+            run.returncode = -1
         return run
 
     def memory_budget(self, avail: int) -> str:
         """Skip the backings whose copies cannot fit; budget the copies when not all fit at once."""
         chosen, size = self.measured.chosen, self.size
         engine_bytes = size + ENGINE_OVERHEAD
-        held = sum(k.bytes(size) for k in {k for b in chosen for k in needs(b, size)})
+        held = sum(k.bytes(size) for k in {k for b in chosen for k in needs(b, size, self.prediction)})
         for b in chosen:
-            mine = sum(k.bytes(size) for k in needs(b, size))
+            mine = sum(k.bytes(size) for k in needs(b, size, self.prediction))
             if mine and mine + engine_bytes > avail:
                 self.measured.skipped[b.name] = (
                     f"the model ({size / GiB:.1f} GiB) and its copies ({mine / GiB:.1f} GiB) do not fit "
@@ -433,7 +452,7 @@ def _result(bench: _Bench, numa_info: dict | None, held: str, bw: list[float], t
         numa_info["copy_nodes"] = {
             b.name: {str(n): c for n, c in sorted(copies.nodes[k].items())}
             for b in chosen
-            for k in needs(b, bench.size)
+            for k in needs(b, bench.size, bench.prediction)
             if k in copies.nodes
         }
         numa_info["placement_ratios"] = placement_ratios(chosen, runs, tests_of(runs))
