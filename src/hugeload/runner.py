@@ -202,12 +202,40 @@ def predict_buffers(
     tensors = engines.model_tensors(model)
     if tensors is None:
         return None
+    return buffers.predict(tensors, _engine(engine, flags, repack, root))
+
+
+def _engine(engine: str | None, flags, repack: bool, root) -> buffers.Engine:
     if engine is None:
         engine = engines.find_llama()
     if flags is None:
         flags = probe_cpu.read_cpu(root).flags
-    e = buffers.engine_for(flags, buffers.amx_built_from_stamp(engines.build_stamp(engine)), repack)
-    return buffers.predict(tensors, e)
+    return buffers.engine_for(flags, buffers.amx_built_from_stamp(engines.build_stamp(engine)), repack)
+
+
+def weights_split(files: list[str], engine: str | None = None, flags=None, root="/") -> buffers.Split | None:
+    """Where `engine` (as predict_buffers) reads the weights of a model's `files` from: the
+    mapping or heap copies, in bytes (plan/buffers.split); None when a file is not GGUF or the
+    gguf package is missing.  `hugeload plan` and `stage` recommend from it (buffers.advise)."""
+    total = buffers.Split(0, 0, 0)
+    e = None
+    for f in files:
+        tensors = engines.model_tensors(f)
+        if tensors is None:
+            return None
+        e = e or _engine(engine, flags, True, root)
+        total = buffers.Split(*(a + b for a, b in zip(total, buffers.split(tensors, e), strict=True)))
+    return total
+
+
+def weights_advice(files: list[str], engine: str | None = None, root="/") -> dict | None:
+    """weights_split() with buffers.advise()'s recommendation, as `plan` and `stage` print it
+    (`--json`: the bytes, `advice` and `why`); None when it cannot be predicted."""
+    s = weights_split(files, engine, root=root)
+    if s is None:
+        return None
+    advice, why = buffers.advise(s)
+    return {**s._asdict(), "advice": advice.value, "why": why}
 
 
 def heap_pages(
