@@ -114,3 +114,10 @@ def test_a_heap_copy_that_fell_back_is_named(page, requested, reason):
         == "the CPU_REPACK heap copy (240 MiB) is not in the library's report"
     )
     assert verify.heap_fell_back(p, [], requested, 512 * MiB) is None  # under the threshold: libc's, as planned
+
+
+def test_only_llama_cpp_engines_get_a_heap_prediction():
+    from hugeload.bench import engine
+
+    assert engine.is_llama("/opt/llama/bin/llama-bench") and engine.is_llama("llama-completion")
+    assert not engine.is_llama("/bin/true")  # its heap is not llama.cpp's repacking: pools by size

@@ -99,6 +99,11 @@ def command_for(argv, model: str, load_mode: str | None = None) -> list[str]:
     return out + (["-lm", load_mode] if load_mode else [])
 
 
+def is_llama(exe: str) -> bool:
+    """A llama.cpp tool (llama-bench, llama-cli, ...) or the python of a llama-cpp-python build."""
+    return os.path.basename(exe).startswith("llama-") or engines.build_stamp(exe) is not None
+
+
 def with_samples(argv: list[str]) -> list[str]:
     """A llama-bench command that names no output format asks for JSON lines (`-o jsonl`), which
     carry every sample's rate (score() takes the best); JSON lines, because the engine's log,
@@ -200,9 +205,14 @@ class _Bench:
         self.measured = Measured(chosen)
         self.vendor: str | None = None  # set when the machine has TLB counters
         self.scratch: Path | None = None  # reports and the library's empty state dir
-        # Which heap copies the engine makes of the model (plan/buffers): what the alloc pools
-        # are sized from and what each run's report is checked against.  None: not predictable.
-        self.prediction = runner.predict_buffers(self.model, engine_argv[0], repack=runner.repack_enabled(engine_argv))
+        # Which heap copies llama.cpp makes of the model (plan/buffers): what the alloc pools are
+        # sized from and what each run's report is checked against.  None: not predictable (not
+        # GGUF, or an engine that is not llama.cpp's: its heap is not llama.cpp's repacking).
+        self.prediction = (
+            runner.predict_buffers(self.model, engine_argv[0], repack=runner.repack_enabled(engine_argv))
+            if is_llama(engine_argv[0])
+            else None
+        )
         self.reports = 0
 
     def make_scratch(self) -> None:
