@@ -5,7 +5,7 @@ whatever file it was copied from, so llama.cpp's heap copy of a 300 MB Q4_K mode
 on AVX2) needs pages although the library leaves the file's mapping alone.  For generated
 Q4_K models of 300 MB, 700 MB and 1.2 GB, under --page-size 2m and 1g, the heap copy must
 land in the page size the plan reserved (the library's report, by the allocation's size), no
-fallback warning may appear, and the pools must be back at their counts after the run."""
+fallback warning may name it, and the pools must be back at their counts after the run."""
 
 import pytest
 
@@ -59,9 +59,12 @@ def test_run_reserve_puts_the_heap_copy_in_huge_pages(
     short = [line for line in r.stderr.splitlines() if "the kernel gave" in line]
     if short:
         pytest.skip(f"memory fragmented: {short[0]}")
-    assert "unavailable" not in r.stderr, r.stderr[-3000:]
+    # Only the weights' heap copies are predicted: the KV cache (69 MiB for the 1.2 GB model at
+    # llama-bench's 256 cells) also passes the threshold and may fall back, but never a copy.
+    fallbacks = [line for line in r.stderr.splitlines() if "unavailable" in line]
     regions = parse_report(report.read_text())
     for b in p.heap:
+        assert not [line for line in fallbacks if f"({b.bytes} bytes)" in line], r.stderr[-3000:]
         want = buffers.alloc_page_kb(b.bytes, pages.parse(page), runner.DEFAULT_ALLOC_THRESHOLD)
         found = [g for g in regions if g.allocation and abs(g.bytes - b.bytes) <= runner.BYTES_SLACK]
         assert found, f"no allocation of the {b.buffer} copy's {b.bytes} bytes in the report: {regions}"
