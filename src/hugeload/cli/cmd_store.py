@@ -171,7 +171,9 @@ def run_load(args) -> int:
         return 0
     if reads:
         warn = reads["advice"] == buffers.Advice.HEAP
-        render.err_console.print(f"{'[yellow]note:[/] ' if warn else ''}llama.cpp on this CPU: {reads['why']}.")
+        render.err_console.print(
+            f"{'[yellow]note:[/] ' if warn else ''}llama.cpp on this CPU: {reads['why']}.", soft_wrap=True
+        )
     if cached:
         render.err_console.print(f"{m.name}: already staged and unchanged")
     else:
