@@ -265,7 +265,10 @@ def estimate_needs(
 ) -> list[Need]:
     """Pages the run may take, per page size: private copies of unstaged files (--copy) and
     the heap copies the engine will make (predicted; a model that cannot be predicted, not
-    GGUF or no gguf package, is counted as a copy of its whole size, as before)."""
+    GGUF or no gguf package, is counted as a copy of its whole size, as before).  Not counted:
+    the engine's other allocations from the threshold up, which the library also puts in huge
+    pages (a KV cache: 2 x cells x layers x KV width x 2 bytes, 69 MiB for a 1.2 GB model at
+    llama-bench's 256 cells); they depend on the engine's context options, and fall back."""
     counts: dict[int, int] = {}
 
     def add(nbytes: int, kb: int) -> None:
