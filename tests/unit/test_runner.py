@@ -1,5 +1,7 @@
 """runner.model_args / estimate_needs: which files `hugeload run` plans pages for."""
 
+import os
+
 from hugeload import report, runner
 from hugeload.act import redirects, store
 from hugeload.pages import PAGE_1G
