@@ -13,8 +13,9 @@ The preload library reads its settings from HUGELOAD_* environment variables tha
 import contextlib
 import dataclasses
 import fnmatch
+import glob
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from enum import Enum, IntEnum
 from pathlib import Path
@@ -60,6 +61,9 @@ class Candidate(NamedTuple):
     path: str
     size: int
     staged: bool
+    # The library maps this file itself (staged, matched by --files, or of at least its minimum
+    # file size); False: a model it leaves to the page cache, whose heap copies it still takes.
+    managed: bool = True
 
 
 class Need(NamedTuple):
@@ -73,20 +77,107 @@ class Need(NamedTuple):
         return max(0, self.pages - self.available)
 
 
+# At most this many files matched by --files globs (not named on the command line) are planned
+# for: each costs a read of its GGUF header, and a directory of hundreds is not one run's models.
+MAX_GLOB_FILES = 64
+
+
+def is_gguf(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"GGUF"
+    except OSError:
+        return False
+
+
+def selected(path: str, globs: list[str]) -> bool:
+    """Whether a --files glob selects `path`, as the library matches (csrc/preload/filemap.c
+    selected()): a glob without '/' the base name, one with '/' the whole resolved path, a
+    relative one also its tail."""
+    real = os.path.realpath(path)
+    for g in globs:
+        if "/" not in g:
+            if fnmatch.fnmatchcase(os.path.basename(real), g):
+                return True
+        elif fnmatch.fnmatchcase(real, g) or (not g.startswith("/") and fnmatch.fnmatchcase(real, "*/" + g)):
+            return True
+    return False
+
+
+def _candidate(path: str, globs: list[str], min_size: int, state_dir) -> Candidate | None:
+    """`path` as a file the run plans pages for, or None when the library leaves it alone and
+    the engine makes no heap copy of it (not a model)."""
+    size = os.path.getsize(path)
+    staged = store.find_staged(path, state_dir) is not None
+    managed = staged or (selected(path, globs) if globs else size >= min_size)
+    if managed or is_gguf(path):
+        return Candidate(os.path.abspath(path), size, staged, managed)
+    return None
+
+
 def model_args(argv: list[str], globs: list[str], min_size: int = DEFAULT_MIN_FILE, state_dir=None) -> list[Candidate]:
-    """Files named on the command line that the library will manage: those matching
-    --files globs, else regular files of at least `min_size`, plus (as the library does)
-    any staged file whatever its size."""
+    """Files named on the command line that the run needs pages for: every GGUF model, whatever
+    its size (the library takes its heap copies, any allocation from the threshold up), and
+    every file the library maps itself (`managed`): those matching --files globs, else regular
+    files of at least `min_size`, plus (as the library does) any staged file whatever its size."""
     out = []
     for arg in argv:
         for piece in (arg, arg.partition("=")[2]):
-            if not piece or not os.path.isfile(piece):
-                continue
-            size = os.path.getsize(piece)
-            staged = store.find_staged(piece, state_dir) is not None
-            if staged or (globs and any(fnmatch.fnmatch(piece, g) for g in globs)) or (not globs and size >= min_size):
-                out.append(Candidate(os.path.abspath(piece), size, staged))
+            if piece and os.path.isfile(piece):
+                c = _candidate(piece, globs, min_size, state_dir)
+                if c is not None:
+                    out.append(c)
     return out
+
+
+def glob_files(argv: list[str], globs: list[str], cwd: str | None = None) -> tuple[list[str], int]:
+    """Regular files that --files globs match and that the engine may open without naming them
+    on the command line (llama-server --models-dir, a script that loads its own model), as the
+    library matches them: an absolute glob as is, a relative one with '/' under the working
+    directory, one without '/' (a base name) in the working directory and in every directory
+    named on the command line.  Returns (at most MAX_GLOB_FILES paths, how many matched)."""
+    cwd = cwd or os.getcwd()
+    dirs = [cwd] + [p for a in argv for p in (a, a.partition("=")[2]) if p and os.path.isdir(p)]
+    found: dict[str, None] = {}
+    for g in globs:
+        if os.path.isabs(g):
+            patterns = [g]
+        elif "/" in g:
+            patterns = [os.path.join(cwd, g)]
+        else:
+            patterns = [os.path.join(d, g) for d in dirs]
+        for pattern in patterns:
+            for f in sorted(glob.glob(pattern)):
+                if os.path.isfile(f):
+                    found.setdefault(os.path.abspath(f))
+    paths = list(found)
+    return paths[:MAX_GLOB_FILES], len(paths)
+
+
+def run_files(
+    argv: list[str], globs: list[str], min_size: int = DEFAULT_MIN_FILE, state_dir=None, cwd: str | None = None
+) -> tuple[list[Candidate], list[str]]:
+    """model_args() plus the files --files globs match beyond the command line (glob_files),
+    and the notes that say which were added."""
+    out = model_args(argv, globs, min_size, state_dir)
+    if not globs:
+        return out, []
+    named = {os.path.realpath(c.path) for c in out}
+    paths, matched = glob_files(argv, globs, cwd)
+    extra = []
+    for f in paths:
+        if os.path.realpath(f) not in named:
+            named.add(os.path.realpath(f))
+            c = _candidate(f, globs, min_size, state_dir)
+            if c is not None:
+                extra.append(c)
+    notes = []
+    if extra:
+        names = ", ".join(os.path.basename(c.path) for c in extra)
+        notes.append(f"planning pages for {len(extra)} file(s) matched by --files, not on the command line: {names}")
+    if matched > len(paths):
+        notes.append(f"--files matches {matched} files; pages are planned for the first {len(paths)} only")
+    return out + extra, notes
 
 
 def repack_enabled(argv: list[str]) -> bool:
@@ -111,12 +202,40 @@ def predict_buffers(
     tensors = engines.model_tensors(model)
     if tensors is None:
         return None
+    return buffers.predict(tensors, _engine(engine, flags, repack, root))
+
+
+def _engine(engine: str | None, flags, repack: bool, root) -> buffers.Engine:
     if engine is None:
         engine = engines.find_llama()
     if flags is None:
         flags = probe_cpu.read_cpu(root).flags
-    e = buffers.engine_for(flags, buffers.amx_built_from_stamp(engines.build_stamp(engine)), repack)
-    return buffers.predict(tensors, e)
+    return buffers.engine_for(flags, buffers.amx_built_from_stamp(engines.build_stamp(engine)), repack)
+
+
+def weights_split(files: list[str], engine: str | None = None, flags=None, root="/") -> buffers.Split | None:
+    """Where `engine` (as predict_buffers) reads the weights of a model's `files` from: the
+    mapping or heap copies, in bytes (plan/buffers.split); None when a file is not GGUF or the
+    gguf package is missing.  `hugeload plan` and `stage` recommend from it (buffers.advise)."""
+    total = buffers.Split(0, 0, 0)
+    e = None
+    for f in files:
+        tensors = engines.model_tensors(f)
+        if tensors is None:
+            return None
+        e = e or _engine(engine, flags, True, root)
+        total = buffers.Split(*(a + b for a, b in zip(total, buffers.split(tensors, e), strict=True)))
+    return total
+
+
+def weights_advice(files: list[str], engine: str | None = None, root="/") -> dict | None:
+    """weights_split() with buffers.advise()'s recommendation, as `plan` and `stage` print it
+    (`--json`: the bytes, `advice` and `why`); None when it cannot be predicted."""
+    s = weights_split(files, engine, root=root)
+    if s is None:
+        return None
+    advice, why = buffers.advise(s)
+    return {**s._asdict(), "advice": advice.value, "why": why}
 
 
 def heap_pages(
@@ -146,7 +265,10 @@ def estimate_needs(
 ) -> list[Need]:
     """Pages the run may take, per page size: private copies of unstaged files (--copy) and
     the heap copies the engine will make (predicted; a model that cannot be predicted, not
-    GGUF or no gguf package, is counted as a copy of its whole size, as before)."""
+    GGUF or no gguf package, is counted as a copy of its whole size, as before).  Not counted:
+    the engine's other allocations from the threshold up, which the library also puts in huge
+    pages (a KV cache: 2 x cells x layers x KV width x 2 bytes, 69 MiB for a 1.2 GB model at
+    llama-bench's 256 cells); they depend on the engine's context options, and fall back."""
     counts: dict[int, int] = {}
 
     def add(nbytes: int, kb: int) -> None:
@@ -154,7 +276,7 @@ def estimate_needs(
             counts[kb] = counts.get(kb, 0) + ceil_div(nbytes, kb * KiB)
 
     for c in candidates:
-        if copy and not c.staged:
+        if copy and c.managed and not c.staged:
             add(c.size, pages.first_page(c.size, requested, policy).kb)
         if alloc_threshold > 0 and predictions.get(c.path) is None:
             add(c.size, buffers.alloc_page_kb(c.size, requested, alloc_threshold, policy))
@@ -238,9 +360,8 @@ def plan_run(argv: list[str], options: RunOptions = RunOptions(), root="/", stat
     NUMA node that cannot be used.  Changes nothing."""
     from hugeload.act import numa
 
-    candidates = model_args(argv, list(options.preload.files), state_dir=state_dir)
+    candidates, notes = run_files(argv, list(options.preload.files), state_dir=state_dir)
     staged = [c.path for c in candidates if c.staged]
-    notes = []
     bind = None
     if options.node is not None:
         node = numa.check_run_node(options.node, root)
@@ -370,11 +491,7 @@ def read_summary(
             continue
         copies = []
         for b in p.heap:
-            found = None
-            for i, r in enumerate(regions):
-                if i not in used and r.allocation and abs(r.bytes - b.bytes) <= max(BYTES_SLACK, b.bytes // 1000):
-                    found = i
-                    break
+            found = find_heap_copy(b, regions, used)
             if found is not None:
                 used.add(found)
                 r = regions[found]
@@ -395,6 +512,15 @@ def read_summary(
 
 # A heap copy's allocation is the predicted buffer size; allow for a llama.cpp that pads it.
 BYTES_SLACK = 4096
+
+
+def find_heap_copy(b: buffers.BufferUse, regions: list[report.Region], used: Collection[int] = ()) -> int | None:
+    """The index of the report's allocation that is heap copy `b` (by its predicted size, the
+    first not in `used`), or None."""
+    for i, r in enumerate(regions):
+        if i not in used and r.allocation and abs(r.bytes - b.bytes) <= max(BYTES_SLACK, b.bytes // 1000):
+            return i
+    return None
 
 
 def describe_need(need: Need) -> str:

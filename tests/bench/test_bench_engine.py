@@ -4,8 +4,9 @@ import json
 
 import pytest
 
-from hugeload import engines
+from hugeload import engines, runner
 from hugeload.bench import engine, summary
+from hugeload.pages import PAGE_2M
 
 pytestmark = [pytest.mark.kernel, pytest.mark.llama]
 BENCH = engines.find_llama("llama-bench")
@@ -49,6 +50,9 @@ def test_engine_table_with_verified_page_sizes(hugeload_cli, small_model, needs_
     assert set(by) == {"default", "2m", "2m+alloc"}
     assert by["2m"]["status"] == "ok" and by["2m"]["weights_page_kb"] == [2048], by["2m"]
     assert by["2m+alloc"]["alloc_page_kb"] and set(by["2m+alloc"]["alloc_page_kb"]) <= {2048}
+    # its pool sized from the predicted heap copy (what `hugeload run` reserves), not the model
+    heap = runner.heap_pages({"": runner.predict_buffers(str(small_model), str(BENCH))}, PAGE_2M, 64 << 20)
+    assert [k for k in data["setup_s"] if k.startswith("pool-")] == [f"pool-2048-{n}" for n in heap.values()]
     assert not any(r["munmap_failed"] for r in data["results"])
     for r in data["results"]:
         assert r["runs"] == 2

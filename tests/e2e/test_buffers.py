@@ -13,6 +13,7 @@ import subprocess
 import pytest
 
 from hugeload import engines, runner
+from hugeload.plan import buffers
 from hugeload.probe import cpu
 from hugeload.report import parse as parse_report
 
@@ -118,6 +119,10 @@ def test_load_reserve_covers_the_heap_copy(models, hugeload_cli, state_dir, need
     r = hugeload_cli("load", "--reserve", "--page-size", "2m", "--name", "buftest", model)
     try:
         assert r.returncode == 0, r.stderr
+        # it says what the engine will read; a staged copy the engine hardly reads is a note
+        advice, _ = buffers.advise(runner.weights_split([str(model)], str(BENCH)))
+        said = next(line for line in r.stderr.splitlines() if "llama.cpp on this CPU: inference reads" in line)
+        assert said.startswith("note:") == (advice is buffers.Advice.HEAP), said
         after = act_pools.read_pool("/", 2048)
         staged_pages = -(-model.stat().st_size // (2 << 20))
         # pages left free for the engine's copy, when it will make one on this CPU (in 2M pages)

@@ -153,6 +153,21 @@ def test_plan_files_waste(tree, capsys, tmp_path):
     assert data["sizes"] == [3 * GiB // 2]
 
 
+@pytest.mark.parametrize("name, advice", [("zen-vm", "heap"), ("container-v2", "heap"), ("intel-snb", "stage")])
+def test_plan_says_what_the_engine_reads_on_this_cpu(tree, capsys, tmp_path, name, advice):
+    # A Q4_K model is repacked into a heap copy on AVX2 (staging it would pin pages read once,
+    # at load); without AVX2 the engine reads the mapping, and staging is what helps.
+    from hugeload.modelgen import ModelSpec, make_model
+
+    model = tmp_path / "q4k.gguf"
+    make_model(model, ModelSpec(16 << 20, "Q4_K"))
+    _, data = run_json(capsys, ["--root", tree(name), "plan", str(model), "--json"])
+    reads = data["reads"]
+    assert reads["advice"] == advice and reads["mapping"] + reads["tables"] + reads["heap"] > 15 << 20
+    assert (reads["heap"] > reads["mapping"]) == (advice == "heap")
+    assert "reads" not in run_json(capsys, ["--root", tree(name), "plan", "--size", "1G", "--json"])[1]
+
+
 def test_plan_files_round_separately(tree, capsys, tmp_path):
     a = sparse(tmp_path / "model-00001-of-00002.safetensors", 3 * GiB // 2)
     b = sparse(tmp_path / "model-00002-of-00002.safetensors", 3 * GiB // 2)

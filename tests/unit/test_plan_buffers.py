@@ -203,3 +203,34 @@ def test_alloc_page_kb(nbytes, page_size, threshold, kb):
 
     requested = pages.by_name(page_size) if page_size else None
     assert buffers.alloc_page_kb(nbytes, requested, threshold) == kb
+
+
+def test_split_and_advice_follow_the_cpu(tree):
+    ts = q4_k_m_model()
+    s = buffers.split(ts, engine(tree, "zen-vm"))
+    assert s.total == sum(t.nbytes for t in ts)
+    assert s.tables == sum(t.nbytes for t in ts if t.name == "token_embd.weight")
+    assert s.heap == sum(t.nbytes for t in ts if t.type == "Q4_K" and t.name != "token_embd.weight")
+    # on AVX2 a Q4_K_M model's Q4_K weights are read from the repacked copy, its Q6_K ones
+    # (ffn_down, output) from the mapping: both matter
+    advice, why = buffers.advise(s)
+    assert advice is buffers.Advice.BOTH
+    assert why.startswith(f"inference reads {s.fraction(s.mapping):.1%} of the weights from the mapping")
+    # without AVX2 (or with repacking off) everything is the mapping's: stage it
+    assert buffers.advise(buffers.split(ts, engine(tree, "intel-snb")))[0] is buffers.Advice.STAGE
+    assert buffers.advise(buffers.split(ts, engine(tree, "zen-vm", repack=False)))[0] is buffers.Advice.STAGE
+
+
+@pytest.mark.parametrize(
+    "mapping, heap, advice",
+    [
+        (100, 0, buffers.Advice.STAGE),
+        (91, 9, buffers.Advice.STAGE),
+        (9, 91, buffers.Advice.HEAP),
+        (0, 100, buffers.Advice.HEAP),
+        (50, 50, buffers.Advice.BOTH),
+        (10, 90, buffers.Advice.BOTH),
+    ],
+)
+def test_advice_at_the_boundaries(mapping, heap, advice):
+    assert buffers.advise(buffers.Split(mapping, 0, heap))[0] is advice

@@ -1,5 +1,7 @@
 """runner.model_args / estimate_needs: which files `hugeload run` plans pages for."""
 
+import os
+
 from hugeload import report, runner
 from hugeload.act import redirects, store
 from hugeload.pages import PAGE_1G
@@ -41,6 +43,64 @@ def test_unstaged_small_file_is_not_a_candidate_without_glob(tmp_path):
     assert [c.path for c in runner.model_args([f"--model={src}"], ["*.gguf"], state_dir=tmp_path / "state")] == [
         str(src)
     ]
+
+
+def test_every_gguf_model_is_a_candidate_whatever_its_size(tmp_path):
+    # The library takes the heap copy of any model (every allocation from the threshold up),
+    # so a 300 MB GGUF model is planned for although the library leaves its mapping alone.
+    model, prompt = tmp_path / "small.gguf", tmp_path / "prompt.txt"
+    model.write_bytes(b"GGUF" + b"x" * MiB)
+    prompt.write_bytes(b"x" * MiB)
+    argv = ["llama-bench", "-m", str(model), f"--file={prompt}"]
+    assert runner.model_args(argv, [], state_dir=tmp_path / "state") == [
+        runner.Candidate(str(model), MiB + 4, False, managed=False)
+    ]
+    # with --files, what the globs select is managed, and a model they miss is still planned for
+    assert runner.model_args(argv, ["*.txt"], state_dir=tmp_path / "state") == [
+        runner.Candidate(str(model), MiB + 4, False, managed=False),
+        runner.Candidate(str(prompt), MiB, False, managed=True),
+    ]
+
+
+def test_selected_matches_as_the_library_does(tmp_path):
+    f = tmp_path / "models" / "m300.gguf"
+    f.parent.mkdir()
+    f.write_bytes(b"GGUF")
+    assert runner.selected(str(f), ["m*.gguf"])  # no '/': the base name
+    assert not runner.selected(str(f), ["x*.gguf"])
+    assert runner.selected(str(f), [f"{tmp_path}/models/*.gguf"])  # absolute: the whole path
+    assert runner.selected(str(f), ["models/*.gguf"])  # relative with '/': the tail
+    assert not runner.selected(str(f), ["other/*.gguf"])
+    link = tmp_path / "link.gguf"
+    link.symlink_to(f)
+    assert runner.selected(str(link), ["m300.*"])  # the resolved path, as the library sees it
+
+
+def test_files_matched_by_globs_beyond_the_command_line(tmp_path):
+    # llama-server --models-dir DIR, or a script that opens its own model: the globs find them.
+    d = tmp_path / "models"
+    d.mkdir()
+    for name in ("a.gguf", "b.gguf", "notes.txt"):
+        (d / name).write_bytes(b"GGUF" + b"y" * 100)
+    named = tmp_path / "c.gguf"
+    named.write_bytes(b"GGUF")
+    argv = ["llama-server", "--models-dir", str(d), "-m", str(named)]
+    cands, notes = runner.run_files(argv, ["*.gguf"], state_dir=tmp_path / "state", cwd=str(tmp_path))
+    assert [os.path.basename(c.path) for c in cands] == ["c.gguf", "a.gguf", "b.gguf"]
+    assert all(c.managed for c in cands)
+    assert notes == ["planning pages for 2 file(s) matched by --files, not on the command line: a.gguf, b.gguf"]
+    # an absolute glob is expanded as it is, a relative one with '/' under the working directory
+    for glob in (f"{d}/a.*", "models/a.*"):
+        cands, _ = runner.run_files(["python", "serve.py"], [glob], state_dir=tmp_path / "state", cwd=str(tmp_path))
+        assert [c.path for c in cands] == [str(d / "a.gguf")]
+    # a bounded number of files, and a note saying so
+    for i in range(runner.MAX_GLOB_FILES + 1):
+        (d / f"m{i:03d}.gguf").write_bytes(b"GGUF")
+    cands, notes = runner.run_files(["python"], [f"{d}/m*.gguf"], state_dir=tmp_path / "state")
+    assert len(cands) == runner.MAX_GLOB_FILES
+    assert notes[-1] == f"--files matches {runner.MAX_GLOB_FILES + 1} files; pages are planned for the first 64 only"
+    # without --files nothing is expanded
+    assert runner.run_files(["python", str(d)], [], state_dir=tmp_path / "state") == ([], [])
 
 
 # --- heap copies: prediction, pages, summary ------------------------------------------------
@@ -92,6 +152,11 @@ def test_estimate_needs_counts_predicted_heap_copies(tree):
     plain = staged._replace(staged=False)
     needs = runner.estimate_needs([plain], None, True, 0, {plain.path: None}, tree("zen-vm"))
     assert [(n.page_size_kb, n.pages) for n in needs] == [(1048576, 3)]
+    # a model the library does not map (small, no --files) gets no copy, only its heap copy
+    small = plain._replace(size=300 << 20, managed=False)
+    preds = {small.path: prediction((buffers.Buffer.CPU_REPACK, 240 << 20))}
+    needs = runner.estimate_needs([small], None, True, 64 << 20, preds, tree("zen-vm"))
+    assert [(n.page_size_kb, n.pages) for n in needs] == [(2048, 120)]
 
 
 def test_estimate_needs_skips_sizes_the_kernel_lacks(tree):

@@ -16,7 +16,7 @@ from enum import Enum
 from pathlib import Path
 from typing import NamedTuple
 
-from hugeload import pages
+from hugeload import pages, runner
 from hugeload.act import numa as act_numa
 from hugeload.act import pools as act_pools
 from hugeload.act import shm as act_shm
@@ -26,6 +26,7 @@ from hugeload.bench.reservations import bench_owner, sigint_deferred
 from hugeload.bench.scratch import copy_private, private_dir
 from hugeload.errors import HugeloadError
 from hugeload.pages import PAGE_2M, PageSize
+from hugeload.plan.buffers import Prediction
 from hugeload.probe import pools as probe_pools
 
 SHM_DIR = act_shm.SHM_DIR
@@ -75,19 +76,46 @@ class CopyKey(NamedTuple):
         return model_size
 
 
-def needs(b: EngineBacking, size: int) -> list[CopyKey]:
-    """The copies backing `b` needs for a model of `size` bytes."""
+# glibc.malloc.hugetlb=2 takes every mmap'd chunk from the 2 MB pool, not only the heap copy:
+# room for the engine's other large mallocs (compute buffers, a small KV cache) made before it.
+GLIBC_HEADROOM_2M = 32
+GLIBC_CHUNK_HEADER = 16  # bytes glibc puts before an mmap'd chunk: a 2 MiB-multiple copy needs one more page
+
+
+def heap_pages(b: EngineBacking, prediction: Prediction) -> dict[int, int]:
+    """Pages per page size (kB) backing `b`'s heap copies take, as predicted for this model
+    (plan/buffers): under the preload library, the one size rule for the page size `b` tells
+    it (runner.heap_pages, what `hugeload run` reserves); under glibc's tunable, 2 MB pages."""
+    if b.heap is Heap.HUGELOAD:
+        return runner.heap_pages({"": prediction}, b.page_size, runner.DEFAULT_ALLOC_THRESHOLD)
+    if b.heap is Heap.GLIBC_HUGETLB:
+        copies = sum(PAGE_2M.pages_for(h.bytes + GLIBC_CHUNK_HEADER) for h in prediction.heap)
+        return {PAGE_2M.kb: copies + GLIBC_HEADROOM_2M}
+    return {}
+
+
+def needs(b: EngineBacking, size: int, prediction: Prediction | None = None) -> list[CopyKey]:
+    """The copies backing `b` needs for a model of `size` bytes.  Pool pages for allocations are
+    sized from the predicted heap copy (`prediction`, plan/buffers) plus, for `copy`, the private
+    copy of the file; without a prediction (not GGUF, no gguf package) from the model's size."""
     out = []
     if b.weights is Weights.STAGED:
         out.append(CopyKey(CopyKind.STAGED, b.staged_page, placement=b.placement))
     if b.weights is Weights.TMPFS:
         out.append(CopyKey(CopyKind.TMPFS))
-    if b.heap is Heap.HUGELOAD:
-        page = b.alloc_page or b.staged_page or pages.first_page(size)
-        copies = 2 if b.weights is Weights.PRIVATE_COPY else 1  # the copy of the file, and the heap's
-        out.append(CopyKey(CopyKind.POOL, page, page.pages_for(size) * copies))
-    if b.heap is Heap.GLIBC_HUGETLB:
-        out.append(CopyKey(CopyKind.POOL, PAGE_2M, PAGE_2M.pages_for(size)))
+    if prediction is None:
+        if b.heap is Heap.HUGELOAD:
+            page = b.alloc_page or b.staged_page or pages.first_page(size)
+            copies = 2 if b.weights is Weights.PRIVATE_COPY else 1  # the copy of the file, and the heap's
+            out.append(CopyKey(CopyKind.POOL, page, page.pages_for(size) * copies))
+        if b.heap is Heap.GLIBC_HUGETLB:
+            out.append(CopyKey(CopyKind.POOL, PAGE_2M, PAGE_2M.pages_for(size)))
+        return out
+    pool = heap_pages(b, prediction)
+    if b.weights is Weights.PRIVATE_COPY:
+        page = pages.first_page(size, b.page_size)
+        pool[page.kb] = pool.get(page.kb, 0) + page.pages_for(size)
+    out += [CopyKey(CopyKind.POOL, pages.by_kb(kb), n) for kb, n in sorted(pool.items(), reverse=True) if n]
     return out
 
 
@@ -105,6 +133,7 @@ class Copies:
         self.placements: dict = {}  # Placement -> plan.numa.Placement (node_placement runs)
         self.nodes: dict[CopyKey, dict[int, int]] = {}  # staged copy -> pages per node, read when staged
         self.shm: Path | None = None
+        self.pool_owners: set[str] = set()  # every owner pool pages were reserved under
 
     def bytes_of(self, key: CopyKey) -> int:
         return key.bytes(self.size)
@@ -160,14 +189,36 @@ class Copies:
         return str(path)
 
     def _pool(self, key: CopyKey) -> str:
-        kb, n = key.page.kb, key.count
-        avail = max(0, probe_pools.system_pool(self.root, kb).available)
-        if n > avail:
-            act_pools.reserve(self.root, kb, n - avail, partial=True, owner=self.owner(key))
-        avail = max(0, probe_pools.system_pool(self.root, kb).available)
-        if avail < n:
-            raise HugeloadError(f"needs {n} free {key.page.label} pages, the kernel gave {avail}")
+        """All `count` pages reserved under the key's own owner: never free pages that are
+        there already (another user's, or another key's: alloc-1g and 1g+alloc once shared one
+        1 GB page that way, and the heap fell back)."""
+        self.pool_owners.add(self.owner(key))
+        got = act_pools.reserve(self.root, key.page.kb, key.count, partial=True, owner=self.owner(key)).obtained
+        if got < key.count:
+            raise HugeloadError(f"needs {key.count} free {key.page.label} pages, the kernel gave {got}")
         return ""
+
+    def top_up(self, keys: list[CopyKey]) -> str | None:
+        """Before a run: the pool pages `keys` hold are still free.  Staging takes free pages
+        first (act/store.ensure_pages), so a copy staged after a pool key was set up may have
+        taken that key's pages; what is missing is reserved again under the key's owner.
+        Returns why the pages cannot be had, or None."""
+        want: dict[int, int] = {}
+        for k in keys:
+            if k.kind is CopyKind.POOL:
+                want[k.page.kb] = want.get(k.page.kb, 0) + k.count
+        for kb, n in want.items():
+            missing = n - max(0, probe_pools.system_pool(self.root, kb).available)
+            if missing <= 0:
+                continue
+            key = next(k for k in keys if k.kind is CopyKind.POOL and k.page.kb == kb)
+            try:
+                got = act_pools.reserve(self.root, kb, missing, partial=True, owner=self.owner(key)).obtained
+            except HugeloadError as e:
+                return str(e)
+            if got < missing:
+                return f"needs {n} free {key.page.label} pages, {missing} were taken and the kernel gave back {got}"
+        return None
 
     def teardown(self, key: CopyKey) -> None:
         with sigint_deferred():
@@ -187,8 +238,14 @@ class Copies:
 
     def close(self) -> None:
         with sigint_deferred():
-            for key in list(self.held):
+            # Copies first, pool keys last, and every pool owner released once more: a staged copy
+            # may hold pages a pool key reserved (staging takes free pages first), which its
+            # release could not give back while the copy was there.
+            for key in sorted(self.held, key=lambda k: k.kind is CopyKind.POOL):
                 self.teardown(key)
+            for owner in sorted(self.pool_owners):
+                with contextlib.suppress(HugeloadError):
+                    act_pools.release(self.root, None, owner=owner)
             with contextlib.suppress(HugeloadError):
                 for m in store.manifests(self.store_dir):
                     store.unstage(m.name, force=True, state_dir=self.store_dir, root=self.root)

@@ -70,11 +70,21 @@ class EngineOptions:
 # --------------------------------------------------------------------------- the engine command
 
 
+def score(rec: dict) -> float:
+    """One run's figure for a llama-bench test: the best of its samples (`-r N`, in its JSON
+    output), else the mean it printed.  Other load on the machine only ever slows a sample
+    down, so the best sample is the least disturbed one, and runs scored by it scatter far
+    less than runs scored by their mean (the A/A interval narrows accordingly)."""
+    samples = [float(x) for x in rec.get("samples_ts") or () if isinstance(x, (int, float)) and x > 0]
+    return max(samples) if samples else rec["tokens_per_s"]
+
+
 def parse_rates(output: str) -> dict[str, float]:
-    """llama-bench's table or JSON; else any 'N tokens per second' / 't/s' the command prints."""
+    """llama-bench's table or JSON (each test scored by score()); else any 'N tokens per second' /
+    't/s' the command prints."""
     recs = engines.parse_llama_bench(output)
     if recs:
-        return {r["test"]: r["tokens_per_s"] for r in recs}
+        return {r["test"]: score(r) for r in recs}
     found = _RATE.findall(output)
     return {"rate": float(found[-1])} if found else {}
 
@@ -87,6 +97,22 @@ def command_for(argv, model: str, load_mode: str | None = None) -> list[str]:
     else:
         out = [argv[0], "-m", model, *argv[1:]]
     return out + (["-lm", load_mode] if load_mode else [])
+
+
+def is_llama(exe: str) -> bool:
+    """A llama.cpp tool (llama-bench, llama-cli, ...) or the python of a llama-cpp-python build."""
+    return os.path.basename(exe).startswith("llama-") or engines.build_stamp(exe) is not None
+
+
+def with_samples(argv: list[str]) -> list[str]:
+    """A llama-bench command that names no output format asks for JSON lines (`-o jsonl`), which
+    carry every sample's rate (score() takes the best); JSON lines, because the engine's log,
+    captured with it, may hold brackets that a JSON array's parse would trip over."""
+    if not argv or os.path.basename(argv[0]) != "llama-bench":
+        return list(argv)
+    if any(a in ("-o", "--output") or a.startswith("--output=") for a in argv):
+        return list(argv)
+    return [*argv, "-o", "jsonl"]
 
 
 def threads_of(argv: list[str]) -> int:
@@ -179,6 +205,14 @@ class _Bench:
         self.measured = Measured(chosen)
         self.vendor: str | None = None  # set when the machine has TLB counters
         self.scratch: Path | None = None  # reports and the library's empty state dir
+        # Which heap copies llama.cpp makes of the model (plan/buffers): what the alloc pools are
+        # sized from and what each run's report is checked against.  None: not predictable (not
+        # GGUF, or an engine that is not llama.cpp's: its heap is not llama.cpp's repacking).
+        self.prediction = (
+            runner.predict_buffers(self.model, engine_argv[0], repack=runner.repack_enabled(engine_argv))
+            if is_llama(engine_argv[0])
+            else None
+        )
         self.reports = 0
 
     def make_scratch(self) -> None:
@@ -201,7 +235,7 @@ class _Bench:
         """The model path the backing's engine gets, with its copies set up; None (reason in
         skipped) when one cannot be had."""
         path = self.model
-        keys = needs(b, self.size)
+        keys = needs(b, self.size, self.prediction)
         self.copies.make_room(keys)
         for k in keys:
             p = self.copies.setup(k)
@@ -210,6 +244,10 @@ class _Bench:
                 return None
             if p:
                 path = p
+        short = self.copies.top_up(keys)
+        if short:
+            self.measured.skipped[b.name] = f"pool pages for its allocations: {short}"
+            return None
         if path == self.model and (resident_fraction(path) or 0) < 0.99:
             read_into_cache(path)  # copies pushed part of it out: no backing pays a disk read
         return path
@@ -226,9 +264,17 @@ class _Bench:
         if v.returncode != 0:
             self.measured.skipped[b.name] = f"the engine failed under this backing: {v.error}"
             return
-        reason = verify.fell_back(b, v, self.size)
+        reason = verify.fell_back(b, v, self.size) or self.heap_fell_back(b, report_path)
         if reason:
             self.measured.skipped[b.name] = f"fell back: {reason}"
+
+    def heap_fell_back(self, b: EngineBacking, report_path: Path) -> str | None:
+        """For a backing whose heap is the preload library's: why the predicted heap copy is not
+        in the pages the size rule gives it, from the run's report; None when it is."""
+        if b.heap is not Heap.HUGELOAD or self.prediction is None:
+            return None
+        regions = report.parse(report.read(report_path))
+        return verify.heap_fell_back(self.prediction, regions, b.page_size, runner.DEFAULT_ALLOC_THRESHOLD)
 
     def one_run(self, b: EngineBacking, r: int) -> Run:
         path = self.prepare(b)
@@ -258,15 +304,19 @@ class _Bench:
         if done.returncode == 0 and b.staged_page and weights and weights != {b.staged_page.kb}:
             run.error = f"this run's weights got {sorted(weights)} kB pages"
             run.returncode = -1
+        heap = self.heap_fell_back(b, report_path) if done.returncode == 0 else None
+        if heap:
+            run.error = f"this run's heap fell back: {heap}"
+            run.returncode = -1
         return run
 
     def memory_budget(self, avail: int) -> str:
         """Skip the backings whose copies cannot fit; budget the copies when not all fit at once."""
         chosen, size = self.measured.chosen, self.size
         engine_bytes = size + ENGINE_OVERHEAD
-        held = sum(k.bytes(size) for k in {k for b in chosen for k in needs(b, size)})
+        held = sum(k.bytes(size) for k in {k for b in chosen for k in needs(b, size, self.prediction)})
         for b in chosen:
-            mine = sum(k.bytes(size) for k in needs(b, size))
+            mine = sum(k.bytes(size) for k in needs(b, size, self.prediction))
             if mine and mine + engine_bytes > avail:
                 self.measured.skipped[b.name] = (
                     f"the model ({size / GiB:.1f} GiB) and its copies ({mine / GiB:.1f} GiB) do not fit "
@@ -368,6 +418,7 @@ def run(
 ) -> dict:
     """Run the bench; see the module doc.  `backings` as parse_backings() returns them."""
     _check(model, engine_argv, options)
+    engine_argv = with_samples(engine_argv)
     size = os.path.getsize(model)
     names = with_placements(backings, list(options.node_placement)) if options.node_placement else backings
     chosen = [backing(b) for b in names]
@@ -411,7 +462,7 @@ def _result(bench: _Bench, numa_info: dict | None, held: str, bw: list[float], t
         numa_info["copy_nodes"] = {
             b.name: {str(n): c for n, c in sorted(copies.nodes[k].items())}
             for b in chosen
-            for k in needs(b, bench.size)
+            for k in needs(b, bench.size, bench.prediction)
             if k in copies.nodes
         }
         numa_info["placement_ratios"] = placement_ratios(chosen, runs, tests_of(runs))

@@ -142,8 +142,39 @@ def summarize(model: str, size: int, engine_argv: list[str], rounds: int, measur
         "results": results,
         "best": best_vs_best(results, runs, tests),
         "gigantic_vs_huge": gigantic_vs_huge(results, runs, tests),
+        **noise_gate(aa_checks(chosen, runs, tests)),
         "note": NOTE,
     }
+
+
+def aa_checks(chosen: list[EngineBacking], runs: list[Run], tests: list[str]) -> dict:
+    """Per A/A twin (a backing named twice, `default#2`): its paired ratio against the backing it
+    repeats, per test both ran in at least two common rounds (one round gives no interval)."""
+    out = {}
+    for b in chosen:
+        if not b.base:
+            continue
+        judged = {}
+        for t, m in paired_by_test(runs, b.name, b.base, tests).items():
+            if len(set(series(runs, b.name, t)) & set(series(runs, b.base, t))) >= 2:
+                judged[t] = m
+        out[b.name] = {"against": b.base, "tests": judged}
+    return out
+
+
+def noise_gate(aa: dict) -> dict:
+    """The A/A verdict of a run: `noisy` True when any A/A interval excludes 1 (the run cannot tell
+    a backing from itself, so no ratio of it can be read), False when every one includes 1, None
+    when there is nothing to judge (no backing named twice, or the twin has no two rounds);
+    `noisy_tests` names the failures as `default#2 vs default pp64: 0.711x (0.302-0.847)`."""
+    failed = [
+        f"{name} vs {c['against']} {t}: {m['ratio']:.3f}x ({m['ratio_low']:.3f}-{m['ratio_high']:.3f})"
+        for name, c in aa.items()
+        for t, m in c["tests"].items()
+        if not m["within_noise"]
+    ]
+    judged = any(c["tests"] for c in aa.values())
+    return {"aa": aa, "noisy": bool(failed) if judged else None, "noisy_tests": failed}
 
 
 def gigantic_vs_huge(results: list[dict], runs: list[Run], tests: list[str]) -> dict:

@@ -12,11 +12,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from hugeload import pages, report, runner
 from hugeload.api import HugeMapping, alloc
 from hugeload.bench.backings import EngineBacking, Weights, hugetlb_page
 from hugeload.bench.reservations import PageReservations
 from hugeload.errors import HugeloadError
-from hugeload.pages import HUGE, PAGE_2M, PAGE_4K
+from hugeload.pages import HUGE, PAGE_2M, PAGE_4K, PageSize
+from hugeload.plan import buffers
 from hugeload.probe import procs
 from hugeload.units import KiB, MiB
 
@@ -160,6 +162,25 @@ class Sampler(threading.Thread):
                 anon += m.rss_kb + m.hugetlb_kb
         v.thp_kb, v.anon_kb = max(v.thp_kb, thp), max(v.anon_kb, anon)
         v.pss_kb = max(v.pss_kb, procs.read_smaps_rollup("/", self.pid).get("Pss", 0))
+
+
+def heap_fell_back(
+    prediction: buffers.Prediction, regions: list[report.Region], requested: PageSize | None, alloc_threshold: int
+) -> str | None:
+    """Why a predicted heap copy is not in the pages the one size rule gives it under the preload
+    library (`requested`: the page size the library was told), read from the library's report
+    (the allocation of the copy's size); None when every copy is."""
+    for h in prediction.heap:
+        want = buffers.alloc_page_kb(h.bytes, requested, alloc_threshold)
+        if want == PAGE_4K.kb:
+            continue  # under the threshold: the C library's, as planned
+        what = f"the {h.buffer} heap copy ({h.bytes / MiB:.0f} MiB)"
+        i = runner.find_heap_copy(h, regions)
+        if i is None:
+            return f"{what} is not in the library's report"
+        if regions[i].page != pages.name(want):
+            return f"{what} got page={regions[i].page}, expected {pages.name(want)}"
+    return None
 
 
 def fell_back(b: EngineBacking, v: Verification, size: int) -> str | None:

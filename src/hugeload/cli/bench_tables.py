@@ -194,6 +194,19 @@ def _engine_rows(data: dict) -> tuple[list[list], list[str]]:
     return rows, notes
 
 
+def noise_line(data: dict) -> str | None:
+    """One line on the A/A verdict (bench/summary.noise_gate): the run was too noisy to read,
+    or the A/A check could not be judged; None when it passed or there was none."""
+    if data.get("noisy"):
+        return (
+            f"[bold red]TOO NOISY TO READ[/]: the A/A check could not tell a backing from itself "
+            f"({'; '.join(data['noisy_tests'])}), so no ratio here means anything; rerun on a quiet machine."
+        )
+    if data.get("noisy") is None and data.get("aa"):
+        return "A/A check not judged: its twin needs at least two successful rounds."
+    return None
+
+
 def _engine_limits(data: dict) -> None:
     bw = data.get("bandwidth_gbps")
     if bw:
@@ -237,8 +250,13 @@ def engine(data: dict) -> None:
         f"{data['command']}  on {os.path.basename(data['model'])} ({data['model_size'] >> 20} MiB), "
         f"{data['rounds']} interleaved rounds"
     )
+    if data.get("noisy"):
+        title = f"TOO NOISY TO READ (A/A check failed): {title}"
     columns = ["backing", "weights", "heap (large allocs)", "test", "median (95% CI)", "x default, paired (CI)"]
     _say(render.table(title, [*columns, "of bw limit"], rows))
+    line = noise_line(data)
+    if line:
+        render.console.print(line, soft_wrap=True)  # one line, however long, for scripts that grep it
     for t, b in data["best"].items():
         _say(
             f"best hugeload vs best alternative, {_what(t)}: {b['hugeload']} vs {b['alternative']} "

@@ -199,6 +199,12 @@ def add_engine(bsub) -> None:
     p.add_argument(
         "--plot", metavar="FILE.png", help="also draw the rates and start-up per backing (needs hugeload[plot])"
     )
+    p.add_argument(
+        "--require-quiet",
+        action="store_true",
+        help=f"exit {NOISY_EXIT} when the A/A check (a backing named twice) says the run was too noisy to read, "
+        "so a script can rerun it",
+    )
     add_json(p)
     p.add_argument("engine", nargs="*", metavar="ENGINE_CMD")
     p.set_defaults(func=run_engine)
@@ -215,12 +221,26 @@ def _startup_argv(args) -> tuple[str, ...] | None:
     return tuple(found) if found else None
 
 
+# `bench engine --require-quiet` on a run too noisy to read: EX_TEMPFAIL, "try again later".
+NOISY_EXIT = 75
+
+
+def _check_quiet_gate(backings: list[str], rounds: int) -> None:
+    """--require-quiet needs an A/A check that can be judged: refused before anything runs."""
+    if not any("#" in b for b in backings):
+        raise UsageError("--require-quiet needs an A/A check: name a backing twice (--backings default,default,...)")
+    if rounds < 2:
+        raise UsageError("--require-quiet needs at least 2 rounds: one round gives the A/A check no interval")
+
+
 def run_engine(args) -> int:
     from hugeload.bench import engine
     from hugeload.probe.cpu import read_cpu
 
     placements = args.node_placement or []
     backings = args.backings or parse_backings(",".join(PLACEMENT_BACKINGS if placements else DEFAULT_BACKINGS))
+    if args.require_quiet:
+        _check_quiet_gate(backings, args.rounds)
     if args.plot:
         check_plot_available()
     options = engine.EngineOptions(
@@ -239,7 +259,10 @@ def run_engine(args) -> int:
         from hugeload.bench import summary
 
         summary.plot(data, args.plot)
-    return _print(args, data, bench_tables.engine, any(r["status"] == "ok" for r in data["results"]))
+    status = _print(args, data, bench_tables.engine, any(r["status"] == "ok" for r in data["results"]))
+    if status or not args.require_quiet or data["noisy"] is False:
+        return status
+    return NOISY_EXIT if data["noisy"] else 1  # None: the A/A twin never ran twice, quiet unproven
 
 
 # --------------------------------------------------------------------------- fleet

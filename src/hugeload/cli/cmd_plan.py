@@ -2,7 +2,7 @@
 
 import os
 
-from hugeload import modelfile, units
+from hugeload import modelfile, runner, units
 from hugeload import pages as vocab
 from hugeload.cli import render
 from hugeload.cli.common import add_json, require_hugetlb
@@ -63,6 +63,9 @@ def run(args) -> int:
         rec = plan["recommended_page_size_kb"]
         kb = rec if rec != pages.BASE_PAGE_KB else vocab.PAGE_2M.kb
         plan["nodes"] = plan_numa.fit_nodes(sum(sizes), probe_numa.read_nodes(args.root), kb)
+    reads = runner.weights_advice(args.files, root=args.root) if args.files else None
+    if reads:
+        plan["reads"] = reads
     if args.json:
         render.print_json(plan)
         return 0
@@ -91,6 +94,8 @@ def run(args) -> int:
     render.console.print(f"recommended: {vocab.name(plan['recommended_page_size_kb'])} ({plan['reason']})")
     for n in plan["notes"]:
         render.console.print(f"[yellow]note:[/] {n}")
+    if reads:
+        render.console.print(f"llama.cpp on this CPU: {reads['why']}.")
     if args.nodes:
         from hugeload.plan import numa as plan_numa
 

@@ -138,6 +138,9 @@ def _heap_pages(files: list[str], args) -> tuple[tuple[int, int], ...]:
 
 
 def run_load(args) -> int:
+    from hugeload import runner
+    from hugeload.plan import buffers
+
     require_hugetlb(args.root)
     placement = placement_from(args)
     files = store.source_files(args.file)
@@ -162,9 +165,15 @@ def run_load(args) -> int:
     finally:
         if bar:
             bar.stop()
+    reads = runner.weights_advice(files, root=args.root)
     if args.json:
-        render.print_json({**m.to_json(), "already_staged": cached, "reason": reason})
+        render.print_json({**m.to_json(), "already_staged": cached, "reason": reason, "reads": reads})
         return 0
+    if reads:
+        warn = reads["advice"] == buffers.Advice.HEAP
+        render.err_console.print(
+            f"{'[yellow]note:[/] ' if warn else ''}llama.cpp on this CPU: {reads['why']}.", soft_wrap=True
+        )
     if cached:
         render.err_console.print(f"{m.name}: already staged and unchanged")
     else:

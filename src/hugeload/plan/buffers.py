@@ -259,3 +259,63 @@ def alloc_page_kb(
     if alloc_threshold <= 0 or nbytes < alloc_threshold:
         return 4
     return pages.first_page(nbytes, requested, policy).kb
+
+
+# --- what staging buys: the weights read from the mapping against a heap copy --------------
+
+
+class Split(NamedTuple):
+    """Where inference reads a model's weights on an engine, in bytes of the file."""
+
+    mapping: int  # weights read from the mapping every token (matmuls, norms)
+    tables: int  # embedding tables in the mapping (GET_ROWS: a few rows per token)
+    heap: int  # weights whose heap copy is read instead (the mapping only loads them)
+
+    @property
+    def total(self) -> int:
+        return self.mapping + self.tables + self.heap
+
+    def fraction(self, part: int) -> float:
+        return part / self.total if self.total else 0.0
+
+
+def split(tensors: list[Tensor], e: Engine) -> Split:
+    mapping = tables = heap = 0
+    for t in tensors:
+        kind, _ = placement(t, e)
+        if kind is not Buffer.MAPPING:
+            heap += t.nbytes
+        elif _base_name(t.name) in GET_ROWS_TENSORS:
+            tables += t.nbytes
+        else:
+            mapping += t.nbytes
+    return Split(mapping, tables, heap)
+
+
+class Advice(StrEnum):
+    """What to put in huge pages for one model on one engine (plan and stage recommend it)."""
+
+    STAGE = "stage"  # the engine reads the mapping: stage the file
+    HEAP = "heap"  # it reads heap copies: only those in huge pages (hugeload run), no staged copy
+    BOTH = "both"  # both matter: stage the file and run it with hugeload run
+
+
+# A part of the weights under this share of the file is not worth pinning a copy for: a staged
+# copy of a model read almost all from its heap copy pins pages that are read once, at load.
+MINOR_SHARE = 0.1
+
+
+def advise(s: Split) -> tuple[Advice, str]:
+    """The recommendation and one sentence saying why, in the file's own proportions."""
+    m, h = s.fraction(s.mapping), s.fraction(s.heap)
+    said = f"inference reads {m:.1%} of the weights from the mapping, {h:.1%} from a heap copy" + (
+        f" ({s.fraction(s.tables):.1%} are embedding tables, a few rows per token)" if s.tables else ""
+    )
+    if h < MINOR_SHARE:
+        return Advice.STAGE, f"{said}: stage the file (hugeload stage), the engine maps it zero-copy"
+    if m < MINOR_SHARE:
+        return Advice.HEAP, (
+            f"{said}: put only the heap copy in huge pages (hugeload run --reserve); a staged copy would pin "
+            "pages the engine reads once, at load"
+        )
+    return Advice.BOTH, f"{said}: stage the file and run the engine with hugeload run (the heap copy in huge pages too)"
