@@ -21,6 +21,10 @@ mechanically, never per case:
     it open whether the map shows the change; a private copy is a snapshot);
   - a page past the end of its file (SIGBUS without the library) is compared only as mapped,
     and the program never reads, writes or populates it (MADV_POPULATE_*, mlock);
+  - nor does it write past the end of a file through a shared map in the file's last page
+    (prog.c skips those bytes): POSIX zero-fills them at map time and never writes them to the
+    file, Linux keeps them in the page cache where a later private map shows them, and a private
+    copy read from the file does not (seed 1302); so that tail stays zero in every reading;
   - errno only after a failure (POSIX: a successful call may change it; free keeps it);
   - malloc_usable_size only as ">= the size asked for"; malloc'd bytes only once written;
   - generated sequences avoid what depends on where the kernel puts maps: mremap without
