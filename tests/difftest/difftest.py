@@ -21,8 +21,13 @@ mechanically, never per case:
     it open whether the map shows the change; a private copy is a snapshot);
   - a page past the end of its file (SIGBUS without the library) is compared only as mapped,
     and the program never reads, writes or populates it (MADV_POPULATE_*, mlock);
+  - nor does it write past the end of a file through a shared map in the file's last page
+    (prog.c skips those bytes): POSIX zero-fills them at map time and never writes them to the
+    file, Linux keeps them in the page cache where a later private map shows them, and a private
+    copy read from the file does not (seed 1302); so that tail stays zero in every reading;
   - errno only after a failure (POSIX: a successful call may change it; free keeps it);
-  - malloc_usable_size only as ">= the size asked for"; malloc'd bytes only once written;
+  - malloc_usable_size only as ">= the size asked for"; malloc'd bytes only once written; a
+    block is freed only as malloc gave it (protections and fork inheritance restored first);
   - generated sequences avoid what depends on where the kernel puts maps: mremap without
     MREMAP_MAYMOVE grows only into the slot's own just-freed tail (regrow), MAP_FIXED and
     mremap only over the program's own pages, MADV_COLLAPSE not at all, and mremap only over
@@ -75,6 +80,7 @@ POOL_1G = 2
 # nor MADV_COLLAPSE (its answer depends on where the kernel put the map: huge-page alignment).
 ADVICE = [0, 1, 2, 3, 4, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 77]
 MADV_FREE, MADV_REMOVE, MADV_DONTFORK, MADV_DOFORK, MADV_POPULATE_READ, MADV_POPULATE_WRITE = 8, 9, 10, 11, 22, 23
+MADV_KEEPONFORK = 19
 ANNOTATIONS = ("taint ", "forget ")  # what the program knows, not calls: never shrunk away
 
 
@@ -406,9 +412,19 @@ class Gen:
             self.slots[s] = SlotModel("malloc", n, aligned=False)
 
     def g_free(self, into, in_child):
-        s = self.pick(lambda m: m.kind == "malloc")
+        # malloc writes its own bookkeeping into a freed block and hands its pages to later
+        # allocations, so a correct program gives back a block only as malloc gave it: every page
+        # there (not a hole that MADV_DONTFORK left in a child), writable, inherited by children
+        # as they were (seed 1312, empty pools: a PROT_NONE page freed into glibc's heap made a
+        # later calloc fault without the library).
+        s = self.pick(lambda m: m.kind == "malloc" and all(v in LIVE for v in m.pages))
         if s is None:
             return
+        m = self.slots[s]
+        if m.paged:
+            self.emit(f"mprotect {s} 0 {m.length} rw", into)
+            self.emit(f"madvise {s} 0 {m.length} {MADV_DOFORK}", into)
+            self.emit(f"madvise {s} 0 {m.length} {MADV_KEEPONFORK}", into)
         self.emit(f"{self.prefix(into)}free {s}", into)
         del self.slots[s]
         other = self.pick(lambda m: m.kind == "malloc")

@@ -28,7 +28,8 @@
  *   forkread S                  fork; the child reads S (and writes it if it can), exits
  *                               0 when it read what the parent had; the parent prints
  *                               the status (with small: the fork handlers on 16 KB)
- *   write S OFF LEN VAL | read S OFF LEN
+ *   write S OFF LEN VAL | read S OFF LEN   (write skips bytes past the end of a file
+ *                               mapped shared: see writable_in_page)
  *   fork ... endfork [CODE]     the ops in between run in a child (and are printed
  *                               with "child" before them); the parent prints the status
  *   raise SIG                   in a child: raise(SIG); the parent prints the status
@@ -138,7 +139,7 @@ static size_t num(const char *s) { return strtoull(s, NULL, 0); }
 
 typedef struct {
     uintptr_t a, b;
-    int prot, hugetlb, shift;
+    int prot, shared, hugetlb, shift;
     unsigned long long ino, off;
 } vma_t;
 static vma_t vmas[8192];
@@ -170,6 +171,7 @@ static void read_maps(void)
             vma_t *v = &vmas[nvma++];
             v->a = a, v->b = b, v->off = off, v->ino = ino;
             v->prot = (perm[0] == 'r' ? 1 : 0) | (perm[1] == 'w' ? 2 : 0) | (perm[2] == 'x' ? 4 : 0);
+            v->shared = perm[3] == 's';
             v->hugetlb = 0, v->shift = 12;
         } else if (nvma && sscanf(line, "KernelPageSize: %ld kB", &kb) == 1 && kb > 4) {
             vmas[nvma - 1].hugetlb = 1;
@@ -227,6 +229,24 @@ static int page_state(uintptr_t x, int *group_shift)
     if (v->hugetlb)
         *group_shift = v->shift;
     return v->prot;
+}
+
+/* How many bytes from the start of the page at x the program writes.  Past the end of a file
+ * mapped shared the kernel promises nothing: POSIX zero-fills that part of the last page at map
+ * time and never writes it to the file; Linux keeps it in the page cache, where a private map of
+ * the file made later shows it (and the library's private copy, read from the file, does not:
+ * seed 1302, empty pools).  So the program leaves it alone, and the tail of a file's last page
+ * stays the zeros every reading of the file agrees on. */
+static size_t writable_in_page(uintptr_t x)
+{
+    const vma_t *v = vma_at(x);
+    if (v && v->shared && v->ino && !v->hugetlb)
+        for (int f = 0; f < ngen; f++)
+            if (v->ino == file_ino[f]) {
+                long long in = file_size[f] - (long long)(v->off + (x - v->a));
+                return in <= 0 ? 0 : in < (long long)PG ? (size_t)in : PG;
+            }
+    return PG;
 }
 
 /* ---- observation -------------------------------------------------------- */
@@ -593,8 +613,14 @@ static void exec_op(result_t *r)
             r->ret = -1; /* the program would fault here: it does not touch it */
         } else if (name[0] == 'w') {
             unsigned v = (unsigned)num(a[4]);
-            for (size_t i = 0; i < len; i++)
-                p[i] = (unsigned char)(v + (i >> 12) + i * 7);
+            size_t keep = 0; /* of the page that p + i lies in, the bytes before the file's end */
+            for (size_t i = 0; i < len; i++) {
+                uintptr_t x = (uintptr_t)(p + i), in_page = x & (PG - 1);
+                if (i == 0 || in_page == 0)
+                    keep = writable_in_page(x - in_page);
+                if (in_page < keep)
+                    p[i] = (unsigned char)(v + (i >> 12) + i * 7);
+            }
             r->ret = 1;
         } else {
             r->ret = 1; /* the contents, unless they are unspecified */

@@ -76,3 +76,13 @@ def test_comparison_rules():
     assert "contents" in difftest.compare_obs(ref, "obs 1 len=8192 st=3,., huge=0*2, hash=ab,-,")
     tainted = "obs 1 len=4096 tainted st=3, huge=0, hash=aa,"
     assert difftest.compare_obs(tainted, "obs 1 len=4096 tainted st=3, huge=0, hash=bb,") is None
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("seed", [1312])
+def test_generated_programs_run_without_the_library(seed, exe):
+    """The generator writes only correct programs: seed 1312 (empty pools) freed a block with a
+    PROT_NONE page into glibc's heap, and a later calloc faulted there without the library."""
+    env = difftest.Config("empty").env(Path("unused"), preload=False)
+    ref = difftest.run_program(exe, difftest.render(difftest.generate(seed, "empty")), env)
+    assert ref.rc == 0, ref.err
