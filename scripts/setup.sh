@@ -30,8 +30,8 @@ if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv" >&2
   "$PY" -m venv .venv
 fi
-echo "setup: installing hugeload and its test dependencies (builds libhugeload.so)" >&2
-if ! .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' >.venv/pip.log 2>&1; then
+echo "setup: installing hugeload, its test dependencies and the code checkers (builds libhugeload.so)" >&2
+if ! .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,dev]' >.venv/pip.log 2>&1; then
   cat .venv/pip.log >&2
   echo "setup: pip install failed (log above)" >&2
   exit 1

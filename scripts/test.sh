@@ -30,10 +30,13 @@ fi
 if [[ $# -gt 0 || ${HUGELOAD_CI_NUMA:-1} != 1 ]]; then
   exec .venv/bin/python -m pytest "$@"
 fi
-# The whole suite, then the NUMA tests inside a two-node guest (scripts/numa-vm.sh, a few
+# The checks and the whole suite, then the NUMA tests inside a two-node guest (scripts/numa-vm.sh, a few
 # minutes under emulation; HUGELOAD_CI_NUMA=0 leaves it out). Exit 77 from the rig means it
 # could not be set up here: it has said why, and that is not a failure.
+# The code's shape first (scripts/check.sh: ruff format and lint, the import layers, mypy): a
+# failure there fails the run, but the tests still run so one run reports both.
 rc=0
+scripts/check.sh || rc=$?
 .venv/bin/python -m pytest || rc=$?
 numa_rc=0
 scripts/numa-vm.sh || numa_rc=$?
