@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 from hugeload import engines, launch, native, pages, report
 from hugeload.act import store
-from hugeload.errors import PoolError
+from hugeload.errors import FormatError, PoolError
 from hugeload.pages import PageSize
 from hugeload.plan import buffers
 from hugeload.probe import cpu as probe_cpu
@@ -215,12 +215,18 @@ def _engine(engine: str | None, flags, repack: bool, root) -> buffers.Engine:
 
 def weights_split(files: list[str], engine: str | None = None, flags=None, root="/") -> buffers.Split | None:
     """Where `engine` (as predict_buffers) reads the weights of a model's `files` from: the
-    mapping or heap copies, in bytes (plan/buffers.split); None when a file is not GGUF or the
-    gguf package is missing.  `hugeload plan` and `stage` recommend from it (buffers.advise)."""
+    mapping or heap copies, in bytes (plan/buffers.split); None when a file is not GGUF, is a
+    malformed one, or the gguf package is missing.  `hugeload plan` and `stage` recommend from it
+    (buffers.advise): advice, so a file it cannot read costs the advice, never the command (stage
+    copies bytes whatever they are; `stage --reserve` and container-args read the header and refuse
+    a bad one)."""
     total = buffers.Split(0, 0, 0)
     e = None
     for f in files:
-        tensors = engines.model_tensors(f)
+        try:
+            tensors = engines.model_tensors(f)
+        except FormatError:
+            return None
         if tensors is None:
             return None
         e = e or _engine(engine, flags, True, root)

@@ -1,12 +1,13 @@
 """hugeload bench engine with a real llama.cpp: the interleaved table, verified page sizes, nothing left behind."""
 
+import importlib
 import json
 
 import pytest
 
 from hugeload import engines, runner
 from hugeload.bench import engine, summary
-from hugeload.pages import PAGE_2M
+from hugeload.pages import PAGE_1G, PAGE_2M
 
 pytestmark = [pytest.mark.kernel, pytest.mark.llama]
 BENCH = engines.find_llama("llama-bench")
@@ -68,13 +69,17 @@ def test_engine_table_with_verified_page_sizes(hugeload_cli, small_model, needs_
 @pytest.mark.skipif(BENCH is None, reason="llama.cpp not built (scripts/get-llama.sh)")
 def test_a_backing_that_cannot_be_had_is_skipped_not_timed(small_model, needs_root, monkeypatch):
     # A 1G pool the kernel cannot grow: the 1g backing is skipped with the reason, the others still run.
-    from hugeload.act import store
+    # where stage() looks it up (the package's name `stage` is the function, not this module)
+    store_stage = importlib.import_module("hugeload.act.store.stage")
+    from hugeload.errors import PoolError
 
     def refuse(*a, **k):
-        raise store.PoolError("the 1G pool cannot grow (test)")
+        raise PoolError("the 1G pool cannot grow (test)")
 
-    real = store.ensure_pages
-    monkeypatch.setattr(store, "ensure_pages", lambda kb, *a, **k: refuse() if kb == 1048576 else real(kb, *a, **k))
+    real = store_stage.ensure_pages
+    monkeypatch.setattr(
+        store_stage, "ensure_pages", lambda kb, *a, **k: refuse() if kb == PAGE_1G.kb else real(kb, *a, **k)
+    )
     argv = [str(BENCH), "-p", "8", "-n", "4", "-r", "1", "-t", "2"]
     data = engine.run(str(small_model), argv, ["default", "1g"], engine.EngineOptions(rounds=1))
     by = {r["backing"]: r for r in data["results"]}
