@@ -13,7 +13,8 @@
 # Settings: DEMO_SIZE (default 1900M, fits two 1 GB pages), DEMO_TYPE (Q8_0: the
 # weights are read from the mapping itself; Q4_0 would be repacked to the heap),
 # DEMO_ROUNDS (3), DEMO_TRIES (2: a bench the A/A check finds too noisy to read is run
-# again this many times in all; still noisy, the demo says so and exits 75).
+# again this many times in all; still noisy, the demo says so, its table marked, and exits 0,
+# or 75 with DEMO_REQUIRE_QUIET=1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -99,5 +100,8 @@ for try in $(seq "$TRIES"); do
   [ "$rc" = 75 ] || exit "$rc"
   echo "demo: the A/A check says this run was too noisy to read (try $try of $TRIES)" >&2
 done
-echo "demo: every try was too noisy to read: the machine is busy; run the demo again when it is quiet" >&2
-exit 75
+# The demo is for a person reading the table: it ends with the last one, marked too noisy to read,
+# and says so; DEMO_REQUIRE_QUIET=1 makes that an exit status (75) for scripts that rerun.
+echo "demo: every try was too noisy to read (the table above is marked so): the machine is busy; run the demo again when it is quiet" >&2
+[ "${DEMO_REQUIRE_QUIET:-0}" = 1 ] && exit 75
+exit 0
