@@ -41,7 +41,7 @@ Modes: "2m" (2 MB pages reserved), "1g" (1 GB pages where the pool gives them, p
 from 2 MiB up), "empty" (both pools empty: the fallbacks, THP).
 
     python tests/difftest/difftest.py --seeds 200 --mode 2m [--first 1000]
-    scripts/difftest.sh --seeds N            (holds the test lock while it reserves pages and runs programs)
+    scripts/difftest.sh --seeds N [--jobs J] (holds the test lock while it reserves pages and runs programs)
 """
 
 from __future__ import annotations
@@ -53,10 +53,12 @@ import os
 import random
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,6 +94,11 @@ def build(out_dir: Path | None = None) -> Path:
     src = HERE / "prog.c"
     out_dir = out_dir or Path(tempfile.gettempdir()) / f"hugeload-difftest-{os.getuid()}"
     out_dir.mkdir(mode=0o700, exist_ok=True)
+    st = out_dir.lstat()
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
+        # Someone else made the cache (or a link in its place): a binary found there could be
+        # theirs, and this runs it as root.  Build into a directory of our own instead.
+        out_dir = Path(tempfile.mkdtemp(prefix="hugeload-difftest-"))
     exe = out_dir / f"prog-{int(src.stat().st_mtime_ns)}-{src.stat().st_size}"
     if not exe.exists():
         cc = shutil.which("cc") or shutil.which("gcc")
@@ -927,16 +934,20 @@ def _pool_path(kb: int) -> Path:
 
 
 @contextmanager
-def pools_for(mode: str, lock: bool = True):
-    """Reserves what the mode needs (under the machine-wide test lock when `lock`), and puts
-    every pool back as it was; yields what was reserved {kb: pages}."""
+def pools_for(mode: str, lock: bool = True, jobs: int = 1):
+    """Reserves what the mode needs for `jobs` programs at once (under the machine-wide test lock
+    when `lock`), and puts every pool back as it was; yields what was reserved {kb: pages}."""
     fd = None
     if lock:
         # O_NOFOLLOW as the conftest's: a link planted in /tmp would make root create what it names.
         fd = os.open(LOCK_PATH, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
         fcntl.flock(fd, fcntl.LOCK_EX)
     before = {kb: int(_pool_path(kb).read_text()) for kb in (2048, 1048576) if _pool_path(kb).exists()}
-    want = {"2m": {2048: POOL_2M}, "1g": {1048576: POOL_1G, 2048: POOL_2M}, "empty": {2048: 0, 1048576: 0}}[mode]
+    want = {
+        "2m": {2048: POOL_2M * jobs},
+        "1g": {1048576: POOL_1G * jobs, 2048: POOL_2M * jobs},
+        "empty": {2048: 0, 1048576: 0},
+    }[mode]
     try:
         got = {}
         for kb, n in want.items():
@@ -959,6 +970,9 @@ def main(argv=None) -> int:
     ap.add_argument("--mode", choices=MODES + ("all",), default="all")
     ap.add_argument("--chunk", type=int, default=25, help="seeds per reservation (the lock is held that long)")
     ap.add_argument("--lib", help="a libhugeload.so to test instead of the installed one")
+    ap.add_argument(
+        "--jobs", type=int, default=1, help="programs run at once (each seed stays sequential; pools are sized for all)"
+    )
     ap.add_argument("--no-shrink", action="store_true")
     ap.add_argument("--show", type=int, help="print the sequence of this seed and exit")
     args = ap.parse_args(argv)
@@ -971,14 +985,23 @@ def main(argv=None) -> int:
         print(render(generate(args.show, modes[0])), end="")
         return 0
     total_fail = 0
+    jobs = max(1, args.jobs)
+    exe = build()
     for mode in modes:
         done, t0 = 0, time.monotonic()
         for start in range(args.first, args.first + args.seeds, args.chunk):
             seeds = range(start, min(start + args.chunk, args.first + args.seeds))
-            with pools_for(mode) as got:
+            with pools_for(mode, jobs=jobs) as got:
                 if mode == "1g" and got.get(1048576, 0) == 0:
                     print(f"mode 1g: the kernel gave no 1 GB page; seeds {seeds.start}-{seeds.stop - 1} run on 2 MB")
-                fails = run_seeds(seeds, mode, lib=args.lib, shrink=not args.no_shrink)
+                # The time is in the programs (two per seed), so threads are enough to keep `jobs`
+                # of them running; each thread has its own Tester, the build is shared.
+                with ThreadPoolExecutor(jobs) as ex:
+                    parts = ex.map(
+                        lambda part, mode=mode: run_seeds(part, mode, lib=args.lib, shrink=not args.no_shrink, exe=exe),
+                        [seeds[i::jobs] for i in range(jobs)],
+                    )
+                    fails = [f for part in parts for f in part]
             done += len(seeds)
             total_fail += len(fails)
             print(
