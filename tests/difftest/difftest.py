@@ -119,9 +119,13 @@ class FileModel:
 
 # A page of a slot: mapped; unmapped and nothing mapped since; unmapped, maybe reused; mapped but past the
 # end of its file (SIGBUS without the library: the program does not touch it).
-# DONTFORK: mapped here, not in a child.
-MAPPED, FRESH, STALE, BEYOND, DONTFORK = 1, 0, 2, 3, 4
+# DONTFORK: mapped here, not in a child; BEYOND_DF: past the end of its file and not in a child
+# (MADV_DONTFORK marks the mapping, whatever the file's size: a page that went past the end keeps it,
+# seed 2579).
+MAPPED, FRESH, STALE, BEYOND, DONTFORK, BEYOND_DF = 1, 0, 2, 3, 4, 5
 LIVE = (MAPPED, DONTFORK)
+PAST_END = (BEYOND, BEYOND_DF)
+NOT_INHERITED = (DONTFORK, BEYOND_DF)
 
 
 @dataclass
@@ -186,7 +190,7 @@ class Gen:
         whole huge pages, the whole span, or any run of pages.  `populates`: the call faults the
         pages in, so it stays off pages past the end of their file as a read would."""
         n = len(m.pages)
-        bad = (FRESH, STALE, BEYOND) if only_mapped else (STALE, BEYOND) if populates else (STALE,)
+        bad = (FRESH, STALE, *PAST_END) if only_mapped else (STALE, *PAST_END) if populates else (STALE,)
         ok = [i for i in range(n) if m.pages[i] not in bad]
         if not ok:
             return None
@@ -249,9 +253,9 @@ class Gen:
             if m.file and m.file[:2] == (f, gen):
                 for i in range(len(m.pages)):
                     if m.pages[i] in LIVE and m.file[2] + i * KB4 >= end:
-                        m.pages[i] = BEYOND
+                        m.pages[i] = BEYOND_DF if m.pages[i] == DONTFORK else BEYOND
             elif (f, gen) in m.shared_of | m.private_of:
-                m.pages[:] = bytes(BEYOND if v in LIVE else v for v in m.pages)
+                m.pages[:] = bytes(BEYOND_DF if v == DONTFORK else BEYOND if v in LIVE else v for v in m.pages)
 
     def forget(self, s: int, into: list):
         """The program stops knowing slot s (unmapped, or moved it cannot tell where)."""
@@ -490,7 +494,7 @@ class Gen:
         if s is not None:
             m = self.slots[s]
             for i in range(rng[0] // KB4, min(len(m.pages), (rng[0] + rng[1]) // KB4)):
-                if m.pages[i] in (MAPPED, BEYOND, DONTFORK):
+                if m.pages[i] in (MAPPED, DONTFORK, *PAST_END):
                     m.pages[i] = FRESH
             m.pristine = False
             self.drop_if_gone(s, into)
@@ -522,6 +526,8 @@ class Gen:
                 for i in range(off // KB4, min(len(m.pages), (off + n) // KB4)):
                     if m.pages[i] in LIVE:
                         m.pages[i] = DONTFORK if adv == MADV_DONTFORK else MAPPED
+                    elif m.pages[i] in PAST_END:
+                        m.pages[i] = BEYOND_DF if adv == MADV_DONTFORK else BEYOND
             if adv == MADV_REMOVE:  # punches a hole in a file mapped shared: the file changes
                 for f, g in self.slots[s].shared_of:
                     self.taint_private_of(f, g, into)
@@ -645,7 +651,7 @@ class Gen:
         self.written, self.truncated = set(), []
         for m in self.slots.values():  # what MADV_DONTFORK kept from the child is a hole there
             for i, v in enumerate(m.pages):
-                if v == DONTFORK:
+                if v in NOT_INHERITED:
                     m.pages[i] = FRESH
         for s in [s for s, m in self.slots.items() if m.kind == "map" and m.all_unmapped()]:
             self.forget(s, body)

@@ -14,7 +14,9 @@ import difftest
 import pytest
 
 HERE = Path(__file__).resolve().parent
-SEEDS = {"empty": range(0, 40), "2m": range(0, 40), "1g": range(0, 4)}
+# Seeds past the fixed ranges once showed a defect of the tester itself (its model of what the program
+# knows): 2579, a MADV_DONTFORK'd shared map cut short by ftruncate, is a hole in a fork child.
+SEEDS = {"empty": [*range(0, 40)], "2m": [*range(0, 40), 2579], "1g": [*range(0, 4)]}
 REGRESSIONS = sorted((HERE / "regressions").glob("*.ops"))
 LIB = os.environ.get("HUGELOAD_DIFFTEST_LIB")
 
