@@ -132,6 +132,8 @@ void *hl_os_remap(void *old, size_t oldlen, size_t newlen, int flags, void *to);
 int hl_os_protect(uintptr_t addr, size_t len, int prot);
 int hl_os_advise(uintptr_t addr, size_t len, int adv); /* 0 or an errno value */
 int hl_os_lock(uintptr_t addr, size_t len, int lock);  /* 0 or an errno value */
+int hl_os_lock_nofault(uintptr_t addr, size_t len); /* mlock2(MLOCK_ONFAULT): 0 or an errno value */
+int hl_os_hole(uintptr_t addr, size_t len);          /* 1 when a page of the range is not mapped */
 int hl_os_sync(uintptr_t addr, size_t len, int flags); /* 0 or an errno value */
 int hl_os_mapped(uintptr_t addr);                      /* 1 when a page is mapped there */
 void hl_os_name(void *p, size_t len, const char *name);
@@ -362,7 +364,9 @@ void hl_replaced_range(uintptr_t a, uintptr_t b);
 int hl_demote_units(hl_region *r, size_t ua, size_t ub, int wipe);
 
 /* ---- advice.c ------------------------------------------------------------ */
-enum { OP_MADVISE, OP_PMADVISE, OP_MLOCK, OP_MUNLOCK, OP_MPROTECT, OP_MSYNC };
+/* OP_MLOCK_NOFAULT: mlock's walk after a page could not be faulted in (the kernel has marked the
+ * whole range locked before it faults, and faults nothing after the first failure) */
+enum { OP_MADVISE, OP_PMADVISE, OP_MLOCK, OP_MUNLOCK, OP_MPROTECT, OP_MSYNC, OP_MLOCK_NOFAULT };
 int hl_munmap_slow(void *addr, size_t len);                          /* 0 or -1 with errno */
 int hl_range_op_slow(void *addr, size_t len, int op, int arg);       /* 0 or an errno value */
 void *hl_mremap_slow(void *old, size_t oldlen, size_t newlen, int flags, void *to);

@@ -301,6 +301,22 @@ int hl_os_lock(uintptr_t addr, size_t len, int lock)
     return (lock ? r_mlock((void *)addr, len) : r_munlock((void *)addr, len)) ? errno : 0;
 }
 
+int hl_os_lock_nofault(uintptr_t addr, size_t len)
+{
+    return syscall(SYS_mlock2, addr, len, 1 /* MLOCK_ONFAULT */) ? errno : 0;
+}
+
+int hl_os_hole(uintptr_t addr, size_t len)
+{
+    unsigned char v[128]; /* mincore fails with ENOMEM on an unmapped page and changes nothing */
+    for (uintptr_t a = round_down(addr, KB4), e = addr + len; a < e; a += sizeof v * KB4) {
+        size_t n = min_sz(e - a, sizeof v * KB4);
+        if (mincore((void *)a, n, v) != 0 && errno == ENOMEM)
+            return 1;
+    }
+    return 0;
+}
+
 int hl_os_sync(uintptr_t addr, size_t len, int flags) { return r_msync((void *)addr, len, flags) ? errno : 0; }
 
 int hl_os_mapped(uintptr_t addr)
