@@ -55,6 +55,7 @@ model moe.gguf --size "$MOE_SIZE" --type Q8_0 --experts 8 --experts-used 2
 model dense-q4k.gguf --size "$DENSE_SIZE" --type Q4_K
 model dense-q4k-8g.gguf --size "$BIG_DENSE_SIZE" --type Q4_K
 model dense-q8.gguf --size "$DENSE_SIZE" --type Q8_0
+model dense-q4km.gguf --size "$DENSE_SIZE" --type Q4_K_M
 { date -u; uname -r; grep -m1 'model name' /proc/cpuinfo; uptime; grep MemAvailable /proc/meminfo; git rev-parse --short HEAD; } > "$OUT/env.txt"
 
 # 1 thread: on a shared 2-core machine a 2-thread engine loses whole time slices at its barriers.
@@ -80,6 +81,12 @@ engine_bench "$OUT/dense-q4k.txt" --model "$MODELS/dense-q4k.gguf" --rounds 10 \
 # Several engines on one model: start-up, first token, memory.
 only_cached dense-q8.gguf
 lock $HL bench fleet --model "$MODELS/dense-q8.gguf" --engines 2 --rounds 3 | tee "$OUT/fleet.txt"
+# Memory per engine under each layout stage and plan recommend between, on a Q4_K_M model (read
+# from both the mapping and the repacked heap copy on AVX2): none, staged file, heap copy in huge
+# pages, both.
+only_cached dense-q4km.gguf
+lock $HL bench fleet --model "$MODELS/dense-q4km.gguf" --engines 2 --rounds 3 --cases warm,staged,heap,both \
+  | tee "$OUT/fleet-layouts.txt"
 only_cached none
 lock $HL bench tlb --size 2G --rounds 10 | tee "$OUT/tlb.txt"
 # The preload library's cost per small malloc/free, against the library before the split

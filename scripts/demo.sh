@@ -70,7 +70,7 @@ if $H reserve --count "$PAGES" --page-size 1g; then
   STAGED=$($H load "$MODEL" --page-size 1g)
 else
   echo "demo: the kernel could not give $PAGES x 1 GB pages now; staging into 2 MB pages instead" >&2
-  STAGED=$($H load "$MODEL" --page-size 2m --reserve)
+  STAGED=$($H load "$MODEL" --page-size 2m --reserve --pin both)
 fi
 $H loaded
 

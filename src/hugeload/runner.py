@@ -26,6 +26,7 @@ from hugeload.act import store
 from hugeload.errors import FormatError, PoolError
 from hugeload.pages import PageSize
 from hugeload.plan import buffers
+from hugeload.plan import pin as plan_pin
 from hugeload.probe import cpu as probe_cpu
 from hugeload.probe import pools as probe_pools
 from hugeload.units import GiB, KiB, MiB, ceil_div
@@ -242,6 +243,24 @@ def weights_advice(files: list[str], engine: str | None = None, root="/") -> dic
         return None
     advice, why = buffers.advise(s)
     return {**s._asdict(), "advice": advice.value, "why": why}
+
+
+class StagePins(NamedTuple):
+    plan: plan_pin.PinPlan
+    heap_pages: tuple[tuple[int, int], ...]  # ((kB, count), ...) kept free for the heap copies; () when not pinned
+
+
+def stage_pins(files: list[str], pin: plan_pin.Pin, engine: str | None = None, root="/") -> StagePins:
+    """What `stage --reserve` pins for a model's `files` (plan/pin.py), on this CPU and the
+    engine hugeload finds, with the pages of the heap copies at the page sizes `hugeload run`'s
+    defaults give them.  A malformed GGUF header costs the advice (weights_split), and refuses
+    the heap copies' pages when they are asked for (as predict_buffers does)."""
+    split = weights_split(files, engine, root=root)
+    plan = plan_pin.pin_plan(pin, split, files[0] if files else "the model")
+    if not (plan.file and plan.heap):
+        return StagePins(plan, ())
+    predictions = {f: predict_buffers(f, engine, root=root) for f in files}
+    return StagePins(plan, tuple(sorted(heap_pages(predictions, None, DEFAULT_ALLOC_THRESHOLD).items())))
 
 
 def heap_pages(

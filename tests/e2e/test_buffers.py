@@ -108,15 +108,15 @@ def test_run_summary_names_the_heap_copy(models, hugeload_cli, state_dir, tmp_pa
 
 @pytest.mark.kernel
 def test_load_reserve_covers_the_heap_copy(models, hugeload_cli, state_dir, needs_root):
-    """load --reserve grows the 2M pool by the staged file plus the predicted heap copy, and
-    unload gives all of it back."""
+    """load --reserve --pin both grows the 2M pool by the staged file plus the predicted heap
+    copy, and unload gives all of it back (what --pin reads pins: tests/act/test_stage_pin.py)."""
     from hugeload.act import pools as act_pools
 
     model = models["Q4_0"]
     p = runner.predict_buffers(str(model), str(BENCH))
     heap = runner.heap_pages({str(model): p}, None, 64 << 20)
     before = act_pools.read_pool("/", 2048)
-    r = hugeload_cli("load", "--reserve", "--page-size", "2m", "--name", "buftest", model)
+    r = hugeload_cli("load", "--reserve", "--pin", "both", "--page-size", "2m", "--name", "buftest", model)
     try:
         assert r.returncode == 0, r.stderr
         # it says what the engine will read; a staged copy the engine hardly reads is a note

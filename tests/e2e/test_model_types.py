@@ -99,7 +99,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
 def staged_1g(cli, model: Path):
     """The model staged in one 1 GB page; afterwards unstaged, released, the machine as before."""
     before = machine_state()
-    r = cli("stage", model, "--page-size", "1g", "--reserve", "--json")
+    r = cli("stage", model, "--page-size", "1g", "--reserve", "--pin", "both", "--json")  # staged whatever it reads
     try:
         if r.returncode != 0:
             if "kernel gave" in r.stderr or "free page" in r.stderr:

@@ -280,13 +280,22 @@ def engine(data: dict) -> None:
 
 
 def fleet(data: dict) -> None:
-    rows, notes = [], []
+    rows, mem, notes = [], [], []
     for r in data["results"]:
         if r["status"] != "ok":
             notes.append(f"{r['case']}: {r['status']}: {r['reason']}")
             continue
         mib = [f"{r[k] >> 10}" for k in ("memory_kb", "pss_kb", "pool_used_kb", "vmlck_kb", "page_cache_kb")]
         rows.append([r["case"], f"{_interval(r['loaded_s'], 2)} s", f"{_interval(r['first_token_s'], 2)} s", *mib])
+        keys = (
+            "per_engine_kb",
+            "own_per_engine_kb",
+            "shared_kb",
+            "pinned_per_engine_kb",
+            "mem_available_per_engine_kb",
+        )
+        layout = (r.get("layout") or "-") + (" (recommended)" if r.get("recommended") else "")
+        mem.append([r["case"], layout, *(f"{r[k] >> 10}" for k in keys)])
     title = (
         f"{data['engines']} x llama-server on {os.path.basename(data['model'])} "
         f"({data['model_size'] >> 20} MiB), {data['rounds']} interleaved rounds"
@@ -294,6 +303,12 @@ def fleet(data: dict) -> None:
     columns = ["case", "all loaded (95% CI)", "first token, last engine (95% CI)", "memory MiB (sum)"]
     columns += ["anon Pss MiB", "huge pages MiB", "locked MiB", "model in page cache MiB"]
     _say(render.table(title, columns, rows))
+    if mem:
+        columns = ["case", "layout", "MiB per engine", "its own MiB", "shared MiB", "pinned MiB per engine"]
+        columns += ["MemAvailable MiB per engine"]
+        _say(render.table(f"Memory per engine, {data['engines']} engines", columns, mem))
+    if data.get("reads"):
+        _say(f"llama.cpp on this CPU: {data['reads']['why']}.")
     if data["staging_s"] is not None:
         _say(f"staging (once, not in the start-up times): {data['staging_s']:.2f} s")
     for n in notes:

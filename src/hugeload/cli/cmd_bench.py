@@ -269,7 +269,7 @@ def run_engine(args) -> int:
 
 
 def add_fleet(bsub) -> None:
-    from hugeload.bench.fleet import CASES, parse_cases
+    from hugeload.bench.fleet import CASES, FleetOptions, parse_cases
 
     p = bsub.add_parser(
         "fleet", help="N llama-server engines on one model: start-up, time to first token, memory by backing"
@@ -287,6 +287,13 @@ def add_fleet(bsub) -> None:
     p.add_argument("--server", help="llama-server binary (default: the one hugeload finds)")
     p.add_argument("--timeout", type=float, default=300, help="seconds the engines may take to answer (default 300)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--alloc-threshold",
+        type=units.arg_type(),
+        default=FleetOptions().alloc_threshold,
+        metavar="SIZE",
+        help="heap, both: allocations from this size in huge pages, as hugeload run's (default 64M)",
+    )
     add_json(p)
     p.set_defaults(func=run_fleet)
 
@@ -295,7 +302,14 @@ def run_fleet(args) -> int:
     from hugeload.bench import fleet
 
     options = fleet.FleetOptions(
-        args.engines, tuple(args.cases), args.rounds, args.threads, args.server, args.timeout, args.seed
+        args.engines,
+        tuple(args.cases),
+        args.rounds,
+        args.threads,
+        args.server,
+        args.timeout,
+        args.seed,
+        args.alloc_threshold,
     )
     data = fleet.run(args.model, options, root=args.root, log=_log(args))
     return _print(args, data, bench_tables.fleet, any(r["status"] == "ok" for r in data["results"]))

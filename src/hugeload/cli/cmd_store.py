@@ -12,6 +12,7 @@ from hugeload.cli import render
 from hugeload.cli.common import add_hvo, add_json, add_state_dir, require_hugetlb
 from hugeload.errors import UsageError
 from hugeload.plan.pages import plan_for as make_plan
+from hugeload.plan.pin import PINS, Pin
 from hugeload.probe.machine import read_machine
 from hugeload.units import format_bytes
 
@@ -26,6 +27,13 @@ def register(sub) -> None:
     p.add_argument("--page-size", default=None, type=pages.arg_type(), metavar="SIZE", help="auto (default), 1g or 2m")
     p.add_argument("--name", help="store name (default: the file name without .gguf)")
     p.add_argument("--reserve", action="store_true", help="grow the pool by what is missing (given back on unload)")
+    p.add_argument(
+        "--pin",
+        choices=PINS,
+        default=None,
+        help="with --reserve, what to reserve pages for: reads (default) what llama.cpp will read on this CPU "
+        "(the file, its heap copy or both; refuses when it reads only the heap copy), file, or both",
+    )
     p.add_argument("--verify", action="store_true", help="compare SHA-256 of source and staged copy")
     p.add_argument("--persist", action="store_true", help="re-stage at boot (hugeload restore)")
     p.add_argument(
@@ -127,16 +135,6 @@ def _progress(total: int, quiet: bool):
     return bar, lambda n: bar.update(task, advance=n)
 
 
-def _heap_pages(files: list[str], args) -> tuple[tuple[int, int], ...]:
-    """Pages for the heap copies llama.cpp will make of this model on this CPU (CPU_REPACK /
-    AMX), at the page sizes `hugeload run`'s defaults give them: --reserve reserves for what
-    will really be read, not only for the staged file."""
-    from hugeload import runner
-
-    predictions = {f: runner.predict_buffers(f, root=args.root) for f in files}
-    return tuple(sorted(runner.heap_pages(predictions, None, runner.DEFAULT_ALLOC_THRESHOLD).items()))
-
-
 def run_load(args) -> int:
     from hugeload import runner
     from hugeload.plan import buffers
@@ -145,6 +143,11 @@ def run_load(args) -> int:
     placement = placement_from(args)
     files = store.source_files(args.file)
     total = sum(os.path.getsize(f) for f in files)
+    if args.pin is not None and not args.reserve:
+        raise UsageError("--pin says what --reserve reserves pages for: add --reserve")
+    pins = runner.stage_pins(files, Pin(args.pin or Pin.READS), root=args.root) if args.reserve else None
+    if pins is not None and not pins.plan.file:
+        raise UsageError(pins.plan.why)  # before anything is reserved or copied
     options = store.StageOptions(
         page_size=args.page_size,
         name=args.name,
@@ -152,7 +155,7 @@ def run_load(args) -> int:
         verify=args.verify,
         persist=args.persist,
         lock_timeout=args.wait,
-        heap_pages=_heap_pages(files, args) if args.reserve else (),
+        heap_pages=pins.heap_pages if pins else (),
         placement=placement,
         group=args.group,
         hvo=args.hvo,
@@ -167,13 +170,17 @@ def run_load(args) -> int:
             bar.stop()
     reads = runner.weights_advice(files, root=args.root)
     if args.json:
-        render.print_json({**m.to_json(), "already_staged": cached, "reason": reason, "reads": reads})
+        pinned = None if pins is None else {**pins.plan.to_json(), "heap_pages": _pages_json(pins.heap_pages)}
+        render.print_json({**m.to_json(), "already_staged": cached, "reason": reason, "reads": reads, "pinned": pinned})
         return 0
     if reads:
         warn = reads["advice"] == buffers.Advice.HEAP
         render.err_console.print(
             f"{'[yellow]note:[/] ' if warn else ''}llama.cpp on this CPU: {reads['why']}.", soft_wrap=True
         )
+    if pins is not None and not cached:
+        heap = ", ".join(f"{n} x {pages.name(kb)}" for kb, n in pins.heap_pages)
+        render.err_console.print(f"--reserve pins {pins.plan.why}" + (f" (kept free: {heap})" if heap else "."))
     if cached:
         render.err_console.print(f"{m.name}: already staged and unchanged")
     else:
@@ -185,6 +192,10 @@ def run_load(args) -> int:
     render.err_console.print(f"use it with: llama-server -m {m.path}   (or hugeload run -- ENGINE -m {m.source})")
     print(m.path)
     return 0
+
+
+def _pages_json(counts: tuple[tuple[int, int], ...]) -> list[dict]:
+    return [{"page_size_kb": kb, "pages": n} for kb, n in counts]
 
 
 def run_unload(args) -> int:
