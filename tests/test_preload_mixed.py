@@ -11,6 +11,7 @@ import json
 import re
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from test_preload import (  # noqa: F401 - build and pools are fixtures
     GIB,
     MIB,
@@ -24,6 +25,7 @@ from test_preload import (  # noqa: F401 - build and pools are fixtures
     smaps_vma,
 )
 
+from hugeload import exporter
 from hugeload.act import store
 from hugeload.pages import PAGE_1G
 
@@ -84,6 +86,15 @@ def test_a_copy_the_1g_pool_cannot_hold_is_staged_and_mapped_in_1g_then_2m(
         ]
         table = hugeload_cli("staged")
         assert re.search(r"1G\s*\+\s*2M", table.stdout), table.stdout
+        samples = {
+            (x.name, x.labels.get("page_size")): x.value
+            for family in text_string_to_metric_families(exporter.render(state_dir=state_dir))
+            for x in family.samples
+            if x.labels.get("model") == "big"
+        }
+        assert samples[("hugeload_model_pages", "1G")] == 1 and samples[("hugeload_model_bytes", "1G")] == GIB
+        assert samples[("hugeload_model_pages", "2M")] == TAIL_PAGES
+        assert samples[("hugeload_model_bytes", "2M")] == SIZE - GIB
 
         def on_ready(pid, addr, size):
             first, second = smaps_vma(pid, addr), smaps_vma(pid, addr + GIB)
