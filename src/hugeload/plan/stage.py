@@ -106,18 +106,21 @@ def plan_copies(
     nodes: list,
     name: str,
     policy: Policy = pages.DEFAULT_POLICY,
+    mixed: bool = True,
 ) -> list[CopyPlan]:
     """One CopyPlan per copy the placement asks for.  `system_available_1g`: free 1G pages
     nobody has promised to a mapping; `nodes`: probe.numa.Node values (only read for placed
     copies).  Raises PoolError, before anything is reserved, when a node cannot hold its share
-    (plan.numa.check_fits)."""
+    (plan.numa.check_fits).  `mixed`: a one-file copy the 1G pool is short of may be split
+    (split_copy); else it is all 1G or all 2M, as the rule says."""
     out = []
     for spec in placement.copies():
         where = "the 1G pool" if not spec.bind else f"the 1G pool of node(s) {','.join(map(str, spec.bind))}"
         holds_1g = PAGE_1G.kb in offered and fits(spec, PAGE_1G.kb, sizes, system_available_1g, nodes)
         kb, reason = choose_page_size(sizes, requested, offered, holds_1g or reserve, policy, where)
         if (
-            not reserve
+            mixed
+            and not reserve
             and not holds_1g
             and not spec.bind
             and PAGE_1G.kb in offered

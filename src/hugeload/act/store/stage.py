@@ -22,6 +22,7 @@ import grp
 import os
 import time
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import NamedTuple
 
@@ -47,6 +48,13 @@ GROUP_DIR_MODE = 0o750
 NO_PAGES_RETRIES = 3
 
 
+class Mixed(Enum):
+    """Whether a copy the 1G pool cannot hold whole may be made in mixed page sizes."""
+
+    WHEN_SHORT = "when-short"  # the 1G pages the pool has (or the kernel gives), 2M for the rest
+    NEVER = "never"  # all of it in one page size (bench's `1g`: only 1G pages, or skipped)
+
+
 @dataclass(frozen=True)
 class StageOptions:
     """How to stage a model: one bundle instead of a row of booleans (black's Mode).
@@ -68,6 +76,7 @@ class StageOptions:
     placement: plan_numa.Placement | None = None  # a node, a copy per node, or interleaved; None: not placed
     group: str | None = None  # the copies readable by root and this group only (default: by everyone)
     hvo: act_hvo.Hvo | None = None  # HVO for the pages `reserve` adds (act/hvo.py); None: HUGELOAD_HVO, else auto
+    mixed: Mixed = Mixed.WHEN_SHORT  # a one-file copy the 1G pool is short of: its 1G pages, then 2M
 
 
 class StageResult(NamedTuple):
@@ -130,6 +139,7 @@ def plan_copies(sizes: list[int], options: StageOptions, root, nodes: list, name
         nodes,
         name,
         options.policy,
+        options.mixed is Mixed.WHEN_SHORT,
     )
 
 
@@ -168,14 +178,15 @@ def reserve_heap_pages(extra: dict[int, int], staged: dict[int, int], name: str,
 
 
 def reserve_for(
-    plan: plan_stage.CopyPlan, sizes: list[int], name: str, reserve: bool, root, state_dir
+    plan: plan_stage.CopyPlan, sizes: list[int], name: str, reserve: bool, root, state_dir, mixed: Mixed
 ) -> plan_stage.CopyPlan:
     """The pages one copy needs: from the system pool, or from each node it is bound to.  An
     unplaced copy in 1G pages that `reserve` cannot get all of (the kernel gives fewer than
     asked and says so only in the count read back) keeps the 1G pages it got and takes 2M
     for the rest of the file (plan/stage.split_copy): the plan returned is the one to copy."""
     if not plan.bind:
-        if reserve and plan.page_size_kb == PAGE_1G.kb and len(sizes) == 1 and not plan.tail_pages:
+        one_file_1g = plan.page_size_kb == PAGE_1G.kb and len(sizes) == 1 and not plan.tail_pages
+        if reserve and mixed is Mixed.WHEN_SHORT and one_file_1g:
             have = max(0, probe_pools.system_pool(root, PAGE_1G.kb).available)
             if have < plan.pages:
                 with contextlib.suppress(PoolError):  # short: read back below, the rest in 2M
@@ -380,7 +391,7 @@ def stage(
         work: list[WorkDir] = []
         try:
             for i, plan in enumerate(plans):
-                plans[i] = reserve_for(plan, sizes, name, options.reserve, root, state_dir)
+                plans[i] = reserve_for(plan, sizes, name, options.reserve, root, state_dir, options.mixed)
                 crashpoint.point(f"pages for a copy of {name} reserved")
             reason = plans[0].reason + ("" if not placement.placed else f"; {placement.describe()}")
             if options.reserve and options.heap_pages:
