@@ -128,9 +128,9 @@ def plan_copies(
         ):
             # the rule wants 1G and the pool is short: the pages it has, 2M for the rest
             whole = CopyPlan(spec.node, spec.bind, PAGE_1G.kb, pages_needed(sizes, PAGE_1G.kb), reason, ())
-            mixed = split_copy(whole._replace(reason=pages.why(sizes, requested, policy)), sizes, system_available_1g)
-            if mixed.tail_pages:
-                out.append(mixed)
+            parts = split_copy(whole._replace(reason=pages.why(sizes, requested, policy)), sizes, system_available_1g)
+            if parts.tail_pages:
+                out.append(parts)
                 continue
         n = pages_needed(sizes, kb)
         needs = tuple(plan_numa.node_needs(spec, kb, n, nodes)) if spec.bind else ()
