@@ -75,6 +75,8 @@ def test_a_copy_the_1g_pool_cannot_hold_is_staged_and_mapped_in_1g_then_2m(
         assert copy.split() == {PAGE_1G.kb: (GIB, 1), 2048: (SIZE - GIB, TAIL_PAGES)}, result
         assert "holds 1 of 2 page(s)" in result.reason
         assert (pool(P1G), pool(P2M)) == (0, 0)  # the pages are the staged files'
+        found = store.find_staged(str(big_model), state_dir)  # what `run` and map_file() read: the index
+        assert (found.split, found.page_size_kb) == (GIB, PAGE_1G.kb), found
 
         out = hugeload_cli("staged", "--json")
         assert out.returncode == 0, out.stderr

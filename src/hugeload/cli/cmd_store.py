@@ -187,6 +187,13 @@ def run_load(args) -> int:
         render.err_console.print(f"{m.name}: {format_bytes(m.size)} in {page_counts(m.copies[0])} pages ({reason})")
         for c in m.copies if m.replicas or m.node >= 0 else []:
             render.err_console.print(f"  node {c.node}: {page_counts(c)} pages at {c.path}")
+    if any(f.parts for f in m.files):  # each part is a file of its own: only the library maps them as one
+        render.err_console.print(
+            f"use it with: hugeload run -- ENGINE -m {m.source}   (the copy is in two parts, 1G then 2M pages: "
+            "the preload library maps them as one file)"
+        )
+        print(m.source)
+        return 0
     render.err_console.print(f"use it with: llama-server -m {m.path}   (or hugeload run -- ENGINE -m {m.source})")
     print(m.path)
     return 0

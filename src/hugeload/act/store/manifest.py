@@ -390,10 +390,11 @@ def write_redirects(state_dir=None, exclude: str | None = None) -> None:
 
 class StagedCopy(NamedTuple):
     source: str  # the path asked about
-    staged: str  # the hugetlbfs file to map
+    staged: str  # the hugetlbfs file to map (the first part of a copy in mixed page sizes)
     size: int  # the source's true size
     page_size_kb: int
     node: int
+    split: int = 0  # a copy in mixed page sizes: the source's bytes from here on are in another file
 
 
 _warned: set[str] = set()
@@ -422,15 +423,28 @@ def find_staged(path: str, state_dir=None) -> StagedCopy | None:
     store = str(layout.store_dir(state_dir)) + "/"
     for entry in entries:
         ident = (entry.src_dev, entry.src_ino, entry.src_size, entry.src_mtime_ns, entry.src_ctime_ns)
-        if ident != key or not entry.staged_path.startswith(store) or entry.parts:
-            continue  # a copy in parts is the preload library's to map (one range of two files)
-        try:
-            staged = os.lstat(entry.staged_path)
-        except OSError:
+        if ident != key:
             continue
-        if stat.S_ISREG(staged.st_mode) and staged.st_size >= entry.src_size:
-            return StagedCopy(os.path.abspath(path), entry.staged_path, entry.src_size, entry.page_kb, entry.node)
+        starts = [0] + [p.offset for p in entry.parts]
+        ends = starts[1:] + [entry.src_size]
+        files = [entry.staged_path] + [p.staged_path for p in entry.parts]
+        if all(_present(f, end - start, store) for f, start, end in zip(files, starts, ends, strict=True)):
+            split = entry.parts[0].offset if entry.parts else 0
+            return StagedCopy(
+                os.path.abspath(path), entry.staged_path, entry.src_size, entry.page_kb, entry.node, split
+            )
     return None
+
+
+def _present(path: str, size: int, store: str) -> bool:
+    """A staged file in the store, a regular file at least `size` bytes long."""
+    if not path.startswith(store):
+        return False
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_size >= size
 
 
 def staging_dirs(state_dir=None) -> list:
