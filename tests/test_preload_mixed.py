@@ -70,10 +70,13 @@ def test_a_copy_the_1g_pool_cannot_hold_is_staged_and_mapped_in_1g_then_2m(
     pools(P1G, 1)  # skips, saying so, when the kernel gives no 1 GB page
     pools(P2M, TAIL_PAGES)
     try:
-        result = store.stage(str(big_model), store.StageOptions(page_size=PAGE_1G), state_dir=state_dir)
-        (copy,) = result.manifest.copies
-        assert copy.split() == {PAGE_1G.kb: (GIB, 1), 2048: (SIZE - GIB, TAIL_PAGES)}, result
-        assert "holds 1 of 2 page(s)" in result.reason
+        staged = hugeload_cli("stage", big_model, "--page-size", "1g")
+        assert staged.returncode == 0, staged.stderr
+        assert "1 x 1G + 4 x 2M pages" in staged.stderr and "holds 1 of 2 page(s)" in staged.stderr, staged.stderr
+        # the staged path is only the 1G part: what the user is told to run is the source, under the library
+        assert staged.stdout.strip() == str(big_model) and "hugeload run -- ENGINE" in staged.stderr
+        (copy,) = store.resolve("big", state_dir).copies
+        assert copy.split() == {PAGE_1G.kb: (GIB, 1), 2048: (SIZE - GIB, TAIL_PAGES)}
         assert (pool(P1G), pool(P2M)) == (0, 0)  # the pages are the staged files'
         found = store.find_staged(str(big_model), state_dir)  # what `run` and map_file() read: the index
         assert (found.split, found.page_size_kb) == (GIB, PAGE_1G.kb), found
