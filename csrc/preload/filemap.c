@@ -51,6 +51,7 @@
 typedef struct {
     char path[PATH_MAX];
     char staged[PATH_MAX];
+    char staged2[PATH_MAX];
     char pat[PATH_MAX];
     char what[64];
 } scratch_t;
@@ -85,6 +86,29 @@ static int add_region(const huge_map *m, size_t len, int origin, const char *wha
     return 0;
 }
 
+/* Both parts of a staged copy in mixed page sizes (map_parts), one region each, side by side:
+ * each with its own release unit, and its own piece of the shadow (the file's map from the
+ * part's offset on), so munmap, mremap, mprotect, advice and fork treat each part as they
+ * treat a copy of its page size.  0, or -1 with both parts unmapped and nothing registered. */
+static int add_parts(huge_map parts[2], size_t len, const char *what, uint64_t t0, int prot, unsigned fl,
+                     uintptr_t shadow, int locked)
+{
+    size_t split = parts[0].maplen;
+    if (add_region(&parts[0], split, ORIGIN_STAGED, what, t0, prot, fl, shadow, locked) == 0) {
+        if (add_region(&parts[1], len - split, ORIGIN_STAGED, what, t0, prot, fl, shadow + split, locked) == 0)
+            return 0;
+        hl_lock();
+        hl_region *r = hl_region_owner((uintptr_t)parts[0].p);
+        if (r) {
+            r->shadow = 0; /* the caller unmaps the shadow */
+            hl_region_forget(r);
+        }
+        hl_unlock();
+    }
+    hl_os_unmap((uintptr_t)parts[0].p, split + parts[1].maplen);
+    return -1;
+}
+
 static int selected(const char *path, const struct stat *st, size_t len, int staged, char *pat)
 {
     if (!hl_have_files)
@@ -115,8 +139,9 @@ static int selected(const char *path, const struct stat *st, size_t len, int sta
     return 0;
 }
 
-static int map_staged(size_t len, int prot, int flags, const struct stat *st, const char *staged, const char *what,
-                      huge_map *out)
+/* Opens one staged file: on hugetlbfs (its page size in *gran), root's and not group/other
+ * writable, at least `need` bytes long; the fd, or -1 (logged once). */
+static int open_staged(const char *staged, const char *what, size_t need, size_t *gran)
 {
     int sfd = hl_os_open_ro(staged);
     if (sfd < 0) {
@@ -124,9 +149,8 @@ static int map_staged(size_t len, int prot, int flags, const struct stat *st, co
                      strerror(errno));
         return -1;
     }
-    size_t gran = 0;
     struct stat sst;
-    if ((unsigned long)hl_os_fs_type(sfd, &gran) != HL_HUGETLBFS_MAGIC || hl_os_fstat(sfd, &sst) != 0) {
+    if ((unsigned long)hl_os_fs_type(sfd, gran) != HL_HUGETLBFS_MAGIC || hl_os_fstat(sfd, &sst) != 0) {
         hl_os_close(sfd);
         hl_warn_once(R_STAGED, "staged copy %s of %s is not on hugetlbfs: not redirected", staged, what);
         return -1;
@@ -135,24 +159,81 @@ static int map_staged(size_t len, int prot, int flags, const struct stat *st, co
         hl_os_close(sfd);
         return -1;
     }
-    size_t maplen = round_up(len, gran);
-    if ((size_t)sst.st_size < maplen || sst.st_size < st->st_size) {
+    if (*gran < MB2 || !pow2(*gran) || (size_t)sst.st_size < round_up(need, *gran)) {
         hl_os_close(sfd);
         hl_warn_once(R_STAGED, "staged copy %s of %s is too small (%lld < %zu bytes): not redirected", staged, what,
-                     (long long)sst.st_size, maplen);
+                     (long long)sst.st_size, round_up(need, *gran));
         return -1;
     }
+    return sfd;
+}
+
+/* A copy in mixed page sizes: its first part (`split` bytes, 1 GB pages) and its second part
+ * side by side as one range, the first part aligned to its page size: a PROT_NONE reservation
+ * one page longer than both, the parts mapped over it with MAP_FIXED, the rest given back. */
+static int map_parts(size_t len, int prot, int flags, const struct stat *st, const hl_staged_copy *c, const char *what,
+                     huge_map out[2])
+{
+    size_t g1 = 0, g2 = 0, split = c->split;
+    int f1 = open_staged(c->path, what, split, &g1);
+    if (f1 < 0)
+        return -1;
+    int f2 = open_staged(c->path2, what, (size_t)st->st_size - split, &g2);
+    if (f2 < 0 || split % g1 || g2 > g1) {
+        hl_os_close(f1);
+        if (f2 >= 0)
+            hl_os_close(f2);
+        if (f2 >= 0)
+            hl_warn_once(R_STAGED, "staged copy %s of %s is split at %zu, not a multiple of its page size: not "
+                                   "redirected", c->path, what, split);
+        return -1;
+    }
+    size_t len2 = round_up(len - split, g2), total = split + len2;
+    int pr = prot & (PROT_READ | PROT_EXEC), fl = MAP_SHARED | MAP_FIXED | (flags & (MAP_POPULATE | MAP_NONBLOCK));
+    void *res = hl_os_map_anon(NULL, total + g1, PROT_NONE, MAP_NORESERVE);
+    uintptr_t a = res ? round_up((uintptr_t)res, g1) : 0;
+    int e = res ? 0 : errno;
+    if (res && (!hl_os_map_fd((void *)a, split, pr, fl, f1, 0) || !hl_os_map_fd((void *)(a + split), len2, pr, fl, f2, 0)))
+        e = errno;
+    hl_os_close(f1);
+    hl_os_close(f2);
+    if (e) {
+        if (res)
+            hl_os_unmap((uintptr_t)res, total + g1);
+        hl_warn_once(R_STAGED, "mapping staged copy %s of %s failed (%s): not redirected", c->path, what, strerror(e));
+        return -1;
+    }
+    if (a > (uintptr_t)res)
+        hl_os_unmap((uintptr_t)res, a - (uintptr_t)res);
+    if ((uintptr_t)res + total + g1 > a + total)
+        hl_os_unmap(a + total, (uintptr_t)res + total + g1 - (a + total));
+    out[0] = (huge_map){(void *)a, split, g1, g1 == GB1 ? PAGE_1G : PAGE_2M, -1};
+    out[1] = (huge_map){(void *)(a + split), len2, g2, g2 == GB1 ? PAGE_1G : PAGE_2M, -1};
+    return 0;
+}
+
+/* The staged copy `c` of the file (one part, or two: map_parts); the number of parts in out, or -1. */
+static int map_staged(size_t len, int prot, int flags, const struct stat *st, const hl_staged_copy *c, const char *what,
+                      huge_map out[2])
+{
+    if (c->split && len > c->split)
+        return map_parts(len, prot, flags, st, c, what, out) == 0 ? 2 : -1;
+    size_t gran = 0; /* the program maps no byte of a second part: the first one alone */
+    int sfd = open_staged(c->path, what, c->split ? len : max_sz(len, (size_t)st->st_size), &gran);
+    if (sfd < 0)
+        return -1;
+    size_t maplen = round_up(len, gran);
     void *p = hl_os_map_fd(NULL, maplen, prot & (PROT_READ | PROT_EXEC),
                            MAP_SHARED | (flags & (MAP_POPULATE | MAP_NONBLOCK)), sfd, 0);
     int e = errno;
     hl_os_close(sfd);
     if (!p) {
-        hl_warn_once(R_STAGED, "mapping staged copy %s of %s failed (%s): not redirected", staged, what,
+        hl_warn_once(R_STAGED, "mapping staged copy %s of %s failed (%s): not redirected", c->path, what,
                      strerror(e));
         return -1;
     }
-    *out = (huge_map){p, maplen, gran, gran == GB1 ? PAGE_1G : PAGE_2M, -1};
-    return 0;
+    out[0] = (huge_map){p, maplen, gran, gran == GB1 ? PAGE_1G : PAGE_2M, -1};
+    return 1;
 }
 
 typedef struct {
@@ -283,7 +364,7 @@ void *hl_mmap_file(void *addr, size_t len, int prot, int flags, int fd, off_t of
         hl_mem_free(sc, sizeof *sc);
         return p;
     }
-    hl_staged_copy staged = {sc->staged, -1};
+    hl_staged_copy staged = {sc->staged, -1, sc->staged2, 0};
     hl_os_fd_path(fd, sc->path, sizeof sc->path);
     hl_encode_what(sc->path, sc->what, sizeof sc->what);
     int found = hl_index_lookup(&st, sc->what, &staged);
@@ -315,24 +396,30 @@ void *hl_mmap_file(void *addr, size_t len, int prot, int flags, int fd, off_t of
         return MAP_FAILED;
     }
     hl_os_protect((uintptr_t)shadow, round_up(len, KB4), PROT_NONE);
-    huge_map m;
-    int ok = 0, origin = ORIGIN_COPY;
+    huge_map m, parts[2];
+    int ok = 0, origin = ORIGIN_COPY, n = 1;
     unsigned fl = type == MAP_PRIVATE ? HL_RF_PRIVATE_REF : 0;
     if (found && type == MAP_PRIVATE && writable)
         hl_warn_once(R_PRIVW, "%s is mapped writable and private: not redirected to its staged copy", sc->what);
-    else if (found && map_staged(len, prot, flags, &st, staged.path, sc->what, &m) == 0)
-        ok = 1, origin = ORIGIN_STAGED;
+    else if (found && (n = map_staged(len, prot, flags, &st, &staged, sc->what, parts)) > 0)
+        ok = 1, origin = ORIGIN_STAGED, m = parts[0];
     if (!ok && hl_copy && type == MAP_PRIVATE && map_copy(len, prot, fd, &st, sc->what, &m) == 0) {
-        ok = 1, origin = ORIGIN_COPY;
+        ok = 1, origin = ORIGIN_COPY, n = 1;
         fl |= m.fd >= 0 ? HL_RF_SHARED : 0;
     }
-    if (ok && m.maplen < shadow_len) { /* smaller pages than the first try: the rest is not needed */
-        hl_os_unmap((uintptr_t)shadow + m.maplen, shadow_len - m.maplen);
-        shadow_len = m.maplen;
+    size_t total = ok ? m.maplen + (n == 2 ? parts[1].maplen : 0) : 0;
+    if (ok && total < shadow_len) { /* smaller pages than the first try: the rest is not needed */
+        hl_os_unmap((uintptr_t)shadow + total, shadow_len - total);
+        shadow_len = total;
     }
     if (ok) { /* the shadow covers the whole huge span, so any unit can be handed back */
-        if (m.maplen > shadow_len || add_region(&m, len, origin, sc->what, t0, prot, fl, (uintptr_t)shadow,
-                                                  (flags & MAP_LOCKED) != 0) != 0) {
+        int locked = (flags & MAP_LOCKED) != 0;
+        if (total > shadow_len) {
+            hl_os_unmap((uintptr_t)m.p, total);
+            ok = 0;
+        } else if (n == 2) {
+            ok = add_parts(parts, len, sc->what, t0, prot, fl, (uintptr_t)shadow, locked) == 0;
+        } else if (add_region(&m, len, origin, sc->what, t0, prot, fl, (uintptr_t)shadow, locked) != 0) {
             hl_os_unmap((uintptr_t)m.p, m.maplen);
             ok = 0;
         }

@@ -32,7 +32,7 @@
  *   advice.c    munmap, madvise, posix_madvise, mlock, munlock, mprotect,
  *               mremap and MAP_FIXED on ranges that touch managed regions
  *   fork.c      fork handlers and the one per-region fork policy
- *   redirect.c  the redirect index v2 (reader), node-local copy choice
+ *   redirect.c  the redirect index v2/v3 (reader), node-local copy choice
  *   filemap.c   file mappings: staged, direct (hugetlbfs), copy
  *   override.c  ONLY the exported symbols, each a forward to the hl_* above
  * Built with -fvisibility=hidden: nothing here is exported except what
@@ -384,9 +384,12 @@ static inline int hl_maybe_managed(uintptr_t a, size_t len)
 void hl_fork_install(void);
 
 /* ---- redirect.c ---------------------------------------------------------- */
+#define HL_MAX_PARTS 2 /* a copy in mixed page sizes: its 1 GB part, then its 2 MB part */
 typedef struct {
-    char *path; /* the caller's buffer, PATH_MAX bytes */
+    char *path; /* the caller's buffer, PATH_MAX bytes: the copy, or its first part */
     int node;
+    char *path2;  /* the caller's buffer, PATH_MAX bytes: the second part, when split > 0 */
+    size_t split; /* the source's bytes from here on are in path2, from its start; 0: one part */
 } hl_staged_copy;
 int hl_index_lookup(const void *st, const char *what, hl_staged_copy *out);
 void hl_index_reset_child(void);

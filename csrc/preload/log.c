@@ -32,6 +32,9 @@
  *         private copy read with pread, alloc = anonymous memory for an
  *         allocation, none = the real mmap was used (page=4K).  An allocation
  *         that fell back to the real allocator is reported page=4K fill=alloc.
+ *         A staged copy in mixed page sizes is two regions, two lines with
+ *         the same what: page=1G with the bytes of its first part, then
+ *         page=2M with the rest (addr: where each part starts).
  *   ms: time spent creating the region: mapping, pre-faulting (several
  *       threads) and copying.
  *   live: 1 if the region was still mapped when the report was written

@@ -1,10 +1,16 @@
 /*
- * redirect.c: the store's redirect index (contract C1, version 2), read-only.
+ * redirect.c: the store's redirect index (contract C1, versions 2 and 3), read-only.
  *
  * File $HUGELOAD_STATE_DIR/store/redirects, written by
  * hugeload/act/redirects.py only (atomically: temp + rename):
  *   hugeload-redirects 2
  *   <src_dev> <src_ino> <src_size> <src_mtime_ns> <src_ctime_ns> <node> <page_kb> <path>
+ * Version 3 (header "hugeload-redirects 3", written only when some copy is in
+ * parts) lets a line go on with one " <offset> <page_kb> <path>" for the
+ * second part of a copy in mixed page sizes: the source's bytes from <offset>
+ * on (0 < offset < size, a multiple of the first part's page size) are in
+ * that staged file from its start, the bytes before in the first <path>
+ * (filemap.c maps both side by side as one range).  At most HL_MAX_PARTS parts.
  * one line per staged copy; <path> has bytes <= 0x20, '%' and >= 0x7f written
  * as %XX (so a newline, tab or space in a name cannot forge a line); several
  * lines may name the same source, one per NUMA node copy (node -1:
@@ -14,7 +20,7 @@
  * Trust: the index and every staged file must be owned by root with no
  * group/other write; otherwise it is ignored with one log line.  A line that
  * does not parse is skipped with one log line; a file without the version 2
- * header is ignored.
+ * or 3 header is ignored (a version 2 line with parts does not parse).
  * Reload: the index is re-read when its dev/ino/size/mtime/ctime change.
  * The file is read and parsed with no lock held; only the swap of the parsed
  * table and the lookup (a copy of one path) happen under g_idx_lock.
@@ -34,6 +40,9 @@ typedef struct {
     uint64_t dev, ino, size, mtime, ctime;
     int node, page_kb;
     size_t path_off;
+    uint64_t split;   /* 0: one part */
+    int page2_kb;
+    size_t path2_off; /* the second part's path, when split > 0 */
 } hl_redir;
 
 typedef struct {
@@ -129,6 +138,37 @@ static int unescape(char *s)
     return 0;
 }
 
+/* Parses one line (NUL-terminated, in place) after its header into e; -1 when it does not parse.
+ * `parts`: a version 3 index, where a second part may follow. */
+static int parse_line(char *line, const char *text, int parts, hl_redir *e)
+{
+    const char *p = line;
+    memset(e, 0, sizeof *e);
+    if (!(parse_u64(&p, &e->dev) == 0 && *p++ == ' ' && parse_u64(&p, &e->ino) == 0 && *p++ == ' ' &&
+          parse_u64(&p, &e->size) == 0 && *p++ == ' ' && parse_u64(&p, &e->mtime) == 0 && *p++ == ' ' &&
+          parse_u64(&p, &e->ctime) == 0 && *p++ == ' ' && parse_int(&p, &e->node) == 0 && *p++ == ' ' &&
+          parse_int(&p, &e->page_kb) == 0 && *p++ == ' ' && *p))
+        return -1;
+    char *path = (char *)p, *sp = strchr(path, ' ');
+    if (sp) { /* a second part: <offset> <page_kb> <path>, nothing after */
+        if (!parts)
+            return -1;
+        *sp = 0;
+        const char *q = sp + 1;
+        if (!(parse_u64(&q, &e->split) == 0 && *q++ == ' ' && parse_int(&q, &e->page2_kb) == 0 && *q++ == ' ' &&
+              *q && !strchr(q, ' ')))
+            return -1;
+        uint64_t unit = (uint64_t)(e->page_kb > 0 ? e->page_kb : 1) * 1024;
+        if (e->split == 0 || e->split >= e->size || e->split % unit || e->page2_kb <= 0 || unescape((char *)q) != 0)
+            return -1;
+        e->path2_off = (size_t)(q - text);
+    }
+    if (unescape(path) != 0)
+        return -1;
+    e->path_off = (size_t)(path - text);
+    return 0;
+}
+
 /* Reads and parses the index into x (the library's own memory, never malloc: we may be inside it).
  * No lock held. */
 static void index_read(const char *path, hl_index *x)
@@ -161,9 +201,10 @@ static void index_read(const char *path, hl_index *x)
     hl_os_close(fd);
     text[got] = 0;
     x->text = text, x->text_map = tmap;
-    static const char header[] = "hugeload-redirects 2\n";
-    if (got < sizeof header - 1 || memcmp(text, header, sizeof header - 1) != 0) {
-        hl_warn_once(R_INDEX, "redirect index %s is not version 2: ignored", path);
+    static const char header[] = "hugeload-redirects 2\n", header3[] = "hugeload-redirects 3\n";
+    int parts = got >= sizeof header3 - 1 && memcmp(text, header3, sizeof header3 - 1) == 0;
+    if (!parts && (got < sizeof header - 1 || memcmp(text, header, sizeof header - 1) != 0)) {
+        hl_warn_once(R_INDEX, "redirect index %s is not version 2 or 3: ignored", path);
         return;
     }
     size_t lines = 1;
@@ -179,13 +220,8 @@ static void index_read(const char *path, hl_index *x)
         char *nl = memchr(line, '\n', (size_t)(text + got - line));
         char *end = nl ? nl : text + got;
         *end = 0;
-        const char *p = line;
         hl_redir e;
-        if (parse_u64(&p, &e.dev) == 0 && *p++ == ' ' && parse_u64(&p, &e.ino) == 0 && *p++ == ' ' &&
-            parse_u64(&p, &e.size) == 0 && *p++ == ' ' && parse_u64(&p, &e.mtime) == 0 && *p++ == ' ' &&
-            parse_u64(&p, &e.ctime) == 0 && *p++ == ' ' && parse_int(&p, &e.node) == 0 && *p++ == ' ' &&
-            parse_int(&p, &e.page_kb) == 0 && *p++ == ' ' && *p && unescape((char *)p) == 0) {
-            e.path_off = (size_t)(p - text);
+        if (*line && parse_line(line, text, parts, &e) == 0) {
             ent[x->n++] = e;
         } else if (*line) {
             hl_warn_once(R_INDEX, "malformed line in redirect index %s ignored", path);
@@ -239,6 +275,11 @@ int hl_index_lookup(const void *stp, const char *what, hl_staged_copy *out)
         hl_redir *e = &g_idx.ent[best];
         snprintf(out->path, PATH_MAX, "%s", g_idx.text + e->path_off);
         out->node = e->node;
+        out->split = 0;
+        if (e->split && out->path2) {
+            snprintf(out->path2, PATH_MAX, "%s", g_idx.text + e->path2_off);
+            out->split = (size_t)e->split;
+        }
         found = 1;
     }
     pthread_mutex_unlock(&g_idx_lock);

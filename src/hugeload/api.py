@@ -403,7 +403,7 @@ def _find_staged(path: str) -> Staged | None:
     except ImportError:  # a build without the store: nothing is staged
         return None
     found = find_staged(path)
-    if found is None:
+    if found is None or found.split:  # a copy in two parts is mapped whole only by the preload library
         return None
     return Staged(found.staged, int(found.size), int(found.page_size_kb))
 

@@ -75,6 +75,7 @@ class ModelState(NamedTuple):
     node: int
     ready: bool
     keys: frozenset  # (dev, ino) of its staged files
+    split: tuple = ()  # (node, page kB, bytes, pages) per copy and page size: two sizes for a mixed copy
 
 
 def model_states(state_dir=None) -> list[ModelState]:
@@ -83,13 +84,15 @@ def model_states(state_dir=None) -> list[ModelState]:
         keys, ready = set(), bool(m.files)
         for f in m.files:
             try:
-                st = os.stat(f.staged)
-                keys.add((st.st_dev, st.st_ino))
+                for path, _, _, _ in f.pieces(m.page_size_kb):  # a copy in mixed page sizes: each part
+                    st = os.stat(path)
+                    keys.add((st.st_dev, st.st_ino))
             except OSError:  # unloaded while we read: not ready, no mappers
                 ready = False
                 continue
             ready = ready and store.file_state(f) == "ready"
-        out.append(ModelState(m.name, m.page_size_kb, m.pages, getattr(m, "node", -1), ready, frozenset(keys)))
+        split = tuple((c.node, kb, b, n) for c in m.copies for kb, (b, n) in sorted(c.split().items(), reverse=True))
+        out.append(ModelState(m.name, m.page_size_kb, m.pages, getattr(m, "node", -1), ready, frozenset(keys), split))
     return out
 
 
@@ -217,6 +220,11 @@ def collector(root="/", state_dir=None, agent: Agent | None = None, cache: Snaps
             pages = GaugeMetricFamily(
                 "hugeload_model_pages", "Huge pages a staged model holds", labels=["model", "page_size", "node"]
             )
+            model_bytes = GaugeMetricFamily(
+                "hugeload_model_bytes",
+                "Bytes of a staged model's copy in pages of this size (two sizes: a copy in mixed page sizes)",
+                labels=["model", "page_size", "node"],
+            )
             ready = GaugeMetricFamily(
                 "hugeload_model_ready", "1 when the staged model is complete and current", labels=["model"]
             )
@@ -226,10 +234,13 @@ def collector(root="/", state_dir=None, agent: Agent | None = None, cache: Snaps
                 labels=["model"],
             )
             for m in snap.models:
-                pages.add_metric([m.name, page_size_name(m.page_size_kb), str(m.node)], m.pages)
+                for node, kb, nbytes, n in m.split or ((m.node, m.page_size_kb, 0, m.pages),):
+                    pages.add_metric([m.name, page_size_name(kb), str(node)], n)
+                    model_bytes.add_metric([m.name, page_size_name(kb), str(node)], nbytes)
                 ready.add_metric([m.name], 1 if m.ready else 0)
                 mappers.add_metric([m.name], sum(1 for p in snap.procs if p.files & m.keys))
             yield pages
+            yield model_bytes
             yield ready
             yield mappers
             proc = GaugeMetricFamily(

@@ -37,7 +37,9 @@ def stage(
     """Stage `path` into huge pages (see `hugeload stage`); instant when already staged.
     `persist` also lists it in models.json (`config_dir`, default $HUGELOAD_CONFIG_DIR or
     /etc/hugeload) so that `hugeload restore` re-stages it at boot.  `group`: the staged
-    copy is readable by root and that group only (default: by every user)."""
+    copy is readable by root and that group only (default: by every user).  The copy is one
+    file in one page size (never in mixed page sizes, which only the preload library maps
+    whole): the path returned can be mapped or given to an engine as it is."""
     from hugeload.act import store
 
     options = store.StageOptions(
@@ -47,6 +49,7 @@ def stage(
         verify=verify,
         persist=persist,
         group=group,
+        mixed=store.Mixed.NEVER,
     )
     m = store.stage(str(path), options, state_dir=state_dir, config_dir=config_dir).manifest
     return StagedModel(m.name, m.path, m.page_size_kb, m.size, m.pages, m.source)

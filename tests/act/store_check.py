@@ -83,12 +83,15 @@ def check_consistent(state_dir, baseline: dict[int, int], sources_equal: bool = 
         state = manifest.model_state(m)
         if state != "ready":
             problems.append(f"model {m.name} is {state}")
-        for f in m.all_files:
-            named.add(f.staged)
-            if sources_equal and os.path.exists(f.source):
-                with open(f.source, "rb") as a, open(f.staged, "rb") as b:
-                    if a.read() != b.read(f.size):
-                        problems.append(f"{f.staged} differs from {f.source}")
+        for c in m.copies:
+            for f in c.files:
+                for path, _, offset, size in f.pieces(c.page_size_kb):  # a copy in mixed page sizes: each part
+                    named.add(path)
+                    if sources_equal and os.path.exists(f.source):
+                        with open(f.source, "rb") as a, open(path, "rb") as b:
+                            a.seek(offset)
+                            if a.read(size) != b.read(size):
+                                problems.append(f"{path} differs from bytes {offset}.. of {f.source}")
     on_disk = files_on_store_mounts(state_dir)
     if on_disk != named:
         problems.append(

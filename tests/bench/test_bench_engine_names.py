@@ -92,3 +92,18 @@ def test_1g_is_paired_with_the_2m_backing_that_differs_only_in_page_size():
     assert set(pairs) == {"alloc-1g vs alloc-2m", "1g vs 2m"}
     assert pairs["alloc-1g vs alloc-2m"]["tg8"]["ratio"] == 2.0
     assert pairs["1g vs 2m"]["tg8"]["within_noise"]
+
+
+def test_1g_plus_2m_stages_its_own_mixed_copy_and_accepts_both_page_sizes():
+    """`1g` measures only 1 GB pages (skipped when the pool is short, as before); `1g+2m` stages
+    the model with the 1 GB pages the kernel gives and 2 MB pages for the rest (issue 23)."""
+    mixed, whole = backing("1g+2m"), backing("1g")
+    (key,) = needs(mixed, 3 << 30)
+    assert (str(key), key.stage_name, key.mixed) == ("stage-1048576+2048", "bench-1048576-mixed", True)
+    assert needs(whole, 3 << 30) == [CopyKey(CopyKind.STAGED, PAGE_1G)]  # its own copy, never split
+    ok = verify.Verification()
+    for got, fell_back in (({PAGE_1G.kb, PAGE_2M.kb}, False), ({PAGE_1G.kb}, False), ({PAGE_2M.kb}, True)):
+        ok.weights_kb = got
+        assert (verify.fell_back(mixed, ok, 3 << 30) is not None) is fell_back, got
+    ok.weights_kb = {PAGE_1G.kb, PAGE_2M.kb}
+    assert "expected 1048576 kB" in verify.fell_back(whole, ok, 3 << 30)

@@ -7,11 +7,13 @@
  */
 #include "hl.h"
 
+#include <limits.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -37,6 +39,63 @@ static void *hold_index(void *arg)
     atomic_store(&g_released, 1);
     hl_index_fork_unlock();
     return NULL;
+}
+
+/* The redirect index, version 3: a copy in two parts (filemap.c maps them side by side). */
+static char g_dir[] = "/tmp/hl-test-index-XXXXXX";
+static int lookup_with(const char *header, const char *tail, const struct stat *src, hl_staged_copy *c)
+{
+    char tmp[PATH_MAX], text[1024];
+    snprintf(tmp, sizeof tmp, "%s/redirects.tmp", g_dir);
+    snprintf(hl_index_path, PATH_MAX, "%s/redirects", g_dir);
+    int n = snprintf(text, sizeof text, "%s\n%llu %llu %llu %llu %llu -1 1048576 /store/mnt-1g/m/a%%20b%s\n", header,
+                     (unsigned long long)src->st_dev, (unsigned long long)src->st_ino,
+                     (unsigned long long)src->st_size,
+                     (unsigned long long)src->st_mtim.tv_sec * 1000000000ull + (unsigned long long)src->st_mtim.tv_nsec,
+                     (unsigned long long)src->st_ctim.tv_sec * 1000000000ull + (unsigned long long)src->st_ctim.tv_nsec,
+                     tail);
+    FILE *f = fopen(tmp, "w");
+    fwrite(text, 1, (size_t)n, f);
+    fclose(f);
+    chmod(tmp, 0644);
+    rename(tmp, hl_index_path); /* a new inode: the library reads it again */
+    c->split = 12345;
+    c->path[0] = c->path2[0] = 0;
+    return hl_index_lookup(src, "src", c);
+}
+
+static void test_index_parts(void)
+{
+    if (!mkdtemp(g_dir)) {
+        CHECK(0);
+        return;
+    }
+    char src_path[PATH_MAX], path[PATH_MAX], path2[PATH_MAX];
+    snprintf(src_path, sizeof src_path, "%s/src", g_dir);
+    FILE *f = fopen(src_path, "w");
+    fseek(f, (3L << 30) + 4096, SEEK_SET); /* a sparse 3 GiB + 4 KB + 1 source */
+    fputc(1, f);
+    fclose(f);
+    struct stat src;
+    CHECK(stat(src_path, &src) == 0);
+    hl_staged_copy c = {path, -1, path2, 0};
+    CHECK(lookup_with("hugeload-redirects 3", " 2147483648 2048 /store/mnt-2m/m/a%20b", &src, &c) == 1);
+    CHECK(c.split == (size_t)2 << 30 && !strcmp(path, "/store/mnt-1g/m/a b") && !strcmp(path2, "/store/mnt-2m/m/a b"));
+    CHECK(lookup_with("hugeload-redirects 3", "", &src, &c) == 1 && c.split == 0 && !strcmp(path, "/store/mnt-1g/m/a b"));
+    CHECK(lookup_with("hugeload-redirects 2", "", &src, &c) == 1 && c.split == 0);
+    /* Lines that do not parse: a part in a version 2 index, a split that is not a multiple of the
+     * first part's page, at 0 or past the end, a third part, a raw space in the second path. */
+    CHECK(lookup_with("hugeload-redirects 2", " 2147483648 2048 /p2", &src, &c) == 0);
+    CHECK(lookup_with("hugeload-redirects 3", " 2147485696 2048 /p2", &src, &c) == 0);
+    CHECK(lookup_with("hugeload-redirects 3", " 0 2048 /p2", &src, &c) == 0);
+    CHECK(lookup_with("hugeload-redirects 3", " 4294967296 2048 /p2", &src, &c) == 0);
+    CHECK(lookup_with("hugeload-redirects 3", " 1073741824 2048 /p2 2147483648 2048 /p3", &src, &c) == 0);
+    CHECK(lookup_with("hugeload-redirects 3", " 1073741824 2048 /p 2", &src, &c) == 0);
+    CHECK(lookup_with("hugeload-redirects 4", "", &src, &c) == 0);
+    unlink(src_path);
+    unlink(hl_index_path);
+    rmdir(g_dir);
+    printf("ok redirect index parts\n");
 }
 
 int main(void)
@@ -71,6 +130,7 @@ int main(void)
     CHECK(pid > 0 && waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0);
     pthread_join(t, NULL);
     printf("ok fork waits for the index lock\n");
+    test_index_parts();
     printf("%s: %d failures\n", failures ? "FAILED" : "PASSED", failures);
     return failures;
 }

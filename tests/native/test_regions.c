@@ -323,6 +323,36 @@ static void test_many_fragments(void)
     printf("ok many fragments\n");
 }
 
+/* A staged copy in mixed page sizes (filemap.c add_parts): its 1 GB part and its 2 MB part are
+ * two regions side by side, each with its own unit and its own piece of the shadow. */
+static void test_two_part_copy(void)
+{
+    reset();
+    size_t tail = 6 * MB + 12345, tail_map = 8 * MB;
+    uintptr_t mid = BASE + GB1, shadow = BASE + 64 * GB1;
+    hl_region *a = hl_region_add(BASE, GB1, GB1, GB1, ORIGIN_STAGED, PAGE_1G, "m", -1, PROT_READ, 0);
+    hl_region *b = hl_region_add(mid, tail_map, tail, MB2, ORIGIN_STAGED, PAGE_2M, "m", -1, PROT_READ, 0);
+    CHECK(a && b && live() == 2);
+    a->shadow = shadow, a->shadow_len = GB1, a->shadow_file = GB1;
+    b->shadow = shadow + GB1, b->shadow_len = tail_map, b->shadow_file = round_up(tail, KB4);
+    CHECK(hl_region_owner(mid - KB4) == a && hl_region_owner(mid) == b);
+    CHECK(atomic_load(&hl_lo) == BASE && atomic_load(&hl_hi) == mid + tail_map);
+    /* llama.cpp's 4 KB munmaps: the first page alone gives back nothing of either part. */
+    CHECK(munmap_range(BASE, BASE + KB4) == 0 && ncalls == 0);
+    /* One munmap across the boundary: the whole 1 GB page, and the first 2 MB unit after it, each
+     * given back by its own region in its own unit; the 1 GB region is gone. */
+    CHECK(munmap_range(BASE + KB4, mid + 2 * MB + KB4) == 0);
+    CHECK(ncalls == 2 && calls[0].a == BASE && calls[0].len == GB1 && calls[1].a == mid && calls[1].len == MB2);
+    CHECK(!a->in_use && b->in_use && live() == 1 && deferred == 1); /* its piece of the shadow only */
+    CHECK(hl_region_owner(BASE) == NULL && hl_region_owner(mid + 2 * MB + KB4) == b);
+    CHECK(atomic_load(&hl_lo) == mid);
+    /* The rest, up to the program's unaligned length: every page back, the shadow's second piece too. */
+    ncalls = 0;
+    CHECK(munmap_range(mid + 2 * MB, mid + round_up(tail, KB4)) == 0);
+    CHECK(live() == 0 && deferred == 2 && unmapped_total(mid, mid + tail_map) == 6);
+    printf("ok two-part copy\n");
+}
+
 int main(void)
 {
     test_partial_munmaps();
@@ -337,6 +367,7 @@ int main(void)
     test_demoted_units_are_nobodys();
     test_memfd_units_are_punched_before_unmap();
     test_many_fragments();
+    test_two_part_copy();
     printf("%s: %d failures\n", failures ? "FAILED" : "PASSED", failures);
     return failures;
 }

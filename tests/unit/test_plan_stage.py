@@ -72,3 +72,33 @@ def nodes_with_2m():
         pools[2048] = pools[2048]._replace(free=4096, total=4096)
         out.append(n._replace(pools=pools))
     return out
+
+
+def test_a_short_1g_pool_gives_a_copy_in_mixed_page_sizes():
+    """The rule (or the user) wants 1G, the pool holds k of the n pages: the first k GiB in 1G
+    pages and the rest in 2M, never 2M for all of it (issue 23)."""
+    size = 7 * GiB + 900 * MiB  # the rule's 1G (8 pages, 1.2 % waste)
+    (p,) = plan(size, Placement(), system_1g=5)
+    assert (p.page_size_kb, p.pages, p.tail_pages, p.split_at) == (GB, 5, 1474, 5 * GiB)
+    assert p.parts() == [(GB, 5), (2048, 1474)] and "holds 5 of 8" in p.reason
+    (p,) = plan(GiB + 6 * MiB, Placement(), requested=PAGE_1G, system_1g=1)  # asked for 1G: the same
+    assert (p.page_size_kb, p.pages, p.tail_pages) == (GB, 1, 3)
+    # not split: the pool holds it all, or none of it, or 2M was asked for, or the rule says 2M
+    assert plan(size, Placement(), system_1g=8)[0].tail_pages == 0
+    assert plan(size, Placement(), system_1g=0)[0][2:4] == (2048, 4034)
+    assert plan(size, Placement(), requested=PAGE_2M, system_1g=5)[0].tail_pages == 0
+    assert plan(int(1.2 * GiB), Placement(), system_1g=1)[0][2:4] == (2048, 615)
+    # with --reserve the plan is whole 1G: act/store reads the pool back and splits then
+    assert plan(size, Placement(), reserve=True, system_1g=5)[0].tail_pages == 0
+    # a placed copy, and a model of several files, are not split
+    placed = plan_stage.plan_copies([5 * GiB], None, BOTH, Placement(Mode.NODE, (0,)), False, 4, nodes_with_2m(), "m")
+    assert placed[0][2:4] == (2048, 2560) and placed[0].tail_pages == 0
+    multi = plan_stage.plan_copies([3 * GiB, 3 * GiB], None, BOTH, Placement(), False, 5, [], "m")
+    assert multi[0].tail_pages == 0
+
+
+def test_split_copy_reads_back_what_the_kernel_gave():
+    (whole,) = plan(3 * GiB + 10 * MiB, Placement(), requested=PAGE_1G, reserve=True)
+    assert plan_stage.split_copy(whole, [3 * GiB + 10 * MiB], 2).parts() == [(GB, 2), (2048, 517)]
+    assert plan_stage.split_copy(whole, [3 * GiB + 10 * MiB], 4) == whole  # it all fits
+    assert plan_stage.split_copy(whole, [3 * GiB + 10 * MiB], 0) == whole  # nothing to split around

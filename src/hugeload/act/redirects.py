@@ -1,10 +1,17 @@
-"""The redirect index: the store -> preload library protocol (contract C1, version 2).
+"""The redirect index: the store -> preload library protocol (contract C1, versions 2 and 3).
 
 The one writer of `$STATE_DIR/store/redirects`; the preload library
 (csrc/preload/redirect.c) is its one reader, and tests and probes use read().
 
     hugeload-redirects 2
     <src_dev> <src_ino> <src_size> <src_mtime_ns> <src_ctime_ns> <node> <page_kb> <path>
+
+Version 3 (written only when a copy is in parts, so that an older library keeps reading an
+index without them) adds, after <path>, one ` <offset> <page_kb> <path>` per further part of
+a copy in mixed page sizes: the source's bytes from <offset> on (a multiple of the first
+part's page size, offsets increasing) are in that staged file, from its start; the first part
+holds the bytes before.  The library maps the parts side by side as one range, so a line has
+at most MAX_PARTS parts in all; a line with more does not parse.
 
 One line per staged copy; several lines may name the same source (one per NUMA
 node copy; node -1 = interleaved or not placed).  <path> is the staged file's
@@ -25,7 +32,15 @@ from hugeload.act import state
 from hugeload.errors import HugeloadError
 
 HEADER = "hugeload-redirects 2"
+HEADER_PARTS = "hugeload-redirects 3"
 NAME = "redirects"
+MAX_PARTS = 2  # csrc/preload/hl.h HL_MAX_PARTS
+
+
+class Part(NamedTuple):
+    offset: int  # the source's bytes from here on are in `staged_path`
+    page_kb: int
+    staged_path: str
 
 
 class RedirectEntry(NamedTuple):
@@ -37,6 +52,7 @@ class RedirectEntry(NamedTuple):
     node: int  # -1: interleaved or not placed
     page_kb: int
     staged_path: str
+    parts: tuple[Part, ...] = ()  # further parts (version 3)
 
 
 def index_path(state_dir=None) -> Path:
@@ -72,11 +88,15 @@ def entry_for(source, staged_path, node: int = -1, page_kb: int = 0, st: os.stat
 
 
 def format_line(e: RedirectEntry) -> str:
-    if "\0" in e.staged_path or not e.staged_path:
-        raise ValueError(f"staged path {e.staged_path!r} cannot be written to the redirect index")
+    for path in [e.staged_path] + [p.staged_path for p in e.parts]:
+        if "\0" in path or not path:
+            raise ValueError(f"staged path {path!r} cannot be written to the redirect index")
+    if len(e.parts) >= MAX_PARTS:
+        raise ValueError(f"a copy in {len(e.parts) + 1} parts cannot be written to the redirect index")
+    parts = "".join(f" {p.offset} {p.page_kb} {escape(p.staged_path)}" for p in e.parts)
     return (
         f"{e.src_dev} {e.src_ino} {e.src_size} {e.src_mtime_ns} {e.src_ctime_ns} {e.node} {e.page_kb} "
-        f"{escape(e.staged_path)}\n"
+        f"{escape(e.staged_path)}{parts}\n"
     )
 
 
@@ -87,7 +107,9 @@ def write(state_dir, entries: Iterable[RedirectEntry]) -> Path:
     if not path.parent.is_dir():
         state.make_state_dir(state_dir)
         state.make_dir(path.parent, state.PUBLIC_DIR_MODE)
-    text = HEADER + "\n" + "".join(format_line(e) for e in entries)
+    entries = list(entries)
+    header = HEADER_PARTS if any(e.parts for e in entries) else HEADER
+    text = header + "\n" + "".join(format_line(e) for e in entries)
     state.write_text_atomic(path, text, mode=0o644)
     return path
 
@@ -107,16 +129,31 @@ def read(state_dir=None, trusted: bool = False) -> list[RedirectEntry]:
             raise HugeloadError(f"{path} is not owned by root or is writable by group or others")
         text = f.read(64 << 20).decode("ascii", errors="replace")
     lines = text.split("\n")
-    if lines[0] != HEADER:
+    if lines[0] not in (HEADER, HEADER_PARTS):
         return []
-    out = []
-    for line in lines[1:]:
-        parts = line.split(" ")
-        if len(parts) != 8:
-            continue
-        try:
-            nums = [int(p) for p in parts[:7]]
-            out.append(RedirectEntry(*nums, unescape(parts[7])))
-        except ValueError:
-            continue
-    return out
+    return [e for e in (parse_line(line, lines[0] == HEADER_PARTS) for line in lines[1:]) if e is not None]
+
+
+def parse_line(line: str, with_parts: bool = True) -> RedirectEntry | None:
+    """One line of the index, or None when it does not parse (as in C: redirect.c)."""
+    fields = line.split(" ")
+    extra = len(fields) - 8
+    if extra < 0 or extra % 3 or (extra and not with_parts) or extra // 3 >= MAX_PARTS:
+        return None
+    try:
+        nums = [int(p, 10) for p in fields[:7]]
+        if any(not f.lstrip("-").isdigit() for f in fields[:7]) or min(nums[:5] + [nums[6]]) < 0:
+            return None
+        parts = []
+        last = 0
+        for i in range(8, len(fields), 3):
+            off, kb = int(fields[i], 10), int(fields[i + 1], 10)
+            if not fields[i].isdigit() or not fields[i + 1].isdigit() or off <= last or off >= nums[2]:
+                return None
+            if off % (max(1, nums[6]) * 1024):
+                return None
+            parts.append(Part(off, kb, unescape(fields[i + 2])))
+            last = off
+        return RedirectEntry(*nums, unescape(fields[7]), tuple(parts))
+    except (ValueError, IndexError):
+        return None

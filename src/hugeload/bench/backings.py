@@ -20,6 +20,9 @@ hugeload:
   alloc           preload library, large allocations (llama.cpp's repack buffer) in huge pages
   alloc-2m, alloc-1g  the same, in 2 MB or 1 GB pages (the model mapped from the page cache)
   2m, 1g          the model staged into hugetlbfs with that page size, mapped zero-copy
+                  (1g only in 1 GB pages: skipped when the pool cannot hold the model)
+  1g+2m           staged in the 1 GB pages the pool gives and 2 MB pages for the rest (one
+                  range; all 1 GB when the pool holds it all)
   2m+alloc, 1g+alloc  staged, plus large allocations in huge pages
   copy            preload library copying the model into private huge pages at start
 A backing named twice (`default,default`) runs twice as `default` and `default#2`: the A/A
@@ -97,6 +100,7 @@ class EngineBacking:
     load_mode: str | None = None  # llama.cpp -lm
     placement: Placement | None = None  # NUMA placement of the staged copy
     base: str = ""  # for an A/A duplicate: the backing it repeats
+    mixed: bool = False  # Weights.STAGED in 1G: 2M pages for what the 1G pool cannot give
 
     @property
     def kind(self) -> str:
@@ -129,6 +133,7 @@ CATALOGUE = {
         EngineBacking("alloc-1g", heap=_HL, alloc_page=PAGE_1G),
         EngineBacking("2m", _STAGED, staged_page=PAGE_2M),
         EngineBacking("1g", _STAGED, staged_page=PAGE_1G),
+        EngineBacking("1g+2m", _STAGED, staged_page=PAGE_1G, mixed=True),
         EngineBacking("2m+alloc", _STAGED, _HL, staged_page=PAGE_2M),
         EngineBacking("1g+alloc", _STAGED, _HL, staged_page=PAGE_1G),
         EngineBacking("copy", Weights.PRIVATE_COPY, _HL),

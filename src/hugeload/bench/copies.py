@@ -54,11 +54,13 @@ class CopyKey(NamedTuple):
     page: PageSize | None = None  # STAGED, POOL
     count: int = 0  # POOL: pages
     placement: Placement | None = None  # STAGED: where its pages are
+    mixed: bool = False  # STAGED in 1G: 2M pages for what the 1G pool cannot give
 
     def __str__(self) -> str:
-        """The name in the bench's output: stage-2048@remote, shm, pool-2048-512."""
+        """The name in the bench's output: stage-2048@remote, stage-1048576+2048, shm, pool-2048-512."""
         if self.kind is CopyKind.STAGED:
-            return f"stage-{self.page.kb}" + (f"@{self.placement.value}" if self.placement else "")
+            mixed = f"+{PAGE_2M.kb}" if self.mixed else ""
+            return f"stage-{self.page.kb}{mixed}" + (f"@{self.placement.value}" if self.placement else "")
         if self.kind is CopyKind.POOL:
             return f"pool-{self.page.kb}-{self.count}"
         return self.kind.value
@@ -66,7 +68,8 @@ class CopyKey(NamedTuple):
     @property
     def stage_name(self) -> str:
         """The staged copy's model name in the bench's store."""
-        return f"bench-{self.page.kb}" + (f"-{self.placement.value}" if self.placement else "")
+        mixed = "-mixed" if self.mixed else ""
+        return f"bench-{self.page.kb}{mixed}" + (f"-{self.placement.value}" if self.placement else "")
 
     def bytes(self, model_size: int) -> int:
         if self.kind is CopyKind.POOL:
@@ -100,7 +103,7 @@ def needs(b: EngineBacking, size: int, prediction: Prediction | None = None) -> 
     copy of the file; without a prediction (not GGUF, no gguf package) from the model's size."""
     out = []
     if b.weights is Weights.STAGED:
-        out.append(CopyKey(CopyKind.STAGED, b.staged_page, placement=b.placement))
+        out.append(CopyKey(CopyKind.STAGED, b.staged_page, placement=b.placement, mixed=b.mixed))
     if b.weights is Weights.TMPFS:
         out.append(CopyKey(CopyKind.TMPFS))
     if prediction is None:
@@ -172,7 +175,13 @@ class Copies:
         state.ensure_dir(self.store_dir)
         m, _, _ = store.stage(
             self.model,
-            store.StageOptions(page_size=key.page, name=key.stage_name, reserve=True, placement=placement),
+            store.StageOptions(
+                page_size=key.page,
+                name=key.stage_name,
+                reserve=True,
+                placement=placement,
+                mixed=store.Mixed.WHEN_SHORT if key.mixed else store.Mixed.NEVER,  # `1g` measures 1G only
+            ),
             state_dir=self.store_dir,
             root=self.root,
         )

@@ -186,7 +186,13 @@ def heap_fell_back(
 def fell_back(b: EngineBacking, v: Verification, size: int) -> str | None:
     """Why the backing's pages are not what it claims, or None."""
     kind = b.kind
-    if b.staged_page and v.weights_kb != {b.staged_page.kb}:
+    if (
+        b.mixed
+        and b.staged_page
+        and (b.staged_page.kb not in v.weights_kb or v.weights_kb - {b.staged_page.kb, PAGE_2M.kb})
+    ):
+        return f"weights got page sizes {sorted(v.weights_kb) or 'unknown'} kB, expected {b.staged_page.kb} (+2048) kB"
+    if b.staged_page and not b.mixed and v.weights_kb != {b.staged_page.kb}:
         return f"weights got page sizes {sorted(v.weights_kb) or 'unknown'} kB, expected {b.staged_page.kb} kB"
     if b.alloc_page and b.alloc_page.kb not in v.alloc_kb:
         return f"large allocations got page sizes {sorted(v.alloc_kb) or 'unknown'} kB, expected {b.alloc_page.kb} kB"

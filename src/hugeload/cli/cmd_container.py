@@ -65,6 +65,11 @@ def staged_model(name: str, state_dir) -> tuple[store.Manifest, plan.ContainerMo
         raise UsageError(
             f"model {m.name!r} is {', '.join(sorted(states - {'ready'}))}, not ready: hugeload load it again"
         )
+    if any(f.parts for f in m.files):
+        raise UsageError(
+            f"model {m.name!r} is staged in mixed page sizes (1G, then 2M pages), which a container cannot mount as "
+            "one file: stage it again with --page-size 2m, or reserve enough 1G pages first"
+        )
     mnt = os.path.dirname(os.path.dirname(m.path))
     return m, plan.ContainerModel(
         m.name, m.page_size_kb, m.pages, mnt, tuple(os.path.basename(f.staged) for f in m.files)

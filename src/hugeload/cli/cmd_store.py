@@ -184,11 +184,16 @@ def run_load(args) -> int:
     if cached:
         render.err_console.print(f"{m.name}: already staged and unchanged")
     else:
-        render.err_console.print(
-            f"{m.name}: {format_bytes(m.size)} in {m.pages} x {pages.name(m.page_size_kb)} pages ({reason})"
-        )
+        render.err_console.print(f"{m.name}: {format_bytes(m.size)} in {page_counts(m.copies[0])} pages ({reason})")
         for c in m.copies if m.replicas or m.node >= 0 else []:
-            render.err_console.print(f"  node {c.node}: {c.pages} x {pages.name(c.page_size_kb)} pages at {c.path}")
+            render.err_console.print(f"  node {c.node}: {page_counts(c)} pages at {c.path}")
+    if any(f.parts for f in m.files):  # each part is a file of its own: only the library maps them as one
+        render.err_console.print(
+            f"use it with: hugeload run -- ENGINE -m {m.source}   (the copy is in two parts, 1G then 2M pages: "
+            "the preload library maps them as one file)"
+        )
+        print(m.source)
+        return 0
     render.err_console.print(f"use it with: llama-server -m {m.path}   (or hugeload run -- ENGINE -m {m.source})")
     print(m.path)
     return 0
@@ -198,12 +203,18 @@ def _pages_json(counts: tuple[tuple[int, int], ...]) -> list[dict]:
     return [{"page_size_kb": kb, "pages": n} for kb, n in counts]
 
 
+def page_counts(c: store.Copy) -> str:
+    """'9 x 1G', or '5 x 1G + 2048 x 2M' for a copy in mixed page sizes (largest first)."""
+    return " + ".join(f"{n} x {pages.name(kb)}" for kb, (_, n) in sorted(c.split().items(), reverse=True))
+
+
 def run_unload(args) -> int:
     m = store.unstage(args.model, args.force, args.state_dir, args.root, args.config_dir)
     if args.json:
         render.print_json({"unloaded": m.to_json()})
     else:
-        render.console.print(f"{m.name}: unstaged, {m.pages} x {pages.name(m.page_size_kb)} pages freed")
+        freed = page_counts(m.copies[0]) if m.files else f"{m.pages} x {pages.name(m.page_size_kb)}"
+        render.console.print(f"{m.name}: unstaged, {freed} pages freed")
     return 0
 
 
@@ -227,8 +238,8 @@ def run_loaded(args) -> int:
                     m.name if first else "",
                     m.state if first else "",
                     "-" if c.node < 0 else c.node,
-                    pages.name(c.page_size_kb),
-                    c.pages,
+                    "+".join(pages.name(kb) for kb in sorted(c.split(), reverse=True)),
+                    "+".join(str(n) for _, (_, n) in sorted(c.split().items(), reverse=True)),
                     format_bytes(m.size) if m.files and first else "",
                     c.path,
                     (", ".join(m.processes) or "-") if first else "",

@@ -6,6 +6,12 @@ their copies here, with the size rule of hugeload.pages (`first_page`: 1G from 1
 differs between a placed and an unplaced copy is only where its pages must come from: the
 system's pool, or the pools of the nodes it is bound to.  An unplaced copy is the one-copy
 case of a placement (plan.numa.Placement() gives one CopySpec with no nodes).
+
+Mixed page sizes: where the rule (or the user) asks for 1G and the pool holds k >= 1 of the
+n pages a one-file copy needs, the copy is made of two parts instead of falling back to 2M for
+all of it: the file's first k GiB in 1G pages and the rest in 2M pages (`CopyPlan.tail_pages`),
+which the preload library maps side by side as one range.  Only an unplaced copy of a
+one-file model is split (a placed copy's parts would have to be planned per node).
 """
 
 from typing import NamedTuple
@@ -14,7 +20,7 @@ from hugeload import pages
 from hugeload.errors import HugeloadError, UsageError
 from hugeload.pages import PAGE_1G, PAGE_2M, PageSize, Policy
 from hugeload.plan import numa as plan_numa
-from hugeload.units import KiB, ceil_div
+from hugeload.units import GiB, KiB, ceil_div
 
 
 class CopyPlan(NamedTuple):
@@ -24,6 +30,16 @@ class CopyPlan(NamedTuple):
     pages: int
     reason: str  # why this page size
     needs: tuple  # plan.numa.NodeNeed per bound node (empty when not placed)
+    tail_pages: int = 0  # 2M pages holding the file past its first `pages` GiB; 0: one part
+
+    @property
+    def split_at(self) -> int:
+        """Bytes of the file in the first (1G) part, or 0 when the copy is one part."""
+        return self.pages * self.page_size_kb * KiB if self.tail_pages else 0
+
+    def parts(self) -> list[tuple[int, int]]:
+        """(page kB, pages) of each part, first part first."""
+        return [(self.page_size_kb, self.pages)] + ([(PAGE_2M.kb, self.tail_pages)] if self.tail_pages else [])
 
 
 def pages_needed(sizes: list[int], kb: int) -> int:
@@ -59,6 +75,19 @@ def choose_page_size(
     return PAGE_2M.kb, pages.why(sizes, None, policy) if PAGE_1G.kb in offered else "no 1G pages on this kernel"
 
 
+def split_copy(plan: CopyPlan, sizes: list[int], available_1g: int) -> CopyPlan:
+    """The copy `plan` (1G, unplaced, one file) with its first `available_1g` GiB in 1G pages and
+    the rest in 2M; `plan` itself when it is not such a copy or the pool holds all or none of it."""
+    if plan.page_size_kb != PAGE_1G.kb or plan.bind or len(sizes) != 1 or plan.tail_pages:
+        return plan
+    k = min(available_1g, plan.pages)
+    if k <= 0 or k >= plan.pages:
+        return plan
+    tail = pages_needed([sizes[0] - k * GiB], PAGE_2M.kb)
+    reason = f"{plan.reason.split(';')[0]}; the 1G pool holds {k} of {plan.pages} page(s): the rest in 2M pages"
+    return plan._replace(pages=k, tail_pages=tail, reason=reason)
+
+
 def fits(spec: plan_numa.CopySpec, kb: int, sizes: list[int], system_available: int, nodes: list) -> bool:
     """Whether the pools a copy's pages come from hold it now."""
     need = pages_needed(sizes, kb)
@@ -77,16 +106,32 @@ def plan_copies(
     nodes: list,
     name: str,
     policy: Policy = pages.DEFAULT_POLICY,
+    mixed: bool = True,
 ) -> list[CopyPlan]:
     """One CopyPlan per copy the placement asks for.  `system_available_1g`: free 1G pages
     nobody has promised to a mapping; `nodes`: probe.numa.Node values (only read for placed
     copies).  Raises PoolError, before anything is reserved, when a node cannot hold its share
-    (plan.numa.check_fits)."""
+    (plan.numa.check_fits).  `mixed`: a one-file copy the 1G pool is short of may be split
+    (split_copy); else it is all 1G or all 2M, as the rule says."""
     out = []
     for spec in placement.copies():
         where = "the 1G pool" if not spec.bind else f"the 1G pool of node(s) {','.join(map(str, spec.bind))}"
-        fits_1g = PAGE_1G.kb in offered and (reserve or fits(spec, PAGE_1G.kb, sizes, system_available_1g, nodes))
-        kb, reason = choose_page_size(sizes, requested, offered, fits_1g, policy, where)
+        holds_1g = PAGE_1G.kb in offered and fits(spec, PAGE_1G.kb, sizes, system_available_1g, nodes)
+        kb, reason = choose_page_size(sizes, requested, offered, holds_1g or reserve, policy, where)
+        if (
+            mixed
+            and not reserve
+            and not holds_1g
+            and not spec.bind
+            and PAGE_1G.kb in offered
+            and (requested == PAGE_1G or (requested is None and pages.first_page(sizes, None, policy) == PAGE_1G))
+        ):
+            # the rule wants 1G and the pool is short: the pages it has, 2M for the rest
+            whole = CopyPlan(spec.node, spec.bind, PAGE_1G.kb, pages_needed(sizes, PAGE_1G.kb), reason, ())
+            parts = split_copy(whole._replace(reason=pages.why(sizes, requested, policy)), sizes, system_available_1g)
+            if parts.tail_pages:
+                out.append(parts)
+                continue
         n = pages_needed(sizes, kb)
         needs = tuple(plan_numa.node_needs(spec, kb, n, nodes)) if spec.bind else ()
         plan_numa.check_fits(list(needs), reserve, name)

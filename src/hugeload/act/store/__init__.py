@@ -42,6 +42,7 @@ from hugeload.act.store.manifest import (
     write_redirects,
 )
 from hugeload.act.store.stage import (
+    Mixed,
     Restored,
     StageOptions,
     StageResult,
@@ -64,6 +65,7 @@ __all__ = [
     "SPLIT_RE",
     "Copy",
     "Manifest",
+    "Mixed",
     "Restored",
     "SourceChanged",
     "StageOptions",

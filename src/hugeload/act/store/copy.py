@@ -46,13 +46,17 @@ def copy_into(
     progress,
     gid: int | None = None,
     expect: tuple | None = None,
+    part: tuple[int, int] | None = None,
 ) -> None:
     """Copy `size` bytes of `src` into a new file `name` in the directory `dir_fd` (created
     O_EXCL | O_NOFOLLOW: never an existing file, never through a link), padded with zeros to
     whole `kb` pages.  Mode 0644, or 0640 with group `gid`.  SourceChanged when the source is
     not the file `expect` (dev, ino, size, mtime, ctime: what the manifest will record) or
-    changes while it is read; NoPages when the pool cannot hold the copy."""
-    padded = padded_size(size, kb)
+    changes while it is read; NoPages when the pool cannot hold the copy.  `part` (offset,
+    length): only those bytes of the source, at the start of the new file (a copy in mixed
+    page sizes is one file per part)."""
+    start, length = part if part is not None else (0, size)
+    padded = padded_size(length, kb)
     sfd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
     try:
         st0 = os.fstat(sfd)
@@ -78,24 +82,24 @@ def copy_into(
                 ) from None
             try:
                 with contextlib.suppress(AttributeError, OSError):
-                    os.posix_fadvise(sfd, 0, size, os.POSIX_FADV_SEQUENTIAL)
+                    os.posix_fadvise(sfd, start, length, os.POSIX_FADV_SEQUENTIAL)
                 view = memoryview(mm)
 
                 def copy(off: int) -> None:
-                    end = min(off + CHUNK, size)
+                    end = min(off + CHUNK, length)
                     pos = off
                     while pos < end:
                         try:
-                            n = os.preadv(sfd, [view[pos:end]], pos)
+                            n = os.preadv(sfd, [view[pos:end]], start + pos)
                         except InterruptedError:
                             continue
                         if n == 0:
-                            raise SourceChanged(f"{src} shrank while copying (ended at {pos} of {size} bytes)")
+                            raise SourceChanged(f"{src} shrank while copying (ended at {start + pos} of {size} bytes)")
                         pos += n
                         progress(n)
 
                 with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-                    for fut in [pool.submit(copy, off) for off in range(0, size, CHUNK)]:
+                    for fut in [pool.submit(copy, off) for off in range(0, length, CHUNK)]:
                         fut.result()
                 view.release()
             finally:
@@ -107,7 +111,7 @@ def copy_into(
             raise SourceChanged(f"{src} changed while copying; nothing was staged")
         # The staged copy is what engines read from now: do not hold the model twice in memory.
         with contextlib.suppress(AttributeError, OSError):
-            os.posix_fadvise(sfd, 0, 0, os.POSIX_FADV_DONTNEED)
+            os.posix_fadvise(sfd, start, length, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(sfd)
 
@@ -115,14 +119,21 @@ def copy_into(
 def sha256(path: str, size: int, dir_fd: int | None = None) -> str:
     """SHA-256 of the first `size` bytes (hugetlbfs supports read(), so a staged copy is hashed
     the same way as its source)."""
+    return sha256_pieces([(path, size)], dir_fd)
+
+
+def sha256_pieces(pieces: list[tuple[str, int]], dir_fd: int | None = None) -> str:
+    """SHA-256 of the first bytes of several files read one after the other ((path, bytes) each:
+    the parts of a copy in mixed page sizes)."""
     h = hashlib.sha256()
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | (os.O_NOFOLLOW if dir_fd is not None else 0), dir_fd=dir_fd)
-    with open(fd, "rb", buffering=0) as f:
-        left = size
-        while left:
-            b = f.read(min(CHUNK, left))
-            if not b:
-                break
-            h.update(b)
-            left -= len(b)
+    for path, size in pieces:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | (os.O_NOFOLLOW if dir_fd is not None else 0), dir_fd=dir_fd)
+        with open(fd, "rb", buffering=0) as f:
+            left = size
+            while left:
+                b = f.read(min(CHUNK, left))
+                if not b:
+                    break
+                h.update(b)
+                left -= len(b)
     return h.hexdigest()

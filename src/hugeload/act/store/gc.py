@@ -116,11 +116,10 @@ def sweep_mount(kb: int, models: dict[str, manifest.Manifest], state_dir) -> lis
             if m is not None and not m.readable:
                 continue  # cannot tell which files are its: keep them all (and say so in `staged`)
             keep = {
-                os.path.basename(f.staged)
+                os.path.basename(path)
                 for c in (m.copies if m else [])
-                if c.page_size_kb == kb
-                for f in c.files
-                if os.path.dirname(f.staged) == str(top / entry)
+                for path, part_kb, _, _ in c.pieces()
+                if part_kb == kb and os.path.dirname(path) == str(top / entry)
             }
             if not keep or not layout.is_dir_at(fd, entry):
                 layout.remove_tree(fd, entry)
@@ -184,7 +183,7 @@ def hand_over_in_use(dead: ledger.Owner, state_dir, root) -> None:
                 if ledger.share(data, kb, node, dead) <= 0:
                     break
                 taker = ledger.Owner.model(m.name)
-                used = sum(c.pages for c in m.copies if c.page_size_kb == kb and node in (None, c.node))
+                used = sum(c.pages_of(kb) for c in m.copies if node in (None, c.node))
                 held = sum(ledger.share(data, k, n, taker) for k, n in same)
                 ledger.hand_over(data, kb, node, dead, taker, used - held)
 

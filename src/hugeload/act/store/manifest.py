@@ -21,6 +21,7 @@ from hugeload.act import redirects, state
 from hugeload.act.store import layout, lock
 from hugeload.errors import HugeloadError, PermissionNeeded, UsageError
 from hugeload.probe import procs
+from hugeload.units import KiB, ceil_div
 
 MANIFEST_VERSION = 2  # raised only for a change older readers would misread; new keys need no bump
 log = logging.getLogger("hugeload")
@@ -31,19 +32,37 @@ class ManifestError(HugeloadError):
 
 
 @dataclass
+class Part:
+    """The bytes of a source file from `offset` on, staged in their own file (a copy in mixed
+    page sizes: the first part in 1G pages is StagedFile.staged, the rest in 2M pages here)."""
+
+    offset: int
+    staged: str
+    page_size_kb: int
+
+
+@dataclass
 class StagedFile:
     source: str
-    staged: str
+    staged: str  # the whole file, or its first part when `parts` is not empty
     size: int  # true size; the staged file is padded to a page multiple
     dev: int
     ino: int
     mtime_ns: int
     sha256: str | None = None
     ctime_ns: int = 0  # 0 in manifests written before the index had ctime: never matches
+    parts: list[Part] = field(default_factory=list)  # the file past parts[0].offset, in order
 
     @property
     def identity(self) -> tuple:
         return (self.dev, self.ino, self.size, self.mtime_ns, self.ctime_ns)
+
+    def pieces(self, page_size_kb: int) -> list[tuple[str, int, int, int]]:
+        """(staged path, page kB, source offset, bytes) of each staged file, first first
+        (`page_size_kb`: the copy's, the first part's)."""
+        starts = [(self.staged, page_size_kb, 0)] + [(p.staged, p.page_size_kb, p.offset) for p in self.parts]
+        ends = [p.offset for p in self.parts] + [self.size]
+        return [(path, kb, start, end - start) for (path, kb, start), end in zip(starts, ends, strict=True)]
 
 
 def identity(st: os.stat_result) -> tuple:
@@ -62,13 +81,31 @@ def _known(cls, d) -> dict:
     return {k: v for k, v in d.items() if k in names}
 
 
+def _whole(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _part_from_json(d) -> Part:
+    p = Part(**_known(Part, d))
+    if not (_whole(p.offset) and _whole(p.page_size_kb) and isinstance(p.staged, str)):
+        raise ManifestError("a file part has an offset, page size or path of the wrong type")
+    return p
+
+
 def _file_from_json(d) -> StagedFile:
-    f = StagedFile(**_known(StagedFile, d))
+    k = _known(StagedFile, d)
+    parts = k.pop("parts", [])
+    if not isinstance(parts, list):
+        raise ManifestError("a file entry's parts are not a list")
+    f = StagedFile(**k, parts=[_part_from_json(p) for p in parts])
     ints = (f.size, f.dev, f.ino, f.mtime_ns, f.ctime_ns)
-    if not all(isinstance(x, int) and not isinstance(x, bool) for x in ints) or f.size < 0:
+    if not all(_whole(x) for x in ints) or f.size < 0:
         raise ManifestError("a file entry has a size, device, inode or time that is not a whole number")
     if not isinstance(f.source, str) or not isinstance(f.staged, str):
         raise ManifestError("a file entry has no source or staged path")
+    offsets = [0] + [p.offset for p in f.parts] + [f.size]
+    if any(a >= b for a, b in zip(offsets, offsets[1:], strict=False)):
+        raise ManifestError("a file entry's parts are not in order inside the file")
     return f
 
 
@@ -85,8 +122,33 @@ class Copy:
     def path(self) -> str:
         return self.files[0].staged if self.files else ""
 
+    def pieces(self) -> list[tuple[str, int, int, int]]:
+        """(staged path, page kB, source offset, bytes) of every staged file of the copy."""
+        return [x for f in self.files for x in f.pieces(self.page_size_kb)]
+
+    def split(self) -> dict[int, tuple[int, int]]:
+        """{page kB: (bytes, pages)}: how much of the copy each page size holds (one key unless
+        the copy is in mixed page sizes)."""
+        if not any(f.parts for f in self.files):
+            return {self.page_size_kb: (sum(f.size for f in self.files), self.pages)}
+        out: dict[int, tuple[int, int]] = {}
+        for _, kb, _, size in self.pieces():
+            b, n = out.get(kb, (0, 0))
+            out[kb] = (b + size, n + max(1, ceil_div(size, kb * KiB)))
+        return out
+
+    def pages_of(self, kb: int) -> int:
+        """Pages of size `kb` the copy takes."""
+        return self.split().get(kb, (0, 0))[1]
+
     def summary(self) -> dict:
-        return {"node": self.node, "path": self.path, "pages": self.pages, "page_size_kb": self.page_size_kb}
+        return {
+            "node": self.node,
+            "path": self.path,
+            "pages": self.pages,
+            "page_size_kb": self.page_size_kb,
+            "split": [{"page_size_kb": kb, "bytes": b, "pages": n} for kb, (b, n) in sorted(self.split().items())],
+        }
 
     @classmethod
     def from_json(cls, d: dict) -> "Copy":
@@ -138,8 +200,13 @@ class Manifest:
 
     @property
     def all_files(self) -> list[StagedFile]:
-        """The staged files of every copy."""
+        """The entries of every copy (one per source file and copy)."""
         return [f for c in self.copies for f in c.files]
+
+    @property
+    def all_paths(self) -> list[str]:
+        """Every staged file of every copy, parts included."""
+        return [path for c in self.copies for path, _, _, _ in c.pieces()]
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -186,9 +253,9 @@ def unreadable(name: str, why: str, created: float = 0.0) -> Manifest:
 
 def _check_paths(m: Manifest, state_dir) -> None:
     for c in m.copies:
-        for f in c.files:
-            if not layout.inside_store(f.staged, c.page_size_kb, m.name, state_dir):
-                raise ManifestError(f"it names {f.staged!r}, which is not in the model's own store directory")
+        for path, kb, _, _ in c.pieces():
+            if not layout.inside_store(path, kb, m.name, state_dir):
+                raise ManifestError(f"it names {path!r}, which is not in the model's own store directory")
 
 
 def read_manifest(name: str, state_dir=None) -> Manifest | None:
@@ -269,13 +336,14 @@ def remove_manifest(name: str, state_dir=None) -> bool:
 
 
 def file_state(f: StagedFile) -> str:
-    """ready, missing (the staged file is gone or short) or stale (the source changed)."""
-    try:
-        st = os.lstat(f.staged)
-    except OSError:
-        return "missing"
-    if not stat.S_ISREG(st.st_mode) or st.st_size < f.size:
-        return "missing"
+    """ready, missing (a staged file, or part, is gone or short) or stale (the source changed)."""
+    for path, _, _, size in f.pieces(0):
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return "missing"
+        if not stat.S_ISREG(st.st_mode) or st.st_size < size:
+            return "missing"
     try:
         src = os.stat(f.source)
     except FileNotFoundError:
@@ -305,9 +373,10 @@ def index_entries(models: list[Manifest]) -> list[redirects.RedirectEntry]:
         for c in m.copies:
             for f in c.files:
                 if file_state(f) == "ready":
+                    parts = tuple(redirects.Part(p.offset, p.page_size_kb, p.staged) for p in f.parts)
                     out.append(
                         redirects.RedirectEntry(
-                            f.dev, f.ino, f.size, f.mtime_ns, f.ctime_ns, c.node, c.page_size_kb, f.staged
+                            f.dev, f.ino, f.size, f.mtime_ns, f.ctime_ns, c.node, c.page_size_kb, f.staged, parts
                         )
                     )
     return out
@@ -321,10 +390,11 @@ def write_redirects(state_dir=None, exclude: str | None = None) -> None:
 
 class StagedCopy(NamedTuple):
     source: str  # the path asked about
-    staged: str  # the hugetlbfs file to map
+    staged: str  # the hugetlbfs file to map (the first part of a copy in mixed page sizes)
     size: int  # the source's true size
     page_size_kb: int
     node: int
+    split: int = 0  # a copy in mixed page sizes: the source's bytes from here on are in another file
 
 
 _warned: set[str] = set()
@@ -353,15 +423,28 @@ def find_staged(path: str, state_dir=None) -> StagedCopy | None:
     store = str(layout.store_dir(state_dir)) + "/"
     for entry in entries:
         ident = (entry.src_dev, entry.src_ino, entry.src_size, entry.src_mtime_ns, entry.src_ctime_ns)
-        if ident != key or not entry.staged_path.startswith(store):
+        if ident != key:
             continue
-        try:
-            staged = os.lstat(entry.staged_path)
-        except OSError:
-            continue
-        if stat.S_ISREG(staged.st_mode) and staged.st_size >= entry.src_size:
-            return StagedCopy(os.path.abspath(path), entry.staged_path, entry.src_size, entry.page_kb, entry.node)
+        starts = [0] + [p.offset for p in entry.parts]
+        ends = starts[1:] + [entry.src_size]
+        files = [entry.staged_path] + [p.staged_path for p in entry.parts]
+        if all(_present(f, end - start, store) for f, start, end in zip(files, starts, ends, strict=True)):
+            split = entry.parts[0].offset if entry.parts else 0
+            return StagedCopy(
+                os.path.abspath(path), entry.staged_path, entry.src_size, entry.page_kb, entry.node, split
+            )
     return None
+
+
+def _present(path: str, size: int, store: str) -> bool:
+    """A staged file in the store, a regular file at least `size` bytes long."""
+    if not path.startswith(store):
+        return False
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_size >= size
 
 
 def staging_dirs(state_dir=None) -> list:
@@ -385,10 +468,10 @@ def staged(state_dir=None, root="/") -> list[Manifest]:
     shared = lock.store_lock(state_dir, shared=True) if os.geteuid() == 0 else contextlib.nullcontext()
     with shared:
         out = manifests(state_dir, readable_only=False)
-        found = procs.holders(root, paths=[f.staged for m in out for f in m.all_files])
+        found = procs.holders(root, paths=[p for m in out for p in m.all_paths])
         for m in out:
             m.state = model_state(m)
-            mine = {f.staged for f in m.all_files}
+            mine = set(m.all_paths)
             m.processes = procs.holder_names([h for h in found if h.path in mine])
         for d in staging_dirs(state_dir):
             name = layout.staging_owner(d.name)
@@ -408,6 +491,6 @@ def resolve(name_or_path: str, state_dir=None) -> Manifest:
         return m
     real = os.path.abspath(name_or_path)
     for m in manifests(state_dir):
-        if any(real in (f.source, f.staged) for f in m.all_files):
+        if any(real == f.source for f in m.all_files) or real in m.all_paths:
             return m
     raise UsageError(f"no staged model named or at {name_or_path!r} (hugeload staged lists them)")

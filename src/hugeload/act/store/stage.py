@@ -22,6 +22,7 @@ import grp
 import os
 import time
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import NamedTuple
 
@@ -34,7 +35,7 @@ from hugeload.act.state import UntrustedState
 from hugeload.act.store import copy, layout, lock, manifest
 from hugeload.act.store.manifest import Copy, Manifest
 from hugeload.errors import HugeloadError, PoolError, UsageError
-from hugeload.pages import PAGE_1G, PageSize
+from hugeload.pages import PAGE_1G, PAGE_2M, PageSize
 from hugeload.plan import numa as plan_numa
 from hugeload.plan import stage as plan_stage
 from hugeload.probe import numa as probe_numa
@@ -45,6 +46,13 @@ from hugeload.probe.mounts import read_mounts
 COPY_DIR_MODE = 0o755
 GROUP_DIR_MODE = 0o750
 NO_PAGES_RETRIES = 3
+
+
+class Mixed(Enum):
+    """Whether a copy the 1G pool cannot hold whole may be made in mixed page sizes."""
+
+    WHEN_SHORT = "when-short"  # the 1G pages the pool has (or the kernel gives), 2M for the rest
+    NEVER = "never"  # all of it in one page size (bench's `1g`: only 1G pages, or skipped)
 
 
 @dataclass(frozen=True)
@@ -68,6 +76,7 @@ class StageOptions:
     placement: plan_numa.Placement | None = None  # a node, a copy per node, or interleaved; None: not placed
     group: str | None = None  # the copies readable by root and this group only (default: by everyone)
     hvo: act_hvo.Hvo | None = None  # HVO for the pages `reserve` adds (act/hvo.py); None: HUGELOAD_HVO, else auto
+    mixed: Mixed = Mixed.WHEN_SHORT  # a one-file copy the 1G pool is short of: its 1G pages, then 2M
 
 
 class StageResult(NamedTuple):
@@ -130,6 +139,7 @@ def plan_copies(sizes: list[int], options: StageOptions, root, nodes: list, name
         nodes,
         name,
         options.policy,
+        options.mixed is Mixed.WHEN_SHORT,
     )
 
 
@@ -167,14 +177,38 @@ def reserve_heap_pages(extra: dict[int, int], staged: dict[int, int], name: str,
     return gained
 
 
-def reserve_for(plan: plan_stage.CopyPlan, name: str, reserve: bool, root, state_dir) -> None:
-    """The pages one copy needs: from the system pool, or from each node it is bound to."""
+def reserve_for(
+    plan: plan_stage.CopyPlan, sizes: list[int], name: str, reserve: bool, root, state_dir, mixed: Mixed
+) -> plan_stage.CopyPlan:
+    """The pages one copy needs: from the system pool, or from each node it is bound to.  An
+    unplaced copy in 1G pages that `reserve` cannot get all of (the kernel gives fewer than
+    asked and says so only in the count read back) keeps the 1G pages it got and takes 2M
+    for the rest of the file (plan/stage.split_copy): the plan returned is the one to copy."""
     if not plan.bind:
-        ensure_pages(plan.page_size_kb, plan.pages, name, reserve, root, state_dir)
-        return
+        one_file_1g = plan.page_size_kb == PAGE_1G.kb and len(sizes) == 1 and not plan.tail_pages
+        if reserve and mixed is Mixed.WHEN_SHORT and one_file_1g:
+            have = max(0, probe_pools.system_pool(root, PAGE_1G.kb).available)
+            if have < plan.pages:
+                with contextlib.suppress(PoolError):  # short: read back below, the rest in 2M
+                    act_pools.reserve(
+                        root, PAGE_1G.kb, plan.pages - have, partial=True, owner=owner(name), state_dir=state_dir
+                    )
+                have = max(0, probe_pools.system_pool(root, PAGE_1G.kb).available)
+                if have == 0:
+                    plan = plan._replace(
+                        page_size_kb=PAGE_2M.kb,
+                        pages=plan_stage.pages_needed(sizes, PAGE_2M.kb),
+                        reason=f"{plan.reason}; the kernel gave no 1G page: using 2M",
+                    )
+                else:
+                    plan = plan_stage.split_copy(plan, sizes, have)
+        for kb, n in plan.parts():
+            ensure_pages(kb, n, name, reserve, root, state_dir)
+        return plan
     for need in plan.needs:
         if need.missing:
             act_pools.reserve(root, plan.page_size_kb, need.missing, need.node, owner=owner(name), state_dir=state_dir)
+    return plan
 
 
 def ensure_mount(kb: int, state_dir=None, root="/") -> Path:
@@ -250,22 +284,26 @@ class WorkDir(NamedTuple):
     kb: int
     name: str  # .staging-<model>-<pid>[.<i>] in the mount
     final: str  # the copy's directory name
+    copy: int = 0  # which copy (index into the plans)
+    part: int = 0  # which part of it (a copy in mixed page sizes has one per page size, in two mounts)
 
 
 def make_work_dirs(plans: list[plan_stage.CopyPlan], name: str, gid: int | None, state_dir, root) -> list[WorkDir]:
-    """Under the store lock: the mounts, and one empty work directory per copy."""
+    """Under the store lock: the mounts, and one empty work directory per copy and part (the
+    parts of a copy are in different mounts, under the same names)."""
     out = []
     for i, plan in enumerate(plans):
-        ensure_mount(plan.page_size_kb, state_dir, root)
-        work = layout.staging_name(name) + (f".{i}" if i else "")
-        with layout.open_mount(plan.page_size_kb, state_dir) as fd:
-            layout.remove_tree(fd, work)  # a leftover of a dead stager that had our pid: ours to replace
-            os.mkdir(work, GROUP_DIR_MODE if gid is not None else COPY_DIR_MODE, dir_fd=fd)
-            with layout.opened(work, fd) as wfd:
-                if gid is not None:
-                    os.fchown(wfd, 0, gid)
-                os.fchmod(wfd, GROUP_DIR_MODE if gid is not None else COPY_DIR_MODE)
-        out.append(WorkDir(plan.page_size_kb, work, layout.copy_name(name, plan.node, i == 0)))
+        for part, (kb, _) in enumerate(plan.parts()):
+            ensure_mount(kb, state_dir, root)
+            work = layout.staging_name(name) + (f".{i}" if i else "")
+            with layout.open_mount(kb, state_dir) as fd:
+                layout.remove_tree(fd, work)  # a leftover of a dead stager that had our pid: ours to replace
+                os.mkdir(work, GROUP_DIR_MODE if gid is not None else COPY_DIR_MODE, dir_fd=fd)
+                with layout.opened(work, fd) as wfd:
+                    if gid is not None:
+                        os.fchown(wfd, 0, gid)
+                    os.fchmod(wfd, GROUP_DIR_MODE if gid is not None else COPY_DIR_MODE)
+            out.append(WorkDir(kb, work, layout.copy_name(name, plan.node, i == 0), i, part))
     return out
 
 
@@ -287,10 +325,13 @@ def copy_one(
     progress,
     root,
     state_dir,
+    piece: tuple[int, int] | None = None,
 ) -> str:
-    """Copy one source file into the work directory (bound to the copy's nodes), retrying
-    when a concurrent command took the free pages between the check and the map; returns the
-    path of the copy in the work directory."""
+    """Copy one source file (`piece`: only bytes (offset, length) of it, one part of a copy
+    in mixed page sizes) into the work directory (bound to the copy's nodes), retrying when a
+    concurrent command took the free pages between the check and the map; returns the path of
+    the copy in the work directory."""
+    start, length = piece if piece is not None else (0, st.st_size)
     threads = options.threads or min(4, os.cpu_count() or 1)
     base = os.path.basename(src)
     interleave = options.placement is not None and options.placement.mode is plan_numa.Mode.INTERLEAVE
@@ -298,14 +339,16 @@ def copy_one(
         with layout.open_mount(w.kb, state_dir) as fd, layout.opened(w.name, fd) as wfd:
             try:
                 with mempolicy.bound(plan.bind, interleave=interleave):
-                    copy.copy_into(src, wfd, base, st.st_size, w.kb, threads, progress, gid, manifest.identity(st))
+                    copy.copy_into(
+                        src, wfd, base, st.st_size, w.kb, threads, progress, gid, manifest.identity(st), piece
+                    )
                 break
             except copy.NoPages:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(base, dir_fd=wfd)
                 if not options.reserve or plan.bind or attempt == NO_PAGES_RETRIES - 1:
                     raise
-        ensure_pages(w.kb, plan_stage.pages_needed([st.st_size], w.kb), name, True, root, state_dir)
+        ensure_pages(w.kb, plan_stage.pages_needed([length], w.kb), name, True, root, state_dir)
     return str(layout.mount_dir(w.kb, state_dir) / w.name / base)
 
 
@@ -347,34 +390,43 @@ def stage(
         reason = plans[0].reason + ("" if not placement.placed else f"; {placement.describe()}")
         work: list[WorkDir] = []
         try:
-            for plan in plans:
-                reserve_for(plan, name, options.reserve, root, state_dir)
+            for i, plan in enumerate(plans):
+                plans[i] = reserve_for(plan, sizes, name, options.reserve, root, state_dir, options.mixed)
                 crashpoint.point(f"pages for a copy of {name} reserved")
+            reason = plans[0].reason + ("" if not placement.placed else f"; {placement.describe()}")
             if options.reserve and options.heap_pages:
                 still: dict[int, int] = {}
                 for plan in plans:
-                    still[plan.page_size_kb] = still.get(plan.page_size_kb, 0) + plan.pages
+                    for kb, n in plan.parts():
+                        still[kb] = still.get(kb, 0) + n
                 reserve_heap_pages(dict(options.heap_pages), still, name, root, state_dir)
             with lock.store_lock(state_dir):
                 work = make_work_dirs(plans, name, gid, state_dir, root)
             crashpoint.point(f"work directories of {name} made")
             made = []
-            for plan, w in zip(plans, work, strict=True):
+            for i, plan in enumerate(plans):
                 staged = []
+                mine = [w for w in work if w.copy == i]
                 for src, st in zip(files, stats, strict=True):
-                    tmp = copy_one(src, st, plan, w, name, options, gid, progress, root, state_dir)
-                    crashpoint.point(f"{tmp} copied")
-                    if plan.bind:
-                        mempolicy.check_placed(tmp, w.kb, plan.bind, root)
+                    split = plan.split_at
+                    pieces = [(0, split), (split, st.st_size - split)] if split else [None]
+                    finals = []
+                    for w, piece in zip(mine, pieces, strict=True):
+                        tmp = copy_one(src, st, plan, w, name, options, gid, progress, root, state_dir, piece)
+                        crashpoint.point(f"{tmp} copied")
+                        if plan.bind:
+                            mempolicy.check_placed(tmp, w.kb, plan.bind, root)
+                        finals.append((layout.mount_dir(w.kb, state_dir) / w.final / os.path.basename(src), w.kb))
                     sha = None
                     if options.verify:
                         sha = copy.sha256(src, st.st_size)
-                        if copy.sha256(tmp, st.st_size) != sha:
+                        if staged_sha256(mine, src, st.st_size, split, state_dir) != sha:
                             raise HugeloadError(
                                 f"verification failed: the staged copy of {src} differs from the source"
                             )
-                    final = layout.mount_dir(w.kb, state_dir) / w.final / os.path.basename(src)
-                    staged.append(manifest.staged_file(src, str(final), st, sha))
+                    f = manifest.staged_file(src, str(finals[0][0]), st, sha)
+                    f.parts = [manifest.Part(split, str(path), kb) for path, kb in finals[1:]]
+                    staged.append(f)
                 made.append(Copy(plan.node, plan.page_size_kb, plan.pages, staged))
             with lock.store_lock(state_dir):
                 for w in work:
@@ -409,6 +461,13 @@ def stage(
                 ) from None
             raise
     return StageResult(m, False, reason)
+
+
+def staged_sha256(work: list[WorkDir], src: str, size: int, split: int, state_dir) -> str:
+    """SHA-256 of the staged copy of `src` in its work directories, its parts read in order."""
+    lengths = [split, size - split] if split else [size]
+    paths = [str(layout.mount_dir(w.kb, state_dir) / w.name / os.path.basename(src)) for w in work]
+    return copy.sha256_pieces(list(zip(paths, lengths, strict=True)))
 
 
 def give_back_failed(name: str, work: list[WorkDir], state_dir, root) -> None:
