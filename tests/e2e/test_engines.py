@@ -223,7 +223,9 @@ class Staged:
     def __init__(self, cli, source: Path):
         self.cli, self.source = cli, source
         self.before = machine_state()
-        r = cli("load", source, "--page-size", "1g", "--reserve", "--json")
+        # --pin both: these tests serve the staged copy itself and the heap copy on huge pages (on
+        # AVX2 plain --reserve refuses a Q4_0 model, whose weights llama.cpp reads from its heap copy)
+        r = cli("load", source, "--page-size", "1g", "--reserve", "--pin", "both", "--json")
         if r.returncode != 0:
             if "kernel gave" in r.stderr or "free page" in r.stderr:
                 pytest.skip(f"the kernel gave no 1 GB page to stage the model: {r.stderr.strip()}")
