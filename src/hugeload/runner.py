@@ -238,7 +238,11 @@ def weights_split(files: list[str], engine: str | None = None, flags=None, root=
 def weights_advice(files: list[str], engine: str | None = None, root="/") -> dict | None:
     """weights_split() with buffers.advise()'s recommendation, as `plan` and `stage` print it
     (`--json`: the bytes, `advice` and `why`); None when it cannot be predicted."""
-    s = weights_split(files, engine, root=root)
+    return advice_of(weights_split(files, engine, root=root))
+
+
+def advice_of(s: buffers.Split | None) -> dict | None:
+    """weights_advice() of a split already read (None: not predicted)."""
     if s is None:
         return None
     advice, why = buffers.advise(s)
@@ -250,12 +254,15 @@ class StagePins(NamedTuple):
     heap_pages: tuple[tuple[int, int], ...]  # ((kB, count), ...) kept free for the heap copies; () when not pinned
 
 
-def stage_pins(files: list[str], pin: plan_pin.Pin, engine: str | None = None, root="/") -> StagePins:
+def stage_pins(
+    files: list[str], pin: plan_pin.Pin, engine: str | None = None, root="/", split: buffers.Split | None = None
+) -> StagePins:
     """What `stage --reserve` pins for a model's `files` (plan/pin.py), on this CPU and the
     engine hugeload finds, with the pages of the heap copies at the page sizes `hugeload run`'s
     defaults give them.  A malformed GGUF header costs the advice (weights_split), and refuses
-    the heap copies' pages when they are asked for (as predict_buffers does)."""
-    split = weights_split(files, engine, root=root)
+    the heap copies' pages when they are asked for (as predict_buffers does).  `split`: the
+    weights_split() of `files` when the caller has read it already."""
+    split = split if split is not None else weights_split(files, engine, root=root)
     plan = plan_pin.pin_plan(pin, split, files[0] if files else "the model")
     if not (plan.file and plan.heap):
         return StagePins(plan, ())

@@ -145,7 +145,8 @@ def run_load(args) -> int:
     total = sum(os.path.getsize(f) for f in files)
     if args.pin is not None and not args.reserve:
         raise UsageError("--pin says what --reserve reserves pages for: add --reserve")
-    pins = runner.stage_pins(files, Pin(args.pin or Pin.READS), root=args.root) if args.reserve else None
+    split = runner.weights_split(files, root=args.root)  # read once: for what to pin, and the advice printed
+    pins = runner.stage_pins(files, Pin(args.pin or Pin.READS), root=args.root, split=split) if args.reserve else None
     if pins is not None and not pins.plan.file:
         raise UsageError(pins.plan.why)  # before anything is reserved or copied
     options = store.StageOptions(
@@ -168,7 +169,7 @@ def run_load(args) -> int:
     finally:
         if bar:
             bar.stop()
-    reads = runner.weights_advice(files, root=args.root)
+    reads = runner.advice_of(split)
     if args.json:
         pinned = None if pins is None else {**pins.plan.to_json(), "heap_pages": _pages_json(pins.heap_pages)}
         render.print_json({**m.to_json(), "already_staged": cached, "reason": reason, "reads": reads, "pinned": pinned})
