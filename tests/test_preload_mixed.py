@@ -129,3 +129,54 @@ def test_a_copy_the_1g_pool_cannot_hold_is_staged_and_mapped_in_1g_then_2m(
             store.unstage("big", force=True, state_dir=state_dir)
     assert store_mounts(state_dir) == []  # both store mounts given back
     assert (pool(P1G), pool(P2M)) == (1, TAIL_PAGES)  # every page free again (the fixture restores the pools)
+
+
+@pytest.mark.kernel
+def test_an_allocation_the_1g_pool_cannot_hold_takes_1g_then_2m(build, pools, tmp_path):  # noqa: F811
+    """A large allocation takes the 1 GB pages the pool has and 2 MB pages for the rest, in one
+    range; a shrinking realloc gives back the 2 MB pages past the new size, free gives back all."""
+    pools(P1G, 1)  # skips, saying so, when the kernel gives no 1 GB page
+    pools(P2M, TAIL_PAGES)
+    newsize = GIB + 2 * MIB + 1  # keeps two of the four 2 MB pages
+
+    def on_ready(pid, addr, size):
+        return (
+            addr % GIB,
+            vma_bounds(pid, addr),
+            smaps_vma(pid, addr).get("KernelPageSize"),
+            vma_bounds(pid, addr + GIB)[0],
+            smaps_vma(pid, addr + GIB).get("KernelPageSize"),
+            pool(P1G),
+            pool(P2M),
+        )
+
+    r = run_harness(
+        build, "shrink", SIZE, newsize, tmp=tmp_path, timeout=180, env={"HUGELOAD_PAGE_SIZE": "1g"}, on_ready=on_ready
+    )
+    assert_clean(r)  # every byte written, the last one kept by realloc
+    (align, (a, b), kps1, start2, kps2, free1g, free2m), after = r.ready
+    assert (align, b - a, kps1) == (0, GIB, 1048576), r.log  # the first GiB: one 1 GB page, 1 GiB-aligned
+    assert (start2, kps2) == (b, 2048), r.log  # right after it, the rest in 2 MB pages
+    assert (free1g, free2m) == (0, 0), r.log
+    assert after[5:] == (0, TAIL_PAGES - 2), r.log  # the shrink gave two 2 MB pages back while mapped
+    assert [(x["page"], x["fill"], x["bytes"]) for x in r.regions] == [
+        ("1G", "alloc", str(GIB)),
+        ("2M", "alloc", str(SIZE - GIB)),
+    ], r.log
+    assert "hugeload: the 1 GB pool has 1 of the 2 pages" in r.stderr, r.log
+    assert (pool(P1G), pool(P2M)) == (1, TAIL_PAGES)  # free gave every page back
+
+
+@pytest.mark.kernel
+def test_forked_children_write_to_an_allocation_in_two_parts(build, pools, tmp_path):  # noqa: F811
+    """Each part is what a whole allocation of its page size is at fork (1 GB: the library's
+    memfd, copied by the child; 2 MB: private hugetlb): children write with no spare page."""
+    pools(P1G, 1)
+    pools(P2M, TAIL_PAGES)
+    r = run_harness(
+        build, "forkwrite", SIZE, "--forks", "2", tmp=tmp_path, timeout=180, env={"HUGELOAD_PAGE_SIZE": "1g"}
+    )
+    assert_clean(r)
+    assert "FORKWRITE ok" in r.stdout, r.log
+    assert [x["page"] for x in r.regions if x["fill"] == "alloc"] == ["1G", "2M"], r.log
+    assert (pool(P1G), pool(P2M)) == (1, TAIL_PAGES)

@@ -240,6 +240,7 @@ typedef struct {
 #define HL_RF_SHARED 1u      /* 1 GB pages of a memfd of ours, mapped shared (hugemem.c): punch to give back */
 #define HL_RF_PRIVATE_REF 2u /* stands for a private map (the program's MAP_PRIVATE, or anonymous memory) */
 #define HL_RF_DYING 4u       /* every byte unmapped: the slot goes when its releases are done */
+#define HL_RF_TAIL 8u        /* the 2 MB part of an allocation in two parts, right after its 1 GB part */
 
 /* Per-unit state (one byte per release unit; THP regions only once needed). */
 #define HL_U_PROT 7u         /* the protection the program set */
@@ -314,7 +315,13 @@ void hl_region_drop(hl_region *r, size_t a, size_t b);  /* offsets, whole units:
 void hl_region_forget(hl_region *r);                     /* the whole region, no munmap */
 int hl_region_shrink(hl_region *r, size_t newlen, hl_release_list *rl);
 size_t hl_region_capacity(const hl_region *r);          /* the owned run from base */
-hl_region *hl_alloc_region(uintptr_t p);
+hl_region *hl_alloc_region(uintptr_t p);                 /* the allocation (its first part) at p */
+/* An allocation in two parts (hl_anon_huge_parts) is two regions side by side, the second
+ * flagged HL_RF_TAIL; free, realloc and malloc_usable_size see one block through these. */
+hl_region *hl_alloc_tail(const hl_region *head);         /* its second part, or NULL */
+size_t hl_alloc_capacity(const hl_region *head);         /* the owned run from base, across parts */
+void hl_alloc_destroy(hl_region *head, hl_release_list *rl);
+void hl_alloc_shrink(hl_region *head, size_t newlen, hl_release_list *rl); /* userlen becomes newlen */
 void hl_release_done(hl_release_list *rl);              /* after hl_release_run, lock held again */
 int hl_ivs_add(hl_interval_set *s, size_t a, size_t b);
 int hl_ivs_sub(hl_interval_set *s, size_t a, size_t b);          /* -1 when out of memory */
@@ -343,6 +350,10 @@ typedef struct {
     int fd; /* the memfd behind 1 GB pages (HL_RF_SHARED), else -1; the caller closes it */
 } hl_anon;
 int hl_anon_huge(size_t size, size_t align, const char *what, int populate, hl_anon *out);
+/* The same, but when the 1 GB pool holds fewer pages than size needs (and at least one), its
+ * pages for the first GiBs and 2 MB pages for the rest, side by side (out[0], out[1]): the
+ * number of parts, 0 when nothing huge was mapped.  Large allocations (alloc.c). */
+int hl_anon_huge_parts(size_t size, size_t align, const char *what, int populate, hl_anon out[2]);
 int hl_populate(void *p, size_t len, size_t unit); /* 0 or an errno value */
 
 /* ---- alloc.c ------------------------------------------------------------- */

@@ -186,7 +186,65 @@ static int try_hugetlb(size_t size, size_t align, size_t pg, int populate, const
     return 0;
 }
 
-int hl_anon_huge(size_t size, size_t align, const char *what, int populate, hl_anon *out)
+/* Free 1 GB pages nobody has reserved yet (a shared map reserves at mmap, a fault takes one). */
+static long pool_available_1g(void)
+{
+    long f = hl_os_read_long("/sys/kernel/mm/hugepages/hugepages-1048576kB/free_hugepages");
+    long r = hl_os_read_long("/sys/kernel/mm/hugepages/hugepages-1048576kB/resv_hugepages");
+    return f < 0 ? 0 : r > 0 ? f - r : f;
+}
+
+/* The 1 GB pool holds some but fewer pages than `size` needs: its free pages for the first
+ * GiBs and 2 MB pages for the rest, side by side in one range, the first part 1 GiB-aligned
+ * (the layout of a staged copy in two parts, filemap.c): a PROT_NONE reservation one 1 GB page
+ * longer than both, the parts mapped over it with MAP_FIXED, the rest given back.  Each part is
+ * what a whole allocation of its page size would be (a memfd of ours mapped shared, then
+ * private 2 MB hugetlb), so fork, munmap and advice treat it as they treat one.  0 with both
+ * parts in out, or an errno value with nothing mapped. */
+static int try_parts(size_t size, size_t align, int populate, const char *what, hl_anon out[2])
+{
+    size_t need = round_up(size, GB1) / GB1;
+    long have = FAULT(F_1G) || FAULT(F_2M) ? 0 : pool_available_1g();
+    if (need < 2 || have < 1)
+        return ENOMEM;
+    size_t head = min_sz((size_t)have, need - 1) * GB1, tail = round_up(size - head, MB2);
+    size_t a = max_sz(align, GB1), span = head + tail + a;
+    char name[64];
+    vma_name(name, sizeof name, what);
+    int fd = hl_os_memfd_huge(name, head, 30);
+    if (fd < 0)
+        return errno;
+    char *res = hl_os_map_anon(NULL, span, PROT_NONE, MAP_NORESERVE);
+    uintptr_t al = res ? round_up((uintptr_t)res, a) : 0, end = al + head + tail;
+    int prot = PROT_READ | PROT_WRITE, e = 0;
+    if (!res || !hl_os_map_fd((void *)al, head, prot, MAP_SHARED | MAP_FIXED, fd, 0) ||
+        !hl_os_map_anon((void *)(al + head), tail, prot, MAP_HUGETLB | HL_HUGE_2MB | MAP_FIXED)) {
+        e = errno;
+        if (res)
+            hl_os_unmap((uintptr_t)res, span);
+        hl_os_close(fd);
+        return e;
+    }
+    if (al > (uintptr_t)res)
+        hl_os_unmap((uintptr_t)res, al - (uintptr_t)res);
+    if ((uintptr_t)res + span > end)
+        hl_os_unmap(end, (uintptr_t)res + span - end);
+    uint64_t t0 = hl_now_ns();
+    if (populate && ((e = hl_populate((void *)al, head, GB1)) || (e = hl_populate((void *)(al + head), tail, MB2)))) {
+        hl_os_unmap(al, head + tail);
+        hl_os_close(fd);
+        hl_warn_once(R_POPULATE, "pre-faulting 1 GB and 2 MB pages failed (%s): trying 2 MB pages alone",
+                     strerror(e));
+        return e;
+    }
+    uint64_t ns = hl_now_ns() - t0;
+    out[0] = (hl_anon){(void *)al, head, GB1, PAGE_1G, ns, fd};
+    out[1] = (hl_anon){(void *)(al + head), tail, MB2, PAGE_2M, 0, -1};
+    return 0;
+}
+
+/* The cascade; `parts` allows a 1 GB + 2 MB split (try_parts) when the 1 GB pool is short. */
+static int cascade(size_t size, size_t align, const char *what, int populate, hl_anon out[2], int parts)
 {
     if (size == 0 || size > (SIZE_MAX >> 2) || align > GB1 * 4)
         return 0;
@@ -194,6 +252,12 @@ int hl_anon_huge(size_t size, size_t align, const char *what, int populate, hl_a
     if (hl_first_page(size, hl_page_size, &hl_pol) == GB1) {
         if ((e = try_hugetlb(size, align, GB1, populate, what, out)) == 0)
             return 1;
+        if (parts && try_parts(size, align, populate, what, out) == 0) {
+            hl_warn_once(R_1G, "the 1 GB pool has %zu of the %zu pages %s (%zu bytes) needs: %zu x 1 GB + %zu x 2 MB pages",
+                         out[0].maplen / GB1, round_up(size, GB1) / GB1, what, size, out[0].maplen / GB1,
+                         out[1].maplen / MB2);
+            return 2;
+        }
         if (hl_warn_wanted(R_1G))
             hl_warn_once(R_1G,
                          "1 GB pages unavailable (%s; pool has %ld free, %zu needed), trying 2 MB for %s (%zu bytes)",
@@ -209,11 +273,21 @@ int hl_anon_huge(size_t size, size_t align, const char *what, int populate, hl_a
     errno = ENOTSUP;
     void *p = (!hl_thp_ok || FAULT(F_THP)) ? NULL : map_thp(size, align, what);
     if (p) {
-        *out = (hl_anon){p, round_up(size, MB2), KB4, PAGE_THP, 0, -1};
+        out[0] = (hl_anon){p, round_up(size, MB2), KB4, PAGE_THP, 0, -1};
         return 1;
     }
     e = errno;
     hl_warn_once(R_THP, "transparent huge pages unavailable (%s), %s stays on 4 KB pages",
                  hl_thp_ok ? strerror(e) : "disabled", what);
     return 0;
+}
+
+int hl_anon_huge(size_t size, size_t align, const char *what, int populate, hl_anon *out)
+{
+    return cascade(size, align, what, populate, out, 0);
+}
+
+int hl_anon_huge_parts(size_t size, size_t align, const char *what, int populate, hl_anon out[2])
+{
+    return cascade(size, align, what, populate, out, 1);
 }

@@ -313,10 +313,52 @@ hl_region *hl_alloc_region(uintptr_t p)
 {
     for (int i = 0; i < hl_reg_hwm; i++) {
         hl_region *r = &hl_reg[i];
-        if (r->in_use && r->origin == ORIGIN_ALLOC && r->base == p && !(r->flags & HL_RF_DYING))
+        if (r->in_use && r->origin == ORIGIN_ALLOC && r->base == p && !(r->flags & (HL_RF_DYING | HL_RF_TAIL)))
             return r;
     }
     return NULL;
+}
+
+hl_region *hl_alloc_tail(const hl_region *head)
+{
+    uintptr_t end = head->base + head->maplen;
+    for (int i = 0; i < hl_reg_hwm; i++) {
+        hl_region *r = &hl_reg[i];
+        if (r->in_use && r->origin == ORIGIN_ALLOC && (r->flags & HL_RF_TAIL) && r->base == end &&
+            !(r->flags & HL_RF_DYING))
+            return r;
+    }
+    return NULL;
+}
+
+size_t hl_alloc_capacity(const hl_region *head)
+{
+    size_t cap = hl_region_capacity(head);
+    hl_region *t = cap == head->maplen ? hl_alloc_tail(head) : NULL;
+    return t ? cap + hl_region_capacity(t) : cap;
+}
+
+void hl_alloc_destroy(hl_region *head, hl_release_list *rl)
+{
+    hl_region *t = hl_alloc_tail(head);
+    hl_region_destroy(head, rl);
+    if (t)
+        hl_region_destroy(t, rl);
+}
+
+/* A shrink into the first part gives the whole second part back; one that keeps some of the
+ * second part gives back only its pages past the new size. */
+void hl_alloc_shrink(hl_region *head, size_t newlen, hl_release_list *rl)
+{
+    hl_region *t = hl_alloc_tail(head);
+    if (t && newlen > head->maplen)
+        hl_region_shrink(t, newlen - head->maplen, rl);
+    else {
+        if (t)
+            hl_region_destroy(t, rl);
+        hl_region_shrink(head, newlen, rl);
+    }
+    head->userlen = newlen;
 }
 
 /* ---- per-unit state ---------------------------------------------------- */

@@ -139,6 +139,25 @@ def parse(text: str) -> list[Region]:
     return [r for r in map(parse_line, text.splitlines()) if r is not None]
 
 
+def blocks(regions: list[Region]) -> list[Region]:
+    """`regions` with each allocation the library made in two parts (csrc/preload/hugemem.c: the
+    1 GB pages the pool had, then 2 MB pages, one line each) joined into one region of page
+    "1G+2M": its second part is the 2M allocation of the same process and name that starts where
+    the first one's mapping ends."""
+    tails = {(r.pid, r.what, r.addr): i for i, r in enumerate(regions) if r.allocation and r.page == "2M" and r.addr}
+    out, taken = [], set()
+    for i, r in enumerate(regions):
+        if i in taken:
+            continue
+        j = tails.get((r.pid, r.what, r.addr + r.mapped)) if r.allocation and r.page == "1G" and r.addr else None
+        if j is not None and j not in taken:
+            t = regions[j]
+            taken.add(j)
+            r = r._replace(bytes=r.bytes + t.bytes, mapped=r.mapped + t.mapped, page="1G+2M")
+        out.append(r)
+    return out
+
+
 def read(path: str | os.PathLike, start: int = 0) -> str:
     """The report file's text from byte `start` (the library appends: a caller that noted the size
     before the run reads only that run's lines); "" when it cannot be read."""

@@ -24,7 +24,7 @@ from typing import NamedTuple
 from hugeload import engines, launch, native, pages, report
 from hugeload.act import store
 from hugeload.errors import FormatError, PoolError
-from hugeload.pages import PageSize
+from hugeload.pages import PAGE_1G, PAGE_2M, PageSize
 from hugeload.plan import buffers
 from hugeload.plan import pin as plan_pin
 from hugeload.probe import cpu as probe_cpu
@@ -427,18 +427,29 @@ def reserved_for(plan: RunPlan, note: Callable[[str], None] = lambda m: None, ro
     owner = str(ledger.Owner.process("run"))
     reserved = False
     try:
-        for need in plan.needs if plan.options.shortfall is Shortfall.RESERVE else ():
-            if not need.missing:
+        # {kB: [pages wanted, pages available]}; 1G first: what it cannot get, the library takes
+        # in 2M pages (an allocation the 1G pool is short of is mapped in 1G + 2M parts)
+        wanted = {n.page_size_kb: [n.pages, n.available] for n in plan.needs}
+        if plan.options.shortfall is not Shortfall.RESERVE:
+            wanted = {}
+        elif PAGE_1G.kb in wanted and PAGE_2M.kb not in wanted and PAGE_2M.kb in probe_pools.page_sizes(root):
+            wanted[PAGE_2M.kb] = [0, max(0, probe_pools.system_pool(root, PAGE_2M.kb).available)]
+        for kb in sorted(wanted, reverse=True):
+            missing = max(0, wanted[kb][0] - wanted[kb][1])
+            if not missing:
                 continue
             try:
                 reserved = True
-                got = act_pools.reserve(
-                    root, need.page_size_kb, need.missing, partial=True, owner=owner, state_dir=state_dir
-                )
-                if got.obtained < need.missing:
+                got = act_pools.reserve(root, kb, missing, partial=True, owner=owner, state_dir=state_dir)
+                if got.obtained < missing:
+                    short = missing - got.obtained
+                    if kb == PAGE_1G.kb and PAGE_2M.kb in wanted:
+                        wanted[PAGE_2M.kb][0] += short * (PAGE_1G.kb // PAGE_2M.kb)
+                        rest = "the rest goes to 2M pages, reserved next"
+                    else:
+                        rest = "what does not fit falls back to smaller pages"
                     note(
-                        f"note: the kernel gave {got.obtained} of the {need.missing} missing "
-                        f"{pages.name(need.page_size_kb)} pages; what does not fit falls back to smaller pages"
+                        f"note: the kernel gave {got.obtained} of the {missing} missing {pages.name(kb)} pages; {rest}"
                     )
             except PoolError as e:
                 note(f"warning: {e}")
@@ -509,6 +520,7 @@ def read_summary(
     its name as the library encodes it; a heap copy: the allocation of the predicted size)."""
     lines = []
     used: set[int] = set()
+    regions = report.blocks(regions)  # an allocation in 1G and 2M parts is one heap copy
     for c in candidates:
         name = os.path.basename(c.path)
         maps = [r for r in regions if r.is_file(c.path)]
@@ -548,7 +560,7 @@ BYTES_SLACK = 4096
 
 def find_heap_copy(b: buffers.BufferUse, regions: list[report.Region], used: Collection[int] = ()) -> int | None:
     """The index of the report's allocation that is heap copy `b` (by its predicted size, the
-    first not in `used`), or None."""
+    first not in `used`), or None.  `regions`: report.blocks() of the report's regions."""
     for i, r in enumerate(regions):
         if i not in used and r.allocation and abs(r.bytes - b.bytes) <= max(BYTES_SLACK, b.bytes // 1000):
             return i

@@ -353,6 +353,48 @@ static void test_two_part_copy(void)
     printf("ok two-part copy\n");
 }
 
+/* An allocation the 1 GB pool could not hold whole (hugemem.c try_parts): its 1 GB part, then
+ * its 2 MB part flagged HL_RF_TAIL; free, realloc and malloc_usable_size see one block. */
+static hl_region *two_part_alloc(size_t tail_map, size_t n)
+{
+    hl_region *h = hl_region_add(BASE, GB1, n, GB1, ORIGIN_ALLOC, PAGE_1G, "a", -1, 3, HL_RF_SHARED);
+    hl_region *t = hl_region_add(BASE + GB1, tail_map, n - GB1, MB2, ORIGIN_ALLOC, PAGE_2M, "a", -1, 3, HL_RF_TAIL);
+    return h && t ? h : NULL;
+}
+
+static void test_allocation_in_two_parts(void)
+{
+    reset();
+    hl_region *h = two_part_alloc(8 * MB, GB1 + 7 * MB);
+    CHECK(h && hl_alloc_region(BASE) == h && hl_alloc_region(BASE + GB1) == NULL); /* only the block's start */
+    CHECK(hl_alloc_tail(h) && hl_alloc_tail(h)->base == BASE + GB1);
+    CHECK(hl_alloc_capacity(h) == GB1 + 8 * MB);
+    /* A shrink that keeps some of the second part gives back only its pages past the new size. */
+    hl_alloc_shrink(h, GB1 + 3 * MB, &rl);
+    CHECK(release() == 0 && ncalls == 1 && calls[0].a == BASE + GB1 + 4 * MB && calls[0].len == 4 * MB);
+    CHECK(h->userlen == GB1 + 3 * MB && hl_alloc_capacity(h) == GB1 + 4 * MB);
+    /* One into the first part gives the whole second part back, and then the 1 GB page past it. */
+    hl_alloc_shrink(h, 100 * MB, &rl);
+    CHECK(release() == 0 && ncalls == 2 && calls[1].a == BASE + GB1 && calls[1].len == 4 * MB);
+    CHECK(hl_alloc_tail(h) == NULL && live() == 1 && hl_alloc_capacity(h) == GB1 && h->userlen == 100 * MB);
+    hl_alloc_destroy(h, &rl);
+    release();
+    CHECK(ncalls == 3 && calls[2].a == BASE && calls[2].len == GB1 && calls[2].punched == 1 && live() == 0);
+    /* Free gives both parts back, each in its own unit; a tail never answers for a block alone. */
+    reset();
+    h = two_part_alloc(4 * MB, GB1 + 3 * MB);
+    hl_alloc_destroy(h, &rl);
+    release();
+    CHECK(ncalls == 2 && live() == 0 && unmapped_total(BASE, BASE + GB1 + 4 * MB) == 1024 + 4);
+    CHECK(calls[0].punched == 1 && calls[1].punched == 0);
+    /* A second part whose first part was given back by munmap is nobody's block to free. */
+    reset();
+    h = two_part_alloc(4 * MB, GB1 + 3 * MB);
+    CHECK(munmap_range(BASE, BASE + GB1) == 0 && live() == 1 && hl_alloc_region(BASE + GB1) == NULL);
+    CHECK(munmap_range(BASE + GB1, BASE + GB1 + 4 * MB) == 0 && live() == 0);
+    printf("ok an allocation in two parts is one block\n");
+}
+
 int main(void)
 {
     test_partial_munmaps();
@@ -368,6 +410,7 @@ int main(void)
     test_memfd_units_are_punched_before_unmap();
     test_many_fragments();
     test_two_part_copy();
+    test_allocation_in_two_parts();
     printf("%s: %d failures\n", failures ? "FAILED" : "PASSED", failures);
     return failures;
 }

@@ -73,3 +73,55 @@ def test_an_allocation_is_no_file_and_bad_numbers_read_as_0():
     assert (r.pid, r.bytes, r.page_kb, r.addr, r.live, r.ms) == (0, 0, 0, 0, False, 0.0)
     assert r.allocation and not r.is_file("/m/malloc")
     assert report.weights_page_kb([r], "/m/malloc") == set()
+
+
+def _line(what, nbytes, mapped, page, fill, addr, pid=7):
+    return (
+        f"hugeload: region pid={pid} what={what} bytes={nbytes} mapped={mapped} page={page} fill={fill} "
+        f"ms=1.0 addr=0x{addr:x} live=1"
+    )
+
+
+def test_an_allocation_in_two_parts_is_one_block():
+    gib, mib, a = 1 << 30, 1 << 20, 0x7F0040000000
+    text = "\n".join(
+        [
+            _line("malloc", gib, gib, "1G", "alloc", a),
+            _line("model.gguf", 5 * mib, 6 * mib, "2M", "staged", a + gib),  # not an allocation
+            _line("malloc", 100 * mib, 100 * mib, "2M", "alloc", a - 100 * mib),  # not where the first ends
+            _line("malloc", 7 * mib, 8 * mib, "2M", "alloc", a + gib, pid=8),  # another process
+            _line("malloc", 7 * mib, 8 * mib, "2M", "alloc", a + gib),
+        ]
+    )
+    blocks = report.blocks(report.parse(text))
+    assert [(b.pid, b.page, b.bytes, b.mapped, b.addr) for b in blocks] == [
+        (7, "1G+2M", gib + 7 * mib, gib + 8 * mib, a),
+        (7, "2M", 5 * mib, 6 * mib, a + gib),
+        (7, "2M", 100 * mib, 100 * mib, a - 100 * mib),
+        (8, "2M", 7 * mib, 8 * mib, a + gib),
+    ]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["malloc", "realloc"]),
+            st.integers(0, 4),
+            st.sampled_from(["1G", "2M", "THP"]),
+            st.sampled_from(["alloc", "copy"]),
+            st.integers(0, 3),
+        ),
+        max_size=12,
+    )
+)
+def test_joining_parts_keeps_every_byte_and_every_other_region(rows):
+    """Whatever the report holds, blocks() only ever joins a 1G allocation with the 2M one that
+    starts where it ends: bytes are kept, and no region is dropped or used twice."""
+    gib = 1 << 30
+    regions = report.parse("\n".join(_line(w, n * gib + 1, n * gib + gib, p, f, a * gib) for w, n, p, f, a in rows))
+    blocks = report.blocks(regions)
+    assert sum(b.bytes for b in blocks) == sum(r.bytes for r in regions)
+    joined = [b for b in blocks if b.page == "1G+2M"]
+    assert len(blocks) + len(joined) == len(regions)
+    assert all(b.allocation for b in joined)

@@ -216,3 +216,41 @@ def test_model_tensors_of_a_non_gguf_file(tmp_path):
     (tmp_path / "x.bin").write_bytes(b"not gguf")
     assert engines.model_tensors(tmp_path / "x.bin") is None
     assert engines.model_tensors(tmp_path / "missing.gguf") is None
+
+
+def test_reserve_takes_2m_pages_for_what_the_1g_pool_could_not_give(monkeypatch):
+    """`run --reserve`: the library maps an allocation the 1G pool is short of in 1G + 2M parts,
+    so the 1G pages the kernel did not give are asked for again as 2M pages (512 each), after
+    what the run needed in 2M anyway; and everything is given back when the run ends."""
+    from types import SimpleNamespace
+
+    from hugeload.act import ledger
+    from hugeload.act import pools as act_pools
+
+    asked, released = [], []
+    monkeypatch.setattr(ledger.Owner, "process", staticmethod(lambda kind: f"{kind}:1@1"))
+
+    def reserve(root, kb, count, partial=False, owner="", state_dir=None, **_):
+        asked.append((kb, count, partial))
+        return SimpleNamespace(obtained=1 if kb == 1048576 else count)
+
+    monkeypatch.setattr(act_pools, "reserve", reserve)
+    monkeypatch.setattr(act_pools, "release", lambda *a, **kw: released.append(kw.get("owner")))
+    monkeypatch.setattr(runner.probe_pools, "page_sizes", lambda root: [2048, 1048576])
+    monkeypatch.setattr(runner.probe_pools, "system_pool", lambda root, kb: SimpleNamespace(available=10))
+    options = runner.RunOptions(shortfall=runner.Shortfall.RESERVE)
+    notes: list[str] = []
+
+    def plan(needs):
+        return runner.RunPlan([], options, [], {}, needs, None, [])
+
+    with runner.reserved_for(plan([runner.Need(1048576, 3, 0, []), runner.Need(2048, 40, 10, [])]), notes.append):
+        pass
+    assert asked == [(1048576, 3, True), (2048, 30 + 2 * 512, True)]
+    assert "the kernel gave 1 of the 3 missing 1G pages; the rest goes to 2M pages" in notes[0]
+    assert len(released) == 1
+    # no 2M need of its own: the 2M pool (10 free) is asked only for what the 1G pages left
+    asked.clear()
+    with runner.reserved_for(plan([runner.Need(1048576, 2, 0, [])]), notes.append):
+        pass
+    assert asked == [(1048576, 2, True), (2048, 512 - 10, True)]

@@ -170,6 +170,7 @@ def heap_fell_back(
     """Why a predicted heap copy is not in the pages the one size rule gives it under the preload
     library (`requested`: the page size the library was told), read from the library's report
     (the allocation of the copy's size); None when every copy is."""
+    regions = report.blocks(regions)  # a copy in 1G and 2M parts is one, of page "1G+2M"
     for h in prediction.heap:
         want = buffers.alloc_page_kb(h.bytes, requested, alloc_threshold)
         if want == PAGE_4K.kb:
