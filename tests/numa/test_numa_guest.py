@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 from numa_helpers import mappings_over, node_count, pages_on_nodes, staged_pages
 
-from hugeload.act import redirects
+from hugeload.act import redirects, store
 
 PAGES = 10  # the 20 MB model in 2 MB pages
+MIB, GIB = 1 << 20, 1 << 30
 
 
 def counts():
@@ -106,6 +107,44 @@ def test_a_node_too_small_for_its_copy_fails_in_one_line_with_nothing_staged(hug
     assert len(lines) == 1 and "node 1 is too small" in lines[0] and "nothing was staged" in lines[0]
     assert counts() == before
     assert json.loads(hugeload_cli("loaded", "--json").stdout)["models"] == []
+
+
+def test_a_copy_its_node_cannot_hold_in_1g_is_staged_in_1g_then_2m_on_that_node(
+    hugeload_cli, state_dir, tmp_path, mapper
+):
+    """Issue 23, mixed page sizes under a placement: node 1 holds one 1 GB page (the boot one) and
+    gives no more at run time; a 1 GiB + 6 MiB model staged there in 1G keeps that page for its
+    first GiB and takes node 1's 2 MB pages for the rest.  Both parts' pages are on node 1, an
+    engine run on node 1 maps both, and unstage gives back every page it reserved."""
+    big = tmp_path / "big.gguf"
+    with open(big, "wb") as f:  # mostly sparse: copying it is quick under emulation
+        f.truncate(GIB + 6 * MIB)
+        for off in (0, GIB - 4, GIB, GIB + 6 * MIB - 4):
+            f.seek(off)
+            f.write((off + 1).to_bytes(4, "little"))
+    before = counts()
+    r = load(hugeload_cli, big, "--node", 1, "--page-size", "1g", "--reserve")
+    assert r.returncode == 0, r.stderr
+    m = json.loads(r.stdout)
+    try:
+        (copy,) = m["copies"]
+        assert copy["node"] == 1 and copy["split"] == [
+            {"page_size_kb": 2048, "bytes": 6 * MIB, "pages": 3},
+            {"page_size_kb": 1048576, "bytes": GIB, "pages": 1},
+        ], copy
+        pieces = store.resolve(m["name"], state_dir).copies[0].pieces()
+        assert [(kb, off, n) for _, kb, off, n in pieces] == [(1048576, 0, GIB), (2048, GIB, 6 * MIB)]
+        (first, *_), (second, *_) = pieces
+        assert staged_pages(first, 1048576) == {1: 1} and staged_pages(second) == {1: 3}
+        assert counts() == (before[0], before[1] + 3)  # the tail's pages, reserved on node 1 only
+        r = hugeload_cli("run", "--node", 1, "--quiet", "--", sys.executable, mapper, big, 2048)
+        assert r.returncode == 0, r.stderr
+        got = json.loads(r.stdout.strip().splitlines()[-1])
+        assert pages_on_nodes(got["numa_maps"], first) == {1: 1}, got["maps"]
+        assert pages_on_nodes(got["numa_maps"], second) == {1: 3}, got["maps"]
+    finally:
+        assert hugeload_cli("unload", m["name"], "--force").returncode == 0
+    assert counts() == before and node_count(1, 1048576) == 1
 
 
 def test_without_free_pages_on_the_node_load_refuses_before_touching_anything(hugeload_cli, state_dir, model):

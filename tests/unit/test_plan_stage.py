@@ -27,8 +27,16 @@ def test_small_models_take_2m_anywhere():
 
 def test_a_placed_copy_takes_1g_when_its_node_holds_it():
     assert plan(3 * GiB, Placement(Mode.NODE, (0,)))[0].page_size_kb == 1048576  # 3 of node 0's 4
-    # 5 > 4 free on node 0: 2M (whose pool, empty in the fixture, --reserve grows), and it says why
+    # 5 > 4 free on node 0: its four 1G pages, and 2M pages of node 0 for the last GiB
     p = plan_stage.plan_copies([5 * GiB], None, BOTH, Placement(Mode.NODE, (0,)), False, 0, nodes_with_2m(), "m")[0]
+    assert (p.page_size_kb, p.pages, p.tail_pages) == (GB, 4, 512) and "node 0's 1G pool holds 4 of 5" in p.reason
+    assert [(n.node, n.page_size_kb, n.pages, n.missing) for n in p.needs] == [(0, GB, 4, 0), (0, 2048, 512, 0)]
+    with pytest.raises(PoolError, match="node 0's 2M pool"):  # empty in the fixture: refused before anything
+        plan(5 * GiB, Placement(Mode.NODE, (0,)))
+    # all or nothing when asked: 2M (whose pool, empty in the fixture, --reserve grows), and it says why
+    p = plan_stage.plan_copies(
+        [5 * GiB], None, BOTH, Placement(Mode.NODE, (0,)), False, 0, nodes_with_2m(), "m", mixed=False
+    )[0]
     assert p.page_size_kb == 2048 and "node(s) 0 cannot hold 5 page(s)" in p.reason
     assert plan(5 * GiB, Placement(Mode.NODE, (1,)))[0].page_size_kb == 1048576
     assert plan(5 * GiB, Placement(Mode.NODE, (0,)), reserve=True)[0].page_size_kb == 1048576
@@ -90,9 +98,19 @@ def test_a_short_1g_pool_gives_a_copy_in_mixed_page_sizes():
     assert plan(int(1.2 * GiB), Placement(), system_1g=1)[0][2:4] == (2048, 615)
     # with --reserve the plan is whole 1G: act/store reads the pool back and splits then
     assert plan(size, Placement(), reserve=True, system_1g=5)[0].tail_pages == 0
-    # a placed copy, and a model of several files, are not split
-    placed = plan_stage.plan_copies([5 * GiB], None, BOTH, Placement(Mode.NODE, (0,)), False, 4, nodes_with_2m(), "m")
-    assert placed[0][2:4] == (2048, 2560) and placed[0].tail_pages == 0
+    # a copy bound to one node is split by that node's pool, not the system's
+    placed = plan_stage.plan_copies([5 * GiB], None, BOTH, Placement(Mode.NODE, (0,)), False, 1, nodes_with_2m(), "m")
+    assert placed[0].parts() == [(GB, 4), (2048, 512)]
+    # each copy of --replicate on its own node: node 1 holds all 9 pages of its copy, node 0 four
+    copies = plan_stage.plan_copies(
+        [9 * GiB], None, BOTH, Placement(Mode.REPLICATE, (0, 1)), False, 0, nodes_with_2m(), "m"
+    )
+    assert [c.parts() for c in copies] == [[(GB, 4), (2048, 2560)], [(GB, 9)]]
+    # an interleaved copy, and a model of several files, are not split
+    (inter,) = plan_stage.plan_copies(
+        [9 * GiB], None, BOTH, Placement(Mode.INTERLEAVE, (0, 1)), False, 0, nodes_with_2m(), "m"
+    )
+    assert inter.tail_pages == 0 and inter.page_size_kb == 2048
     multi = plan_stage.plan_copies([3 * GiB, 3 * GiB], None, BOTH, Placement(), False, 5, [], "m")
     assert multi[0].tail_pages == 0
 
@@ -102,3 +120,15 @@ def test_split_copy_reads_back_what_the_kernel_gave():
     assert plan_stage.split_copy(whole, [3 * GiB + 10 * MiB], 2).parts() == [(GB, 2), (2048, 517)]
     assert plan_stage.split_copy(whole, [3 * GiB + 10 * MiB], 4) == whole  # it all fits
     assert plan_stage.split_copy(whole, [3 * GiB + 10 * MiB], 0) == whole  # nothing to split around
+
+
+def test_reserve_on_a_node_that_cannot_grow_1g_is_planned_whole_and_refused_only_when_too_small():
+    """--reserve on one node: the 1G pages it gives are read back and the rest is taken in 2M
+    (act/store reserve_for), so a node whose memory cannot grow the 1G pool is not refused for
+    that; one that cannot hold the copy in any page size is, in one line, before anything."""
+    small = [n._replace(mem_free_kb=2 * GiB // 1024) for n in nodes_with_2m()]  # 2 GiB of memory left, 4 GB free 1G
+    (p,) = plan_stage.plan_copies([5 * GiB], PAGE_1G, BOTH, Placement(Mode.NODE, (0,)), True, 0, small, "m")
+    assert (p.page_size_kb, p.pages) == (GB, 5)
+    tiny = [n._replace(mem_free_kb=0, pools={**n.pools, 2048: n.pools[2048]._replace(free=0)}) for n in small]
+    with pytest.raises(PoolError, match="node 0 is too small"):
+        plan_stage.plan_copies([5 * GiB], PAGE_1G, BOTH, Placement(Mode.NODE, (0,)), True, 0, tiny, "m")

@@ -60,3 +60,42 @@ def test_no_1g_page_at_all_is_a_2m_copy(kernel):
 def test_never_mixed_is_all_or_nothing(kernel):
     got = stage_mod.reserve_for(whole_1g(), [SIZE], "m", True, "/", None, stage_mod.Mixed.NEVER)
     assert got.parts() == [(GB, 9)] and kernel.reserved == [] and kernel.ensured == [(GB, 9)]
+
+
+def test_a_copy_bound_to_one_node_keeps_the_1g_pages_that_node_gave(kernel, monkeypatch):
+    """The same read-back on one node's pools (stage --node N --reserve, and each --replicate
+    copy): the 1G pages the node gave, then its 2M pages for the rest, reserved on that node."""
+    from hugeload.plan.numa import Mode
+    from hugeload.probe import numa as probe_numa
+    from hugeload.probe.pools import Pool
+
+    free = {0: {GB: 0, 2048: 0}, 1: {GB: 2, 2048: 0}}
+    gives = {GB: 3, 2048: 5000}
+    asked = []
+
+    def reserve(root, kb, count, node=None, partial=False, owner="", state_dir=None, **_):
+        got = min(count, gives[kb])
+        asked.append((kb, count, node, partial, got))
+        if got < count and not partial:
+            raise PoolError("short")
+        free[node][kb] += got
+        return SimpleNamespace(obtained=got)
+
+    def nodes(root="/"):
+        return [
+            probe_numa.Node(
+                n, (n,), 8 << 30, 6 << 30, {kb: Pool(kb, n, f, f, None, 0, None) for kb, f in free[n].items()}
+            )
+            for n in (0, 1)
+        ]
+
+    monkeypatch.setattr(stage_mod.act_pools, "reserve", reserve)
+    monkeypatch.setattr(stage_mod.probe_numa, "read_nodes", nodes)
+    (p,) = plan_stage.plan_copies([SIZE], PAGE_1G, [2048, GB], Placement(Mode.NODE, (1,)), True, 0, nodes(), "m")
+    assert (p.page_size_kb, p.pages, p.tail_pages, p.bind) == (GB, 9, 0, (1,))
+    got = stage_mod.reserve_for(p, [SIZE], "m", True, "/", None, stage_mod.Mixed.WHEN_SHORT)
+    # node 1 was asked for what it lacked (7) and gave 3: five 1G pages, the rest in 2M pages of node 1
+    assert got.parts() == [(GB, 5), (2048, 1998)] and "node 1's 1G pool holds 5 of 9" in got.reason
+    assert [(n.node, n.page_size_kb, n.pages) for n in got.needs] == [(1, GB, 5), (1, 2048, 1998)]
+    assert asked == [(GB, 7, 1, True, 3), (2048, 1998, 1, False, 1998)]
+    assert kernel.reserved == []  # nothing from the system's pool

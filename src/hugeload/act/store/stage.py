@@ -180,35 +180,46 @@ def reserve_heap_pages(extra: dict[int, int], staged: dict[int, int], name: str,
 def reserve_for(
     plan: plan_stage.CopyPlan, sizes: list[int], name: str, reserve: bool, root, state_dir, mixed: Mixed
 ) -> plan_stage.CopyPlan:
-    """The pages one copy needs: from the system pool, or from each node it is bound to.  An
-    unplaced copy in 1G pages that `reserve` cannot get all of (the kernel gives fewer than
-    asked and says so only in the count read back) keeps the 1G pages it got and takes 2M
-    for the rest of the file (plan/stage.split_copy): the plan returned is the one to copy."""
+    """The pages one copy needs: from the system pool, or from the node(s) it is bound to.  A
+    one-file copy in 1G pages, unplaced or bound to one node, that `reserve` cannot get all of
+    (the kernel gives fewer than asked and says so only in the count read back) keeps the 1G
+    pages it got and takes 2M for the rest of the file (plan/stage.split_copy): the plan
+    returned is the one to copy."""
+    one_file_1g = plan.page_size_kb == PAGE_1G.kb and plan_stage.splittable(plan.bind, sizes) and not plan.tail_pages
+    if reserve and mixed is Mixed.WHEN_SHORT and one_file_1g:
+        node = plan.bind[0] if plan.bind else None
+        have = free_1g(root, node)
+        if have < plan.pages:
+            with contextlib.suppress(PoolError):  # short: read back below, the rest in 2M
+                act_pools.reserve(
+                    root, PAGE_1G.kb, plan.pages - have, node, partial=True, owner=owner(name), state_dir=state_dir
+                )
+            have = free_1g(root, node)
+            if have == 0:
+                plan = plan._replace(
+                    page_size_kb=PAGE_2M.kb,
+                    pages=plan_stage.pages_needed(sizes, PAGE_2M.kb),
+                    reason=f"{plan.reason}; the kernel gave no 1G page: using 2M",
+                )
+            else:
+                plan = plan_stage.split_copy(plan, sizes, have)
+            if plan.bind:  # what each part still needs of the node, read again
+                plan = plan._replace(needs=plan_stage.part_needs(plan, probe_numa.read_nodes(root)))
     if not plan.bind:
-        one_file_1g = plan.page_size_kb == PAGE_1G.kb and len(sizes) == 1 and not plan.tail_pages
-        if reserve and mixed is Mixed.WHEN_SHORT and one_file_1g:
-            have = max(0, probe_pools.system_pool(root, PAGE_1G.kb).available)
-            if have < plan.pages:
-                with contextlib.suppress(PoolError):  # short: read back below, the rest in 2M
-                    act_pools.reserve(
-                        root, PAGE_1G.kb, plan.pages - have, partial=True, owner=owner(name), state_dir=state_dir
-                    )
-                have = max(0, probe_pools.system_pool(root, PAGE_1G.kb).available)
-                if have == 0:
-                    plan = plan._replace(
-                        page_size_kb=PAGE_2M.kb,
-                        pages=plan_stage.pages_needed(sizes, PAGE_2M.kb),
-                        reason=f"{plan.reason}; the kernel gave no 1G page: using 2M",
-                    )
-                else:
-                    plan = plan_stage.split_copy(plan, sizes, have)
         for kb, n in plan.parts():
             ensure_pages(kb, n, name, reserve, root, state_dir)
         return plan
     for need in plan.needs:
         if need.missing:
-            act_pools.reserve(root, plan.page_size_kb, need.missing, need.node, owner=owner(name), state_dir=state_dir)
+            act_pools.reserve(root, need.page_size_kb, need.missing, need.node, owner=owner(name), state_dir=state_dir)
     return plan
+
+
+def free_1g(root, node: int | None) -> int:
+    """Free 1G pages nobody has promised: of the system's pool, or of one node's."""
+    if node is None:
+        return max(0, probe_pools.system_pool(root, PAGE_1G.kb).available)
+    return plan_stage.node_available_1g((node,), probe_numa.read_nodes(root))
 
 
 def ensure_mount(kb: int, state_dir=None, root="/") -> Path:
