@@ -145,6 +145,23 @@ def test_best_hugeload_against_best_alternative():
     assert best["ratio"] == pytest.approx(1.05) and not best["within_noise"]
 
 
+def test_each_hugeload_backing_against_the_best_alternative_names_the_slower_ones():
+    """The promise is per backing: each of hugeload's against the best alternative, paired per
+    round; one whose interval lies wholly below 1 is named, one within noise is not."""
+    jitter = (1.0, 1.02, 0.98, 1.01)
+    runs = [
+        summary.Run(name, r, 0, 1.0, None, {"tg8": v * (1 + r / 10) * (j if name == "2m" else 1)})
+        for r, j in enumerate(jitter)
+        for name, v in (("default", 10.0), ("mlock", 12.0), ("2m", 12.0), ("1g", 11.0))
+    ]
+    chosen = [backing(n) for n in ("default", "mlock", "2m", "1g")]
+    data = summary.summarize("/m", 1, ["x"], 4, summary.Measured(chosen, runs))
+    each = data["each_vs_best"]["tg8"]
+    assert each["alternative"] == "mlock" and sorted(each["backings"]) == ["1g", "2m"]
+    assert each["backings"]["2m"]["within_noise"] and each["slower"] == ["1g"]
+    assert each["backings"]["1g"]["ratio"] == pytest.approx(11 / 12)
+
+
 def test_fallback_rules():
     V = verify.Verification
     assert "PMDs" in verify.fell_back(backing("pagecache-4k"), V(weights_kb={4}, file_pmd_kb=2048), 1 << 30)

@@ -141,6 +141,7 @@ def summarize(model: str, size: int, engine_argv: list[str], rounds: int, measur
         "rounds": rounds,
         "results": results,
         "best": best_vs_best(results, runs, tests),
+        "each_vs_best": each_vs_best(results, runs, tests),
         "gigantic_vs_huge": gigantic_vs_huge(results, runs, tests),
         **noise_gate(aa_checks(chosen, runs, tests)),
         "note": NOTE,
@@ -210,6 +211,23 @@ def best_vs_best(results: list[dict], runs: list[Run], tests: list[str]) -> dict
         h = pick(hl, key=lambda c: c[2])[0]
         a = pick(alt, key=lambda c: c[2])[0]
         out[t] = {"hugeload": h, "alternative": a, **(_ratio(runs, a, h, t) if lower else _ratio(runs, h, a, t))}
+    return out
+
+
+def each_vs_best(results: list[dict], runs: list[Run], tests: list[str]) -> dict:
+    """Per test: every hugeload backing against the best alternative (the promise is that none is
+    slower), paired per round (> 1: hugeload better; start-up inverted to match), and `slower`:
+    the backings whose interval lies wholly below 1."""
+    out = {}
+    for t, b in best_vs_best(results, runs, tests).items():
+        a, lower = b["alternative"], t == STARTUP
+        each = {
+            r["backing"]: _ratio(runs, a, r["backing"], t) if lower else _ratio(runs, r["backing"], a, t)
+            for r in results
+            if r["status"] == "ok" and r["hugeload"] and t in (r.get("metrics") or {})
+        }
+        slower = [h for h, m in each.items() if m.get("ratio_high") is not None and m["ratio_high"] < 1]
+        out[t] = {"alternative": a, "backings": each, "slower": slower}
     return out
 
 

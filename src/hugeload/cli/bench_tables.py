@@ -262,6 +262,10 @@ def engine(data: dict) -> None:
             f"best hugeload vs best alternative, {_what(t)}: {b['hugeload']} vs {b['alternative']} "
             f"{_ratio_text(b)} (> 1: hugeload better)"
         )
+    for t, e in data.get("each_vs_best", {}).items():
+        each = ", ".join(f"{h} {_ratio_text(m, ' ~')}" for h, m in e["backings"].items())
+        verdict = f"SLOWER: {', '.join(e['slower'])}" if e["slower"] else "none slower"
+        _say(f"each hugeload backing vs {e['alternative']} (best alternative), {_what(t)}: {each}: {verdict}")
     for pair, per in data.get("gigantic_vs_huge", {}).items():
         for t, m in per.items():
             _say(f"{pair}, {_what(t)}: {_ratio_text(m)} (paired per round)")
