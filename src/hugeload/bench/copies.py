@@ -169,10 +169,22 @@ class Copies:
         self.held[key] = path
         return path
 
+    def state_dir_of(self, key: CopyKey) -> Path:
+        """Where a staged copy lives: the bench's store, or for `1g+2m` a state dir of its own.
+        A copy in mixed page sizes is no one file: the engine maps the source under the preload
+        library, which redirects it to the copy the state dir's index names, so no other copy of
+        the source may be listed beside it."""
+        return self.dir / f"state-{key.stage_name}" if key.mixed else self.store_dir
+
+    def state_dirs(self) -> list[Path]:
+        """Every state dir this bench's copies may live in (gc's list, act/store/gc.py)."""
+        return [self.store_dir, *sorted(p for p in self.dir.glob("state-*") if p.is_dir() and not p.is_symlink())]
+
     def _stage(self, key: CopyKey) -> str:
         placement = self.placements.get(key.placement) if key.placement else None
         self.log(f"staging the model into {key.page.label} pages" + (f", {placement.describe()}" if placement else ""))
-        state.ensure_dir(self.store_dir)
+        state_dir = self.state_dir_of(key)
+        state.ensure_dir(state_dir)
         m, _, _ = store.stage(
             self.model,
             store.StageOptions(
@@ -182,12 +194,12 @@ class Copies:
                 placement=placement,
                 mixed=store.Mixed.WHEN_SHORT if key.mixed else store.Mixed.NEVER,  # `1g` measures 1G only
             ),
-            state_dir=self.store_dir,
+            state_dir=state_dir,
             root=self.root,
         )
         if placement:
             self.nodes[key] = act_numa.file_pages_by_node(m.path, key.page.kb, self.root)
-        return m.path
+        return self.model if key.mixed else m.path
 
     def _tmpfs(self, key: CopyKey) -> str:
         self.log("copying the model to tmpfs (huge=never)")
@@ -234,9 +246,9 @@ class Copies:
             self.held.pop(key, None)
             if key.kind is CopyKind.STAGED:
                 with contextlib.suppress(HugeloadError):
-                    for m in store.manifests(self.store_dir):
+                    for m in store.manifests(self.state_dir_of(key)):
                         if m.name == key.stage_name:
-                            store.unstage(m.name, force=True, state_dir=self.store_dir, root=self.root)
+                            store.unstage(m.name, force=True, state_dir=self.state_dir_of(key), root=self.root)
             elif key.kind is CopyKind.TMPFS:
                 if self.shm is not None:
                     with contextlib.suppress(FileNotFoundError):
@@ -255,13 +267,14 @@ class Copies:
             for owner in sorted(self.pool_owners):
                 with contextlib.suppress(HugeloadError):
                     act_pools.release(self.root, None, owner=owner)
-            with contextlib.suppress(HugeloadError):
-                for m in store.manifests(self.store_dir):
-                    store.unstage(m.name, force=True, state_dir=self.store_dir, root=self.root)
-            with contextlib.suppress(HugeloadError):
-                store.gc(self.store_dir, self.root)
-            with contextlib.suppress(HugeloadError):
-                act_pools.release(self.root, None, owner=None, state_dir=self.store_dir)
+            for state_dir in self.state_dirs():
+                with contextlib.suppress(HugeloadError):
+                    for m in store.manifests(state_dir):
+                        store.unstage(m.name, force=True, state_dir=state_dir, root=self.root)
+                with contextlib.suppress(HugeloadError):
+                    store.gc(state_dir, self.root)
+                with contextlib.suppress(HugeloadError):
+                    act_pools.release(self.root, None, owner=None, state_dir=state_dir)
             if self.shm is not None:
                 shutil.rmtree(self.shm, ignore_errors=True)
             shutil.rmtree(self.dir, ignore_errors=True)

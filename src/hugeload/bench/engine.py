@@ -44,7 +44,7 @@ from hugeload.act import state
 from hugeload.bench import limits, perf, stats, verify
 from hugeload.bench.backings import EngineBacking, Heap, Placement, Weights, backing, with_placements
 from hugeload.bench.common import cpu_vendor, mem_available
-from hugeload.bench.copies import Copies, CopyKey, needs
+from hugeload.bench.copies import Copies, CopyKey, CopyKind, needs
 from hugeload.bench.pagecache import read_into_cache, resident_fraction
 from hugeload.bench.scratch import touch_private
 from hugeload.bench.summary import Measured, Run, placement_ratios, summarize, tests_of
@@ -134,11 +134,12 @@ def default_startup_cmd(engine_argv: list[str]) -> list[str] | None:
     return [str(tool), "-m", "{model}", "-n", "1", "-p", "hello", "-no-cnv", "--no-warmup", "-t", str(t)]
 
 
-def environment(b: EngineBacking, report_path: Path, empty_state: Path) -> dict:
+def environment(b: EngineBacking, report_path: Path, state_dir: Path) -> dict:
     """The engine's environment under backing `b`: the preload library for hugeload backings
-    (staged ones name the staged path directly; the empty state dir keeps the library from
-    redirecting the other backings' source mappings to a staged copy), glibc's tunable for its
-    heap backings, and nothing of ours for the rest."""
+    (staged ones name the staged path directly, and `state_dir` is an empty one that keeps the
+    library from redirecting the source to a staged copy; `1g+2m`, no one file, names the source
+    and gets the state dir of its copy alone), glibc's tunable for its heap backings, and
+    nothing of ours for the rest."""
     env = dict(os.environ)
     env.pop("LD_PRELOAD", None)
     glibc = {Heap.GLIBC_THP: 1, Heap.GLIBC_HUGETLB: 2}.get(b.heap)
@@ -154,7 +155,7 @@ def environment(b: EngineBacking, report_path: Path, empty_state: Path) -> dict:
         alloc_threshold=runner.DEFAULT_ALLOC_THRESHOLD if b.heap is Heap.HUGELOAD else 0,
         report=str(report_path),
     )
-    env = runner.environment(options, str(empty_state), env)
+    env = runner.environment(options, str(state_dir), env)
     if copy:
         env["HUGELOAD_MIN_FILE_SIZE"] = "1"
     return env
@@ -214,6 +215,9 @@ class _Bench:
             else None
         )
         self.reports = 0
+        # Backing name -> the state dir whose index redirects the source to its copy in mixed
+        # page sizes (`1g+2m`: the engine is given the source under the preload library).
+        self.redirect_state: dict[str, Path] = {}
 
     def make_scratch(self) -> None:
         state.ensure_dir(self.copies.dir)
@@ -225,7 +229,7 @@ class _Bench:
         assert self.scratch is not None
         self.reports += 1
         report_path = touch_private(self.scratch / f"report-{self.reports}.txt")
-        env = environment(b, report_path, self.scratch / "empty")
+        env = environment(b, report_path, self.redirect_state.get(b.name, self.scratch / "empty"))
         cmd = launch.Command(
             command_for(argv, path, b.load_mode), env, self.bind, launch.Output.CAPTURE, self.options.timeout
         )
@@ -236,6 +240,9 @@ class _Bench:
         skipped) when one cannot be had."""
         path = self.model
         keys = needs(b, self.size, self.prediction)
+        for k in keys:
+            if k.kind is CopyKind.STAGED and k.mixed:
+                self.redirect_state[b.name] = self.copies.state_dir_of(k)
         self.copies.make_room(keys)
         for k in keys:
             p = self.copies.setup(k)
@@ -301,7 +308,7 @@ class _Bench:
             None if done.returncode == 0 else done.last_line(),
             counts,
         )
-        if done.returncode == 0 and b.staged_page and weights and weights != {b.staged_page.kb}:
+        if done.returncode == 0 and b.staged_page and weights and not verify.staged_weights_ok(b, weights):
             run.error = f"this run's weights got {sorted(weights)} kB pages"
             run.returncode = -1
         heap = self.heap_fell_back(b, report_path) if done.returncode == 0 else None

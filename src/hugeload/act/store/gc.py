@@ -74,12 +74,13 @@ def gc_bench_runs(state_dir=None, root="/") -> list[str]:
             continue
         if started_before(d.name, d.stat().st_ctime, root):
             continue  # its benchmark still runs
-        nested = d / "state"
-        if nested.is_dir():
+        # its store, and the state dir of each copy in mixed page sizes (bench/copies.py)
+        nested = [p for p in [d / "state", *sorted(d.glob("state-*"))] if p.is_dir() and not p.is_symlink()]
+        for n in nested:
             with contextlib.suppress(HugeloadError, OSError):
-                empty_store(nested, root)
-            if act_mounts.hugeload_mounts(nested, root):
-                continue  # a mount still busy (an engine still running): the next gc retries
+                empty_store(n, root)
+        if any(act_mounts.hugeload_mounts(n, root) for n in nested):
+            continue  # a mount still busy (an engine still running): the next gc retries
         if str(root) == "/":
             removed += shm.remove_bench_dirs(int(d.name))
         shutil.rmtree(d, ignore_errors=True)
