@@ -153,7 +153,9 @@ class Sampler(threading.Thread):
         v.vmlck_kb = max(v.vmlck_kb, procs.status_kb(status, "VmLck"))
         thp = anon = 0
         for m in procs.read_smaps("/", self.pid, LARGE_MAPPING):
-            if m.path in self.paths:
+            if m.path in self.paths and m.flags.startswith("r"):
+                # readable only: the preload library keeps the kernel's own map of a redirected
+                # source as a PROT_NONE placeholder (filemap.c's shadow), which no read goes through
                 v.weights_kb.add(m.kernel_page_kb)
                 v.file_pmd_kb = max(v.file_pmd_kb, m.file_pmd_mapped_kb)
             elif _heap_mapping(m) and (m.rss_kb or m.hugetlb_kb):
