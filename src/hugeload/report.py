@@ -145,15 +145,22 @@ def blocks(regions: list[Region]) -> list[Region]:
     "1G+2M": its second part is the 2M allocation of the same process and name that starts where
     the first one's mapping ends."""
     tails = {(r.pid, r.what, r.addr): i for i, r in enumerate(regions) if r.allocation and r.page == "2M" and r.addr}
-    out, taken = [], set()
+    # pair every first part with its second before emitting anything: a second part may come
+    # before its first part in the report (another thread's allocation recorded between them)
+    pairs: dict[int, int] = {}
+    taken: set[int] = set()
     for i, r in enumerate(regions):
-        if i in taken:
-            continue
         j = tails.get((r.pid, r.what, r.addr + r.mapped)) if r.allocation and r.page == "1G" and r.addr else None
         if j is not None and j not in taken:
-            t = regions[j]
+            pairs[i] = j
             taken.add(j)
+    out = []
+    for i, r in enumerate(regions):
+        if i in pairs:
+            t = regions[pairs[i]]
             r = r._replace(bytes=r.bytes + t.bytes, mapped=r.mapped + t.mapped, page="1G+2M")
+        elif i in taken:
+            continue
         out.append(r)
     return out
 
