@@ -77,12 +77,19 @@ HANDLES_TERM = (
 
 
 def test_an_interrupted_wait_kills_the_engine(tmp_path):
+    # Ctrl-C as Python delivers it: a suite started in the background of a non-interactive shell
+    # inherits SIGINT ignored (POSIX), and Python then installs no handler of its own
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
     ready = tmp_path / "ready"
     running = launch.start(launch.Command([*py(HANDLES_TERM.format(handler="signal.SIG_IGN")), str(ready)]))
-    with pytest.raises(KeyboardInterrupt):
-        _when_ready(ready, lambda: os.kill(os.getpid(), signal.SIGINT))
-        running.wait()
-    assert running.poll() == -signal.SIGKILL  # killed and reaped, not left running
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _when_ready(ready, lambda: os.kill(os.getpid(), signal.SIGINT))
+            running.wait()
+        assert running.poll() == -signal.SIGKILL  # killed and reaped, not left running
+    finally:
+        signal.signal(signal.SIGINT, old)
+        running.kill()  # only ever does something when the test failed
 
 
 def test_signals_are_forwarded_and_the_wait_goes_on(tmp_path):
