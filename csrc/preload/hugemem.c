@@ -39,12 +39,17 @@
 #define MADV_POPULATE_WRITE 23
 #endif
 
-/* For the warning only, and only when it will be written (hl_warn_wanted): never on every fallback. */
-static long pool_free(size_t page)
+/* One counter of a pool (free_hugepages, resv_hugepages), -1 when unreadable.  Read only after
+ * a huge map failed: for a warning that will be written (hl_warn_wanted), or to size the 1 GB
+ * part of an allocation the pool is short of (try_parts); never on every allocation. */
+static long pool_count(size_t page, const char *field)
 {
-    return hl_os_read_long(page == GB1 ? "/sys/kernel/mm/hugepages/hugepages-1048576kB/free_hugepages"
-                                       : "/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages");
+    char path[96];
+    snprintf(path, sizeof path, "/sys/kernel/mm/hugepages/hugepages-%zukB/%s", page >> 10, field);
+    return hl_os_read_long(path);
 }
+
+static long pool_free(size_t page) { return pool_count(page, "free_hugepages"); }
 
 /* "hugeload:<what>" in what the kernel accepts as a VMA or memfd name:
  * printable characters except [ ] \ ` $ (and no '/', which memfd refuses). */
@@ -189,8 +194,7 @@ static int try_hugetlb(size_t size, size_t align, size_t pg, int populate, const
 /* Free 1 GB pages nobody has reserved yet (a shared map reserves at mmap, a fault takes one). */
 static long pool_available_1g(void)
 {
-    long f = hl_os_read_long("/sys/kernel/mm/hugepages/hugepages-1048576kB/free_hugepages");
-    long r = hl_os_read_long("/sys/kernel/mm/hugepages/hugepages-1048576kB/resv_hugepages");
+    long f = pool_free(GB1), r = pool_count(GB1, "resv_hugepages");
     return f < 0 ? 0 : r > 0 ? f - r : f;
 }
 
